@@ -1,0 +1,99 @@
+"""The `fusioncam` command: thin subcommands over the Python API (they parse arguments and call it)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import FusionCamError
+
+
+def _model_source(model: str) -> str:
+    """'onnx' for a .onnx path, 'named' for efficientnet_lite0 or a torchvision name."""
+    return "onnx" if model.lower().endswith(".onnx") or Path(model).is_file() else "named"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """fusioncam export MODEL --layer NAME --out DIR"""
+    from .export import export_onnx, export_torch
+    from .export.model_zoo import named_model
+
+    size = tuple(args.input_size) if args.input_size else None
+    if _model_source(args.model) == "onnx":
+        result = export_onnx(args.model, args.out, args.layer, input_size=size)
+    else:
+        named = named_model(args.model, args.weights)
+        layer = args.layer or named.default_layer
+        if layer is None:
+            from .export import list_layers
+
+            names = ", ".join(layer.name for layer in list_layers(named.module, size or named.input_size)[-5:])
+            raise FusionCamError(f"--layer is required for '{args.model}' (a module path; the last candidates: {names})")
+        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names)
+    print(result.describe())
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    """fusioncam layers MODEL: candidate target layers with shapes, in graph order."""
+    from .export import list_layers
+    from .export.model_zoo import named_model
+
+    size = tuple(args.input_size) if args.input_size else None
+    if _model_source(args.model) == "onnx":
+        layers = list_layers(args.model, size)
+    else:
+        named = named_model(args.model, args.weights)
+        layers = list_layers(named.module, size or named.input_size)
+    width = max((len(layer.name) for layer in layers), default=4)
+    print(f"{'layer':<{width}}  {'op':<20} shape")
+    for layer in layers:
+        shape = "x".join(str(d) for d in layer.shape)
+        print(f"{layer.name:<{width}}  {layer.op_type:<20} {shape}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="fusioncam", description="Fusion-CAM explanations for image classifiers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is chosen (device, layer)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="make a bundle (explain graph + scorer) from a model")
+    export.add_argument("model", help="a .onnx file, 'efficientnet_lite0', or a torchvision model name (with --weights)")
+    export.add_argument("--layer", help="target layer: a module path (PyTorch) or tensor name (ONNX); ONNX default: automatic")
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    export.set_defaults(run=cmd_export)
+
+    layers = sub.add_parser("layers", help="list candidate target layers with their shapes")
+    layers.add_argument("model")
+    layers.add_argument("--weights")
+    layers.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    layers.set_defaults(run=cmd_layers)
+
+    from . import cli_explain
+
+    cli_explain.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; a FusionCamError prints one clear line and exits 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except FusionCamError as exc:
+        print(f"fusioncam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

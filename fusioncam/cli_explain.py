@@ -1,0 +1,119 @@
+"""The `demo` and `explain` subcommands: they parse arguments and call the API (default_model, runtime, report)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
+SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _say(message: str) -> None:
+    """A status line on stderr (stdout carries only the results table)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    """--methods: a comma-separated subset of fusion,gradcam,scorecam."""
+    from .report import check_methods
+
+    try:
+        return check_methods([m.strip() for m in text.split(",") if m.strip()])
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(text: str) -> int:
+    """--batch: a positive integer."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their image files (not recursive), globs as their matches; none found is an error."""
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif glob.has_magic(item) and not path.exists():
+            found += sorted(Path(p) for p in glob.glob(item) if os.path.isfile(p))
+        else:
+            found.append(path)  # a missing or unreadable file is reported by name when it is read
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise InputError(f"no images found in {', '.join(inputs)} (folders are searched for "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}, not recursively)")
+    return unique
+
+
+def _finish(summary) -> int:
+    """Print the results table and where the files went; 0 when every image was explained, else 1."""
+    from .report import summary_table
+
+    if summary.records:
+        print(summary_table(summary.records))
+    explained, total = len(summary.records), len(summary.records) + len(summary.failures)
+    _say(f"explained {explained} of {total} image(s); open {summary.out / 'index.html'}")
+    return 0 if summary.all_succeeded else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """fusioncam demo: the default model on the sample photos."""
+    from .default_model import default_bundle
+    from .report import explain_into_folder, prepare_output_dir, sample_sources
+    from .runtime import Explainer
+
+    sources = sample_sources(args.images)
+    prepare_output_dir(args.out, sources, ("fusion",))
+    explainer = Explainer(default_bundle(notify=_say), device=args.device)
+    return _finish(explain_into_folder(explainer, sources, args.out, methods=("fusion",)))
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """fusioncam explain INPUTS... --model MODEL: explain image files into an output folder."""
+    from .default_model import bundle_for
+    from .report import explain_into_folder, file_sources, prepare_output_dir
+    from .runtime import Explainer
+
+    sources = file_sources(expand_inputs(args.inputs))
+    prepare_output_dir(args.out, sources, args.methods)
+    size = tuple(args.input_size) if args.input_size else None
+    explainer = Explainer(bundle_for(args.model, args.layer, size, notify=_say), device=args.device, batch_size=args.batch)
+    summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
+                                  colormap=args.colormap)
+    return _finish(summary)
+
+
+def add_subcommands(sub) -> None:
+    """Register the explaining subcommands on the parser's subparsers."""
+    demo = sub.add_parser("demo", help="explain the sample photos with the built-in EfficientNet-Lite0")
+    demo.add_argument("--out", default="fusioncam-demo", help="output folder (default: fusioncam-demo)")
+    demo.add_argument("--device", choices=DEVICES, default="auto")
+    demo.add_argument("--images", nargs="+", choices=SAMPLE_NAMES, metavar="NAME",
+                      help=f"which samples (default: all of {', '.join(SAMPLE_NAMES)})")
+    demo.set_defaults(run=cmd_demo)
+
+    explain = sub.add_parser("explain", help="explain image files, folders or globs with a model")
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive) or globs")
+    explain.add_argument("--model", required=True, help="a bundle directory, an .onnx file, or efficientnet_lite0")
+    explain.add_argument("--layer", help="target layer (default: the bundle's, or picked automatically for .onnx)")
+    explain.add_argument("--target", help="class index or class name to explain (default: each image's top class)")
+    explain.add_argument("--out", default="fusioncam-out", help="output folder (default: fusioncam-out)")
+    explain.add_argument("--device", choices=DEVICES, default="auto")
+    explain.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    explain.add_argument("--methods", type=_methods, default=("fusion",),
+                         help="overlays and .npy maps to write besides the panel: any of fusion,gradcam,scorecam "
+                              "(default: fusion)")
+    explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
+    explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                         help="input size for an .onnx model with a dynamic height/width")
+    explain.set_defaults(run=cmd_explain)

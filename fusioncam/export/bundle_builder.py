@@ -1,0 +1,99 @@
+"""Turn a prepared classifier and a target layer into a verified bundle on disk."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, Bundle, Manifest, write_bundle
+from ..errors import ModelLoadError
+from .classifier_graph import Classifier
+from .explain_graph import build_explain, build_scorer
+from .layers import Layer
+from .onnx_loading import model_opset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ExportResult:
+    """What an export produced: the bundle and the layer it explains (with its shape)."""
+
+    bundle: Bundle
+    layer: Layer
+    picked_automatically: bool
+
+    def describe(self) -> str:
+        how = "picked automatically: the last spatial feature map before the head" if self.picked_automatically else "as requested"
+        k, h, w = self.layer.shape[1:]
+        return (f"bundle {self.bundle.path}: target '{self.bundle.manifest.target_layer}' "
+                f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how})")
+
+
+def _check_batch_independence(scorer: onnx.ModelProto, size: tuple[int, int], origin: str) -> None:
+    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(scorer.SerializeToString(), providers=["CPUExecutionProvider"])
+        batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+        together = session.run(None, {"input": batch})[0]
+        alone = np.concatenate([session.run(None, {"input": batch[i : i + 1]})[0] for i in range(2)])
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{origin}: the model does not run with a batch of 2 images ({str(exc).splitlines()[0]}); it probably "
+            f"hard-codes batch size 1 (e.g. a Reshape to [1, -1]). Re-export it with a dynamic batch axis."
+        ) from None
+    scale = max(float(np.abs(alone).max()), 1e-6)
+    if together.shape != alone.shape or float(np.abs(together - alone).max()) > 1e-3 * scale:
+        raise ModelLoadError(
+            f"{origin}: logits of a batch of 2 differ from those of each image alone; the model mixes images of a "
+            f"batch (training-mode BatchNorm, or a hard-coded batch size). Export it in inference mode with a dynamic batch."
+        )
+
+
+def write_classifier_bundle(
+    classifier: Classifier,
+    layer: Layer,
+    out: str | os.PathLike,
+    *,
+    target_label: str,
+    source: str,
+    source_sha256: str,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    class_names: list[str] | None = None,
+    picked_automatically: bool = False,
+) -> ExportResult:
+    """Build both graphs, check them, and write the bundle atomically."""
+    if class_names is not None and len(class_names) != classifier.num_classes:
+        raise ModelLoadError(
+            f"{source}: {len(class_names)} class names given but the model has {classifier.num_classes} classes"
+        )
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
+    scorer = build_scorer(classifier)
+    _check_batch_independence(scorer, classifier.input_size, source)
+    explain = build_explain(classifier, layer)
+    manifest = Manifest(
+        input_size=tuple(classifier.input_size),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        target_layer=target_label,
+        target_tensor=layer.name,
+        channels=layer.shape[1],
+        feature_size=tuple(layer.shape[2:]),
+        num_classes=classifier.num_classes,
+        opset=model_opset(explain),
+        source_sha256=source_sha256,
+        source=source,
+        class_names=list(class_names) if class_names is not None else None,
+    )
+    graphs = {EXPLAIN_GRAPH: explain.SerializeToString(), SCORER_GRAPH: scorer.SerializeToString()}
+    bundle = write_bundle(Path(out), graphs, manifest)
+    return ExportResult(bundle=bundle, layer=layer, picked_automatically=picked_automatically)

@@ -1,0 +1,151 @@
+"""Find a classifier graph's image input and its pre-softmax logits, and fix their shapes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+from onnx import TensorProto
+
+from ..errors import ModelLoadError
+from .constant_folding import fold_constants
+from .onnx_loading import upgrade_opset
+
+BATCH_DIM = "N"
+SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+
+
+@dataclass
+class Classifier:
+    """A classifier graph with a dynamic batch, one `[N,3,H,W]` input and a known logits tensor."""
+
+    model: onnx.ModelProto  # shape-inferred, opset >= 17
+    input_name: str
+    logits_name: str  # pre-softmax scores [N, C]
+    input_size: tuple[int, int]
+    num_classes: int
+
+
+def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Static ints, symbolic names, or None for each dim of a value's type."""
+    dims = []
+    for dim in value_info.type.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def infer_shapes(model: onnx.ModelProto, origin: str) -> onnx.ModelProto:
+    """Shape inference with constant propagation; errors name the model."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: ONNX shape inference failed: {exc}") from None
+
+
+def tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Shape of every tensor shape inference knows about (graph inputs, outputs, value_info, initializers)."""
+    shapes: dict[str, tuple] = {}
+    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.HasField("shape"):
+            shapes[info.name] = tuple(_dims(info))
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def tensor_elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """ONNX element type of every typed tensor."""
+    types = {}
+    for info in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        if info.type.HasField("tensor_type"):
+            types[info.name] = info.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def _image_input(model: onnx.ModelProto, origin: str) -> onnx.ValueInfoProto:
+    """The single graph input that is not an initializer."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = [inp for inp in model.graph.input if inp.name not in initializers]
+    if len(inputs) != 1:
+        names = ", ".join(inp.name for inp in inputs) or "none"
+        raise ModelLoadError(f"{origin}: expected exactly one image input [N,3,H,W], found {len(inputs)} ({names})")
+    return inputs[0]
+
+
+def _fix_input_shape(inp: onnx.ValueInfoProto, input_size: tuple[int, int] | None, origin: str) -> tuple[int, int]:
+    """Check the input is float [N,3,H,W]; make N symbolic and H, W static; return (H, W)."""
+    elem = inp.type.tensor_type.elem_type
+    dims = _dims(inp)
+    shape_text = "[" + ",".join(str(d) for d in dims) + "]"
+    if elem != TensorProto.FLOAT or len(dims) != 4 or dims[1] != 3:
+        raise ModelLoadError(
+            f"{origin}: input '{inp.name}' is {onnx.TensorProto.DataType.Name(elem).lower()} {shape_text}; "
+            f"fusioncam explains image classifiers with a float32 [N,3,H,W] input (NCHW, 3 colour channels)"
+        )
+    height, width = dims[2], dims[3]
+    if input_size is not None:
+        for got, want, axis in ((height, input_size[0], "H"), (width, input_size[1], "W")):
+            if isinstance(got, int) and got != want:
+                raise ModelLoadError(f"{origin}: input '{inp.name}' has {axis}={got} but input_size asks for {want}")
+        height, width = input_size
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise ModelLoadError(
+            f"{origin}: input '{inp.name}' {shape_text} has a dynamic height/width; pass input_size=(H, W) "
+            f"(CLI: --input-size H W) to fix it"
+        )
+    shape = inp.type.tensor_type.shape
+    shape.dim[0].Clear()
+    shape.dim[0].dim_param = BATCH_DIM
+    shape.dim[2].Clear()
+    shape.dim[2].dim_value = height
+    shape.dim[3].Clear()
+    shape.dim[3].dim_value = width
+    return height, width
+
+
+def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Map from tensor name to the node that produces it."""
+    return {out: node for node in model.graph.node for out in node.output if out}
+
+
+def _logits_tensor(model: onnx.ModelProto, origin: str) -> str:
+    """The model's first output, or the input of a final (Log)Softmax: the score must be the raw logit."""
+    made_by = producers(model)
+    name = model.graph.output[0].name
+    while name in made_by and made_by[name].op_type == "Identity":
+        name = made_by[name].input[0]
+    if name in made_by and made_by[name].op_type in SOFTMAX_OPS:
+        name = made_by[name].input[0]
+    return name
+
+
+def _clear_output_batch(model: onnx.ModelProto) -> None:
+    """Drop value_info and output shapes so stale static batch sizes don't survive the dynamic-batch fix."""
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        if out.type.tensor_type.HasField("shape"):
+            out.type.tensor_type.ClearField("shape")
+
+
+def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None) -> Classifier:
+    """Validate the classifier's interface and return it with a dynamic batch and inferred shapes."""
+    model = upgrade_opset(model, origin)
+    model = fold_constants(model)
+    inp = _image_input(model, origin)
+    size = _fix_input_shape(inp, input_size, origin)
+    _clear_output_batch(model)
+    model = infer_shapes(model, origin)
+    logits = _logits_tensor(model, origin)
+    shape = tensor_shapes(model).get(logits)
+    if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
+        raise ModelLoadError(
+            f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
+        )
+    return Classifier(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1])

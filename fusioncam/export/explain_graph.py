@@ -1,0 +1,91 @@
+"""Build the bundle's two graphs from a classifier: the explain graph (logits, A, dy_c/dA) and the scorer."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import LayerError
+
+from .classifier_graph import BATCH_DIM, Classifier
+from .graph_surgery import free_names, prune_to_outputs, rename_tensor
+from .layers import Layer
+
+INPUT, TARGET = "input", "target"
+LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED = "logits", "activations", "gradients", "target_used"
+RESERVED = [INPUT, TARGET, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, "explain/seed"]
+
+
+def _standard_names(classifier: Classifier, target: str | None) -> tuple[onnx.ModelProto, str, str | None]:
+    """Copy the model with its image input called `input`; return (model, logits tensor, target tensor)."""
+    model = onnx.ModelProto.FromString(classifier.model.SerializeToString())
+    moved = free_names(model, [name for name in RESERVED if name != classifier.input_name])
+    logits = moved.get(classifier.logits_name, classifier.logits_name)
+    target = moved.get(target, target) if target is not None else None
+    if classifier.input_name != INPUT:
+        rename_tensor(model, classifier.input_name, INPUT)
+    return model, logits, target
+
+
+def _set_outputs(model: onnx.ModelProto, outputs: list[tuple[str, str, int, list]]) -> None:
+    """Replace the graph outputs by Identity copies of (source tensor -> output name, type, shape)."""
+    graph = model.graph
+    del graph.output[:]
+    for source, name, elem, shape in outputs:
+        if source != name:
+            graph.node.append(helper.make_node("Identity", [source], [name], name=f"output/{name}"))
+        graph.output.append(helper.make_tensor_value_info(name, elem, shape))
+
+
+def build_scorer(classifier: Classifier) -> onnx.ModelProto:
+    """The plain forward `input -> logits` (pre-softmax) with a dynamic batch."""
+    model, logits, _ = _standard_names(classifier, None)
+    _set_outputs(model, [(logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes])])
+    prune_to_outputs(model, [LOGITS])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _target_seed_nodes(logits: str, num_classes: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes turning `target` (-1 = arg-max) into `target_used` and a one-hot float seed [N, C]."""
+    classes = numpy_helper.from_array(np.arange(num_classes, dtype=np.int64).reshape(1, -1), "explain/classes")
+    zero = numpy_helper.from_array(np.array(0, dtype=np.int64), "explain/zero")
+    one_axis = numpy_helper.from_array(np.array([1], dtype=np.int64), "explain/axis1")
+    nodes = [
+        helper.make_node("ArgMax", [logits], ["explain/argmax"], axis=1, keepdims=0, select_last_index=0, name="explain/argmax"),
+        helper.make_node("Less", [TARGET, "explain/zero"], ["explain/use_argmax"], name="explain/use_argmax"),
+        helper.make_node("Where", ["explain/use_argmax", "explain/argmax", TARGET], [TARGET_USED], name="explain/target_used"),
+        helper.make_node("Unsqueeze", [TARGET_USED, "explain/axis1"], ["explain/target_col"], name="explain/target_col"),
+        helper.make_node("Equal", ["explain/target_col", "explain/classes"], ["explain/onehot_bool"], name="explain/onehot"),
+        helper.make_node("Cast", ["explain/onehot_bool"], ["explain/seed"], to=TensorProto.FLOAT, name="explain/seed"),
+    ]
+    return nodes, [classes, zero, one_axis]
+
+
+def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
+    """The explain graph: inputs `input`, `target`; outputs logits, activations, gradients, target_used."""
+    model, logits, target = _standard_names(classifier, layer.name)
+    graph = model.graph
+    graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH_DIM]))
+    nodes, constants = _target_seed_nodes(logits, classifier.num_classes)
+    graph.node.extend(nodes)
+    graph.initializer.extend(constants)
+    if target == INPUT:
+        raise LayerError("the target layer cannot be the image input itself; pick a feature map")
+    from .autodiff import differentiate
+
+    model = differentiate(model, wrt=target, of=logits, seed="explain/seed", grad_name=GRADIENTS)
+    k, h, w = layer.shape[1:]
+    _set_outputs(
+        model,
+        [
+            (logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes]),
+            (target, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+            (GRADIENTS, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+            (TARGET_USED, TARGET_USED, TensorProto.INT64, [BATCH_DIM]),
+        ],
+    )
+    prune_to_outputs(model, [LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED])
+    onnx.checker.check_model(model)
+    return model

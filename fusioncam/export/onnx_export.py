@@ -1,0 +1,42 @@
+"""`export_onnx` and `list_layers` for plain ONNX classifiers: no PyTorch needed."""
+
+from __future__ import annotations
+
+import os
+
+from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
+from .classifier_graph import Classifier, prepare_classifier
+from .layers import Layer, auto_target, candidate_layers, resolve_target
+from .onnx_loading import load_onnx
+
+
+def load_classifier(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None) -> tuple[Classifier, str]:
+    """Load and prepare an ONNX classifier; return it with its source hash."""
+    source = load_onnx(model_path)
+    return prepare_classifier(source.model, source.origin, input_size), source.sha256
+
+
+def export_onnx(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    target_layer: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    class_names: list[str] | None = None,
+) -> ExportResult:
+    """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe())."""
+    classifier, digest = load_classifier(model_path, input_size)
+    layer = resolve_target(classifier, target_layer) if target_layer is not None else auto_target(classifier)
+    return write_classifier_bundle(
+        classifier, layer, out,
+        target_label=layer.name, source=str(model_path), source_sha256=digest,
+        mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
+    )
+
+
+def list_onnx_layers(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None) -> list[Layer]:
+    """Candidate target tensors of an ONNX classifier with their shapes, in graph order."""
+    classifier, _ = load_classifier(model_path, input_size)
+    return candidate_layers(classifier)

@@ -1,0 +1,112 @@
+"""Bilinear upsampling on the CPU, exactly PyTorch's `F.interpolate(mode="bilinear", align_corners=False)`.
+
+Each output value is two lerps along x then one along y, `a + t * (b - a)` in float32:
+a constant map stays exactly constant, so its normalised mask is exactly zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["bilinear_weights", "upsample", "upsampled_min_max"]
+
+# At most this many output pixels are materialised at once (64 maps of 224 x 224).
+CHUNK_PIXELS = 64 * 224 * 224
+
+
+@dataclass(frozen=True)
+class AxisTable:
+    """Where each output row (or column) of one resized axis reads from, and how much of each."""
+
+    lower: np.ndarray  # int64 [out]: first source index
+    upper: np.ndarray  # int64 [out]: second source index (== lower at the last row)
+    frac: np.ndarray  # float32 [out]: weight of `upper`, in [0, 1]
+
+
+@functools.lru_cache(maxsize=64)
+def axis_table(in_size: int, out_size: int) -> AxisTable:
+    """PyTorch's half-pixel source indices for one axis: src = max(scale * (dst + 0.5) - 0.5, 0).
+
+    `scale` is float32 in/out and src is rounded once to float32, as PyTorch's fused multiply-add does.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
+    if in_size == out_size:  # PyTorch copies an axis that keeps its size
+        src = np.arange(out_size, dtype=np.float32)
+    else:
+        scale = np.float64(np.float32(in_size) / np.float32(out_size))
+        centres = np.arange(out_size, dtype=np.float64) + 0.5
+        src = np.maximum((scale * centres - 0.5).astype(np.float32), np.float32(0))
+    lower = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    upper = lower + (lower < in_size - 1)
+    frac = np.clip(src - lower.astype(np.float32), 0, 1).astype(np.float32)
+    for array in (lower, upper, frac):
+        array.setflags(write=False)
+    return AxisTable(lower, upper, frac)
+
+
+def chunk_length(out_hw: tuple[int, int]) -> int:
+    """How many maps of this output size fit in one bounded chunk."""
+    return max(1, CHUNK_PIXELS // (out_hw[0] * out_hw[1]))
+
+
+def upsample_block(maps: np.ndarray, rows: AxisTable, cols: AxisTable) -> np.ndarray:
+    """Upsample a small stack [c, h, w] float32 to [c, H, W] (x lerp, then y lerp)."""
+    left = maps[:, :, cols.lower]
+    wide = maps[:, :, cols.upper] - left
+    wide *= cols.frac
+    wide += left
+    top = wide[:, rows.lower, :]
+    out = wide[:, rows.upper, :] - top
+    out *= rows.frac[:, None]
+    out += top
+    return out
+
+
+def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
+    """The [out_size, in_size] float32 matrix of PyTorch's bilinear resize along one axis (align_corners=False).
+
+    Row r holds 1 - frac at the lower source index and frac at the upper one; `up(A) = Wh @ A @ Ww.T`.
+    """
+    table = axis_table(in_size, out_size)
+    rows = np.arange(out_size)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    np.add.at(weights, (rows, table.lower), np.float32(1) - table.frac)
+    np.add.at(weights, (rows, table.upper), table.frac)
+    return weights
+
+
+def upsample(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of maps [..., h, w] to [..., H, W] float32 (half-pixel centres, no antialias)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    *lead, h, w = maps.shape
+    height, width = out_hw
+    rows, cols = axis_table(h, height), axis_table(w, width)
+    flat = maps.reshape(-1, h, w)
+    out = np.empty((flat.shape[0], height, width), dtype=np.float32)
+    step = chunk_length(out_hw)
+    for start in range(0, flat.shape[0], step):
+        out[start : start + step] = upsample_block(flat[start : start + step], rows, cols)
+    return out.reshape(*lead, height, width)
+
+
+def upsampled_min_max(acts: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Min and max [N, K] float32 of every channel's upsampled map, never materialising all of them at once.
+
+    Bilinear upsampling need not reach the low-resolution extremes, so Score-CAM's norm needs these.
+    """
+    acts = np.asarray(acts, dtype=np.float32)
+    n, k, h, w = acts.shape
+    rows, cols = axis_table(h, out_hw[0]), axis_table(w, out_hw[1])
+    flat = acts.reshape(n * k, h, w)
+    mins = np.empty(n * k, dtype=np.float32)
+    maxs = np.empty(n * k, dtype=np.float32)
+    step = chunk_length(out_hw)
+    for start in range(0, n * k, step):
+        block = upsample_block(flat[start : start + step], rows, cols)
+        mins[start : start + step] = block.min(axis=(1, 2))
+        maxs[start : start + step] = block.max(axis=(1, 2))
+    return mins.reshape(n, k), maxs.reshape(n, k)

@@ -1,0 +1,336 @@
+"""Explaining images into an output folder: each image's files, then `index.html`, `results.json` and a summary table.
+
+Per image NAME: `NAME_panel.png` (image | Grad-CAM | Score-CAM | Fusion-CAM) and, per chosen method,
+an overlay PNG at the image's own resolution and the raw float32 map as `.npy` (see `output_files`).
+Every file is written atomically; images that cannot be read or explained are skipped and listed.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+import numpy as np
+
+from .atomic import write_bytes_atomic, write_text_atomic
+from .errors import FusionCamError, InputError
+from .images import preprocess
+from .progress import ProgressBar
+from .runtime.input_checks import resolve_targets
+from .visualize import colormap_code, overlay, panel
+
+METHODS = ("fusion", "gradcam", "scorecam")
+METHOD_TITLES = {"gradcam": "Grad-CAM", "scorecam": "Score-CAM", "fusion": "Fusion-CAM"}
+PANEL_ORDER = ("gradcam", "scorecam", "fusion")
+INDEX_HTML = "index.html"
+RESULTS_JSON = "results.json"
+
+
+@dataclass
+class ImageSource:
+    """One image to explain: its output name, how to name it in messages, and how to read it as uint8 RGB."""
+
+    name: str
+    label: str
+    read: Callable[[], np.ndarray]
+    path: Path | None = None
+
+
+@dataclass
+class ImageRecord:
+    """What one explained image produced; a row of results.json and a card of index.html."""
+
+    name: str
+    input: str
+    class_index: int
+    class_name: str
+    probability: float
+    betas: dict[str, float]
+    degenerate: bool
+    seconds: float
+    forwards_run: int
+    files: dict[str, str]
+    fusion_stats: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Failure:
+    """An input that was skipped, and why."""
+
+    input: str
+    error: str
+
+
+@dataclass
+class RunSummary:
+    """Everything one run wrote: per-image records and the inputs it had to skip."""
+
+    out: Path
+    records: list[ImageRecord]
+    failures: list[Failure]
+
+    @property
+    def all_succeeded(self) -> bool:
+        return not self.failures and bool(self.records)
+
+
+def output_files(name: str, methods: Sequence[str]) -> dict[str, str]:
+    """File names one image gets: the panel, and per method an overlay PNG and a raw .npy map."""
+    files = {"panel": f"{name}_panel.png"}
+    for method in methods:
+        files[f"{method}_overlay"] = f"{name}_overlay.png" if method == "fusion" else f"{name}_{method}_overlay.png"
+        files[f"{method}_npy"] = f"{name}_{method}.npy"
+    return files
+
+
+def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """The methods in canonical order without repeats, or an InputError naming the valid ones."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    return tuple(m for m in METHODS if m in methods)
+
+
+def unique_names(labels: Sequence[str]) -> list[str]:
+    """File-name-safe output names from input names (their stems), numbered where two would collide."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for label in labels:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(label).stem).strip("._") or "image"
+        name, count = base, 1
+        while name.lower() in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name.lower())
+        names.append(name)
+    return names
+
+
+def prepare_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> Path:
+    """Create the output folder, prove it is writable, and refuse it if any output would replace an input."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FusionCamError(f"output folder {out} is a file, not a folder; choose another output folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise FusionCamError(f"output folder {out} is not writable ({reason}); choose another output folder") from None
+    inputs = {os.path.realpath(s.path): s.label for s in sources if s.path is not None}
+    planned = [out / INDEX_HTML, out / RESULTS_JSON]
+    for source in sources:
+        planned += [out / file for file in output_files(source.name, methods).values()]
+    for path in planned:
+        if os.path.realpath(path) in inputs:
+            raise FusionCamError(
+                f"writing {path} would overwrite the input image {inputs[os.path.realpath(path)]}; choose another output folder"
+            )
+    return out
+
+
+def explain_into_folder(
+    explainer,
+    sources: Sequence[ImageSource],
+    out: str | os.PathLike,
+    target=None,
+    methods: Sequence[str] = ("fusion",),
+    colormap: str = "jet",
+    stream: TextIO | None = None,
+) -> RunSummary:
+    """Explain each source separately with `explainer` and write its files; bad images are reported and skipped.
+
+    `target` is one class for every image (index, name or None for each image's top class). Messages about
+    skipped images, and a progress bar when `stream` is a terminal, go to `stream` (default stderr).
+    """
+    methods = check_methods(methods)
+    colormap_code(colormap)  # an unknown colormap fails before any image is explained
+    manifest = explainer.bundle.manifest
+    target = int(resolve_targets(target, 1, manifest.num_classes, manifest.class_names)[0])  # bad names fail up front
+    out = prepare_output_dir(out, sources, methods)
+    progress = ProgressBar(len(sources), stream)
+    records: list[ImageRecord] = []
+    failures: list[Failure] = []
+    for source in sources:
+        progress.show(source.label)
+        try:
+            rgb = source.read()
+            batch = preprocess(rgb, manifest.input_size, manifest.mean, manifest.std)[None]
+            started = time.perf_counter()
+            explanation = explainer.explain(batch, targets=target, names=[source.label])
+            seconds = time.perf_counter() - started
+        except FusionCamError as exc:
+            failures.append(Failure(source.label, str(exc)))
+            progress.note(f"skipped {source.label}: {exc}")
+        else:
+            records.append(write_image_outputs(out, source, rgb, explanation, seconds, methods, colormap))
+        progress.advance(source.label)
+    progress.close()
+    summary = RunSummary(out, records, failures)
+    write_results_json(summary, explainer, methods)
+    write_index_html(summary, explainer)
+    return summary
+
+
+def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explanation, seconds: float,
+                        methods: Sequence[str], colormap: str = "jet") -> ImageRecord:
+    """Encode all of one image's files in memory first, then write each atomically; return its record."""
+    files = output_files(source.name, methods)
+    title = f"{explanation.class_name(0)}  p={float(explanation.probabilities[0]):.3f}"
+    tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in PANEL_ORDER]
+    encoded = {files["panel"]: _png_bytes(panel(rgb, tiles, title, colormap=colormap))}
+    for method in methods:
+        cam = explanation.maps[method][0]
+        encoded[files[f"{method}_overlay"]] = _png_bytes(overlay(rgb, cam, colormap))
+        encoded[files[f"{method}_npy"]] = _npy_bytes(cam.astype(np.float32))
+    for file_name, data in encoded.items():
+        _write(out / file_name, data)
+    fusion = explanation.fusion[0]
+    peak = np.unravel_index(int(np.argmax(fusion)), fusion.shape)
+    return ImageRecord(
+        name=source.name, input=source.label, class_index=int(explanation.classes[0]),
+        class_name=explanation.class_name(0), probability=float(explanation.probabilities[0]),
+        betas=explanation.beta_row(0), degenerate=bool(explanation.degenerate[0]), seconds=float(seconds),
+        forwards_run=int(explanation.forwards_run[0]), files=files,
+        fusion_stats={"shape": list(fusion.shape), "min": float(fusion.min()), "max": float(fusion.max()),
+                      "mean": float(fusion.mean()), "peak_yx": [int(peak[0]), int(peak[1])]},
+    )
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    """PNG file bytes of a uint8 RGB image."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise FusionCamError("OpenCV could not encode a PNG")
+    return data.tobytes()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    """.npy file bytes of an array."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write whose OS failures (disk full, permissions) become one clear error."""
+    try:
+        write_bytes_atomic(path, data)
+    except OSError as exc:
+        raise FusionCamError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_results_json(summary: RunSummary, explainer, methods: Sequence[str]) -> Path:
+    """results.json: the model, the device, one entry per explained image and the skipped inputs."""
+    from . import __version__
+
+    manifest = explainer.bundle.manifest
+    document = {
+        "fusioncam_version": __version__,
+        "model": {"source": manifest.source, "target_layer": manifest.target_layer,
+                  "input_size": list(manifest.input_size), "bundle": str(explainer.bundle.path)},
+        "device": str(explainer.device),
+        "methods": list(methods),
+        "images": [asdict(record) for record in summary.records],
+        "failed": [asdict(failure) for failure in summary.failures],
+    }
+    path = summary.out / RESULTS_JSON
+    try:
+        write_text_atomic(path, json.dumps(document, indent=2) + "\n")
+    except OSError as exc:
+        raise FusionCamError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+_PAGE_CSS = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fafafa; }
+h1 { font-size: 20px; margin: 0 0 4px; } p.meta { color: #555; margin: 0 0 20px; font-size: 14px; }
+.card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: 12px; margin-bottom: 20px; }
+.card img { max-width: 100%; height: auto; display: block; }
+.card h2 { font-size: 16px; margin: 0 0 8px; }
+table { border-collapse: collapse; font-size: 13px; margin-top: 8px; }
+td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f0f0f0; }
+.bad { color: #b00; font-weight: bold; } .files a { margin-right: 12px; font-size: 13px; }
+"""
+
+
+def write_index_html(summary: RunSummary, explainer) -> Path:
+    """index.html: a static gallery of the panels (inline CSS, relative image links, no external assets)."""
+    esc = html.escape
+    manifest = explainer.bundle.manifest
+    cards = []
+    for record in summary.records:
+        betas = "".join(f"<th>{esc(name)}</th>" for name in record.betas)
+        values = "".join(f"<td>{value:.4f}</td>" for value in record.betas.values())
+        flag = '<span class="bad">yes</span>' if record.degenerate else "no"
+        links = "".join(f'<a href="{esc(file)}">{esc(file)}</a>' for kind, file in record.files.items() if kind != "panel")
+        cards.append(
+            f'<div class="card"><h2>{esc(record.name)}: {esc(record.class_name)} '
+            f'(class {record.class_index}, p = {record.probability:.3f})</h2>'
+            f'<img src="{esc(record.files["panel"])}" alt="{esc(record.name)} panel">'
+            f"<table><tr>{betas}<th>degenerate</th><th>seconds</th></tr>"
+            f"<tr>{values}<td>{flag}</td><td>{record.seconds:.2f}</td></tr></table>"
+            f'<p class="files">{links}</p><p class="meta">input: {esc(record.input)}</p></div>'
+        )
+    failed = "".join(f"<li>{esc(f.input)}: {esc(f.error)}</li>" for f in summary.failures)
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fusioncam results</title>'
+        f"<style>{_PAGE_CSS}</style></head><body>"
+        f"<h1>Fusion-CAM explanations</h1>"
+        f'<p class="meta">model {esc(manifest.source)}, layer {esc(manifest.target_layer)}, '
+        f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {esc(str(explainer.device))}; "
+        f"{len(summary.records)} explained, {len(summary.failures)} skipped</p>"
+        + "".join(cards)
+        + (f'<div class="card"><h2 class="bad">Skipped inputs</h2><ul>{failed}</ul></div>' if failed else "")
+        + "</body></html>\n"
+    )
+    path = summary.out / INDEX_HTML
+    try:
+        write_text_atomic(path, page)
+    except OSError as exc:
+        raise FusionCamError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def summary_table(records: Sequence[ImageRecord]) -> str:
+    """A plain-text table: image, class, probability, seconds."""
+    rows = [("image", "class", "probability", "seconds")]
+    rows += [(r.name, r.class_name, f"{r.probability:.3f}", f"{r.seconds:.2f}") for r in records]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = []
+    for row in rows:
+        lines.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}  {row[3]:>{widths[3]}}")
+    return "\n".join(lines)
+
+
+def file_sources(paths: Sequence[str | os.PathLike]) -> list[ImageSource]:
+    """Image files as sources, read one at a time (a bad file fails alone), with collision-free output names."""
+    from .images import read_rgb
+
+    paths = [Path(p) for p in paths]
+    return [ImageSource(name, str(path), lambda path=path: read_rgb(path), path)
+            for name, path in zip(unique_names([p.name for p in paths]), paths)]
+
+
+def sample_sources(names: Sequence[str] | None = None) -> list[ImageSource]:
+    """The bundled sample photos (astronaut, chelsea, coffee, rocket, motorcycle), or the named subset."""
+    from .images import sample_images
+
+    samples = sample_images()
+    names = list(names) if names else list(samples)
+    unknown = [n for n in names if n not in samples]
+    if unknown:
+        raise InputError(f"unknown sample image(s) {', '.join(unknown)}; choose from {', '.join(samples)}")
+    return [ImageSource(name, name, lambda image=samples[name]: image) for name in dict.fromkeys(names)]

@@ -1,0 +1,69 @@
+"""ONNX Runtime on the CPU provider, all cores, NumPy buffers and the NumPy kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..kernels import numpy_kernels
+from .stage_clock import HostClock
+
+GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
+
+
+def cpu_session(path, threads: int | None = None):
+    """An ORT CPU session using every core for each op (Score-CAM batches are wide enough)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class CpuBackend:
+    """Runs the explain graph and the scorer on the CPU; the scorer input buffer is allocated once."""
+
+    name = "cpu"
+    xp = np
+    kernels = numpy_kernels
+
+    def __init__(self, bundle: Bundle, batch_size: int) -> None:
+        size = bundle.manifest.input_size
+        self.batch_size = batch_size
+        self._explain = cpu_session(bundle.explain_path)
+        self._scorer = cpu_session(bundle.scorer_path)
+        self._buffer = np.empty((batch_size, 3, *size), dtype=np.float32)
+
+    def context(self):
+        """Nothing to make current on the CPU."""
+        return contextlib.nullcontext()
+
+    def explain(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+        """One pass: logits, activations, gradients of each image's target logit, and the targets used."""
+        outputs = self._explain.run(list(GRAPH_OUTPUTS), {"input": images, "target": targets})
+        return dict(zip(GRAPH_OUTPUTS, outputs))
+
+    def input_buffer(self) -> np.ndarray:
+        """The scorer's [batch_size,3,H,W] input buffer that the mask kernels write into."""
+        return self._buffer
+
+    def score_rows(self, count: int) -> np.ndarray:
+        """Logits of the first `count` rows of the input buffer (the CPU runs no padding rows)."""
+        return self._scorer.run(["logits"], {"input": self._buffer[:count]})[0]
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """Logits of arbitrary inputs (used once per session for the all-zeros baseline)."""
+        return self._scorer.run(["logits"], {"input": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def asarray(self, array) -> np.ndarray:
+        return np.asarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        return np.asarray(array)
+
+    def clock(self) -> HostClock:
+        return HostClock()

@@ -1,0 +1,112 @@
+"""ONNX Runtime on the CUDA provider with IO binding of CuPy buffers, sharing one CUDA stream with CuPy."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..kernels import cuda_kernels
+from .stage_clock import CudaEventClock
+
+GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
+
+
+class CudaBackend:
+    """Explain graph and scorer on one GPU; every array stays on the device until the final maps."""
+
+    name = "cuda"
+
+    def __init__(self, bundle: Bundle, batch_size: int, device_index: int = 0, tf32: bool = False,
+                 cudnn_search: str = "EXHAUSTIVE") -> None:
+        import cupy
+        import onnxruntime as ort
+
+        self.xp = cupy
+        self.kernels = cuda_kernels()
+        self.device_index = device_index
+        self.batch_size = batch_size
+        manifest = bundle.manifest
+        self._num_classes = manifest.num_classes
+        self._feature_shape = (manifest.channels, *manifest.feature_size)
+        self._device = cupy.cuda.Device(device_index)
+        with self._device:
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            provider = ("CUDAExecutionProvider", {
+                "device_id": str(device_index),
+                "user_compute_stream": str(self.stream.ptr),
+                "has_user_compute_stream": "1",
+                "cudnn_conv_algo_search": cudnn_search,
+                "use_tf32": "1" if tf32 else "0",
+            })
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._explain = ort.InferenceSession(str(bundle.explain_path), sess_options=options, providers=[provider])
+            self._scorer = ort.InferenceSession(str(bundle.scorer_path), sess_options=options, providers=[provider])
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            self._buffer = cupy.zeros((batch_size, 3, *manifest.input_size), dtype=cupy.float32)
+            self._logits = cupy.empty((batch_size, manifest.num_classes), dtype=cupy.float32)
+            self._scorer_binding = self._bind(self._scorer, {"input": self._buffer}, {"logits": self._logits})
+
+    def _bind(self, session, inputs: dict, outputs: dict):
+        """An IO binding of CuPy arrays (device pointers) to a session's inputs and outputs."""
+        binding = session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_input(name, "cuda", self.device_index, array.dtype.type, tuple(array.shape), array.data.ptr)
+        for name, array in outputs.items():
+            binding.bind_output(name, "cuda", self.device_index, array.dtype.type, tuple(array.shape), array.data.ptr)
+        return binding
+
+    def context(self):
+        """Make this GPU and stream current for CuPy work."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._device)
+        stack.enter_context(self.stream)
+        return stack
+
+    def explain(self, images, targets) -> dict:
+        """One pass of the explain graph on device buffers."""
+        cupy = self.xp
+        n = images.shape[0]
+        images = cupy.ascontiguousarray(images, dtype=cupy.float32)
+        targets = cupy.ascontiguousarray(targets, dtype=cupy.int64)
+        outputs = {
+            "logits": cupy.empty((n, self._num_classes), dtype=cupy.float32),
+            "activations": cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
+            "gradients": cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
+            "target_used": cupy.empty((n,), dtype=cupy.int64),
+        }
+        binding = self._bind(self._explain, {"input": images, "target": targets}, outputs)
+        self._explain.run_with_iobinding(binding, self._run_options)
+        return outputs
+
+    def input_buffer(self):
+        """The scorer's fixed [batch_size,3,H,W] device buffer the mask kernel writes into."""
+        return self._buffer
+
+    def score_rows(self, count: int):
+        """Run the full fixed-size batch (padding rows are stale and ignored); logits of the first `count` rows."""
+        self._scorer.run_with_iobinding(self._scorer_binding, self._run_options)
+        return self._logits[:count]
+
+    def score(self, images):
+        """Logits of arbitrary device inputs (the all-zeros baseline, once per session)."""
+        cupy = self.xp
+        images = cupy.ascontiguousarray(images, dtype=cupy.float32)
+        logits = cupy.empty((images.shape[0], self._num_classes), dtype=cupy.float32)
+        binding = self._bind(self._scorer, {"input": images}, {"logits": logits})
+        self._scorer.run_with_iobinding(binding, self._run_options)
+        return logits
+
+    def asarray(self, array):
+        """Host or device array -> device array on this GPU."""
+        return self.xp.asarray(array)
+
+    def to_host(self, array) -> np.ndarray:
+        """Device -> host copy, ordered after this stream's work."""
+        return self.xp.asnumpy(array, stream=self.stream)
+
+    def clock(self) -> CudaEventClock:
+        return CudaEventClock(self.stream)

@@ -1,0 +1,61 @@
+"""The Score-CAM sweep: one masked forward per (image, non-constant channel), in shared scorer batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ScoreSweep:
+    """Raw target logits per channel and how many forwards each image needed."""
+
+    scores: object  # [N, K] float32, device array
+    forwards_run: object  # [N] int64, device array
+    forwards_skipped: object  # [N] int64, device array
+
+
+def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock, skip_constant: bool = True) -> ScoreSweep:
+    """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
+    is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it."""
+    xp = backend.xp
+    kernels = backend.kernels
+    n, k = mins.shape
+    scores = xp.repeat(z0_logits[classes][:, None], k, axis=1).astype(xp.float32)
+    active = (maxs > mins) if skip_constant else xp.ones((n, k), dtype=bool)
+    image_index, channel_index = xp.nonzero(active)
+    image_index = image_index.astype(xp.int64)
+    channel_index = channel_index.astype(xp.int64)
+    target_of_row = classes[image_index]
+    buffer = backend.input_buffer()
+    total = int(image_index.shape[0])
+    for start in range(0, total, backend.batch_size):
+        stop = min(start + backend.batch_size, total)
+        rows = slice(start, stop)
+        clock.start("mask_generation")
+        kernels.write_channel_masked_inputs(images, acts, mins, maxs, image_index[rows], channel_index[rows], buffer, 0)
+        clock.stop("mask_generation")
+        clock.start("scorer_forwards")
+        logits = backend.score_rows(stop - start)
+        scores[image_index[rows], channel_index[rows]] = logits[xp.arange(stop - start), target_of_row[rows]]
+        clock.stop("scorer_forwards")
+    run = active.sum(axis=1).astype(xp.int64)
+    return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run)
+
+
+def map_probabilities(backend, images, maps, image_index, classes, clock, probabilities) -> object:
+    """p(x * M) for each full-resolution map M (maps [M,H,W] of images image_index [M]), batched."""
+    xp = backend.xp
+    total = int(maps.shape[0])
+    out = xp.empty((total,), dtype=xp.float64)
+    buffer = backend.input_buffer()
+    for start in range(0, total, backend.batch_size):
+        stop = min(start + backend.batch_size, total)
+        rows = slice(start, stop)
+        clock.start("mask_generation")
+        backend.kernels.write_map_masked_inputs(images, maps[rows], image_index[rows], buffer, 0)
+        clock.stop("mask_generation")
+        clock.start("scorer_forwards")
+        logits = backend.score_rows(stop - start)
+        out[rows] = probabilities(xp, logits, classes[image_index[rows]])
+        clock.stop("scorer_forwards")
+    return out

@@ -1,0 +1,67 @@
+"""Explainer (ONNX Runtime, CPU provider, NumPy kernels) against the independent eager PyTorch reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fusioncam
+from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
+from torch_reference import efficientnet_lite0_pretrained, module_by_path, reference_fusion_cam, sample_model
+
+MAP_TOLERANCE = 1e-4
+BETA_TOLERANCE = 1e-5
+BETA_KEYS = ("b_den", "b_reg", "b_dr", "b_reg2", "b0")
+
+
+def assert_matches_reference(explanation, index: int, reference: dict) -> None:
+    """Maps within 1e-4 max abs, betas within 1e-5, same class and degenerate flag."""
+    assert int(explanation.classes[index]) == reference["class"]
+    assert bool(explanation.degenerate[index]) == reference["degenerate"]
+    for key in ("gradcam", "denoised", "scorecam", "combined", "fusion"):
+        diff = float(np.abs(getattr(explanation, key)[index] - reference[key]).max())
+        assert diff <= MAP_TOLERANCE, f"{key}: max abs diff {diff:.2e}"
+    for key in BETA_KEYS:
+        diff = abs(float(explanation.betas[key][index]) - float(reference["betas"][key]))
+        assert diff <= BETA_TOLERANCE, f"{key}: diff {diff:.2e}"
+    assert abs(float(explanation.probabilities[index]) - float(reference["probability"])) <= BETA_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def efficientnet_bundle(tmp_path_factory):
+    model = efficientnet_lite0_pretrained()
+    out = tmp_path_factory.mktemp("eff") / "efficientnet_lite0.fcam"
+    fusioncam.export_torch(model, "_blocks.15", out)
+    return model, out
+
+
+def sample_batch(size=(224, 224)) -> tuple[list[str], np.ndarray]:
+    samples = sample_images()
+    return list(samples), np.stack([preprocess(img, size, IMAGENET_MEAN, IMAGENET_STD) for img in samples.values()])
+
+
+def test_efficientnet_lite0_sample_images_match_reference(efficientnet_bundle):
+    model, bundle = efficientnet_bundle
+    names, images = sample_batch()
+    explanation = fusioncam.Explainer(bundle, device="cpu", batch_size=64).explain(images)
+    layer = module_by_path(model, "_blocks.15")
+    for i, name in enumerate(names):
+        reference = reference_fusion_cam(model, layer, torch.from_numpy(images[i]))
+        assert_matches_reference(explanation, i, reference)
+    # The anchors' top-1 predictions of this model (shared/reference/anchors.md): chelsea is an Egyptian cat (285).
+    assert int(explanation.classes[names.index("chelsea")]) == 285
+
+
+@pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("vgg16", "features.29")])
+def test_random_torchvision_models_match_reference(tmp_path, name, layer):
+    model = sample_model(name, seed=0)
+    size = (64, 64)
+    fusioncam.export_torch(model, layer, tmp_path / "b.fcam", input_size=size)
+    images = np.random.default_rng(3).standard_normal((2, 3, *size)).astype(np.float32)
+    targets = [-1, 7]
+    explanation = fusioncam.Explainer(tmp_path / "b.fcam", device="cpu", batch_size=100).explain(images, targets)
+    module = module_by_path(model, layer)
+    for i, target in enumerate(targets):
+        reference = reference_fusion_cam(model, module, torch.from_numpy(images[i]), None if target < 0 else target)
+        assert_matches_reference(explanation, i, reference)
