@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     layers.set_defaults(run=cmd_layers)
 
-    from . import cli_explain
+    from . import cli_evaluate, cli_explain
 
     cli_explain.add_subcommands(sub)
+    cli_evaluate.add_subcommands(sub)
     return parser
 
 

@@ -98,6 +98,7 @@ def gelu(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) ->
     x = node.input[0]
 
     def c(value: float) -> str:
+        """A scalar constant in x's dtype."""
         return ctx.scalar(value, x)
 
     if attribute(node, "approximate", "none") == "tanh":

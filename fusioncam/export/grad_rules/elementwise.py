@@ -120,3 +120,16 @@ def power(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -
         local = ctx.node("Mul", [dy, slope])
     return {0: _to_operand(ctx, node, local, 0)}
 
+
+
+@grad_rule("Where", inputs=(1, 2))
+def where(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """d Where(c, a, b) = (dy where c, dy where not c), each summed over its broadcast axes."""
+    cond, dy = node.input[0], dys[0]
+    zero = ctx.scalar(0.0, node.output[0])
+    grads = {}
+    if 1 in needs:
+        grads[1] = _to_operand(ctx, node, ctx.node("Where", [cond, dy, zero]), 1)
+    if 2 in needs:
+        grads[2] = _to_operand(ctx, node, ctx.node("Where", [cond, zero, dy]), 2)
+    return grads

@@ -58,15 +58,17 @@ def matmul(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) 
     """dA = dY B^T and dB = A^T dY (batched), summed over broadcast batch dims; 1-D operands promoted."""
     a, b, dy = node.input[0], node.input[1], dys[0]
     a_dims, b_dims = ctx.shape(a, node), ctx.shape(b, node)
-    a2, b2 = a, b
+    a2, b2, dy_axes = a, b, []
     if len(a_dims) == 1:
         a2, a_dims = ctx.unsqueeze(a, [0]), [1] + a_dims
         ctx.set_shape(a2, a_dims, like=a)
-        dy = ctx.unsqueeze(dy, [-2])
+        dy_axes.append(-2)
     if len(b_dims) == 1:
         b2, b_dims = ctx.unsqueeze(b, [1]), b_dims + [1]
         ctx.set_shape(b2, b_dims, like=b)
-        dy = ctx.unsqueeze(dy, [-1])
+        dy_axes.append(-1)
+    if dy_axes:
+        dy = ctx.unsqueeze(dy, dy_axes)
     batch = _broadcast_dims(a_dims[:-2], b_dims[:-2])
     grads = {}
     if 0 in needs:

@@ -30,6 +30,7 @@ def grad_rule(*op_types: str, inputs: tuple[int, ...] | None = (0,),
               outputs: tuple[int, ...] | None = (0,)) -> Callable[[RuleFn], RuleFn]:
     """Decorator registering `fn` as the gradient rule of each op in `op_types`."""
     def register(fn: RuleFn) -> RuleFn:
+        """Record `fn` under every op type and hand it back unchanged."""
         for op_type in op_types:
             RULES[op_type] = GradRule(fn, inputs, outputs)
         return fn

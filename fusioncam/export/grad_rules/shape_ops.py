@@ -129,9 +129,9 @@ def slice_(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) 
     return {0: ctx.scatter_add(ctx.replay_indices(node), dys[0], node.input[0])}
 
 
-@grad_rule("Gather")
+@grad_rule("Gather", "GatherElements", "GatherND", "Tile")
 def gather(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
-    """Scatter-add dy to the gathered positions (repeated indices accumulate)."""
+    """Scatter-add dy to the positions each output copies (repeated indices and tiles accumulate)."""
     return {0: ctx.scatter_add(ctx.replay_indices(node), dys[0], node.input[0])}
 
 

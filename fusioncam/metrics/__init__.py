@@ -1,0 +1,6 @@
+"""metrics/: faithfulness of explanation maps, every perturbed image scored by the explainer's own batched scorer."""
+
+from .confidence import average_drop, increase_in_confidence
+from .perturbation_curves import deletion_auc, deletion_curve, insertion_auc, insertion_curve
+
+__all__ = ["average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve"]
