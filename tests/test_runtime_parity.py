@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import fusioncam
-from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
-from torch_reference import efficientnet_lite0_pretrained, module_by_path, reference_fusion_cam, sample_model
+from torch_reference import module_by_path, reference_fusion_cam, sample_model
 
 MAP_TOLERANCE = 1e-4
 BETA_TOLERANCE = 1e-5
@@ -28,29 +27,14 @@ def assert_matches_reference(explanation, index: int, reference: dict) -> None:
     assert abs(float(explanation.probabilities[index]) - float(reference["probability"])) <= BETA_TOLERANCE
 
 
-@pytest.fixture(scope="module")
-def efficientnet_bundle(tmp_path_factory):
-    model = efficientnet_lite0_pretrained()
-    out = tmp_path_factory.mktemp("eff") / "efficientnet_lite0.fcam"
-    fusioncam.export_torch(model, "_blocks.15", out)
-    return model, out
-
-
-def sample_batch(size=(224, 224)) -> tuple[list[str], np.ndarray]:
-    samples = sample_images()
-    return list(samples), np.stack([preprocess(img, size, IMAGENET_MEAN, IMAGENET_STD) for img in samples.values()])
-
-
-def test_efficientnet_lite0_sample_images_match_reference(efficientnet_bundle):
-    model, bundle = efficientnet_bundle
-    names, images = sample_batch()
-    explanation = fusioncam.Explainer(bundle, device="cpu", batch_size=64).explain(images)
-    layer = module_by_path(model, "_blocks.15")
+def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sample_batch, efficientnet_explanation):
+    names, images = sample_batch
+    layer = module_by_path(efficientnet_model, "_blocks.15")
     for i, name in enumerate(names):
-        reference = reference_fusion_cam(model, layer, torch.from_numpy(images[i]))
-        assert_matches_reference(explanation, i, reference)
+        reference = reference_fusion_cam(efficientnet_model, layer, torch.from_numpy(images[i]))
+        assert_matches_reference(efficientnet_explanation, i, reference)
     # The anchors' top-1 predictions of this model (shared/reference/anchors.md): chelsea is an Egyptian cat (285).
-    assert int(explanation.classes[names.index("chelsea")]) == 285
+    assert int(efficientnet_explanation.classes[names.index("chelsea")]) == 285
 
 
 @pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("vgg16", "features.29")])

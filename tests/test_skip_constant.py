@@ -9,19 +9,14 @@ import pytest
 import torch
 
 import fusioncam
-from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 from test_export_parity import model_named
 
 KEYS = ("fusion", "gradcam", "denoised", "scorecam", "combined")
 
 
-def sample_batch() -> np.ndarray:
-    return np.stack([preprocess(img, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for img in sample_images().values()])
-
-
-def assert_skip_is_exact(bundle, images: np.ndarray, batch_size: int = 64):
+def assert_skip_is_exact(bundle, images: np.ndarray, batch_size: int = 64, on=None):
     """Explain with and without the skip; everything must agree and the counters must add up."""
-    on = fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size).explain(images)
+    on = on if on is not None else fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size).explain(images)
     off = fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size, skip_constant_channels=False).explain(images)
     for key in KEYS:
         np.testing.assert_allclose(getattr(on, key), getattr(off, key), atol=1e-6, rtol=0, err_msg=key)
@@ -47,16 +42,15 @@ def conv_head_bundle(tmp_path_factory):
     return result.bundle.path
 
 
-def test_conv_head_relu6_sample_images(conv_head_bundle):
-    on = assert_skip_is_exact(conv_head_bundle, sample_batch())
+def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
+    on = assert_skip_is_exact(conv_head_bundle, sample_batch[1])
     # anchors.md: 19-59% of this layer's channels are constant (all zero) on these images.
     fractions = on.forwards_skipped / 1280
     assert (fractions > 0.1).all() and (fractions < 0.7).all()
 
 
-def test_blocks_15_sample_images(tmp_path):
-    fusioncam.export_torch(model_named("efficientnet_lite0"), "_blocks.15", tmp_path / "b15.fcam")
-    assert_skip_is_exact(tmp_path / "b15.fcam", sample_batch())
+def test_blocks_15_sample_images(efficientnet_bundle, sample_batch, efficientnet_explanation):
+    assert_skip_is_exact(efficientnet_bundle, sample_batch[1], on=efficientnet_explanation)
 
 
 def test_random_resnet18_layer4(tmp_path):

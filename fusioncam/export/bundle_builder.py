@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, Bundle, Manifest, write_bundle
 from ..errors import ModelLoadError
@@ -35,13 +34,22 @@ class ExportResult:
                 f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how})")
 
 
-def _check_batch_independence(scorer: onnx.ModelProto, size: tuple[int, int], origin: str) -> None:
-    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused."""
+def _cpu_session(graph: bytes, origin: str, which: str):
+    """An ORT CPU session for a freshly built graph; failing to load is an exporter error naming the graph."""
     import onnxruntime as ort
 
     try:
-        session = ort.InferenceSession(scorer.SerializeToString(), providers=["CPUExecutionProvider"])
-        batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+        return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: ONNX Runtime cannot load the {which} graph built from it: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str) -> None:
+    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused."""
+    session = _cpu_session(scorer, origin, "scorer")
+    batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
+    try:
         together = session.run(None, {"input": batch})[0]
         alone = np.concatenate([session.run(None, {"input": batch[i : i + 1]})[0] for i in range(2)])
     except Exception as exc:
@@ -55,6 +63,17 @@ def _check_batch_independence(scorer: onnx.ModelProto, size: tuple[int, int], or
             f"{origin}: logits of a batch of 2 differ from those of each image alone; the model mixes images of a "
             f"batch (training-mode BatchNorm, or a hard-coded batch size). Export it in inference mode with a dynamic batch."
         )
+
+
+def _check_explain(explain: bytes, size: tuple[int, int], origin: str) -> None:
+    """Run the explain graph once (arg-max and an explicit target) so run-time failures surface at export."""
+    session = _cpu_session(explain, origin, "explain")
+    batch = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
+    try:
+        session.run(None, {"input": batch, "target": np.array([-1, 0], dtype=np.int64)})
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the explain graph built from it fails in ONNX Runtime: "
+                             f"{str(exc).splitlines()[0]}") from None
 
 
 def write_classifier_bundle(
@@ -77,9 +96,13 @@ def write_classifier_bundle(
         )
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    scorer = build_scorer(classifier)
-    _check_batch_independence(scorer, classifier.input_size, source)
-    explain = build_explain(classifier, layer)
+    scorer = build_scorer(classifier).SerializeToString()
+    _check_scorer(scorer, classifier.input_size, source)
+    explain_model = build_explain(classifier, layer)
+    opset = model_opset(explain_model)
+    explain = explain_model.SerializeToString()
+    del explain_model
+    _check_explain(explain, classifier.input_size, source)
     manifest = Manifest(
         input_size=tuple(classifier.input_size),
         mean=tuple(float(m) for m in mean),
@@ -89,11 +112,11 @@ def write_classifier_bundle(
         channels=layer.shape[1],
         feature_size=tuple(layer.shape[2:]),
         num_classes=classifier.num_classes,
-        opset=model_opset(explain),
+        opset=opset,
         source_sha256=source_sha256,
         source=source,
         class_names=list(class_names) if class_names is not None else None,
     )
-    graphs = {EXPLAIN_GRAPH: explain.SerializeToString(), SCORER_GRAPH: scorer.SerializeToString()}
+    graphs = {EXPLAIN_GRAPH: explain, SCORER_GRAPH: scorer}
     bundle = write_bundle(Path(out), graphs, manifest)
     return ExportResult(bundle=bundle, layer=layer, picked_automatically=picked_automatically)

@@ -43,7 +43,6 @@ def build_scorer(classifier: Classifier) -> onnx.ModelProto:
     model, logits, _ = _standard_names(classifier, None)
     _set_outputs(model, [(logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes])])
     prune_to_outputs(model, [LOGITS])
-    onnx.checker.check_model(model)
     return model
 
 
@@ -87,5 +86,4 @@ def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
         ],
     )
     prune_to_outputs(model, [LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED])
-    onnx.checker.check_model(model)
     return model

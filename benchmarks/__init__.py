@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of fusioncam against the tools users have today (JSON + markdown out)."""

@@ -1,0 +1,48 @@
+"""The tools users have today, timed on the same model and image: pytorch-grad-cam and the eager reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .timing import median_seconds
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+
+
+def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, repeats: int = 1) -> dict:
+    """pytorch-grad-cam GradCAM and ScoreCAM (batch_size 16 and 128) on one image, seconds (median)."""
+    try:
+        import pytorch_grad_cam
+        from pytorch_grad_cam import GradCAM, ScoreCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        return {"skipped": "pytorch-grad-cam is not installed (pip install 'fusioncam[bench]')"}
+    import torch
+
+    x = torch.from_numpy(image[None])
+    targets = [ClassifierOutputTarget(int(target))]
+    results = {"version": getattr(pytorch_grad_cam, "__version__", "1.5.x")}
+    with GradCAM(model=model, target_layers=[layer_module]) as cam:
+        results["gradcam_s"], _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=max(repeats, 3))
+    for batch in (16, 128):
+        with ScoreCAM(model=model, target_layers=[layer_module]) as cam:
+            cam.batch_size = batch
+            results[f"scorecam_batch{batch}_s"], _ = median_seconds(
+                lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+    return results
+
+
+def time_eager_reference(model, layer_module, image: np.ndarray, target: int, repeats: int = 1) -> dict:
+    """The eager PyTorch Fusion-CAM of the test suite (the authors' style: hooks, a loop over channels)."""
+    import torch
+
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    from torch_reference import reference_fusion_cam
+
+    seconds, _ = median_seconds(lambda: reference_fusion_cam(model, layer_module, torch.from_numpy(image), target),
+                                repeats=repeats, warmup=0)
+    return {"fusion_cam_s": seconds}

@@ -1,0 +1,50 @@
+"""Markdown summary of a benchmark run (the JSON holds everything; this is the table people read)."""
+
+from __future__ import annotations
+
+
+def _s(value) -> str:
+    return f"{value:.3f} s" if isinstance(value, (int, float)) else str(value)
+
+
+def markdown_report(r: dict) -> str:
+    """A table of latencies side by side, ratios computed from numbers of the same run."""
+    fc = r["fusioncam_n1"]
+    lines = [
+        f"# fusioncam benchmark: {r['model']} `{r['layer']}` (K={r['channels']}), {r['device']} ({r['machine']}), {r['date']}",
+        "",
+        f"Scorer: {r['scorer_images_per_s']:.1f} images/s at batch {r['batch_size']}; floor for one image "
+        f"((K+3) masked forwards): {_s(r['floor_n1_s'])}.",
+        "",
+        "| what (one image, chelsea) | seconds | vs fusioncam |",
+        "| --- | --- | --- |",
+        f"| fusioncam Fusion-CAM, fp32 (constant channels skipped: {fc['forwards_skipped']} of {r['channels']}) | {fc['seconds']:.3f} | 1.0x |",
+        f"| fusioncam Fusion-CAM, fp32, no skipping | {r['fusioncam_n1_no_skip']['seconds']:.3f} | "
+        f"{r['fusioncam_n1_no_skip']['seconds'] / fc['seconds']:.2f}x |",
+        f"| floor: (K+3) forwards at the scorer's throughput | {r['floor_n1_s']:.3f} | {r['floor_n1_s'] / fc['seconds']:.2f}x |",
+    ]
+    for key, label in (("gradcam_s", "pytorch-grad-cam GradCAM"), ("scorecam_batch16_s", "pytorch-grad-cam ScoreCAM, batch 16"),
+                       ("scorecam_batch128_s", "pytorch-grad-cam ScoreCAM, batch 128")):
+        value = r.get("pytorch_grad_cam", {}).get(key)
+        if value is not None:
+            lines.append(f"| {label} | {value:.3f} | {value / fc['seconds']:.2f}x |")
+    eager = r.get("eager_reference", {}).get("fusion_cam_s")
+    if eager is not None:
+        lines.append(f"| eager PyTorch Fusion-CAM (authors' style, tests/torch_reference.py) | {eager:.3f} | {eager / fc['seconds']:.2f}x |")
+    lines += ["", "Per-stage seconds (fusioncam, N=1): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in fc["stages"].items() if isinstance(v, float)), "",
+        f"Peak host memory (RSS) during fusioncam N=1: {fc['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]
+    if r.get("throughput"):
+        lines += ["| N | images/s | floor images/s | ratio |", "| --- | --- | --- | --- |"]
+        for n, t in r["throughput"].items():
+            lines.append(f"| {n} | {t['images_per_s']:.2f} | {t['floor_images_per_s']:.2f} | {t['images_per_s'] / t['floor_images_per_s']:.2f} |")
+        lines.append("")
+    skip = r.get("constant_channel_skip")
+    if skip:
+        lines += [f"Constant-channel skip at `{skip['layer']}` (K={skip['channels']}), five sample images:", "",
+                  "| image | constant channels | seconds, skip on | seconds, skip off | speed-up |", "| --- | --- | --- | --- | --- |"]
+        for name, row in skip["per_image"].items():
+            lines.append(f"| {name} | {row['skipped_fraction']:.0%} | {row['seconds_skip_on']:.2f} | "
+                         f"{row['seconds_skip_off']:.2f} | {row['speedup']:.2f}x |")
+        lines.append("")
+    return "\n".join(lines)

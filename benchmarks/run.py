@@ -1,0 +1,168 @@
+"""`python -m benchmarks.run`: fusioncam against pytorch-grad-cam and the eager reference, one process, one run.
+
+Writes benchmarks/results/<device>.json and .md. CPU default: EfficientNet-Lite0 (real weights) `_blocks.15`
+on chelsea; GPU default: ResNet-50 (seeded random weights) `layer4`. Also measures the constant-channel skip
+on the five sample images at EfficientNet-Lite0's conv-head ReLU6 output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import fusioncam
+from fusioncam.atomic import write_text_atomic
+from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
+
+from .competitors import time_eager_reference, time_pytorch_grad_cam
+from .memory import gpu_peak_bytes, peak_resident
+from .report import markdown_report
+from .timing import median_seconds
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def build_model(name: str):
+    """(torch module, layer path, class names) for the benchmark model."""
+    import torch
+
+    if name == "efficientnet_lite0":
+        from fusioncam.export.model_zoo import efficientnet_lite0
+
+        named = efficientnet_lite0()
+        return named.module, "_blocks.15", named.class_names
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.get_model(name, weights=None).eval(), "layer4", None
+
+
+def scorer_throughput(explainer, seconds: float = 3.0) -> float:
+    """Images per second of the bundle's scorer at the explainer's batch size (full batches, warm)."""
+    backend = explainer.backend
+    with backend.context():
+        backend.input_buffer()[:] = 0
+        backend.score_rows(backend.batch_size)
+        runs, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or runs < 3:
+            logits = backend.score_rows(backend.batch_size)
+            runs += 1
+        backend.to_host(logits[:1])
+        return runs * backend.batch_size / (time.perf_counter() - start)
+
+
+def time_fusioncam(explainer, images: np.ndarray, repeats: int) -> dict:
+    """Latency at N=len(images): median seconds, per-stage times and forward counts of the last run."""
+    with peak_resident() as memory:
+        seconds, raw = median_seconds(lambda: explainer.explain(images), repeats=repeats)
+        explanation = explainer.explain(images)
+    return {"seconds": seconds, "runs": raw, "stages": explanation.timings,
+            "forwards_run": int(explanation.forwards_run.sum()), "forwards_skipped": int(explanation.forwards_skipped.sum()),
+            "peak_rss_bytes": memory["peak"], "rss_rise_bytes": memory["rise"], "explanation": explanation}
+
+
+def constant_channel_skip(device: str, batch_size: int, folder: Path) -> dict:
+    """Skipped fraction and speed-up on the five sample images at EfficientNet-Lite0's conv-head ReLU6 output."""
+    import torch
+
+    from fusioncam.export.model_zoo import efficientnet_lite0
+
+    onnx_path = folder / "efficientnet_lite0.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(efficientnet_lite0().module, (torch.zeros(1, 3, 224, 224),), str(onnx_path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    result = fusioncam.export_onnx(onnx_path, folder / "head.fcam")
+    names = list(sample_images())
+    rows = {}
+    for name, rgb in sample_images().items():
+        image = preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD)[None]
+        on = fusioncam.Explainer(result.bundle, device=device, batch_size=batch_size)
+        off = fusioncam.Explainer(result.bundle, device=device, batch_size=batch_size, skip_constant_channels=False)
+        t_on, _ = median_seconds(lambda: on.explain(image), repeats=1)
+        t_off, _ = median_seconds(lambda: off.explain(image), repeats=1)
+        skipped = int(on.explain(image).forwards_skipped[0])
+        rows[name] = {"skipped_fraction": skipped / result.layer.channels, "seconds_skip_on": t_on,
+                      "seconds_skip_off": t_off, "speedup": t_off / t_on}
+    return {"layer": result.layer.name, "channels": result.layer.channels, "images": names, "per_image": rows}
+
+
+def device_label(device) -> str:
+    """A file-name-safe device label: cpu-Ncores, or the GPU's marketing name."""
+    import os
+
+    if device.kind == "cpu":
+        return f"cpu-{os.cpu_count()}cores"
+    import cupy
+
+    name = cupy.cuda.runtime.getDeviceProperties(device.index)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement on one device and write JSON + markdown."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--model", default=None, help="efficientnet_lite0 (CPU default) or a torchvision name (GPU default resnet50)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--throughput-n", type=int, nargs="*", default=None, help="batch sizes N for throughput (default 8 32 on GPU, 8 on CPU)")
+    parser.add_argument("--skip-competitors", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-bench"))
+    args = parser.parse_args(argv)
+
+    device = fusioncam.runtime.device_select.select_device(args.device)
+    on_gpu = device.kind == "cuda"
+    model_name = args.model or ("resnet50" if on_gpu else "efficientnet_lite0")
+    model, layer, class_names = build_model(model_name)
+    args.work.mkdir(parents=True, exist_ok=True)
+    bundle = fusioncam.export_torch(model, layer, args.work / f"{model_name}.fcam", class_names=class_names).bundle
+    explainer = fusioncam.Explainer(bundle, device=str(device), batch_size=args.batch_size)
+    chelsea = preprocess(sample_images()["chelsea"], (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+
+    channels = bundle.manifest.channels
+    throughput = scorer_throughput(explainer)
+    report = {
+        "date": datetime.date.today().isoformat(), "device": str(device), "machine": platform.processor() or platform.machine(),
+        "model": model_name, "layer": layer, "channels": channels, "batch_size": explainer.batch_size,
+        "scorer_images_per_s": throughput, "floor_n1_s": (channels + 3) / throughput,
+    }
+    fast = time_fusioncam(explainer, chelsea[None], args.repeats)
+    explanation = fast.pop("explanation")
+    target = int(explanation.classes[0])
+    report["fusioncam_n1"] = fast
+    exact = fusioncam.Explainer(bundle, device=str(device), batch_size=explainer.batch_size, skip_constant_channels=False)
+    full = time_fusioncam(exact, chelsea[None], args.repeats)
+    full.pop("explanation")
+    report["fusioncam_n1_no_skip"] = full
+    report["fusioncam_n1"]["ratio_to_floor"] = fast["seconds"] / report["floor_n1_s"]
+    report["throughput"] = {}
+    for n in args.throughput_n if args.throughput_n is not None else ([8, 32] if on_gpu else [8]):
+        images = np.repeat(chelsea[None], n, axis=0)
+        seconds, _ = median_seconds(lambda: explainer.explain(images), repeats=1)
+        report["throughput"][str(n)] = {"images_per_s": n / seconds, "floor_images_per_s": throughput / (channels + 3)}
+    report["gpu_pool_bytes"] = gpu_peak_bytes() if on_gpu else None
+    if not args.skip_competitors:
+        report["pytorch_grad_cam"] = time_pytorch_grad_cam(model, model.get_submodule(layer), chelsea, target)
+        report["eager_reference"] = time_eager_reference(model, model.get_submodule(layer), chelsea, target)
+    report["constant_channel_skip"] = constant_channel_skip(str(device), explainer.batch_size, args.work)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = device_label(device)
+    write_text_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_text_atomic(args.out / f"{stem}.md", markdown_report(report))
+    print(markdown_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Session-wide fixtures: the real EfficientNet-Lite0 and its `_blocks.15` bundle are built once for all tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fusioncam
+from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
+
+
+@pytest.fixture(scope="session")
+def sample_batch() -> tuple[list[str], np.ndarray]:
+    """The five real sample images (astronaut, chelsea, coffee, rocket, motorcycle), preprocessed at 224x224."""
+    samples = sample_images()
+    return list(samples), np.stack([preprocess(img, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for img in samples.values()])
+
+
+@pytest.fixture(scope="session")
+def efficientnet_model():
+    """EfficientNet-Lite0 with its real ImageNet weights."""
+    from torch_reference import efficientnet_lite0_pretrained
+
+    return efficientnet_lite0_pretrained()
+
+
+@pytest.fixture(scope="session")
+def efficientnet_bundle(efficientnet_model, tmp_path_factory):
+    """The embedded default exported at `_blocks.15` (K=320)."""
+    out = tmp_path_factory.mktemp("effnet") / "efficientnet_lite0.fcam"
+    fusioncam.export_torch(efficientnet_model, "_blocks.15", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def efficientnet_explanation(efficientnet_bundle, sample_batch):
+    """Fusion-CAM of the five sample images on the CPU (constant channels skipped, the default)."""
+    return fusioncam.Explainer(efficientnet_bundle, device="cpu", batch_size=64).explain(sample_batch[1])
