@@ -21,7 +21,7 @@ def _say(message: str) -> None:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    """--methods: a comma-separated subset of fusion,gradcam,scorecam."""
+    """--methods: a comma-separated subset of gradcam,gradcam++,xgradcam,scorecam,groupcam,unioncam,fusion."""
     from .report import check_methods
 
     try:
@@ -111,8 +111,9 @@ def add_subcommands(sub) -> None:
     explain.add_argument("--device", choices=DEVICES, default="auto")
     explain.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
     explain.add_argument("--methods", type=_methods, default=("fusion",),
-                         help="overlays and .npy maps to write besides the panel: any of fusion,gradcam,scorecam "
-                              "(default: fusion)")
+                         help="methods to write an overlay and a .npy map for, comma-separated: any of "
+                              "gradcam,gradcam++,xgradcam,scorecam,groupcam,unioncam,fusion (default: fusion); the "
+                              "panel shows Grad-CAM, Score-CAM, Fusion-CAM and the others chosen")
     explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
     explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="input size for an .onnx model with a dynamic height/width")

@@ -1,7 +1,7 @@
 """Explaining images into an output folder: each image's files, then `index.html`, `results.json` and a summary table.
 
-Per image NAME: `NAME_panel.png` (image | Grad-CAM | Score-CAM | Fusion-CAM) and, per chosen method,
-an overlay PNG at the image's own resolution and the raw float32 map as `.npy` (see `output_files`).
+Per image NAME: `NAME_panel.png` (image | Grad-CAM | Score-CAM | Fusion-CAM | any other chosen method) and,
+per chosen method, an overlay PNG at the image's own resolution and the raw float32 map as `.npy` (see `output_files`).
 Every file is written atomically; images that cannot be read or explained are skipped and listed.
 """
 
@@ -27,11 +27,12 @@ from .errors import FusionCamError, InputError
 from .images import preprocess
 from .progress import ProgressBar
 from .runtime.input_checks import resolve_targets
+from .runtime.methods import METHOD_TITLES, METHODS
+from .runtime.methods import check_methods as _check_runtime_methods
 from .visualize import colormap_code, overlay, panel
 
-METHODS = ("fusion", "gradcam", "scorecam")
-METHOD_TITLES = {"gradcam": "Grad-CAM", "scorecam": "Score-CAM", "fusion": "Fusion-CAM"}
-PANEL_ORDER = ("gradcam", "scorecam", "fusion")
+PANEL_ORDER = ("gradcam", "scorecam", "fusion")  # always in the panel; other chosen methods follow
+FILE_TAGS = {"gradcam++": "gradcampp"}  # method -> how file names spell it
 INDEX_HTML = "index.html"
 RESULTS_JSON = "results.json"
 
@@ -61,6 +62,7 @@ class ImageRecord:
     forwards_run: int
     files: dict[str, str]
     fusion_stats: dict[str, object] = field(default_factory=dict)
+    union_betas: dict[str, float] = field(default_factory=dict)  # when Union-CAM was chosen
 
 
 @dataclass
@@ -88,17 +90,20 @@ def output_files(name: str, methods: Sequence[str]) -> dict[str, str]:
     """File names one image gets: the panel, and per method an overlay PNG and a raw .npy map."""
     files = {"panel": f"{name}_panel.png"}
     for method in methods:
-        files[f"{method}_overlay"] = f"{name}_overlay.png" if method == "fusion" else f"{name}_{method}_overlay.png"
-        files[f"{method}_npy"] = f"{name}_{method}.npy"
+        tag = FILE_TAGS.get(method, method)
+        files[f"{method}_overlay"] = f"{name}_overlay.png" if method == "fusion" else f"{name}_{tag}_overlay.png"
+        files[f"{method}_npy"] = f"{name}_{tag}.npy"
     return files
 
 
 def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
     """The methods in canonical order without repeats, or an InputError naming the valid ones."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in methods)
+    return _check_runtime_methods(methods)
+
+
+def panel_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """The panel's maps: Grad-CAM, Score-CAM, Fusion-CAM, then the other chosen methods in canonical order."""
+    return PANEL_ORDER + tuple(m for m in check_methods(methods) if m not in PANEL_ORDER)
 
 
 def unique_names(labels: Sequence[str]) -> list[str]:
@@ -169,7 +174,7 @@ def explain_into_folder(
             rgb = source.read()
             batch = preprocess(rgb, manifest.input_size, manifest.mean, manifest.std)[None]
             started = time.perf_counter()
-            explanation = explainer.explain(batch, targets=target, names=[source.label])
+            explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods), names=[source.label])
             seconds = time.perf_counter() - started
         except FusionCamError as exc:
             failures.append(Failure(source.label, str(exc)))
@@ -189,7 +194,7 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
     """Encode all of one image's files in memory first, then write each atomically; return its record."""
     files = output_files(source.name, methods)
     title = f"{explanation.class_name(0)}  p={float(explanation.probabilities[0]):.3f}"
-    tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in PANEL_ORDER]
+    tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in panel_methods(methods)]
     encoded = {files["panel"]: _png_bytes(panel(rgb, tiles, title, colormap=colormap))}
     for method in methods:
         cam = explanation.maps[method][0]
@@ -206,6 +211,7 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
         forwards_run=int(explanation.forwards_run[0]), files=files,
         fusion_stats={"shape": list(fusion.shape), "min": float(fusion.min()), "max": float(fusion.max()),
                       "mean": float(fusion.mean()), "peak_yx": [int(peak[0]), int(peak[1])]},
+        union_betas=explanation.union_beta_row(0),
     )
 
 
@@ -266,24 +272,48 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { bac
 """
 
 
+def _chosen_methods(record: ImageRecord) -> list[str]:
+    """The methods whose overlay and map were written for this record, in canonical order."""
+    return [method for method in METHODS if f"{method}_overlay" in record.files]
+
+
+def _value_table(title: str, cells: dict[str, str]) -> str:
+    """An HTML table: a header of names, then one row of already formatted cells labelled `title`."""
+    heads = "".join(f"<th>{html.escape(name)}</th>" for name in cells)
+    return f"<table><tr><th></th>{heads}</tr><tr><th>{html.escape(title)}</th>" + "".join(
+        f"<td>{cell}</td>" for cell in cells.values()) + "</tr></table>"
+
+
+def _card(record: ImageRecord) -> str:
+    """One image's card: its panel (every computed method), betas, and links to each chosen method's files."""
+    esc = html.escape
+    chosen = _chosen_methods(record)
+    shown = ", ".join(METHOD_TITLES[m] for m in panel_methods(chosen))
+    flag = '<span class="bad">yes</span>' if record.degenerate else "no"
+    tables = _value_table("Fusion-CAM", {**{name: f"{value:.4f}" for name, value in record.betas.items()},
+                                         "degenerate": flag, "seconds": f"{record.seconds:.2f}"})
+    if record.union_betas:
+        tables += _value_table("Union-CAM", {name: f"{value:.4f}" for name, value in record.union_betas.items()})
+    links = "".join(
+        f"<b>{esc(METHOD_TITLES[method])}</b> "
+        + "".join(f'<a href="{esc(record.files[key])}">{esc(record.files[key])}</a>'
+                  for key in (f"{method}_overlay", f"{method}_npy"))
+        for method in chosen
+    )
+    return (
+        f'<div class="card"><h2>{esc(record.name)}: {esc(record.class_name)} '
+        f"(class {record.class_index}, p = {record.probability:.3f})</h2>"
+        f'<img src="{esc(record.files["panel"])}" alt="{esc(record.name)} panel">'
+        f'<p class="meta">panel: image, {esc(shown)}</p>{tables}'
+        f'<p class="files">{links}</p><p class="meta">input: {esc(record.input)}</p></div>'
+    )
+
+
 def write_index_html(summary: RunSummary, explainer) -> Path:
-    """index.html: a static gallery of the panels (inline CSS, relative image links, no external assets)."""
+    """index.html: a static gallery of the panels, which show every computed method (inline CSS, relative links)."""
     esc = html.escape
     manifest = explainer.bundle.manifest
-    cards = []
-    for record in summary.records:
-        betas = "".join(f"<th>{esc(name)}</th>" for name in record.betas)
-        values = "".join(f"<td>{value:.4f}</td>" for value in record.betas.values())
-        flag = '<span class="bad">yes</span>' if record.degenerate else "no"
-        links = "".join(f'<a href="{esc(file)}">{esc(file)}</a>' for kind, file in record.files.items() if kind != "panel")
-        cards.append(
-            f'<div class="card"><h2>{esc(record.name)}: {esc(record.class_name)} '
-            f'(class {record.class_index}, p = {record.probability:.3f})</h2>'
-            f'<img src="{esc(record.files["panel"])}" alt="{esc(record.name)} panel">'
-            f"<table><tr>{betas}<th>degenerate</th><th>seconds</th></tr>"
-            f"<tr>{values}<td>{flag}</td><td>{record.seconds:.2f}</td></tr></table>"
-            f'<p class="files">{links}</p><p class="meta">input: {esc(record.input)}</p></div>'
-        )
+    cards = [_card(record) for record in summary.records]
     failed = "".join(f"<li>{esc(f.input)}: {esc(f.error)}</li>" for f in summary.failures)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fusioncam results</title>'

@@ -13,7 +13,7 @@ from typing import Callable
 
 from fusioncam.errors import DeviceError
 from fusioncam.kernels import maps_numpy, masks_numpy, upsample_numpy
-from fusioncam.kernels import blend_numpy, blur_numpy
+from fusioncam.kernels import blend_numpy
 from fusioncam.kernels import gaussian_blur_numpy, methods_numpy
 
 __all__ = ["KernelSet", "numpy_kernels", "cuda_kernels"]
@@ -37,7 +37,6 @@ class KernelSet:
     similarity_fusion: Callable
     nonfinite_rows: Callable
     write_blended_inputs: Callable
-    gaussian_blur: Callable
     gradcam_weights: Callable
     gradcam_plus_plus_weights: Callable
     xgradcam_weights: Callable
@@ -55,7 +54,7 @@ class KernelSet:
         return cls(**{field.name: found[field.name] for field in fields(cls)})
 
 
-numpy_kernels = KernelSet.from_modules(upsample_numpy, masks_numpy, maps_numpy, blend_numpy, blur_numpy,
+numpy_kernels = KernelSet.from_modules(upsample_numpy, masks_numpy, maps_numpy, blend_numpy,
                                        methods_numpy, gaussian_blur_numpy)
 
 
@@ -76,8 +75,8 @@ def cuda_kernels() -> KernelSet:
     if count == 0:
         raise DeviceError("CuPy sees no CUDA GPU (device count 0); run on the CPU instead")
     from fusioncam.kernels import maps_cuda, masks_cuda, upsample_cuda
-    from fusioncam.kernels import blend_cuda, blur_cuda
+    from fusioncam.kernels import blend_cuda
     from fusioncam.kernels import gaussian_blur_cuda, methods_cuda
 
-    return KernelSet.from_modules(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, blur_cuda,
+    return KernelSet.from_modules(upsample_cuda, masks_cuda, maps_cuda, blend_cuda,
                                   methods_cuda, gaussian_blur_cuda)

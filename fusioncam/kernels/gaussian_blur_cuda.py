@@ -22,7 +22,7 @@ __device__ __forceinline__ int fc_reflect_101(int p, int len) {
 
 # out[plane, y, x] <- sum_t taps[t] * src[plane, y, reflect(x + t - r)] (stride 1), or along y (stride = width).
 _BLUR_PASS = cp.ElementwiseKernel(
-    "raw float32 src, raw float32 taps, int32 ksize, int32 height, int32 width, bool along_rows",
+    "raw float32 src, raw float32 taps, int32 ksize, int32 height, int32 width, int32 along_rows",
     "float32 out",
     """
     const int plane_size = height * width;
@@ -57,7 +57,7 @@ def gaussian_blurred_images(images: cp.ndarray, ksize: int = 51, sigma: float = 
         return images.copy()
     height, width = images.shape[-2:]
     across = cp.empty_like(images)
-    _BLUR_PASS(images, taps, int(ksize), height, width, True, across)
+    _BLUR_PASS(images, taps, int(ksize), height, width, 1, across)
     out = cp.empty_like(images)
-    _BLUR_PASS(across, taps, int(ksize), height, width, False, out)
+    _BLUR_PASS(across, taps, int(ksize), height, width, 0, out)
     return out

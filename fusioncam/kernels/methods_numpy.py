@@ -1,4 +1,4 @@
-"""Channel weights and maps of Grad-CAM++, XGrad-CAM, Union-CAM and Group-CAM on the CPU (algorithm page, "Related methods")."""
+"""Channel weights and maps of Grad-CAM++, XGrad-CAM, Union-CAM and Group-CAM on the CPU (the page's "Related methods")."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def gradcam_weights(grads: np.ndarray) -> np.ndarray:
 
 
 def gradcam_plus_plus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM++'s w_k = sum_ij alpha * relu(g), alpha = g^2 / (2 g^2 + sum_ab A_k * g^3), 0 where that is 0: [N, K] float64."""
+    """Grad-CAM++'s w_k = sum_ij alpha * relu(g): [N, K] float64.
+
+    alpha = g^2 / (2 g^2 + sum_ab A_k[a,b] * g^3), and 0 where that denominator is 0.
+    """
     a = np.asarray(acts, dtype=np.float64)
     g = np.asarray(grads, dtype=np.float64)
     squared = g * g
@@ -79,7 +82,7 @@ def union_gradient_map(acts: np.ndarray, grads: np.ndarray, theta: float) -> np.
 
 
 def group_activation_maps(acts: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
-    """Group-CAM's S_g = relu(sum_{k in g} w_k A_k) per consecutive channel group (see group_bounds): [N, G, h, w] float32."""
+    """Group-CAM's S_g = relu(sum_{k in g} w_k A_k) per group of consecutive channels (group_bounds): [N, G, h, w] float32."""
     weighted = np.asarray(acts, dtype=np.float64) * np.asarray(weights, dtype=np.float64)[:, :, None, None]
     bounds = group_bounds(weighted.shape[1], groups)
     sums = np.stack([weighted[:, start:stop].sum(axis=1) for start, stop in bounds], axis=1)
@@ -111,9 +114,9 @@ def write_group_blended_inputs(
     out: np.ndarray,
     start: int = 0,
 ) -> None:
-    """out[start + j] = M * images[n] + (1 - M) * blurred[n], M = norm(up(group_maps[n, g])), (n, g) = (image_index[j], group_index[j]).
+    """out[start + j] = M * images[n] + (1 - M) * blurred[n] with M = norm(up(group_maps[n, g])) (the group_blend kernel).
 
-    norm uses the upsampled mins/maxs [N, G]; a group with max - min <= 0, or g = -1, gives M = 0 (the blurred
+    (n, g) = (image_index[j], group_index[j]); norm uses the upsampled mins/maxs [N, G]; a group with max - min <= 0, or g = -1, gives M = 0 (the blurred
     image itself). Float32 math, rounded once to out's dtype.
     """
     images = np.asarray(images, dtype=np.float32)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError
 from ..runtime.input_checks import check_images, resolve_targets
+from ..runtime.methods import check_methods
 from .confidence import confidence_pair, drops, increases
 from .inputs import checked_step
 from .perturbation_batches import target_classes
@@ -69,20 +68,15 @@ def _resolved_classes(explainer, images, targets) -> np.ndarray:
 
 def explain_and_evaluate(explainer, images, methods: Sequence[str], names: Sequence[str] | None = None,
                          step: int = DEFAULT_STEP) -> Evaluation:
-    """Explain the images (each one's top class) and evaluate the chosen methods' maps for that class."""
+    """Explain the images with the methods (each image's top class) and evaluate each method's maps for that class."""
+    methods = checked_methods(methods)
     height, width = explainer.bundle.manifest.input_size
     checked_step(step, height * width)  # fail before the explaining, not after it
-    options = {"methods": tuple(methods)} if "methods" in inspect.signature(explainer.explain).parameters else {}
-    if not options:
-        unknown = [m for m in methods if m not in _MAP_NAMES]
-        if unknown or not methods:
-            raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(_MAP_NAMES)}")
-    explanation = explainer.explain(images, names=names, **options)
-    available = explanation.maps
-    missing = [m for m in methods if m not in available]
-    if missing:
-        raise InputError(f"the explanation has no map for {', '.join(missing)}; it has {', '.join(available)}")
-    return evaluate_maps(explainer, images, {m: available[m] for m in methods}, explanation.classes, step, names)
+    explanation = explainer.explain(images, methods=methods, names=names)
+    return evaluate_maps(explainer, images, {m: explanation.maps[m] for m in methods}, explanation.classes, step, names)
 
 
-_MAP_NAMES = ("gradcam", "scorecam", "fusion")  # Explanation.maps when explain() takes no `methods`
+def checked_methods(methods: Sequence[str]) -> tuple[str, ...]:
+    """The method names in the order given, without repeats, or an InputError naming the valid ones."""
+    check_methods(methods)
+    return tuple(dict.fromkeys(methods))

@@ -8,6 +8,7 @@ from .inputs import checked_inputs, checked_step
 from .perturbation_batches import row_probabilities, target_classes
 
 DEFAULT_STEP = 224
+BLUR_KSIZE, BLUR_SIGMA = 51, 50.0  # insertion's baseline: the blurred image
 
 
 def step_counts(plane: int, step: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def _curve(explainer, images, maps, targets, step, insertion: bool) -> tuple[np.
         classes = target_classes(backend, images, targets)
         ranks = pixel_ranks(xp, maps)
         device_counts = backend.asarray(counts.astype(np.int32))
-        baselines = kernels.gaussian_blur(images) if insertion else None
+        baselines = kernels.gaussian_blurred_images(images, BLUR_KSIZE, BLUR_SIGMA) if insertion else None
 
         def write(rows, buffer) -> None:
             image_index = rows // steps

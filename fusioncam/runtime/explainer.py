@@ -1,4 +1,4 @@
-"""`Explainer`: Fusion-CAM for a batch of images on ONNX Runtime, every heavy step on the chosen device."""
+"""`Explainer`: Fusion-CAM and its family for a batch of images on ONNX Runtime, every heavy step on the chosen device."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..errors import InputError, NonFiniteError
-from .betas import class_probabilities, normalized_pair
+from .betas import class_probabilities
 from .device_select import Device, select_device
 from .explanation import Explanation
 from .input_checks import check_images, resolve_targets
-from .score_cam import map_probabilities, score_cam_sweep
+from .methods import Engine, MethodOutput, check_methods, run_methods
 
 log = logging.getLogger("fusioncam")
 
@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "tf32")
 
 
 class Explainer:
-    """Explains images with Fusion-CAM (and its Grad-CAM / Score-CAM parts) from a bundle."""
+    """Explains images with Fusion-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Score-CAM, Group-CAM and Union-CAM from a bundle."""
 
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True) -> None:
@@ -59,8 +59,14 @@ class Explainer:
     def class_names(self) -> list[str] | None:
         return self.bundle.manifest.class_names
 
-    def explain(self, images, targets=None, names: Sequence[str] | None = None) -> Explanation:
-        """Fusion-CAM of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the given targets."""
+    def explain(self, images, targets=None, methods: str | Sequence[str] = ("fusion",),
+                names: Sequence[str] | None = None) -> Explanation:
+        """The chosen methods' maps of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the targets.
+
+        methods: any of gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion (see METHODS); they share
+        one explain pass, one Score-CAM sweep and their scorer batches.
+        """
+        methods = check_methods(methods)
         manifest = self.bundle.manifest
         images = check_images(images, manifest.input_size)
         n = int(images.shape[0])
@@ -68,90 +74,73 @@ class Explainer:
         target_array = resolve_targets(targets, n, manifest.num_classes, self.class_names)
         backend = self.backend
         with backend.context():
-            return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names)
+            return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods)
 
-    def _explain_on_device(self, images, targets, names: list[str]) -> Explanation:
-        """The algorithm page, steps 0 to 3, batched over images."""
-        backend, xp, kernels = self.backend, self.backend.xp, self.backend.kernels
-        h, w = self.bundle.manifest.input_size
-        n = int(images.shape[0])
+    def _explain_on_device(self, images, targets, names: list[str], methods: tuple[str, ...]) -> Explanation:
+        """One explain pass, then the methods over one shared engine (the algorithm page, batched over images)."""
+        backend, kernels = self.backend, self.backend.kernels
         clock = backend.clock()
-
         clock.start("explain_pass")
         bad = kernels.nonfinite_rows(images)
         graph = backend.explain(images, targets)
         bad = bad | kernels.nonfinite_rows(graph["logits"], graph["activations"], graph["gradients"])
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
-        acts, grads, classes = graph["activations"], graph["gradients"], graph["target_used"]
+        engine = Engine(backend, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock)
+        outputs = run_methods(engine, methods)
+        bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
+        for name, bad in bad_maps.items():
+            self._raise_if_nonfinite(bad, names, f"the {name} map of")
+        return self._explanation(engine, outputs)
 
-        clock.start("fusion")
-        gradcam = kernels.relu_upsample_normalize(kernels.weighted_channel_sum(acts, grads.mean(axis=(2, 3))), (h, w))
-        denoised = kernels.percentile_denoise(gradcam, self.theta)
-        mins, maxs = kernels.upsampled_min_max(acts, (h, w))
-        clock.stop("fusion")
+    def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput]) -> Explanation:
+        """Everything computed, copied to the host; what did not run stays None."""
+        backend = self.backend
 
-        sweep = score_cam_sweep(backend, images, acts, mins, maxs, classes, self._z0_logits, clock,
-                                skip_constant=self.skip_constant_channels)
+        def host(array, dtype=np.float32):
+            return None if array is None else backend.to_host(array).astype(dtype)
 
-        clock.start("fusion")
-        weights = kernels.softmax(sweep.scores).astype(xp.float32)
-        scorecam = kernels.normalize(xp.maximum(kernels.upsample(kernels.weighted_channel_sum(acts, weights), (h, w)), 0))
-        every = xp.arange(n, dtype=xp.int64)
-        clock.stop("fusion")
-
-        p_den_reg = map_probabilities(backend, images, xp.concatenate([denoised, scorecam]), xp.concatenate([every, every]),
-                                      classes, clock, class_probabilities)
-        b0 = backend.to_host(class_probabilities(xp, xp.broadcast_to(self._z0_logits, (n, self._z0_logits.shape[0])), classes))
-        p_den_reg = backend.to_host(p_den_reg)
-        b_den, b_reg, degenerate_1 = normalized_pair(p_den_reg[:n] - b0, p_den_reg[n:] - b0)
-
-        clock.start("fusion")
-        combined = kernels.weighted_pair(denoised, scorecam, backend.asarray(b_den.astype(np.float32)),
-                                         backend.asarray(b_reg.astype(np.float32)))
-        clock.stop("fusion")
-        p_dr = backend.to_host(map_probabilities(backend, images, combined, every, classes, clock, class_probabilities))
-        b_dr, b_reg2, degenerate_2 = normalized_pair(p_dr - b0, b_reg)
-
-        clock.start("fusion")
-        fusion = kernels.similarity_fusion(combined, scorecam, backend.asarray(b_dr.astype(np.float32)),
-                                           backend.asarray(b_reg2.astype(np.float32)))
-        probabilities = class_probabilities(xp, graph["logits"], classes)
-        clock.stop("fusion")
-
-        host = {name: backend.to_host(array) for name, array in {
-            "fusion": fusion, "gradcam": gradcam, "denoised": denoised, "scorecam": scorecam, "combined": combined,
-            "classes": classes, "probabilities": probabilities, "run": sweep.forwards_run, "skipped": sweep.forwards_skipped,
-        }.items()}
-        timings = clock.totals()
+        fusion = outputs.get("fusion", MethodOutput(None))
+        union = outputs.get("unioncam", MethodOutput(None))
+        group = outputs.get("groupcam", MethodOutput(None))
+        sweep = engine.computed("sweep")
+        timings = engine.clock.totals()
         timings["total"] = sum(timings.values())
-        timings["scorer_forwards_run"] = int(host["run"].sum())
-        timings["scorer_forwards_skipped"] = int(host["skipped"].sum())
+        timings["scorer_forwards_run"] = int(host(sweep.forwards_run, np.int64).sum()) if sweep is not None else 0
+        timings["scorer_forwards_skipped"] = int(host(sweep.forwards_skipped, np.int64).sum()) if sweep is not None else 0
+        timings["method_forwards_run"] = int(engine.probe_rows)
         return Explanation(
-            fusion=host["fusion"].astype(np.float32), gradcam=host["gradcam"].astype(np.float32),
-            denoised=host["denoised"].astype(np.float32), scorecam=host["scorecam"].astype(np.float32),
-            combined=host["combined"].astype(np.float32), classes=host["classes"].astype(np.int64),
-            probabilities=host["probabilities"].astype(np.float64),
-            betas={"b_den": b_den, "b_reg": b_reg, "b_dr": b_dr, "b_reg2": b_reg2, "b0": b0},
-            degenerate=degenerate_1 | degenerate_2, timings=timings,
-            forwards_run=host["run"].astype(np.int64), forwards_skipped=host["skipped"].astype(np.int64),
+            maps={name: host(out.map) for name, out in outputs.items()},
+            classes=host(engine.classes, np.int64),
+            probabilities=host(class_probabilities(engine.xp, engine.logits, engine.classes), np.float64),
+            timings=timings,
+            fusion=host(fusion.map), gradcam=host(engine.computed("gradcam")),
+            denoised=host(fusion.maps.get("denoised")), scorecam=host(engine.computed("scorecam")),
+            combined=host(fusion.maps.get("combined")), betas=fusion.facts.get("betas"),
+            degenerate=fusion.facts.get("degenerate"),
+            forwards_run=host(sweep.forwards_run, np.int64) if sweep is not None else None,
+            forwards_skipped=host(sweep.forwards_skipped, np.int64) if sweep is not None else None,
+            union_betas=union.facts.get("betas"), union_kept_combined=union.facts.get("kept_combined"),
+            group_scores=group.facts.get("group_scores"), group_forwards=group.facts.get("group_forwards"),
             device=str(self.device), class_names=self.class_names,
         )
 
     @staticmethod
-    def _raise_if_nonfinite(bad: np.ndarray, names: list[str]) -> None:
-        """A clear error naming every image whose input, logits, activations or gradients are not finite."""
+    def _raise_if_nonfinite(bad: np.ndarray, names: list[str],
+                            where: str = "the input, logits, activations or gradients of") -> None:
+        """A clear error naming every image whose input, logits, activations or gradients (or a map) are not finite."""
         if bad.any():
             which = ", ".join(names[i] for i in np.flatnonzero(bad))
             raise NonFiniteError(
-                f"non-finite values (NaN or infinity) in the input, logits, activations or gradients of: {which}. "
+                f"non-finite values (NaN or infinity) in {where}: {which}. "
                 f"Check the preprocessing of these images and the model's numerical stability."
             )
 
-    def explain_files(self, paths: Sequence[str | os.PathLike], targets=None) -> Explanation:
+    def explain_files(self, paths: Sequence[str | os.PathLike], targets=None,
+                      methods: str | Sequence[str] = ("fusion",)) -> Explanation:
         """Read, convert and preprocess image files with the bundle's size/mean/std, then explain them."""
         from ..images import load_batch
 
         manifest = self.bundle.manifest
         images, _ = load_batch(list(paths), manifest.input_size, manifest.mean, manifest.std)
-        return self.explain(images, targets, names=[str(p) for p in paths])
+        return self.explain(images, targets, methods=methods, names=[str(p) for p in paths])

@@ -41,21 +41,3 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
     run = active.sum(axis=1).astype(xp.int64)
     return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run)
 
-
-def map_probabilities(backend, images, maps, image_index, classes, clock, probabilities) -> object:
-    """p(x * M) for each full-resolution map M (maps [M,H,W] of images image_index [M]), batched."""
-    xp = backend.xp
-    total = int(maps.shape[0])
-    out = xp.empty((total,), dtype=xp.float64)
-    buffer = backend.input_buffer()
-    for start in range(0, total, backend.batch_size):
-        stop = min(start + backend.batch_size, total)
-        rows = slice(start, stop)
-        clock.start("mask_generation")
-        backend.kernels.write_map_masked_inputs(images, maps[rows], image_index[rows], buffer, 0)
-        clock.stop("mask_generation")
-        clock.start("scorer_forwards")
-        logits = backend.score_rows(stop - start)
-        out[rows] = probabilities(xp, logits, classes[image_index[rows]])
-        clock.stop("scorer_forwards")
-    return out

@@ -1,0 +1,95 @@
+"""The shared engine every method reads: the explain pass's outputs, plus Grad-CAM, the Score-CAM sweep and p(z0) once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from ..betas import class_probabilities
+from ..score_cam import ScoreSweep, score_cam_sweep
+
+
+@dataclass
+class MethodOutput:
+    """One method's result: its map [N,H,W] and intermediate maps (device arrays), and per-image facts (host NumPy)."""
+
+    map: object
+    maps: dict[str, object] = field(default_factory=dict)
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+class Engine:
+    """The quantities of one explain call for N images; each shared one is computed on first use, then cached."""
+
+    def __init__(self, backend, images, graph: dict, z0_logits, theta: float, skip_constant: bool, clock) -> None:
+        self.backend = backend
+        self.xp = backend.xp
+        self.kernels = backend.kernels
+        self.images = images
+        self.acts = graph["activations"]
+        self.grads = graph["gradients"]
+        self.logits = graph["logits"]
+        self.classes = graph["target_used"]
+        self.z0_logits = z0_logits
+        self.theta = float(theta)
+        self.skip_constant = skip_constant
+        self.clock = clock
+        self.out_hw = (int(images.shape[2]), int(images.shape[3]))
+        self.every_image = self.xp.arange(int(images.shape[0]), dtype=self.xp.int64)
+        self.probe_rows = 0  # masked forwards run for the methods' probes (the Score-CAM sweep not counted)
+
+    def computed(self, name: str):
+        """A shared quantity if some method needed it (else None): gradcam, scorecam, sweep, ..."""
+        return vars(self).get(name)
+
+    def on_device(self, host: np.ndarray):
+        """Per-image host values as a float32 device array."""
+        return self.backend.asarray(np.asarray(host, dtype=np.float32))
+
+    @cached_property
+    def b0(self) -> np.ndarray:
+        """p(z0) per image, float64 [N] on the host: the all-zeros input's class probability."""
+        xp = self.xp
+        logits = xp.broadcast_to(self.z0_logits, (int(self.classes.shape[0]), int(self.z0_logits.shape[0])))
+        return self.backend.to_host(class_probabilities(xp, logits, self.classes))
+
+    @cached_property
+    def gradcam_weights(self):
+        """Grad-CAM's channel weights [N, K] float64 (device)."""
+        return self.kernels.gradcam_weights(self.grads)
+
+    @cached_property
+    def gradcam(self):
+        """L_grad = norm(up(relu(sum_k w_k A_k))), [N, H, W] (device)."""
+        weights = self.gradcam_weights
+        self.clock.start("shared_maps")
+        result = self.channel_weighted_map(weights)
+        self.clock.stop("shared_maps")
+        return result
+
+    def channel_weighted_map(self, weights):
+        """norm(up(relu(sum_k weights_k A_k))): the map of every gradient-weight method, [N, H, W] (device)."""
+        return self.kernels.relu_upsample_normalize(self.kernels.weighted_channel_sum(self.acts, weights), self.out_hw)
+
+    @cached_property
+    def sweep(self) -> ScoreSweep:
+        """The Score-CAM sweep, run once for every method that needs it (constant channels skipped exactly)."""
+        self.clock.start("shared_maps")
+        mins, maxs = self.kernels.upsampled_min_max(self.acts, self.out_hw)
+        self.clock.stop("shared_maps")
+        return score_cam_sweep(self.backend, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
+                               self.clock, skip_constant=self.skip_constant)
+
+    @cached_property
+    def scorecam(self):
+        """L_reg = norm(relu(sum_k a_k up(A_k))), a = softmax of the sweep's scores, [N, H, W] (device)."""
+        sweep = self.sweep
+        kernels, xp = self.kernels, self.xp
+        self.clock.start("shared_maps")
+        weights = kernels.softmax(sweep.scores).astype(xp.float32)
+        low = kernels.weighted_channel_sum(self.acts, weights)
+        result = kernels.normalize(xp.maximum(kernels.upsample(low, self.out_hw), 0))
+        self.clock.stop("shared_maps")
+        return result

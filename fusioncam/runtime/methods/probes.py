@@ -1,0 +1,71 @@
+"""Probes: masked inputs whose class probability a method needs; one round of them shares scorer batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..betas import class_probabilities
+
+
+@dataclass
+class MapProbe:
+    """p(x_n * M_j) for full-resolution maps [M, H, W] of images image_index [M]."""
+
+    key: str
+    maps: object
+    image_index: object
+
+    def write(self, kernels, images, rows: slice, out, start: int) -> None:
+        """Write this probe's rows `rows` into the scorer buffer `out` from row `start`."""
+        kernels.write_map_masked_inputs(images, self.maps[rows], self.image_index[rows], out, start)
+
+
+@dataclass
+class BlendProbe:
+    """p(M * x_n + (1 - M) * x_b) with M = norm(up(group_maps[n, g])) per row (n, g); g = -1 scores x_b itself."""
+
+    key: str
+    blurred: object
+    group_maps: object
+    mins: object
+    maxs: object
+    image_index: object
+    group_index: object
+
+    def write(self, kernels, images, rows: slice, out, start: int) -> None:
+        """Write this probe's rows `rows` into the scorer buffer `out` from row `start`."""
+        kernels.write_group_blended_inputs(images, self.blurred, self.group_maps, self.mins, self.maxs,
+                                           self.image_index[rows], self.group_index[rows], out, start)
+
+
+Probe = MapProbe | BlendProbe
+
+
+def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
+    """Each probe's class probabilities (host float64, one per row), its rows packed with the others' into full batches."""
+    backend, xp, clock = engine.backend, engine.xp, engine.clock
+    sizes = [int(probe.image_index.shape[0]) for probe in probes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    total = int(offsets[-1])
+    if total == 0:
+        return {probe.key: np.empty(0) for probe in probes}
+    engine.probe_rows += total
+    row_classes = engine.classes[xp.concatenate([probe.image_index for probe in probes])]
+    probabilities = xp.empty((total,), dtype=xp.float64)
+    buffer = backend.input_buffer()
+    for start in range(0, total, backend.batch_size):
+        stop = min(start + backend.batch_size, total)
+        clock.start("mask_generation")
+        for probe, first, last in zip(probes, offsets[:-1], offsets[1:]):
+            low, high = max(start, first), min(stop, last)
+            if low < high:
+                probe.write(backend.kernels, engine.images, slice(low - first, high - first), buffer, low - start)
+        clock.stop("mask_generation")
+        clock.start("scorer_forwards")
+        logits = backend.score_rows(stop - start)
+        probabilities[start:stop] = class_probabilities(xp, logits, row_classes[start:stop])
+        clock.stop("scorer_forwards")
+    host = backend.to_host(probabilities)
+    return {probe.key: host[first:last] for probe, first, last in zip(probes, offsets[:-1], offsets[1:])}

@@ -1,0 +1,38 @@
+"""The CUDA backend (ORT CUDA provider + CuPy kernels) against the CPU backend on the same bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fusioncam
+from fusioncam.runtime.device_select import cuda_unavailable_reason
+
+REASON = cuda_unavailable_reason()
+pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs a CUDA GPU: {REASON}")
+
+
+def test_cuda_maps_equal_cpu_maps(efficientnet_bundle, sample_batch, efficientnet_explanation):
+    gpu = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=256).explain(sample_batch[1])
+    cpu = efficientnet_explanation
+    np.testing.assert_array_equal(gpu.classes, cpu.classes)
+    for key in ("fusion", "gradcam", "denoised", "scorecam", "combined"):
+        np.testing.assert_allclose(getattr(gpu, key), getattr(cpu, key), atol=1e-3, rtol=0, err_msg=key)
+    for key in cpu.betas:
+        np.testing.assert_allclose(gpu.betas[key], cpu.betas[key], atol=1e-3, rtol=0, err_msg=key)
+    np.testing.assert_array_equal(gpu.forwards_skipped, cpu.forwards_skipped)
+
+
+def test_cuda_accepts_cupy_images_and_batch_sizes_that_do_not_divide_k(efficientnet_bundle, sample_batch):
+    import cupy
+
+    images = sample_batch[1][:2]
+    reference = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=256).explain(images)
+    odd = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=37).explain(cupy.asarray(images))
+    for key in ("fusion", "scorecam"):
+        np.testing.assert_allclose(getattr(odd, key), getattr(reference, key), atol=1e-5, rtol=0, err_msg=key)
+
+
+def test_scorer_buffers_are_sized_by_batch_not_by_k(efficientnet_bundle):
+    explainer = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=64)
+    assert explainer.backend.input_buffer().shape == (64, 3, 224, 224)
