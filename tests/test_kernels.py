@@ -13,7 +13,7 @@ import pytest
 
 from fusioncam.errors import DeviceError
 from fusioncam.kernels import KernelSet, cuda_kernels, numpy_kernels as K
-from fusioncam.kernels.maps_numpy import percentile_of_sorted
+from fusioncam.kernels.array_math import percentile_of_sorted
 
 KERNELS_DIR = Path(__file__).resolve().parents[1] / "fusioncam" / "kernels"
 
@@ -105,16 +105,11 @@ def test_kernel_set_lists_every_numpy_kernel():
     assert all(callable(getattr(K, name)) for name in names)
 
 
-def _public_functions(path: Path) -> dict[str, tuple]:
-    tree = ast.parse(path.read_text())
-    exported = next(
-        ast.literal_eval(node.value)
-        for node in tree.body
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
-    )
+def _defined_functions(path: Path) -> dict[str, tuple]:
+    """(arguments, docstring) of each top-level function defined in the module at path."""
     found = {}
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name in exported:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef):
             args = node.args
             signature = (
                 [a.arg for a in args.args],
@@ -123,11 +118,28 @@ def _public_functions(path: Path) -> dict[str, tuple]:
                 [a.arg for a in args.kwonlyargs],
             )
             found[node.name] = (signature, ast.get_docstring(node))
+    return found
+
+
+def _public_functions(path: Path) -> dict[str, tuple]:
+    """(arguments, docstring) of each name in the module's __all__, defined there or imported from a sibling module
+    (array_math's shared kernels)."""
+    tree = ast.parse(path.read_text())
+    exported = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets)
+    )
+    found = {name: entry for name, entry in _defined_functions(path).items() if name in exported}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fusioncam.kernels."):
+            sibling = _defined_functions(path.with_name(node.module.rsplit(".", 1)[1] + ".py"))
+            found.update({a.asname or a.name: sibling[a.name] for a in node.names if (a.asname or a.name) in exported})
     assert set(found) == set(exported)
     return found
 
 
-@pytest.mark.parametrize("concern", ["upsample", "masks", "maps"])
+@pytest.mark.parametrize("concern", ["upsample", "masks", "maps", "blend"])
 def test_cuda_module_mirrors_numpy_module(concern):
     """Same names, arguments and docstrings in each *_numpy.py / *_cuda.py pair (read from source: no CuPy needed)."""
     cpu = _public_functions(KERNELS_DIR / f"{concern}_numpy.py")

@@ -8,7 +8,7 @@ import torch
 
 import fusioncam
 from fusioncam.kernels import numpy_kernels as K
-from fusioncam.kernels.methods_numpy import group_bounds
+from fusioncam.kernels.array_math import group_bounds
 from fusioncam.runtime.methods import METHODS
 from test_runtime_parity import assert_matches_reference
 from torch_reference import module_by_path, sample_model

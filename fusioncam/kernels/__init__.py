@@ -1,7 +1,8 @@
 """Image-space kernels, twice with one interface: `numpy_kernels` (CPU) and `cuda_kernels()` (CuPy, GPU).
 
 Both sets hold the functions named in `KernelSet`, with the same arguments, docstrings and results;
-the CUDA set takes and returns CuPy arrays and is imported only when asked for.
+the CUDA set takes and returns CuPy arrays and is imported only when asked for. A kernel whose array code
+is the same on both is written once, in `array_math`, and exported by the numpy and the cuda module alike.
 """
 
 from __future__ import annotations

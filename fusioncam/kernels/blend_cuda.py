@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import cupy as cp
 
-from fusioncam.kernels.masks_cuda import _target_rows
+from fusioncam.kernels.array_math import target_rows
 from fusioncam.kernels.upsample_cuda import EXACT_FLOAT_OPTIONS
 
 __all__ = ["write_blended_inputs"]
@@ -44,7 +44,7 @@ def write_blended_inputs(
     baselines = cp.asarray(baselines, dtype=cp.float32, order="C")
     masks = cp.asarray(masks, dtype=cp.float32, order="C")
     image_index = cp.asarray(image_index, dtype=cp.int64, order="C")
-    target = _target_rows(image_index.shape[0], out, start)
+    target = target_rows(image_index.shape[0], out, start)
     if target.size == 0:
         return
     _BLENDED(images, baselines, masks, image_index, out.shape[-2] * out.shape[-1], target)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusioncam.kernels.masks_numpy import _check_rows
-from fusioncam.kernels.upsample_numpy import chunk_length
+from fusioncam.kernels.array_math import target_rows
+from fusioncam.kernels.upsample_numpy import chunk_slices
 
 __all__ = ["write_blended_inputs"]
 
@@ -26,12 +26,8 @@ def write_blended_inputs(
     baselines = np.asarray(baselines, dtype=np.float32)
     masks = np.asarray(masks, dtype=np.float32)
     image_index = np.asarray(image_index, dtype=np.int64)
-    count = image_index.shape[0]
-    _check_rows(count, out, start)
-    step = chunk_length(masks.shape[-2:])
-    for first in range(0, count, step):
-        n = image_index[first : first + step]
-        mask = masks[first : first + step, None]
-        target = out[start + first : start + first + len(n)]
-        np.multiply(images[n], mask, out=target, dtype=np.float32, casting="unsafe")
-        target += (np.float32(1) - mask) * baselines[n]
+    target = target_rows(image_index.shape[0], out, start)
+    for part in chunk_slices(len(target), masks.shape[-2:]):
+        n, mask, chunk = image_index[part], masks[part, None], target[part]
+        np.multiply(images[n], mask, out=chunk, dtype=np.float32, casting="unsafe")
+        chunk += (np.float32(1) - mask) * baselines[n]

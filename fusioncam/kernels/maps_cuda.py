@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import cupy as cp
-import numpy as np
 
-from fusioncam.kernels.maps_numpy import percentile_of_sorted
+from fusioncam.kernels.array_math import nonfinite_rows, percentile_of_sorted, softmax, weighted_channel_sum
 from fusioncam.kernels.upsample_cuda import EXACT_FLOAT_OPTIONS, upsample
 
 __all__ = [
@@ -57,14 +56,6 @@ _SIMILARITY_FUSION = cp.ElementwiseKernel(
 )
 
 
-def weighted_channel_sum(acts: cp.ndarray, weights: cp.ndarray) -> cp.ndarray:
-    """sum_k weights[n, k] * acts[n, k] -> [N, h, w] float32, accumulated in float64 (at least float32)."""
-    n, k, h, w = acts.shape
-    flat = cp.asarray(acts, dtype=cp.float64).reshape(n, k, h * w)
-    summed = cp.matmul(cp.asarray(weights, dtype=cp.float64)[:, None, :], flat)
-    return summed.reshape(n, h, w).astype(cp.float32)
-
-
 def normalize(maps: cp.ndarray) -> cp.ndarray:
     """Per map [N, H, W]: M - min(M), divided by its max if that max is > 0 (a constant map becomes zeros)."""
     maps = cp.asarray(maps, dtype=cp.float32)
@@ -87,14 +78,6 @@ def percentile_denoise(maps: cp.ndarray, theta: float) -> cp.ndarray:
     return normalize(kept)
 
 
-def softmax(scores: cp.ndarray) -> cp.ndarray:
-    """Max-subtracted softmax over the last axis of scores [N, K], in float64 (Score-CAM's channel weights)."""
-    shifted = cp.asarray(scores, dtype=cp.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    exps = cp.exp(shifted)
-    return exps / exps.sum(axis=-1, keepdims=True)
-
-
 def weighted_pair(a: cp.ndarray, b: cp.ndarray, wa: cp.ndarray, wb: cp.ndarray) -> cp.ndarray:
     """norm(wa * a + wb * b) per image, weights [N] applied in float32 (the combined map L_dr)."""
     wa = cp.asarray(wa, dtype=cp.float32)[:, None, None]
@@ -112,14 +95,3 @@ def similarity_fusion(l_dr: cp.ndarray, l_reg: cp.ndarray, b_dr: cp.ndarray, b_r
     l_dr = cp.asarray(l_dr, dtype=cp.float32)
     l_reg = cp.asarray(l_reg, dtype=cp.float32)
     return normalize(_SIMILARITY_FUSION(l_dr, l_reg, b_dr, b_reg))
-
-
-def nonfinite_rows(*arrays: cp.ndarray) -> cp.ndarray:
-    """[N] bool: True for image n where any of the arrays [N, ...] holds NaN or infinity in row n."""
-    if not arrays:
-        raise ValueError("nonfinite_rows needs at least one array")
-    bad = cp.zeros(len(arrays[0]), dtype=bool)
-    for array in arrays:
-        array = cp.asarray(array)
-        bad |= ~cp.isfinite(array.reshape(len(array), int(np.prod(array.shape[1:])))).all(axis=1)
-    return bad

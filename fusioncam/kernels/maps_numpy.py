@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from fusioncam.kernels.array_math import nonfinite_rows, softmax, weighted_channel_sum
 from fusioncam.kernels.upsample_numpy import upsample
 
 __all__ = [
@@ -18,14 +17,6 @@ __all__ = [
     "similarity_fusion",
     "nonfinite_rows",
 ]
-
-
-def weighted_channel_sum(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """sum_k weights[n, k] * acts[n, k] -> [N, h, w] float32, accumulated in float64 (at least float32)."""
-    n, k, h, w = acts.shape
-    flat = np.asarray(acts, dtype=np.float64).reshape(n, k, h * w)
-    summed = np.matmul(np.asarray(weights, dtype=np.float64)[:, None, :], flat)
-    return summed.reshape(n, h, w).astype(np.float32)
 
 
 def normalize(maps: np.ndarray) -> np.ndarray:
@@ -43,31 +34,6 @@ def relu_upsample_normalize(low: np.ndarray, out_hw: tuple[int, int]) -> np.ndar
     return normalize(upsample(np.maximum(np.asarray(low, dtype=np.float32), np.float32(0)), out_hw))
 
 
-def percentile_rule(count: int, theta: float) -> tuple[int, int, float]:
-    """numpy's linear percentile of `count` sorted values: (lower index, upper index, gamma), as numpy computes them."""
-    if not 0 <= theta <= 100:
-        raise ValueError(f"Percentiles must be in the range [0, 100], got {theta}")
-    virtual = (count - 1) * float(np.true_divide(theta, 100))
-    lower = float(math.floor(virtual))
-    if virtual >= count - 1:  # numpy then takes the last value and measures gamma from index -1
-        lower = -1.0
-        return count - 1, count - 1, virtual - lower
-    return int(lower), int(lower) + 1, virtual - lower
-
-
-def percentile_of_sorted(ordered: np.ndarray, theta: float) -> np.ndarray:
-    """Per row of ordered [N, P] (each row sorted ascending): np.percentile(row, theta), bit for bit.
-
-    numpy's float32 lerp, written with array operators only so that CuPy arrays work too.
-    """
-    lower, upper, gamma = percentile_rule(ordered.shape[1], float(theta))
-    below, above = ordered[:, lower], ordered[:, upper]
-    step = above - below
-    if gamma >= 0.5:  # numpy's _lerp: exact at both ends
-        return above - step * np.float32(1 - gamma)
-    return below + step * np.float32(gamma)
-
-
 def percentile_denoise(maps: np.ndarray, theta: float) -> np.ndarray:
     """Per map: values below its theta-th percentile (numpy's linear method) set to 0, then norm."""
     maps = np.asarray(maps, dtype=np.float32)
@@ -75,14 +41,6 @@ def percentile_denoise(maps: np.ndarray, theta: float) -> np.ndarray:
     threshold = np.percentile(maps.reshape(n, -1), float(theta), axis=1, method="linear")
     kept = np.where(maps < threshold.astype(np.float32)[:, None, None], np.float32(0), maps)
     return normalize(kept)
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Max-subtracted softmax over the last axis of scores [N, K], in float64 (Score-CAM's channel weights)."""
-    shifted = np.asarray(scores, dtype=np.float64)
-    shifted = shifted - shifted.max(axis=-1, keepdims=True)
-    exps = np.exp(shifted)
-    return exps / exps.sum(axis=-1, keepdims=True)
 
 
 def weighted_pair(a: np.ndarray, b: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
@@ -101,14 +59,3 @@ def similarity_fusion(l_dr: np.ndarray, l_reg: np.ndarray, b_dr: np.ndarray, b_r
     l2 = np.asarray(b_reg, dtype=np.float32)[:, None, None] * np.asarray(l_reg, dtype=np.float32)
     agreement = np.clip(1 - np.abs(l1 - l2), 0, 1)
     return normalize(agreement * np.maximum(l1, l2) + (1 - agreement) * (l1 + l2) / 2)
-
-
-def nonfinite_rows(*arrays: np.ndarray) -> np.ndarray:
-    """[N] bool: True for image n where any of the arrays [N, ...] holds NaN or infinity in row n."""
-    if not arrays:
-        raise ValueError("nonfinite_rows needs at least one array")
-    bad = np.zeros(len(arrays[0]), dtype=bool)
-    for array in arrays:
-        array = np.asarray(array)
-        bad |= ~np.isfinite(array.reshape(len(array), int(np.prod(array.shape[1:])))).all(axis=1)
-    return bad

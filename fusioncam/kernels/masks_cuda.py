@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import cupy as cp
 
+from fusioncam.kernels.array_math import target_rows
 from fusioncam.kernels.upsample_cuda import (
     BILINEAR_SOURCE,
     EXACT_FLOAT_OPTIONS,
     TABLE_ARGS,
     TABLE_PARAMS,
-    device_tables,
+    interpolation_args,
 )
 
 __all__ = ["write_channel_masked_inputs", "write_map_masked_inputs"]
@@ -57,13 +58,6 @@ _MAP_MASKED = cp.ElementwiseKernel(
 )
 
 
-def _target_rows(count: int, out: cp.ndarray, start: int) -> cp.ndarray:
-    """out[start : start + count], refusing a write that would fall outside out's rows."""
-    if start < 0 or start + count > out.shape[0]:
-        raise ValueError(f"{count} masked inputs from row {start} do not fit in a batch of {out.shape[0]}")
-    return out[start : start + count]
-
-
 def write_channel_masked_inputs(
     images: cp.ndarray,
     acts: cp.ndarray,
@@ -82,11 +76,9 @@ def write_channel_masked_inputs(
     acts = cp.asarray(acts, dtype=cp.float32, order="C")
     image_index = cp.asarray(image_index, dtype=cp.int64, order="C")
     channel_index = cp.asarray(channel_index, dtype=cp.int64, order="C")
-    target = _target_rows(image_index.shape[0], out, start)
+    target = target_rows(image_index.shape[0], out, start)
     if target.size == 0:
         return
-    _, k, h, w = acts.shape
-    height, width = out.shape[-2:]
     _CHANNEL_MASKED(
         images,
         acts,
@@ -94,12 +86,7 @@ def write_channel_masked_inputs(
         cp.asarray(maxs, dtype=cp.float32, order="C"),
         image_index,
         channel_index,
-        *device_tables((h, w), (height, width)),
-        k,
-        h,
-        w,
-        width,
-        height * width,
+        *interpolation_args(acts.shape, out.shape[-2:]),
         target,
     )
 
@@ -115,7 +102,7 @@ def write_map_masked_inputs(
     images = cp.asarray(images, dtype=cp.float32, order="C")
     maps = cp.asarray(maps, dtype=cp.float32, order="C")
     image_index = cp.asarray(image_index, dtype=cp.int64, order="C")
-    target = _target_rows(image_index.shape[0], out, start)
+    target = target_rows(image_index.shape[0], out, start)
     if target.size == 0:
         return
     _MAP_MASKED(images, maps, image_index, out.shape[-2] * out.shape[-1], target)

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusioncam.kernels.upsample_numpy import axis_table, chunk_length, upsample_block
+from fusioncam.kernels.array_math import target_rows
+from fusioncam.kernels.upsample_numpy import axis_table, chunk_slices, upsample_block
 
 __all__ = ["write_channel_masked_inputs", "write_map_masked_inputs"]
 
 
-def _check_rows(count: int, out: np.ndarray, start: int) -> None:
-    """Refuse a write that would fall outside out's rows."""
-    if start < 0 or start + count > out.shape[0]:
-        raise ValueError(f"{count} masked inputs from row {start} do not fit in a batch of {out.shape[0]}")
+def normalized_masks(masks: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> np.ndarray:
+    """masks [M, H, W] float32 normalised in place by their upsampled mins/maxs [M]: (m - min) / (max - min).
+
+    A mask with max - min <= 0 (a constant map) becomes zeros.
+    """
+    low = mins[:, None, None]
+    span = maxs[:, None, None] - low
+    masks -= low
+    np.divide(masks, span, out=masks, where=span > 0)
+    masks[~(span[:, 0, 0] > 0)] = 0
+    return masks
 
 
 def write_channel_masked_inputs(
@@ -35,22 +43,13 @@ def write_channel_masked_inputs(
     maxs = np.asarray(maxs, dtype=np.float32)
     image_index = np.asarray(image_index, dtype=np.int64)
     channel_index = np.asarray(channel_index, dtype=np.int64)
-    count = image_index.shape[0]
-    _check_rows(count, out, start)
+    target = target_rows(image_index.shape[0], out, start)
     height, width = out.shape[-2:]
     rows, cols = axis_table(acts.shape[2], height), axis_table(acts.shape[3], width)
-    step = chunk_length((height, width))
-    for first in range(0, count, step):
-        n = image_index[first : first + step]
-        k = channel_index[first : first + step]
-        low = mins[n, k][:, None, None]
-        span = maxs[n, k][:, None, None] - low
-        mask = upsample_block(acts[n, k], rows, cols)
-        mask -= low
-        np.divide(mask, span, out=mask, where=span > 0)
-        mask[~(span[:, 0, 0] > 0)] = 0
-        target = out[start + first : start + first + len(n)]
-        np.multiply(images[n], mask[:, None], out=target, dtype=np.float32, casting="unsafe")
+    for part in chunk_slices(len(target), (height, width)):
+        n, k = image_index[part], channel_index[part]
+        mask = normalized_masks(upsample_block(acts[n, k], rows, cols), mins[n, k], maxs[n, k])
+        np.multiply(images[n], mask[:, None], out=target[part], dtype=np.float32, casting="unsafe")
 
 
 def write_map_masked_inputs(
@@ -64,10 +63,6 @@ def write_map_masked_inputs(
     images = np.asarray(images, dtype=np.float32)
     maps = np.asarray(maps, dtype=np.float32)
     image_index = np.asarray(image_index, dtype=np.int64)
-    count = image_index.shape[0]
-    _check_rows(count, out, start)
-    step = chunk_length(maps.shape[-2:])
-    for first in range(0, count, step):
-        n = image_index[first : first + step]
-        target = out[start + first : start + first + len(n)]
-        np.multiply(images[n], maps[first : first + step, None], out=target, dtype=np.float32, casting="unsafe")
+    target = target_rows(image_index.shape[0], out, start)
+    for part in chunk_slices(len(target), maps.shape[-2:]):
+        np.multiply(images[image_index[part]], maps[part, None], out=target[part], dtype=np.float32, casting="unsafe")

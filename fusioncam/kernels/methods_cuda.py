@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import cupy as cp
 
-from fusioncam.kernels.maps_numpy import percentile_of_sorted
-from fusioncam.kernels.methods_numpy import XGRAD_EPS, group_bounds
+from fusioncam.kernels.array_math import (
+    channel_percentiles,
+    gradcam_plus_plus_weights,
+    gradcam_weights,
+    group_activation_maps,
+    target_rows,
+    union_channel_terms,
+    xgradcam_weights,
+)
 from fusioncam.kernels.upsample_cuda import (
     BILINEAR_SOURCE,
     EXACT_FLOAT_OPTIONS,
     TABLE_ARGS,
     TABLE_PARAMS,
-    device_tables,
+    interpolation_args,
 )
 
 __all__ = [
@@ -93,60 +100,15 @@ _WEIGHTED_GROUP_MASKS = cp.ElementwiseKernel(
 )
 
 
-def gradcam_weights(grads: cp.ndarray) -> cp.ndarray:
-    """Grad-CAM's w_k = mean over (i, j) of G_k: [N, K] float64 from gradients [N, K, h, w]."""
-    return cp.asarray(grads, dtype=cp.float64).mean(axis=(2, 3))
-
-
-def gradcam_plus_plus_weights(acts: cp.ndarray, grads: cp.ndarray) -> cp.ndarray:
-    """Grad-CAM++'s w_k = sum_ij alpha * relu(g): [N, K] float64.
-
-    alpha = g^2 / (2 g^2 + sum_ab A_k[a,b] * g^3), and 0 where that denominator is 0.
-    """
-    a = cp.asarray(acts, dtype=cp.float64)
-    g = cp.asarray(grads, dtype=cp.float64)
-    squared = g * g
-    denominator = 2 * squared + a.sum(axis=(2, 3), keepdims=True) * (squared * g)
-    nonzero = denominator != 0
-    alpha = cp.where(nonzero, squared / cp.where(nonzero, denominator, 1.0), 0.0)
-    return (alpha * cp.maximum(g, 0)).sum(axis=(2, 3))
-
-
-def xgradcam_weights(acts: cp.ndarray, grads: cp.ndarray) -> cp.ndarray:
-    """XGrad-CAM's w_k = sum_ij (A_k / (sum_ab A_k + 1e-7)) * g: [N, K] float64."""
-    a = cp.asarray(acts, dtype=cp.float64)
-    g = cp.asarray(grads, dtype=cp.float64)
-    return (a / (a.sum(axis=(2, 3), keepdims=True) + XGRAD_EPS) * g).sum(axis=(2, 3))
-
-
-def channel_percentiles(values: cp.ndarray, theta: float) -> cp.ndarray:
-    """Per channel of values [N, K, h, w]: np.percentile(channel, theta) with linear interpolation, [N, K] float32."""
-    values = cp.asarray(values, dtype=cp.float32)
-    n, k = values.shape[:2]
-    return percentile_of_sorted(cp.sort(values.reshape(n * k, -1), axis=1), theta).reshape(n, k)
-
-
 def union_gradient_map(acts: cp.ndarray, grads: cp.ndarray, theta: float) -> cp.ndarray:
     """Union-CAM's sum_k relu(G'_k) * A_k / sum_ij relu(G'_k) at low resolution, [N, h, w] float32 (float64 sums).
 
     G' is G with each channel's values below its theta-th percentile set to 0; a channel whose relu(G') sums
     to 0 adds nothing (its numerator is 0 everywhere).
     """
-    g = cp.asarray(grads, dtype=cp.float32)
-    threshold = channel_percentiles(g, theta)[:, :, None, None]
-    positive = cp.maximum(cp.where(g < threshold, cp.float32(0), g), cp.float32(0)).astype(cp.float64)
-    totals = positive.sum(axis=(2, 3))
-    scale = cp.where(totals > 0, 1.0 / cp.where(totals > 0, totals, 1.0), 0.0)
+    positive, scale = union_channel_terms(grads, theta)
     summed = (positive * cp.asarray(acts, dtype=cp.float64) * scale[:, :, None, None]).sum(axis=1)
     return summed.astype(cp.float32)
-
-
-def group_activation_maps(acts: cp.ndarray, weights: cp.ndarray, groups: int) -> cp.ndarray:
-    """Group-CAM's S_g = relu(sum_{k in g} w_k A_k) per group of consecutive channels (group_bounds): [N, G, h, w] float32."""
-    weighted = cp.asarray(acts, dtype=cp.float64) * cp.asarray(weights, dtype=cp.float64)[:, :, None, None]
-    bounds = group_bounds(weighted.shape[1], groups)
-    sums = cp.stack([weighted[:, start:stop].sum(axis=1) for start, stop in bounds], axis=1)
-    return cp.maximum(sums, 0).astype(cp.float32)
 
 
 def write_group_blended_inputs(
@@ -167,13 +129,9 @@ def write_group_blended_inputs(
     """
     group_maps = cp.asarray(group_maps, dtype=cp.float32, order="C")
     image_index = cp.asarray(image_index, dtype=cp.int64, order="C")
-    count = image_index.shape[0]
-    if start < 0 or start + count > out.shape[0]:
-        raise ValueError(f"{count} masked inputs from row {start} do not fit in a batch of {out.shape[0]}")
-    if count == 0:
+    target = target_rows(image_index.shape[0], out, start)
+    if len(target) == 0:
         return
-    _, groups, h, w = group_maps.shape
-    height, width = out.shape[-2:]
     _GROUP_BLEND(
         cp.asarray(images, dtype=cp.float32, order="C"),
         cp.asarray(blurred, dtype=cp.float32, order="C"),
@@ -182,13 +140,8 @@ def write_group_blended_inputs(
         cp.asarray(maxs, dtype=cp.float32, order="C"),
         image_index,
         cp.asarray(group_index, dtype=cp.int64, order="C"),
-        *device_tables((h, w), (height, width)),
-        groups,
-        h,
-        w,
-        width,
-        height * width,
-        out[start : start + count],
+        *interpolation_args(group_maps.shape, out.shape[-2:]),
+        target,
     )
 
 
@@ -200,9 +153,7 @@ def weighted_group_masks(
     norm uses the upsampled mins/maxs [N, G] as write_group_blended_inputs does: a constant group adds nothing.
     """
     group_maps = cp.asarray(group_maps, dtype=cp.float32, order="C")
-    n, groups, h, w = group_maps.shape
-    height, width = int(out_hw[0]), int(out_hw[1])
-    out = cp.empty((n, height, width), dtype=cp.float32)
+    out = cp.empty((group_maps.shape[0], int(out_hw[0]), int(out_hw[1])), dtype=cp.float32)
     if out.size == 0:
         return out
     _WEIGHTED_GROUP_MASKS(
@@ -210,12 +161,7 @@ def weighted_group_masks(
         cp.asarray(mins, dtype=cp.float32, order="C"),
         cp.asarray(maxs, dtype=cp.float32, order="C"),
         cp.asarray(scores, dtype=cp.float64, order="C"),
-        *device_tables((h, w), (height, width)),
-        groups,
-        h,
-        w,
-        width,
-        height * width,
+        *interpolation_args(group_maps.shape, out.shape[-2:]),
         out,
     )
     return out

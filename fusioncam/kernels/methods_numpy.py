@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusioncam.kernels.maps_numpy import percentile_of_sorted
-from fusioncam.kernels.masks_numpy import _check_rows
-from fusioncam.kernels.upsample_numpy import axis_table, chunk_length, upsample, upsample_block
+from fusioncam.kernels.array_math import (
+    channel_percentiles,
+    gradcam_plus_plus_weights,
+    gradcam_weights,
+    group_activation_maps,
+    target_rows,
+    union_channel_terms,
+    xgradcam_weights,
+)
+from fusioncam.kernels.masks_numpy import normalized_masks
+from fusioncam.kernels.upsample_numpy import axis_table, chunk_slices, upsample, upsample_block
 
 __all__ = [
     "gradcam_weights",
@@ -19,52 +27,6 @@ __all__ = [
     "weighted_group_masks",
 ]
 
-XGRAD_EPS = 1e-7
-
-
-def group_bounds(channels: int, groups: int) -> list[tuple[int, int]]:
-    """torch.chunk's split of `channels` into consecutive groups of ceil(channels / groups), the last one smaller.
-
-    So there can be fewer than `groups`: K=512 gives 32 groups of 16, K=40 gives 20 of 2, K=100 gives 25 of 4,
-    K=20 gives 20 of 1.
-    """
-    if channels < 1 or groups < 1:
-        raise ValueError(f"need at least one channel and one group, got {channels} channels and {groups} groups")
-    size = -(-channels // groups)
-    return [(start, min(start + size, channels)) for start in range(0, channels, size)]
-
-
-def gradcam_weights(grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM's w_k = mean over (i, j) of G_k: [N, K] float64 from gradients [N, K, h, w]."""
-    return np.asarray(grads, dtype=np.float64).mean(axis=(2, 3))
-
-
-def gradcam_plus_plus_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """Grad-CAM++'s w_k = sum_ij alpha * relu(g): [N, K] float64.
-
-    alpha = g^2 / (2 g^2 + sum_ab A_k[a,b] * g^3), and 0 where that denominator is 0.
-    """
-    a = np.asarray(acts, dtype=np.float64)
-    g = np.asarray(grads, dtype=np.float64)
-    squared = g * g
-    denominator = 2 * squared + a.sum(axis=(2, 3), keepdims=True) * (squared * g)
-    alpha = np.divide(squared, denominator, out=np.zeros_like(squared), where=denominator != 0)
-    return (alpha * np.maximum(g, 0)).sum(axis=(2, 3))
-
-
-def xgradcam_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
-    """XGrad-CAM's w_k = sum_ij (A_k / (sum_ab A_k + 1e-7)) * g: [N, K] float64."""
-    a = np.asarray(acts, dtype=np.float64)
-    g = np.asarray(grads, dtype=np.float64)
-    return (a / (a.sum(axis=(2, 3), keepdims=True) + XGRAD_EPS) * g).sum(axis=(2, 3))
-
-
-def channel_percentiles(values: np.ndarray, theta: float) -> np.ndarray:
-    """Per channel of values [N, K, h, w]: np.percentile(channel, theta) with linear interpolation, [N, K] float32."""
-    values = np.asarray(values, dtype=np.float32)
-    n, k = values.shape[:2]
-    return percentile_of_sorted(np.sort(values.reshape(n * k, -1), axis=1), theta).reshape(n, k)
-
 
 def union_gradient_map(acts: np.ndarray, grads: np.ndarray, theta: float) -> np.ndarray:
     """Union-CAM's sum_k relu(G'_k) * A_k / sum_ij relu(G'_k) at low resolution, [N, h, w] float32 (float64 sums).
@@ -72,21 +34,9 @@ def union_gradient_map(acts: np.ndarray, grads: np.ndarray, theta: float) -> np.
     G' is G with each channel's values below its theta-th percentile set to 0; a channel whose relu(G') sums
     to 0 adds nothing (its numerator is 0 everywhere).
     """
-    g = np.asarray(grads, dtype=np.float32)
-    threshold = channel_percentiles(g, theta)[:, :, None, None]
-    positive = np.maximum(np.where(g < threshold, np.float32(0), g), np.float32(0)).astype(np.float64)
-    totals = positive.sum(axis=(2, 3))
-    scale = np.divide(1.0, totals, out=np.zeros_like(totals), where=totals > 0)
+    positive, scale = union_channel_terms(grads, theta)
     summed = np.einsum("nkhw,nkhw,nk->nhw", positive, np.asarray(acts, dtype=np.float64), scale)
     return summed.astype(np.float32)
-
-
-def group_activation_maps(acts: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
-    """Group-CAM's S_g = relu(sum_{k in g} w_k A_k) per group of consecutive channels (group_bounds): [N, G, h, w] float32."""
-    weighted = np.asarray(acts, dtype=np.float64) * np.asarray(weights, dtype=np.float64)[:, :, None, None]
-    bounds = group_bounds(weighted.shape[1], groups)
-    sums = np.stack([weighted[:, start:stop].sum(axis=1) for start, stop in bounds], axis=1)
-    return np.maximum(sums, 0).astype(np.float32)
 
 
 def _group_masks(group_maps: np.ndarray, mins: np.ndarray, maxs: np.ndarray, n: np.ndarray, g: np.ndarray,
@@ -94,12 +44,8 @@ def _group_masks(group_maps: np.ndarray, mins: np.ndarray, maxs: np.ndarray, n: 
     """norm(up(group_maps[n, g])) per row as float32 [M, H, W]; rows with g < 0 or a constant map are zeros."""
     valid = g >= 0
     safe = np.where(valid, g, 0)
-    low = mins[n, safe][:, None, None]
-    span = maxs[n, safe][:, None, None] - low
-    mask = upsample_block(group_maps[n, safe], rows, cols)
-    mask -= low
-    np.divide(mask, span, out=mask, where=span > 0)
-    mask[~(valid & (span[:, 0, 0] > 0))] = 0
+    mask = normalized_masks(upsample_block(group_maps[n, safe], rows, cols), mins[n, safe], maxs[n, safe])
+    mask[~valid] = 0
     return mask
 
 
@@ -126,17 +72,15 @@ def write_group_blended_inputs(
     maxs = np.asarray(maxs, dtype=np.float32)
     image_index = np.asarray(image_index, dtype=np.int64)
     group_index = np.asarray(group_index, dtype=np.int64)
-    count = image_index.shape[0]
-    _check_rows(count, out, start)
+    target = target_rows(image_index.shape[0], out, start)
     height, width = out.shape[-2:]
     rows, cols = axis_table(group_maps.shape[2], height), axis_table(group_maps.shape[3], width)
-    step = chunk_length((height, width))
-    for first in range(0, count, step):
-        n = image_index[first : first + step]
-        mask = _group_masks(group_maps, mins, maxs, n, group_index[first : first + step], rows, cols)[:, None]
+    for part in chunk_slices(len(target), (height, width)):
+        n = image_index[part]
+        mask = _group_masks(group_maps, mins, maxs, n, group_index[part], rows, cols)[:, None]
         blend = images[n] * mask
         blend += (np.float32(1) - mask) * blurred[n]
-        out[start + first : start + first + len(n)] = blend
+        target[part] = blend
 
 
 def weighted_group_masks(
@@ -153,11 +97,6 @@ def weighted_group_masks(
     n, groups = group_maps.shape[:2]
     out = np.empty((n, *out_hw), dtype=np.float32)
     for image in range(n):
-        masks = upsample(group_maps[image], out_hw)
-        low = mins[image][:, None, None]
-        span = maxs[image][:, None, None] - low
-        masks -= low
-        np.divide(masks, span, out=masks, where=span > 0)
-        masks[~(span[:, 0, 0] > 0)] = 0
+        masks = normalized_masks(upsample(group_maps[image], out_hw), mins[image], maxs[image])
         out[image] = np.tensordot(scores[image], masks, axes=1)
     return out

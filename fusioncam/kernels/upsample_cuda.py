@@ -131,6 +131,16 @@ def device_tables(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[cp.n
     return rows + cols
 
 
+def interpolation_args(maps_shape: tuple[int, ...], out_hw: tuple[int, int]) -> tuple:
+    """A kernel's arguments from TABLE_PARAMS on, for maps [N, C, h, w] interpolated to out_hw on the fly.
+
+    Matches `{TABLE_PARAMS}, int32 C, int32 in_h, int32 in_w, int32 out_w, int64 plane` (plane = H * W).
+    """
+    _, maps_per_image, h, w = maps_shape
+    height, width = int(out_hw[0]), int(out_hw[1])
+    return (*device_tables((h, w), (height, width)), maps_per_image, h, w, width, height * width)
+
+
 def bilinear_weights(in_size: int, out_size: int) -> cp.ndarray:
     """The [out_size, in_size] float32 matrix of PyTorch's bilinear resize along one axis (align_corners=False).
 

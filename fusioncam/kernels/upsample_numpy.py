@@ -7,6 +7,7 @@ a constant map stays exactly constant, so its normalised mask is exactly zero.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,13 @@ def chunk_length(out_hw: tuple[int, int]) -> int:
     return max(1, CHUNK_PIXELS // (out_hw[0] * out_hw[1]))
 
 
+def chunk_slices(count: int, out_hw: tuple[int, int]) -> Iterator[slice]:
+    """Consecutive slices of at most chunk_length(out_hw) rows that together cover rows 0 .. count - 1."""
+    step = chunk_length(out_hw)
+    for first in range(0, count, step):
+        yield slice(first, first + step)
+
+
 def upsample_block(maps: np.ndarray, rows: AxisTable, cols: AxisTable) -> np.ndarray:
     """Upsample a small stack [c, h, w] float32 to [c, H, W] (x lerp, then y lerp)."""
     left = maps[:, :, cols.lower]
@@ -87,9 +95,8 @@ def upsample(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     rows, cols = axis_table(h, height), axis_table(w, width)
     flat = maps.reshape(-1, h, w)
     out = np.empty((flat.shape[0], height, width), dtype=np.float32)
-    step = chunk_length(out_hw)
-    for start in range(0, flat.shape[0], step):
-        out[start : start + step] = upsample_block(flat[start : start + step], rows, cols)
+    for part in chunk_slices(flat.shape[0], out_hw):
+        out[part] = upsample_block(flat[part], rows, cols)
     return out.reshape(*lead, height, width)
 
 
@@ -104,9 +111,8 @@ def upsampled_min_max(acts: np.ndarray, out_hw: tuple[int, int]) -> tuple[np.nda
     flat = acts.reshape(n * k, h, w)
     mins = np.empty(n * k, dtype=np.float32)
     maxs = np.empty(n * k, dtype=np.float32)
-    step = chunk_length(out_hw)
-    for start in range(0, n * k, step):
-        block = upsample_block(flat[start : start + step], rows, cols)
-        mins[start : start + step] = block.min(axis=(1, 2))
-        maxs[start : start + step] = block.max(axis=(1, 2))
+    for part in chunk_slices(n * k, out_hw):
+        block = upsample_block(flat[part], rows, cols)
+        mins[part] = block.min(axis=(1, 2))
+        maxs[part] = block.max(axis=(1, 2))
     return mins.reshape(n, k), maxs.reshape(n, k)
