@@ -12,8 +12,8 @@ from .timing import median_seconds
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
-def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, repeats: int = 1) -> dict:
-    """pytorch-grad-cam GradCAM and ScoreCAM (batch_size 16 and 128) on one image, seconds (median)."""
+def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, repeats: int = 1, cuda: bool = False) -> dict:
+    """pytorch-grad-cam GradCAM and ScoreCAM (batch_size 16 and 128) on one image, seconds (median); on the GPU with cuda."""
     try:
         import pytorch_grad_cam
         from pytorch_grad_cam import GradCAM, ScoreCAM
@@ -23,6 +23,8 @@ def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, r
     import torch
 
     x = torch.from_numpy(image[None])
+    if cuda:
+        model, x = model.cuda(), x.cuda()
     targets = [ClassifierOutputTarget(int(target))]
     results = {"version": getattr(pytorch_grad_cam, "__version__", "1.5.x")}
     with GradCAM(model=model, target_layers=[layer_module]) as cam:

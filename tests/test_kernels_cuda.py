@@ -64,7 +64,7 @@ def test_upsampled_min_max(rng, n, k, low_hw, out_hw):
     acts[0, 0] = 0.3  # constant
     if k > 2:
         acts[-1, 1] = 0
-        acts[-1, 1, 3, 3] = 5.0  # interior peak the upsampled map does not reach
+        acts[-1, 1, low_hw[0] // 2, low_hw[1] // 2] = 5.0  # interior peak the upsampled map does not reach
         acts[-1, 2] = -np.abs(acts[-1, 2]) - 1  # all negative
     gpu_mins, gpu_maxs = GPU.upsampled_min_max(cp.asarray(acts), out_hw)
     cpu_mins, cpu_maxs = CPU.upsampled_min_max(acts, out_hw)

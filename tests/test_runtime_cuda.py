@@ -12,6 +12,30 @@ REASON = cuda_unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"needs a CUDA GPU: {REASON}")
 
 
+@pytest.fixture(scope="module")
+def resnet_bundle(tmp_path_factory):
+    """A seeded random ResNet-50 at 224x224, `layer4` (K=2048): the GPU benchmark's model."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from torch_reference import sample_model
+
+    out = tmp_path_factory.mktemp("rn50") / "resnet50.fcam"
+    fusioncam.export_torch(sample_model("resnet50", seed=0), "layer4", out)
+    return out
+
+
+def test_cuda_equals_cpu_on_resnet50(resnet_bundle):
+    images = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    methods = ("gradcam", "scorecam", "fusion")
+    gpu = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=256).explain(images, methods=methods)
+    cpu = fusioncam.Explainer(resnet_bundle, device="cpu", batch_size=256).explain(images, methods=methods)
+    np.testing.assert_array_equal(gpu.classes, cpu.classes)
+    for key in ("fusion", "gradcam", "denoised", "scorecam", "combined"):
+        np.testing.assert_allclose(getattr(gpu, key), getattr(cpu, key), atol=1e-3, rtol=0, err_msg=key)
+    np.testing.assert_array_equal(gpu.forwards_skipped, cpu.forwards_skipped)
+
+
 def test_cuda_maps_equal_cpu_maps(efficientnet_bundle, sample_batch, efficientnet_explanation):
     gpu = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=256).explain(sample_batch[1])
     cpu = efficientnet_explanation
@@ -33,6 +57,6 @@ def test_cuda_accepts_cupy_images_and_batch_sizes_that_do_not_divide_k(efficient
         np.testing.assert_allclose(getattr(odd, key), getattr(reference, key), atol=1e-5, rtol=0, err_msg=key)
 
 
-def test_scorer_buffers_are_sized_by_batch_not_by_k(efficientnet_bundle):
-    explainer = fusioncam.Explainer(efficientnet_bundle, device="cuda", batch_size=64)
+def test_scorer_buffers_are_sized_by_batch_not_by_k(resnet_bundle):
+    explainer = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=64)
     assert explainer.backend.input_buffer().shape == (64, 3, 224, 224)
