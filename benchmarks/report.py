@@ -31,6 +31,14 @@ def markdown_report(r: dict) -> str:
     eager = r.get("eager_reference", {}).get("fusion_cam_s")
     if eager is not None:
         lines.append(f"| eager PyTorch Fusion-CAM (authors' style, tests/torch_reference.py) | {eager:.3f} | {eager / fc['seconds']:.2f}x |")
+    variants = r.get("fusioncam_variants")
+    if variants:
+        lines += ["", "Faster variants against the exact fp32 Fusion-CAM map above (same image):", "",
+                  "| variant | seconds | speed-up | scorer forwards | Pearson r | max abs diff |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for label, v in variants.items():
+            lines.append(f"| {label} | {v['seconds']:.3f} | {fc['seconds'] / v['seconds']:.2f}x | {v['forwards_run']} | "
+                         f"{v['pearson']:.5f} | {v['max_abs_diff']:.2g} |")
     lines += ["", "Per-stage seconds (fusioncam, N=1): " + ", ".join(
         f"{k} {v:.3f}" for k, v in fc["stages"].items() if isinstance(v, float)), "",
         f"Peak host memory (RSS) during fusioncam N=1: {fc['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]

@@ -2,7 +2,8 @@
 
 Writes benchmarks/results/<device>.json and .md. CPU default: EfficientNet-Lite0 (real weights) `_blocks.15`
 on chelsea; GPU default: ResNet-50 (seeded random weights) `layer4`. Also measures the constant-channel skip
-on the five sample images at EfficientNet-Lite0's conv-head ReLU6 output.
+on the five sample images at EfficientNet-Lite0's conv-head ReLU6 output, and the faster variants on the same
+image: the float16 scorer and fast mode (max_channels 64, 128, 256), each against the exact fp32 Fusion-CAM map.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 import fusioncam
 from fusioncam.atomic import write_text_atomic
+from fusioncam.errors import ModelLoadError
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 
 from .competitors import time_eager_reference, time_pytorch_grad_cam
@@ -67,6 +69,48 @@ def time_fusioncam(explainer, images: np.ndarray, repeats: int) -> dict:
     return {"seconds": seconds, "runs": raw, "stages": explanation.timings,
             "forwards_run": int(explanation.forwards_run.sum()), "forwards_skipped": int(explanation.forwards_skipped.sum()),
             "peak_rss_bytes": memory["peak"], "rss_rise_bytes": memory["rise"], "explanation": explanation}
+
+
+FAST_MODE_K = (64, 128, 256)
+
+
+def map_agreement(got: np.ndarray, exact: np.ndarray) -> dict:
+    """Pearson correlation over pixels and largest absolute difference of a map against the exact fp32 map."""
+    a, b = got.astype(np.float64).ravel(), exact.astype(np.float64).ravel()
+    pearson = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+    return {"pearson": pearson, "max_abs_diff": float(np.abs(a - b).max())}
+
+
+def fusioncam_variants(bundle, device: str, batch_size: int, image: np.ndarray, exact_map: np.ndarray,
+                       repeats: int) -> dict:
+    """fp16 scorer (when the bundle has one) and fast mode for k in FAST_MODE_K, against the exact fp32 Fusion-CAM map."""
+    configurations = {}
+    if device.startswith("cuda"):
+        configurations["tf32"] = {"precision": "tf32"}
+    if bundle.scorer_fp16_path is not None:
+        configurations["fp16"] = {"precision": "fp16"}
+    for k in FAST_MODE_K:
+        if k < bundle.manifest.channels:
+            configurations[f"fast k={k}"] = {"max_channels": k}
+            if bundle.scorer_fp16_path is not None:
+                configurations[f"fast k={k}, fp16"] = {"max_channels": k, "precision": "fp16"}
+    rows = {}
+    for label, options in configurations.items():
+        explainer = fusioncam.Explainer(bundle, device=device, batch_size=batch_size, **options)
+        timed = time_fusioncam(explainer, image, repeats)
+        explanation = timed.pop("explanation")
+        rows[label] = {"seconds": timed["seconds"], "runs": timed["runs"], "forwards_run": timed["forwards_run"],
+                       **map_agreement(explanation.fusion, exact_map)}
+    return rows
+
+
+def export_bundle(model, layer: str, out: Path, class_names):
+    """The benchmark bundle with a float16 scorer, or without one if the model is not float16-safe."""
+    try:
+        return fusioncam.export_torch(model, layer, out, class_names=class_names, fp16_scorer=True).bundle
+    except ModelLoadError as exc:
+        print(f"no float16 scorer for this model ({exc}); benchmarking fp32 only")
+        return fusioncam.export_torch(model, layer, out, class_names=class_names).bundle
 
 
 def constant_channel_skip(device: str, batch_size: int, folder: Path) -> dict:
@@ -127,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     model_name = args.model or ("resnet50" if on_gpu else "efficientnet_lite0")
     model, layer, class_names = build_model(model_name)
     args.work.mkdir(parents=True, exist_ok=True)
-    bundle = fusioncam.export_torch(model, layer, args.work / f"{model_name}.fcam", class_names=class_names).bundle
+    bundle = export_bundle(model, layer, args.work / f"{model_name}.fcam", class_names)
     explainer = fusioncam.Explainer(bundle, device=str(device), batch_size=args.batch_size)
     chelsea = preprocess(sample_images()["chelsea"], (224, 224), IMAGENET_MEAN, IMAGENET_STD)
 
@@ -147,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     full.pop("explanation")
     report["fusioncam_n1_no_skip"] = full
     report["fusioncam_n1"]["ratio_to_floor"] = fast["seconds"] / report["floor_n1_s"]
+    report["fusioncam_variants"] = fusioncam_variants(bundle, str(device), explainer.batch_size, chelsea[None],
+                                                      explanation.fusion, args.repeats)
     report["throughput"] = {}
     for n in args.throughput_n if args.throughput_n is not None else ([8, 32] if on_gpu else [8]):
         images = np.repeat(chelsea[None], n, axis=0)

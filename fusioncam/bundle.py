@@ -74,6 +74,11 @@ class Bundle:
     def scorer_path(self) -> Path:
         return self.path / SCORER_GRAPH
 
+    @property
+    def scorer_fp16_path(self) -> Path | None:
+        """The float16 scorer, or None if the bundle was exported without one."""
+        return self.path / SCORER_GRAPH_FP16 if SCORER_GRAPH_FP16 in self.manifest.files else None
+
     def class_name(self, index: int) -> str:
         names = self.manifest.class_names
         return names[index] if names and 0 <= index < len(names) else f"class {index}"

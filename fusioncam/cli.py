@@ -22,7 +22,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     size = tuple(args.input_size) if args.input_size else None
     if _model_source(args.model) == "onnx":
-        result = export_onnx(args.model, args.out, args.layer, input_size=size)
+        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
     else:
         named = named_model(args.model, args.weights)
         layer = args.layer or named.default_layer
@@ -31,7 +31,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
             names = ", ".join(layer.name for layer in list_layers(named.module, size or named.input_size)[-5:])
             raise FusionCamError(f"--layer is required for '{args.model}' (a module path; the last candidates: {names})")
-        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names)
+        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
+                               fp16_scorer=args.fp16_scorer)
     print(result.describe())
     return 0
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
     export.set_defaults(run=cmd_export)
 
     layers = sub.add_parser("layers", help="list candidate target layers with their shapes")

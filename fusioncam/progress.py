@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 
@@ -30,6 +31,16 @@ class ProgressBar:
         """Count one image as finished (explained or skipped)."""
         self.done += 1
         self.show(label)
+
+    def batch_reporter(self, label: str, started: float, after_seconds: float = 1.0):
+        """A callback for Explainer.explain(on_batch=...): once an image has taken `after_seconds`, the bar also shows
+        its scorer batches ("batch 7/20"), so a slow image visibly progresses."""
+
+        def report(done: int, total: int) -> None:
+            if time.perf_counter() - started >= after_seconds:
+                self.show(f"{label} (scorer batch {done}/{total})")
+
+        return report
 
     def note(self, message: str) -> None:
         """Print a message on its own line without leaving a half-drawn bar behind it."""

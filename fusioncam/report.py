@@ -174,7 +174,8 @@ def explain_into_folder(
             rgb = source.read()
             batch = preprocess(rgb, manifest.input_size, manifest.mean, manifest.std)[None]
             started = time.perf_counter()
-            explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods), names=[source.label])
+            explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods), names=[source.label],
+                                            on_batch=progress.batch_reporter(source.label, started))
             seconds = time.perf_counter() - started
         except FusionCamError as exc:
             failures.append(Failure(source.label, str(exc)))

@@ -156,3 +156,29 @@ def test_cuda_without_gpu_is_a_clear_error(resnet_bundle):
     with pytest.raises(DeviceError, match="device 'cuda' requested but CUDA is not usable"):
         fusioncam.Explainer(resnet_bundle[1], device="cuda")
     assert fusioncam.Explainer(resnet_bundle[1], device="auto").device.kind == "cpu"
+
+
+def test_on_batch_reports_every_scorer_batch_of_the_sweep(resnet_bundle):
+    calls = []
+    explanation = fusioncam.Explainer(resnet_bundle[1], device="cpu", batch_size=50).explain(
+        random_images(2), on_batch=lambda done, total: calls.append((done, total)))
+    batches = -(-int(explanation.forwards_run.sum()) // 50)
+    assert calls == [(i, batches) for i in range(1, batches + 1)]
+
+
+def test_progress_bar_shows_scorer_batches_of_a_slow_image():
+    import io
+
+    from fusioncam.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = ProgressBar(3, stream)
+    bar.batch_reporter("cat.jpg", started=0.0)(4, 9)  # started long ago: past the one-second threshold
+    assert "cat.jpg (scorer batch 4/9)" in stream.getvalue()
+    quiet = Terminal()
+    ProgressBar(3, quiet).batch_reporter("cat.jpg", started=float("inf"))(4, 9)  # not slow yet: nothing drawn
+    assert quiet.getvalue() == ""

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, Bundle, Manifest, write_bundle
+from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Bundle, Manifest, write_bundle
 from ..errors import ModelLoadError
+from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .classifier_graph import Classifier
 from .explain_graph import build_explain, build_scorer
+from .float16 import float16_scorer
 from .layers import Layer
 from .onnx_loading import model_opset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+FP16_SCORER_TOLERANCE = 5e-2  # export refuses a float16 scorer whose logits stray further (relative to the largest)
 
 
 @dataclass
@@ -65,6 +66,24 @@ def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str) -> None:
         )
 
 
+def _check_fp16_scorer(scorer: bytes, scorer_fp16: bytes, size: tuple[int, int], origin: str) -> None:
+    """The float16 scorer must load, run and give finite logits close to the float32 ones (overflow is refused)."""
+    batch = np.random.default_rng(2).standard_normal((2, 3, *size)).astype(np.float32)
+    expected = _cpu_session(scorer, origin, "scorer").run(None, {"input": batch})[0]
+    session = _cpu_session(scorer_fp16, origin, "float16 scorer")
+    try:
+        got = session.run(None, {"input": batch.astype(np.float16)})[0].astype(np.float32)
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the float16 scorer fails in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    error = float(np.abs(got - expected).max()) / scale if np.isfinite(got).all() else float("inf")
+    if error > FP16_SCORER_TOLERANCE:
+        raise ModelLoadError(
+            f"{origin}: the float16 scorer's logits differ from float32 by {error:.3g} of their largest value "
+            f"(limit {FP16_SCORER_TOLERANCE}); the model is not float16-safe (overflow?). Export without fp16_scorer."
+        )
+
+
 def _check_explain(explain: bytes, size: tuple[int, int], origin: str) -> None:
     """Run the explain graph once (arg-max and an explicit target) so run-time failures surface at export."""
     session = _cpu_session(explain, origin, "explain")
@@ -88,16 +107,23 @@ def write_classifier_bundle(
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
     picked_automatically: bool = False,
+    fp16_scorer: bool = False,
 ) -> ExportResult:
-    """Build both graphs, check them, and write the bundle atomically."""
+    """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer), check them, write the bundle atomically."""
     if class_names is not None and len(class_names) != classifier.num_classes:
         raise ModelLoadError(
             f"{source}: {len(class_names)} class names given but the model has {classifier.num_classes} classes"
         )
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    scorer = build_scorer(classifier).SerializeToString()
+    scorer_model = build_scorer(classifier)
+    scorer = scorer_model.SerializeToString()
     _check_scorer(scorer, classifier.input_size, source)
+    graphs = {SCORER_GRAPH: scorer}
+    if fp16_scorer:
+        graphs[SCORER_GRAPH_FP16] = float16_scorer(scorer_model).SerializeToString()
+        _check_fp16_scorer(scorer, graphs[SCORER_GRAPH_FP16], classifier.input_size, source)
+    del scorer_model
     explain_model = build_explain(classifier, layer)
     opset = model_opset(explain_model)
     explain = explain_model.SerializeToString()
@@ -117,6 +143,6 @@ def write_classifier_bundle(
         source=source,
         class_names=list(class_names) if class_names is not None else None,
     )
-    graphs = {EXPLAIN_GRAPH: explain, SCORER_GRAPH: scorer}
+    graphs = {EXPLAIN_GRAPH: explain, **graphs}
     bundle = write_bundle(Path(out), graphs, manifest)
     return ExportResult(bundle=bundle, layer=layer, picked_automatically=picked_automatically)

@@ -25,14 +25,18 @@ def export_onnx(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
+    fp16_scorer: bool = False,
 ) -> ExportResult:
-    """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe())."""
+    """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe()).
+
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`."""
     classifier, digest = load_classifier(model_path, input_size)
     layer = resolve_target(classifier, target_layer) if target_layer is not None else auto_target(classifier)
     return write_classifier_bundle(
         classifier, layer, out,
         target_label=layer.name, source=str(model_path), source_sha256=digest,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
+        fp16_scorer=fp16_scorer,
     )
 
 

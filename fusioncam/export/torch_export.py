@@ -146,8 +146,11 @@ def export_torch(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
+    fp16_scorer: bool = False,
 ) -> ExportResult:
-    """Export a `torch.nn.Module` classifier with the module at `target_layer` as the CAM target."""
+    """Export a `torch.nn.Module` classifier with the module at `target_layer` as the CAM target.
+
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
@@ -159,7 +162,7 @@ def export_torch(
     return write_classifier_bundle(
         classifier, layer, out,
         target_label=target_layer, source=source, source_sha256=state_sha256(model),
-        mean=mean, std=std, class_names=class_names,
+        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer,
     )
 
 

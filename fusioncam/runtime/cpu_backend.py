@@ -25,18 +25,22 @@ def cpu_session(path, threads: int | None = None):
 
 
 class CpuBackend:
-    """Runs the explain graph and the scorer on the CPU; the scorer input buffer is allocated once."""
+    """Runs the explain graph and the scorer on the CPU; the scorer input buffer is allocated once.
+
+    With `fp16` the bundle's float16 scorer runs: its input buffer is float16 (the mask kernels write it) and
+    its logits come back as float32, before anything reduces them."""
 
     name = "cpu"
     xp = np
     kernels = numpy_kernels
 
-    def __init__(self, bundle: Bundle, batch_size: int) -> None:
+    def __init__(self, bundle: Bundle, batch_size: int, fp16: bool = False) -> None:
         size = bundle.manifest.input_size
         self.batch_size = batch_size
         self._explain = cpu_session(bundle.explain_path)
-        self._scorer = cpu_session(bundle.scorer_path)
-        self._buffer = np.empty((batch_size, 3, *size), dtype=np.float32)
+        self._scorer = cpu_session(bundle.scorer_fp16_path if fp16 else bundle.scorer_path)
+        self._input_dtype = np.float16 if fp16 else np.float32
+        self._buffer = np.empty((batch_size, 3, *size), dtype=self._input_dtype)
 
     def context(self):
         """Nothing to make current on the CPU."""
@@ -53,11 +57,12 @@ class CpuBackend:
 
     def score_rows(self, count: int) -> np.ndarray:
         """Logits of the first `count` rows of the input buffer (the CPU runs no padding rows)."""
-        return self._scorer.run(["logits"], {"input": self._buffer[:count]})[0]
+        return self._scorer.run(["logits"], {"input": self._buffer[:count]})[0].astype(np.float32, copy=False)
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Logits of arbitrary inputs (used once per session for the all-zeros baseline)."""
-        return self._scorer.run(["logits"], {"input": np.ascontiguousarray(images, dtype=np.float32)})[0]
+        images = np.ascontiguousarray(images, dtype=self._input_dtype)
+        return self._scorer.run(["logits"], {"input": images})[0].astype(np.float32, copy=False)
 
     def asarray(self, array) -> np.ndarray:
         return np.asarray(array)

@@ -14,12 +14,15 @@ GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
 
 
 class CudaBackend:
-    """Explain graph and scorer on one GPU; every array stays on the device until the final maps."""
+    """Explain graph and scorer on one GPU; every array stays on the device until the final maps.
+
+    With `fp16` the bundle's float16 scorer runs on float16 input and logit buffers; its logits are cast to
+    float32 before anything reduces them."""
 
     name = "cuda"
 
     def __init__(self, bundle: Bundle, batch_size: int, device_index: int = 0, tf32: bool = False,
-                 cudnn_search: str = "EXHAUSTIVE") -> None:
+                 cudnn_search: str = "EXHAUSTIVE", fp16: bool = False) -> None:
         import cupy
         import onnxruntime as ort
 
@@ -43,11 +46,13 @@ class CudaBackend:
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._explain = ort.InferenceSession(str(bundle.explain_path), sess_options=options, providers=[provider])
-            self._scorer = ort.InferenceSession(str(bundle.scorer_path), sess_options=options, providers=[provider])
+            scorer_path = bundle.scorer_fp16_path if fp16 else bundle.scorer_path
+            self._scorer = ort.InferenceSession(str(scorer_path), sess_options=options, providers=[provider])
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-            self._buffer = cupy.zeros((batch_size, 3, *manifest.input_size), dtype=cupy.float32)
-            self._logits = cupy.empty((batch_size, manifest.num_classes), dtype=cupy.float32)
+            self._scorer_dtype = cupy.float16 if fp16 else cupy.float32
+            self._buffer = cupy.zeros((batch_size, 3, *manifest.input_size), dtype=self._scorer_dtype)
+            self._logits = cupy.empty((batch_size, manifest.num_classes), dtype=self._scorer_dtype)
             self._scorer_binding = self._bind(self._scorer, {"input": self._buffer}, {"logits": self._logits})
 
     def _bind(self, session, inputs: dict, outputs: dict):
@@ -89,16 +94,16 @@ class CudaBackend:
     def score_rows(self, count: int):
         """Run the full fixed-size batch (padding rows are stale and ignored); logits of the first `count` rows."""
         self._scorer.run_with_iobinding(self._scorer_binding, self._run_options)
-        return self._logits[:count]
+        return self._logits[:count].astype(self.xp.float32, copy=False)
 
     def score(self, images):
         """Logits of arbitrary device inputs (the all-zeros baseline, once per session)."""
         cupy = self.xp
-        images = cupy.ascontiguousarray(images, dtype=cupy.float32)
-        logits = cupy.empty((images.shape[0], self._num_classes), dtype=cupy.float32)
+        images = cupy.ascontiguousarray(images, dtype=self._scorer_dtype)
+        logits = cupy.empty((images.shape[0], self._num_classes), dtype=self._scorer_dtype)
         binding = self._bind(self._scorer, {"input": images}, {"logits": logits})
         self._scorer.run_with_iobinding(binding, self._run_options)
-        return logits
+        return logits.astype(cupy.float32, copy=False)
 
     def asarray(self, array):
         """Host or device array -> device array on this GPU."""

@@ -19,17 +19,27 @@ from .methods import Engine, MethodOutput, check_methods, run_methods
 log = logging.getLogger("fusioncam")
 
 DEFAULT_BATCH = {"cpu": 16, "cuda": 256}
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "fp16")
 
 
 class Explainer:
     """Explains images with Fusion-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Score-CAM, Group-CAM and Union-CAM from a bundle."""
 
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
-                 precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True) -> None:
+                 precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
+                 max_channels: int | None = None) -> None:
+        """precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
+
+        max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
+        Grad-CAM contribution relu(w_k) * mean(A_k) per image (see runtime/channel_selection.py); the others get
+        Score-CAM weight 0. None, or k >= K, is the exact algorithm.
+        """
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not available; choose one of {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.bundle.scorer_fp16_path is None:
+            raise InputError(f"precision 'fp16' needs a float16 scorer, and bundle {self.bundle.path} has none; re-export "
+                             f"it with fp16_scorer=True (fusioncam export ... --fp16-scorer)")
         if not 0.0 <= float(theta) <= 100.0:
             raise InputError(f"theta is a percentile and must be in [0, 100]; got {theta}")
         self.device: Device = select_device(device)
@@ -39,6 +49,10 @@ class Explainer:
         self.batch_size = int(batch_size)
         self.theta = float(theta)
         self.skip_constant_channels = skip_constant_channels
+        if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, (int, np.integer))
+                                         or max_channels < 1):
+            raise InputError(f"max_channels must be a positive number of channels (or None for all); got {max_channels}")
+        self.max_channels = None if max_channels is None else int(max_channels)
         self.backend = self._make_backend(precision)
         manifest = self.bundle.manifest
         with self.backend.context():
@@ -50,21 +64,23 @@ class Explainer:
         if self.device.kind == "cpu":
             from .cpu_backend import CpuBackend
 
-            return CpuBackend(self.bundle, self.batch_size)
+            return CpuBackend(self.bundle, self.batch_size, fp16=precision == "fp16")
         from .cuda_backend import CudaBackend
 
-        return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=precision == "tf32")
+        return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=precision == "tf32",
+                           fp16=precision == "fp16")
 
     @property
     def class_names(self) -> list[str] | None:
         return self.bundle.manifest.class_names
 
     def explain(self, images, targets=None, methods: str | Sequence[str] = ("fusion",),
-                names: Sequence[str] | None = None) -> Explanation:
+                names: Sequence[str] | None = None, on_batch=None) -> Explanation:
         """The chosen methods' maps of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the targets.
 
         methods: any of gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion (see METHODS); they share
-        one explain pass, one Score-CAM sweep and their scorer batches.
+        one explain pass, one Score-CAM sweep and their scorer batches. `on_batch(done, total)` is called after
+        each scorer batch of the Score-CAM sweep (for progress bars).
         """
         methods = check_methods(methods)
         manifest = self.bundle.manifest
@@ -74,9 +90,10 @@ class Explainer:
         target_array = resolve_targets(targets, n, manifest.num_classes, self.class_names)
         backend = self.backend
         with backend.context():
-            return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods)
+            return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods,
+                                           on_batch)
 
-    def _explain_on_device(self, images, targets, names: list[str], methods: tuple[str, ...]) -> Explanation:
+    def _explain_on_device(self, images, targets, names: list[str], methods: tuple[str, ...], on_batch=None) -> Explanation:
         """One explain pass, then the methods over one shared engine (the algorithm page, batched over images)."""
         backend, kernels = self.backend, self.backend.kernels
         clock = backend.clock()
@@ -86,7 +103,8 @@ class Explainer:
         bad = bad | kernels.nonfinite_rows(graph["logits"], graph["activations"], graph["gradients"])
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
-        engine = Engine(backend, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock)
+        engine = Engine(backend, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,
+                        on_batch, self.max_channels)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():

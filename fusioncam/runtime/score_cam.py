@@ -12,22 +12,30 @@ class ScoreSweep:
     scores: object  # [N, K] float32, device array
     forwards_run: object  # [N] int64, device array
     forwards_skipped: object  # [N] int64, device array
+    selected: object = None  # [N, K] bool, device array: the channels fast mode scored (None: every channel)
 
 
-def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock, skip_constant: bool = True) -> ScoreSweep:
+def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock, skip_constant: bool = True,
+                    on_batch=None, selected=None) -> ScoreSweep:
     """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
-    is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it."""
+    is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it.
+    `on_batch(done, total)`, if given, is called after each scorer batch (for progress bars).
+    `selected` [N, K] bool (fast mode): only those channels are scored; the others keep the all-zeros logit
+    and must be left out of the softmax (channel_selection.softmax_over_selected)."""
     xp = backend.xp
     kernels = backend.kernels
     n, k = mins.shape
     scores = xp.repeat(z0_logits[classes][:, None], k, axis=1).astype(xp.float32)
     active = (maxs > mins) if skip_constant else xp.ones((n, k), dtype=bool)
+    if selected is not None:
+        active = active & selected
     image_index, channel_index = xp.nonzero(active)
     image_index = image_index.astype(xp.int64)
     channel_index = channel_index.astype(xp.int64)
     target_of_row = classes[image_index]
     buffer = backend.input_buffer()
     total = int(image_index.shape[0])
+    batches = -(-total // backend.batch_size)
     for start in range(0, total, backend.batch_size):
         stop = min(start + backend.batch_size, total)
         rows = slice(start, stop)
@@ -38,6 +46,8 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
         logits = backend.score_rows(stop - start)
         scores[image_index[rows], channel_index[rows]] = logits[xp.arange(stop - start), target_of_row[rows]]
         clock.stop("scorer_forwards")
+        if on_batch is not None:
+            on_batch(start // backend.batch_size + 1, batches)
     run = active.sum(axis=1).astype(xp.int64)
-    return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run)
+    return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run, selected=selected)
 

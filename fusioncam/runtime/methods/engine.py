@@ -8,6 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from ..betas import class_probabilities
+from ..channel_selection import gradcam_contributions, softmax_over_selected, top_channels
 from ..score_cam import ScoreSweep, score_cam_sweep
 
 
@@ -23,7 +24,8 @@ class MethodOutput:
 class Engine:
     """The quantities of one explain call for N images; each shared one is computed on first use, then cached."""
 
-    def __init__(self, backend, images, graph: dict, z0_logits, theta: float, skip_constant: bool, clock) -> None:
+    def __init__(self, backend, images, graph: dict, z0_logits, theta: float, skip_constant: bool, clock,
+                 on_batch=None, max_channels: int | None = None) -> None:
         self.backend = backend
         self.xp = backend.xp
         self.kernels = backend.kernels
@@ -36,6 +38,8 @@ class Engine:
         self.theta = float(theta)
         self.skip_constant = skip_constant
         self.clock = clock
+        self.on_batch = on_batch  # progress callback (done, total) over the Score-CAM sweep's scorer batches
+        self.max_channels = max_channels  # fast mode: score only this many channels per image (None: all, exact)
         self.out_hw = (int(images.shape[2]), int(images.shape[3]))
         self.every_image = self.xp.arange(int(images.shape[0]), dtype=self.xp.int64)
         self.probe_rows = 0  # masked forwards run for the methods' probes (the Score-CAM sweep not counted)
@@ -78,9 +82,19 @@ class Engine:
         """The Score-CAM sweep, run once for every method that needs it (constant channels skipped exactly)."""
         self.clock.start("shared_maps")
         mins, maxs = self.kernels.upsampled_min_max(self.acts, self.out_hw)
+        selected = self.selected_channels
         self.clock.stop("shared_maps")
         return score_cam_sweep(self.backend, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
-                               self.clock, skip_constant=self.skip_constant)
+                               self.clock, skip_constant=self.skip_constant, on_batch=self.on_batch,
+                               selected=selected)
+
+    @property
+    def selected_channels(self):
+        """Fast mode's [N, K] bool: the max_channels largest Grad-CAM contributions per image; None in exact mode."""
+        channels = int(self.acts.shape[1])
+        if self.max_channels is None or self.max_channels >= channels:
+            return None
+        return top_channels(gradcam_contributions(self.acts, self.gradcam_weights), self.max_channels)
 
     @cached_property
     def scorecam(self):
@@ -88,7 +102,10 @@ class Engine:
         sweep = self.sweep
         kernels, xp = self.kernels, self.xp
         self.clock.start("shared_maps")
-        weights = kernels.softmax(sweep.scores).astype(xp.float32)
+        if sweep.selected is None:
+            weights = kernels.softmax(sweep.scores).astype(xp.float32)
+        else:
+            weights = softmax_over_selected(kernels.softmax, sweep.scores, sweep.selected).astype(xp.float32)
         low = kernels.weighted_channel_sum(self.acts, weights)
         result = kernels.normalize(xp.maximum(kernels.upsample(low, self.out_hw), 0))
         self.clock.stop("shared_maps")
