@@ -12,6 +12,16 @@ from .timing import median_seconds
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
+def grad_cam_version(module) -> str:
+    """pytorch-grad-cam's installed version (its distribution is called grad-cam)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grad-cam")
+    except PackageNotFoundError:
+        return getattr(module, "__version__", "unknown")
+
+
 def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, repeats: int = 1, cuda: bool = False) -> dict:
     """pytorch-grad-cam GradCAM and ScoreCAM (batch_size 16 and 128) on one image, seconds (median); on the GPU with cuda."""
     try:
@@ -26,7 +36,7 @@ def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, r
     if cuda:
         model, x = model.cuda(), x.cuda()
     targets = [ClassifierOutputTarget(int(target))]
-    results = {"version": getattr(pytorch_grad_cam, "__version__", "1.5.x")}
+    results = {"version": grad_cam_version(pytorch_grad_cam)}
     with GradCAM(model=model, target_layers=[layer_module]) as cam:
         results["gradcam_s"], _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=max(repeats, 3))
     for batch in (16, 128):
@@ -37,14 +47,23 @@ def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, r
     return results
 
 
-def time_eager_reference(model, layer_module, image: np.ndarray, target: int, repeats: int = 1) -> dict:
-    """The eager PyTorch Fusion-CAM of the test suite (the authors' style: hooks, a loop over channels)."""
+def time_eager_reference(model, layer_module, image: np.ndarray, target: int, repeats: int = 1,
+                         cuda: bool = False) -> dict:
+    """The eager PyTorch Fusion-CAM of the test suite in the authors' style: hooks, one masked forward per
+    channel (chunk 1); on the GPU with cuda."""
     import torch
 
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     from torch_reference import reference_fusion_cam
 
-    seconds, _ = median_seconds(lambda: reference_fusion_cam(model, layer_module, torch.from_numpy(image), target),
-                                repeats=repeats, warmup=0)
-    return {"fusion_cam_s": seconds}
+    device = "cuda" if cuda else "cpu"
+
+    def run():
+        result = reference_fusion_cam(model, layer_module, torch.from_numpy(image), target, device=device, chunk=1)
+        if cuda:
+            torch.cuda.synchronize()
+        return result
+
+    seconds, _ = median_seconds(run, repeats=repeats, warmup=0)
+    return {"fusion_cam_s": seconds, "device": device, "masked_images_per_forward": 1}

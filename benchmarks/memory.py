@@ -45,3 +45,14 @@ def gpu_peak_bytes() -> int | None:
     except ImportError:
         return None
     return int(cupy.get_default_memory_pool().total_bytes())
+
+
+def gpu_used_bytes() -> int | None:
+    """Device memory in use on the current GPU (total - free): ONNX Runtime's arena, CuPy's pool and the CUDA
+    contexts together, as the driver sees it (None without CuPy)."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    free, total = cupy.cuda.runtime.memGetInfo()
+    return int(total - free)

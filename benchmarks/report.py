@@ -14,7 +14,7 @@ def markdown_report(r: dict) -> str:
         f"# fusioncam benchmark: {r['model']} `{r['layer']}` (K={r['channels']}), {r['device']} ({r['machine']}), {r['date']}",
         "",
         f"Scorer: {r['scorer_images_per_s']:.1f} images/s at batch {r['batch_size']}; floor for one image "
-        f"((K+3) masked forwards): {_s(r['floor_n1_s'])}.",
+        f"((K+3) masked forwards): {_s(r['floor_n1_s'])}; fusioncam N=1 is {fc['ratio_to_floor']:.2f}x the floor.",
         "",
         "| what (one image, chelsea) | seconds | vs fusioncam |",
         "| --- | --- | --- |",
@@ -30,18 +30,26 @@ def markdown_report(r: dict) -> str:
             lines.append(f"| {label} | {value:.3f} | {value / fc['seconds']:.2f}x |")
     eager = r.get("eager_reference", {}).get("fusion_cam_s")
     if eager is not None:
-        lines.append(f"| eager PyTorch Fusion-CAM (authors' style, tests/torch_reference.py) | {eager:.3f} | {eager / fc['seconds']:.2f}x |")
+        lines.append(f"| eager PyTorch Fusion-CAM, one masked forward per channel (authors' style, "
+                     f"tests/torch_reference.py, {r['eager_reference'].get('device', 'cpu')}) | {eager:.3f} | "
+                     f"{eager / fc['seconds']:.2f}x |")
     variants = r.get("fusioncam_variants")
     if variants:
         lines += ["", "Faster variants against the exact fp32 Fusion-CAM map above (same image):", "",
                   "| variant | seconds | speed-up | scorer forwards | Pearson r | max abs diff |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for label, v in variants.items():
+            if "error" in v:
+                lines.append(f"| {label} | failed: {v['error'][:120]} | | | | |")
+                continue
             lines.append(f"| {label} | {v['seconds']:.3f} | {fc['seconds'] / v['seconds']:.2f}x | {v['forwards_run']} | "
                          f"{v['pearson']:.5f} | {v['max_abs_diff']:.2g} |")
     lines += ["", "Per-stage seconds (fusioncam, N=1): " + ", ".join(
         f"{k} {v:.3f}" for k, v in fc["stages"].items() if isinstance(v, float)), "",
         f"Peak host memory (RSS) during fusioncam N=1: {fc['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]
+    if r.get("gpu_used_bytes") is not None:
+        lines += [f"GPU memory in use after the runs (driver's total - free: ONNX Runtime arena, CuPy pool, contexts): "
+                  f"{r['gpu_used_bytes'] / 2**20:.0f} MiB; CuPy pool {r['gpu_pool_bytes'] / 2**20:.0f} MiB.", ""]
     if r.get("throughput"):
         lines += ["| N | images/s | floor images/s | ratio |", "| --- | --- | --- | --- |"]
         for n, t in r["throughput"].items():

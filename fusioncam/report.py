@@ -249,6 +249,8 @@ def write_results_json(summary: RunSummary, explainer, methods: Sequence[str]) -
         "model": {"source": manifest.source, "target_layer": manifest.target_layer,
                   "input_size": list(manifest.input_size), "bundle": str(explainer.bundle.path)},
         "device": str(explainer.device),
+        "precision": explainer.precision,
+        "max_channels": explainer.max_channels,  # fast mode's k; null: exact
         "methods": list(methods),
         "images": [asdict(record) for record in summary.records],
         "failed": [asdict(failure) for failure in summary.failures],

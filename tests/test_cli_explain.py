@@ -229,3 +229,36 @@ def test_progress_bar_only_on_a_terminal():
         bar.close()
     assert quiet.getvalue() == ""
     assert "[" + "#" * 12 + "." * 12 + "] 1/2 a.png" in tty.getvalue()
+
+
+def test_fast_mode_flag_writes_the_fast_map_and_records_k(folder, bundle, tmp_path, capsys):
+    """--fast 8 gives exactly the map of Explainer(max_channels=8) (not the exact one) and says so in results.json."""
+    from fusioncam.images import load_batch
+
+    out = tmp_path / "out"
+    assert main(["explain", str(folder / "gray.png"), "--model", str(bundle), "--out", str(out), "--fast", "8",
+                 "--device", "cpu"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["max_channels"] == 8 and results["precision"] == "fp32"
+    manifest = fusioncam.bundle.load_bundle(bundle).manifest
+    images, _ = load_batch([folder / "gray.png"], manifest.input_size, manifest.mean, manifest.std)
+    fast = fusioncam.Explainer(bundle, device="cpu", max_channels=8).explain(images)
+    exact = fusioncam.Explainer(bundle, device="cpu").explain(images)
+    written = np.load(out / "gray_fusion.npy")
+    np.testing.assert_allclose(written, fast.fusion[0], atol=1e-6, rtol=0)
+    assert np.abs(written - exact.fusion[0]).max() > 1e-3
+    assert int(fast.forwards_run[0]) <= 8
+
+
+def test_fast_without_k_uses_the_documented_default(monkeypatch, folder, bundle, tmp_path, capsys):
+    from fusioncam.runtime.channel_selection import DEFAULT_FAST_CHANNELS
+
+    out = tmp_path / "out"
+    assert main(["explain", str(folder / "gray.png"), "--model", str(bundle), "--out", str(out), "--fast"]) == 0
+    assert json.loads((out / "results.json").read_text())["max_channels"] == DEFAULT_FAST_CHANNELS
+
+
+def test_fp16_precision_needs_a_float16_scorer(folder, bundle, tmp_path, capsys):
+    message = _error(["explain", str(folder / "gray.png"), "--model", str(bundle), "--out", str(tmp_path / "o"),
+                      "--precision", "fp16"], capsys)
+    assert "float16 scorer" in message and "--fp16-scorer" in message

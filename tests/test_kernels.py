@@ -229,6 +229,20 @@ def test_upsampled_min_max_equals_extremes_of_upsample(rng):
     assert mins[1, 2] == maxs[1, 2] == np.float32(0.3)
 
 
+@pytest.mark.parametrize("in_size,out_size", SIZES)
+def test_upsampled_min_max_from_extreme_rows_is_bit_exact(rng, in_size, out_size):
+    """Only the extreme rows are upsampled; min/max must still equal those of the full upsample bit for bit,
+    also for maps of mixed scale and near-equal values (where float rounding could break a shortcut)."""
+    acts = rng.standard_normal((2, 6, in_size, in_size)).astype(np.float32)
+    acts[0, 1] *= np.float32(1e6)
+    acts[1, 2] = np.float32(1) + rng.integers(0, 3, (in_size, in_size)).astype(np.float32) * np.float32(1e-7)
+    acts[1, 3] = np.where(rng.random((in_size, in_size)) < 0.5, 1e-30, -1e-30).astype(np.float32)
+    mins, maxs = K.upsampled_min_max(acts, (out_size, out_size + 3))
+    up = K.upsample(acts, (out_size, out_size + 3))
+    assert np.array_equal(mins, up.min(axis=(2, 3)))
+    assert np.array_equal(maxs, up.max(axis=(2, 3)))
+
+
 def test_upsampled_min_max_needs_upsampled_extremes():
     """An interior peak is not reached by half-pixel upsampling; a corner value is."""
     acts = np.zeros((1, 2, 7, 7), dtype=np.float32)

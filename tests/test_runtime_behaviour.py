@@ -182,3 +182,15 @@ def test_progress_bar_shows_scorer_batches_of_a_slow_image():
     quiet = Terminal()
     ProgressBar(3, quiet).batch_reporter("cat.jpg", started=float("inf"))(4, 9)  # not slow yet: nothing drawn
     assert quiet.getvalue() == ""
+
+
+def test_warm_up_leaves_explanations_unchanged(resnet_bundle):
+    """warm_up writes the scorer buffer and runs both graphs; a later explanation must not see any of it."""
+    _, bundle = resnet_bundle
+    images = random_images(2, seed=11)
+    cold = fusioncam.Explainer(bundle, device="cpu", batch_size=7).explain(images)
+    warm_explainer = fusioncam.Explainer(bundle, device="cpu", batch_size=7)
+    assert warm_explainer.warm_up() is warm_explainer
+    warm = warm_explainer.explain(images)
+    for key in ("fusion", "gradcam", "scorecam"):
+        np.testing.assert_array_equal(getattr(warm, key), getattr(cold, key), err_msg=key)

@@ -60,3 +60,35 @@ def test_cuda_accepts_cupy_images_and_batch_sizes_that_do_not_divide_k(efficient
 def test_scorer_buffers_are_sized_by_batch_not_by_k(resnet_bundle):
     explainer = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=64)
     assert explainer.backend.input_buffer().shape == (64, 3, 224, 224)
+
+
+def test_remainder_runs_use_few_bound_shapes(resnet_bundle, sample_batch):
+    """The remainder is cut into power-of-two runs (test_cuda_equals_cpu_on_resnet50 checks their maps against
+    the CPU); another batch size, so other padding, must give the same maps."""
+    images = sample_batch[1][:1]
+    gpu = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=256)
+    got = gpu.explain(images)
+    assert set(gpu.backend._scorer_bindings) <= {8, 16, 32, 64, 128, 256}
+    assert 8 in gpu.backend._scorer_bindings  # Fusion-CAM's 2-row and 1-row probe rounds
+    other = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=100).explain(images)
+    for key in ("fusion", "scorecam"):
+        np.testing.assert_allclose(getattr(got, key), getattr(other, key), atol=1e-4, rtol=0, err_msg=key)
+
+
+def test_unknown_cuda_option_is_a_clear_error(resnet_bundle):
+    with pytest.raises(fusioncam.errors.DeviceError, match="no_such_option"):
+        fusioncam.Explainer(resnet_bundle, device="cuda", cuda_options={"no_such_option": "1"})
+
+
+def test_nhwc_option_gives_the_same_maps(resnet_bundle, sample_batch):
+    images = sample_batch[1][:1]
+    plain = fusioncam.Explainer(resnet_bundle, device="cuda").explain(images)
+    nhwc = fusioncam.Explainer(resnet_bundle, device="cuda", cuda_options={"prefer_nhwc": "1"}).explain(images)
+    np.testing.assert_allclose(nhwc.fusion, plain.fusion, atol=1e-3, rtol=0)
+
+
+def test_warm_up_binds_every_run_size(resnet_bundle):
+    from fusioncam.runtime.batch_plan import padded_run_sizes
+
+    explainer = fusioncam.Explainer(resnet_bundle, device="cuda", batch_size=256).warm_up()
+    assert set(explainer.backend._scorer_bindings) == set(padded_run_sizes(256))

@@ -121,7 +121,7 @@ def _logits(model: torch.nn.Module, tap: _LogitsTap, batch: torch.Tensor) -> tor
 
 def _probability(logits: torch.Tensor, c: int) -> np.ndarray:
     """softmax(logits)[:, c] in float64."""
-    return torch.softmax(logits.double(), dim=1)[:, c].numpy()
+    return torch.softmax(logits.double(), dim=1)[:, c].cpu().numpy()
 
 
 def reference_fusion_cam(
@@ -130,15 +130,21 @@ def reference_fusion_cam(
     image: torch.Tensor,
     target: int | None = None,
     theta: float = 10.0,
+    device: str = "cpu",
+    chunk: int = SCORE_CHUNK,
 ) -> dict:
-    """Fusion-CAM of one preprocessed image [3, H, W] (or [1, 3, H, W]) at `layer`, all steps exposed as numpy."""
-    x = torch.as_tensor(image).detach().float()
+    """Fusion-CAM of one preprocessed image [3, H, W] (or [1, 3, H, W]) at `layer`, all steps exposed as numpy.
+
+    `device` runs it there (the benchmark times it on the GPU too); `chunk` masked images per forward (1 is the
+    authors' one-forward-per-channel loop)."""
+    x = torch.as_tensor(image).detach().float().to(device)
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
     if x.dim() != 3:
         raise ValueError(f"expected one image [3, H, W], got shape {tuple(x.shape)}")
     size = (int(x.shape[1]), int(x.shape[2]))
     net, target_layer = _inference_copy(model, layer)
+    net = net.to(device)
     tap = _LogitsTap(net)
     captured: list[torch.Tensor] = []
 
@@ -176,10 +182,10 @@ def reference_fusion_cam(
             L_grad = norm(up(torch.relu((w[:, None, None] * A).sum(dim=0)), size))
 
             # Step 0b: Score-CAM, one mask per channel, masked forwards in chunks.
-            scores = torch.empty(K, dtype=torch.float64)
-            for start in range(0, K, SCORE_CHUNK):
+            scores = torch.empty(K, dtype=torch.float64, device=device)
+            for start in range(0, K, chunk):
                 masks = []
-                for k in range(start, min(start + SCORE_CHUNK, K)):
+                for k in range(start, min(start + chunk, K)):
                     masks.append(norm(up(A[k], size)))
                 mask_batch = torch.stack(masks).float()  # [n, H, W]
                 chunk_logits = _logits(net, tap, x[None] * mask_batch[:, None])
@@ -187,13 +193,13 @@ def reference_fusion_cam(
             if not torch.isfinite(scores).all():
                 raise ValueError("non-finite Score-CAM scores")
             a = torch.softmax(scores, dim=0)  # max-subtracted inside
-            weighted = torch.zeros(size, dtype=torch.float64)
+            weighted = torch.zeros(size, dtype=torch.float64, device=device)
             for k in range(K):
                 weighted += a[k] * up(A[k], size)
             L_reg = norm(torch.relu(weighted))
 
             # Step 1: denoise the gradient map.
-            t = float(np.percentile(L_grad.numpy(), theta))  # numpy's default linear interpolation
+            t = float(np.percentile(L_grad.cpu().numpy(), theta))  # numpy's default linear interpolation
             L_den = norm(torch.where(L_grad < t, torch.zeros_like(L_grad), L_grad))
 
             # Step 2: contribution weights.
@@ -214,20 +220,20 @@ def reference_fusion_cam(
         tap.close()
 
     return {
-        "gradcam": L_grad.numpy(),
-        "denoised": L_den.numpy(),
-        "scorecam": L_reg.numpy(),
-        "combined": L_dr.numpy(),
-        "fusion": fusion.numpy(),
+        "gradcam": L_grad.cpu().numpy(),
+        "denoised": L_den.cpu().numpy(),
+        "scorecam": L_reg.cpu().numpy(),
+        "combined": L_dr.cpu().numpy(),
+        "fusion": fusion.cpu().numpy(),
         "betas": {"b_den": b_den, "b_reg": b_reg, "b_dr": b_dr, "b_reg2": b_reg2, "b0": b0},
         "class": c,
         "probability": float(_probability(logits[None], c)[0]),
         "degenerate": degenerate_1 or degenerate_2,
         "threshold": t,
-        "scorecam_scores": scores.numpy(),
-        "scorecam_weights": a.numpy(),
-        "gradcam_weights": w.numpy(),
-        "activations": acts_t[0].detach().numpy().copy(),
-        "gradients": grads_t[0].detach().numpy().copy(),
-        "logits": logits_t[0].detach().numpy().copy(),
+        "scorecam_scores": scores.cpu().numpy(),
+        "scorecam_weights": a.cpu().numpy(),
+        "gradcam_weights": w.cpu().numpy(),
+        "activations": acts_t[0].detach().cpu().numpy().copy(),
+        "gradients": grads_t[0].detach().cpu().numpy().copy(),
+        "logits": logits_t[0].detach().cpu().numpy().copy(),
     }

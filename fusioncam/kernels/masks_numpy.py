@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusioncam.kernels.array_math import target_rows
+from fusioncam.kernels.scratch import scratch
 from fusioncam.kernels.upsample_numpy import axis_table, chunk_slices, upsample_block
 
 __all__ = ["write_channel_masked_inputs", "write_map_masked_inputs"]
@@ -18,9 +19,22 @@ def normalized_masks(masks: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> n
     low = mins[:, None, None]
     span = maxs[:, None, None] - low
     masks -= low
+    varying = span[:, 0, 0] > 0
+    if varying.all():  # the usual case: a plain divide is much faster than a masked one
+        masks /= span
+        return masks
     np.divide(masks, span, out=masks, where=span > 0)
-    masks[~(span[:, 0, 0] > 0)] = 0
+    masks[~varying] = 0
     return masks
+
+
+def multiply_by_images(images: np.ndarray, image_index: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
+    """out[j] = images[image_index[j]] * masks[j, None] in float32, broadcasting each run of rows of one image
+    (rows come grouped by image) instead of gathering a copy of the image per row."""
+    bounds = np.flatnonzero(np.diff(image_index)) + 1
+    for first, last in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(image_index)]])):
+        np.multiply(images[image_index[first]][None], masks[first:last, None], out=out[first:last],
+                    dtype=np.float32, casting="unsafe")
 
 
 def write_channel_masked_inputs(
@@ -48,8 +62,9 @@ def write_channel_masked_inputs(
     rows, cols = axis_table(acts.shape[2], height), axis_table(acts.shape[3], width)
     for part in chunk_slices(len(target), (height, width)):
         n, k = image_index[part], channel_index[part]
-        mask = normalized_masks(upsample_block(acts[n, k], rows, cols), mins[n, k], maxs[n, k])
-        np.multiply(images[n], mask[:, None], out=target[part], dtype=np.float32, casting="unsafe")
+        masks = scratch("channel_masks", (len(n), height, width))
+        normalized_masks(upsample_block(acts[n, k], rows, cols, out=masks), mins[n, k], maxs[n, k])
+        multiply_by_images(images, n, masks, target[part])
 
 
 def write_map_masked_inputs(
@@ -65,4 +80,4 @@ def write_map_masked_inputs(
     image_index = np.asarray(image_index, dtype=np.int64)
     target = target_rows(image_index.shape[0], out, start)
     for part in chunk_slices(len(target), maps.shape[-2:]):
-        np.multiply(images[image_index[part]], maps[part, None], out=target[part], dtype=np.float32, casting="unsafe")
+        multiply_by_images(images, image_index[part], maps[part], target[part])

@@ -1,4 +1,4 @@
-"""Feeding perturbed images through the explainer's scorer in its fixed-size batches, written in place by kernels."""
+"""Feeding perturbed images through the explainer's scorer in its batches (backend.batch_ranges), written in place by kernels."""
 
 from __future__ import annotations
 
@@ -9,17 +9,12 @@ from ..runtime.betas import class_probabilities
 RowWriter = Callable[[object, object], None]  # (rows: device int64 [b], buffer): write those rows into buffer[:b]
 
 
-def scorer_batches(backend, total: int) -> list[tuple[int, int]]:
-    """(start, stop) of each scorer batch covering rows 0 .. total - 1."""
-    return [(start, min(start + backend.batch_size, total)) for start in range(0, total, backend.batch_size)]
-
-
 def row_probabilities(backend, total: int, classes_of_row, write_rows: RowWriter):
     """float64 [total] on the device: softmax of the scorer's logits at each row's class, rows written by write_rows."""
     xp = backend.xp
     out = xp.empty((total,), dtype=xp.float64)
     buffer = backend.input_buffer()
-    for start, stop in scorer_batches(backend, total):
+    for start, stop in backend.batch_ranges(total):
         write_rows(xp.arange(start, stop, dtype=xp.int64), buffer)
         out[start:stop] = class_probabilities(xp, backend.score_rows(stop - start), classes_of_row[start:stop])
     return out
@@ -32,7 +27,7 @@ def image_predictions(backend, images, targets) -> tuple[object, object]:
     classes = backend.asarray(targets).astype(xp.int64)
     probabilities = xp.empty((classes.shape[0],), dtype=xp.float64)
     buffer = backend.input_buffer()
-    for start, stop in scorer_batches(backend, int(classes.shape[0])):
+    for start, stop in backend.batch_ranges(int(classes.shape[0])):
         buffer[: stop - start] = images[start:stop]
         logits = backend.score_rows(stop - start)
         chosen = xp.where(classes[start:stop] < 0, logits.argmax(axis=1), classes[start:stop])

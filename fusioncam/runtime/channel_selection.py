@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from ..kernels.array_math import array_module
 
+# `fusioncam explain --fast` without a K: measured in benchmarks/results/fidelity-*.md (see README, fast mode).
+DEFAULT_FAST_CHANNELS = 256
+
 
 def gradcam_contributions(acts, gradcam_weights):
     """relu(w_k) * mean_ij(A_k): [N, K] float64, each channel's contribution to the Grad-CAM map.

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..kernels import numpy_kernels
+from .batch_plan import row_ranges
 from .stage_clock import HostClock
 
 GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
@@ -55,9 +56,18 @@ class CpuBackend:
         """The scorer's [batch_size,3,H,W] input buffer that the mask kernels write into."""
         return self._buffer
 
+    def batch_ranges(self, total: int) -> list[tuple[int, int]]:
+        """(start, stop) of the scorer runs for `total` rows: full batches and one exact remainder."""
+        return row_ranges(total, self.batch_size, padded=False)
+
     def score_rows(self, count: int) -> np.ndarray:
         """Logits of the first `count` rows of the input buffer (the CPU runs no padding rows)."""
         return self._scorer.run(["logits"], {"input": self._buffer[:count]})[0].astype(np.float32, copy=False)
+
+    def warm_up(self) -> None:
+        """One full scorer batch (ONNX Runtime sizes its CPU buffers on the first run; no per-shape search here)."""
+        self._buffer[:] = 0
+        self.score_rows(self.batch_size)
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """Logits of arbitrary inputs (used once per session for the all-zeros baseline)."""

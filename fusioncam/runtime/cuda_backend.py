@@ -7,10 +7,28 @@ import contextlib
 import numpy as np
 
 from ..bundle import Bundle
+from ..errors import DeviceError
 from ..kernels import cuda_kernels
+from .batch_plan import padded_rows, padded_run_sizes, row_ranges
 from .stage_clock import CudaEventClock
 
 GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
+
+
+def cuda_session(ort, path, options, provider: tuple[str, dict]):
+    """An ORT session on the CUDA provider; options ORT refuses become a DeviceError naming them."""
+    problem = None
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=[provider])
+        if session.get_providers()[0] != "CUDAExecutionProvider":  # ORT may fall back to the CPU with a warning
+            problem = f"it fell back to {session.get_providers()}"
+    except Exception as exc:  # ORT raises plain RuntimeError/Fail for bad provider options
+        problem = str(exc)
+    if problem is not None:
+        raise DeviceError(f"ONNX Runtime could not start the CUDA provider for {path} with options "
+                          f"{provider[1]}: {problem}. Check the cuda_options keys and values (ONNX Runtime's CUDA "
+                          f"execution provider documentation lists them).")
+    return session
 
 
 class CudaBackend:
@@ -22,7 +40,7 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, bundle: Bundle, batch_size: int, device_index: int = 0, tf32: bool = False,
-                 cudnn_search: str = "EXHAUSTIVE", fp16: bool = False) -> None:
+                 cudnn_search: str = "EXHAUSTIVE", fp16: bool = False, provider_options: dict | None = None) -> None:
         import cupy
         import onnxruntime as ort
 
@@ -42,18 +60,19 @@ class CudaBackend:
                 "has_user_compute_stream": "1",
                 "cudnn_conv_algo_search": cudnn_search,
                 "use_tf32": "1" if tf32 else "0",
+                **(provider_options or {}),
             })
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._explain = ort.InferenceSession(str(bundle.explain_path), sess_options=options, providers=[provider])
+            self._explain = cuda_session(ort, bundle.explain_path, options, provider)
             scorer_path = bundle.scorer_fp16_path if fp16 else bundle.scorer_path
-            self._scorer = ort.InferenceSession(str(scorer_path), sess_options=options, providers=[provider])
+            self._scorer = cuda_session(ort, scorer_path, options, provider)
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
             self._scorer_dtype = cupy.float16 if fp16 else cupy.float32
             self._buffer = cupy.zeros((batch_size, 3, *manifest.input_size), dtype=self._scorer_dtype)
             self._logits = cupy.empty((batch_size, manifest.num_classes), dtype=self._scorer_dtype)
-            self._scorer_binding = self._bind(self._scorer, {"input": self._buffer}, {"logits": self._logits})
+            self._scorer_bindings: dict[int, object] = {}  # rows -> binding of the buffers' first rows
 
     def _bind(self, session, inputs: dict, outputs: dict):
         """An IO binding of CuPy arrays (device pointers) to a session's inputs and outputs."""
@@ -91,10 +110,27 @@ class CudaBackend:
         """The scorer's fixed [batch_size,3,H,W] device buffer the mask kernel writes into."""
         return self._buffer
 
+    def batch_ranges(self, total: int) -> list[tuple[int, int]]:
+        """(start, stop) of the scorer runs for `total` rows: full batches, then power-of-two runs (batch_plan)."""
+        return row_ranges(total, self.batch_size, padded=True)
+
     def score_rows(self, count: int):
-        """Run the full fixed-size batch (padding rows are stale and ignored); logits of the first `count` rows."""
-        self._scorer.run_with_iobinding(self._scorer_binding, self._run_options)
+        """Run the first padded_rows(count) rows of the buffer (padding rows are stale and ignored); logits of the
+        first `count` rows. Each run size has its own binding, made on first use."""
+        rows = padded_rows(count, self.batch_size)
+        binding = self._scorer_bindings.get(rows)
+        if binding is None:
+            binding = self._bind(self._scorer, {"input": self._buffer[:rows]}, {"logits": self._logits[:rows]})
+            self._scorer_bindings[rows] = binding
+        self._scorer.run_with_iobinding(binding, self._run_options)
         return self._logits[:count].astype(self.xp.float32, copy=False)
+
+    def warm_up(self) -> None:
+        """Run the scorer once at every bound run size: cuDNN's algorithm search for each shape happens now, not
+        inside the first explanations."""
+        for rows in padded_run_sizes(self.batch_size):
+            self.score_rows(rows)
+        self.stream.synchronize()
 
     def score(self, images):
         """Logits of arbitrary device inputs (the all-zeros baseline, once per session)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -27,12 +27,15 @@ class Explainer:
 
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
-                 max_channels: int | None = None) -> None:
+                 max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None) -> None:
         """precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
 
         max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
         Grad-CAM contribution relu(w_k) * mean(A_k) per image (see runtime/channel_selection.py); the others get
         Score-CAM weight 0. None, or k >= K, is the exact algorithm.
+
+        cuda_options: extra ONNX Runtime CUDA provider options (e.g. {"prefer_nhwc": "1"}, {"gpu_mem_limit": ...}),
+        over fusioncam's own; ignored on the CPU.
         """
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if precision not in PRECISIONS:
@@ -42,6 +45,7 @@ class Explainer:
                              f"it with fp16_scorer=True (fusioncam export ... --fp16-scorer)")
         if not 0.0 <= float(theta) <= 100.0:
             raise InputError(f"theta is a percentile and must be in [0, 100]; got {theta}")
+        self.precision = precision
         self.device: Device = select_device(device)
         batch_size = batch_size or DEFAULT_BATCH[self.device.kind]
         if int(batch_size) < 1:
@@ -53,6 +57,7 @@ class Explainer:
                                          or max_channels < 1):
             raise InputError(f"max_channels must be a positive number of channels (or None for all); got {max_channels}")
         self.max_channels = None if max_channels is None else int(max_channels)
+        self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
         self.backend = self._make_backend(precision)
         manifest = self.bundle.manifest
         with self.backend.context():
@@ -68,7 +73,17 @@ class Explainer:
         from .cuda_backend import CudaBackend
 
         return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=precision == "tf32",
-                           fp16=precision == "fp16")
+                           fp16=precision == "fp16", provider_options=self.cuda_options)
+
+    def warm_up(self) -> "Explainer":
+        """Run the explain graph once and the scorer at every run size it can use, so the first explanations
+        are as fast as the later ones (on the GPU each new shape pays cuDNN's algorithm search). Returns self."""
+        manifest = self.bundle.manifest
+        with self.backend.context():
+            zeros = self.backend.asarray(np.zeros((1, 3, *manifest.input_size), dtype=np.float32))
+            self.backend.explain(zeros, self.backend.asarray(np.full(1, -1, dtype=np.int64)))
+            self.backend.warm_up()
+        return self
 
     @property
     def class_names(self) -> list[str] | None:

@@ -35,9 +35,8 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
     target_of_row = classes[image_index]
     buffer = backend.input_buffer()
     total = int(image_index.shape[0])
-    batches = -(-total // backend.batch_size)
-    for start in range(0, total, backend.batch_size):
-        stop = min(start + backend.batch_size, total)
+    ranges = backend.batch_ranges(total)
+    for done, (start, stop) in enumerate(ranges, 1):
         rows = slice(start, stop)
         clock.start("mask_generation")
         kernels.write_channel_masked_inputs(images, acts, mins, maxs, image_index[rows], channel_index[rows], buffer, 0)
@@ -47,7 +46,7 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
         scores[image_index[rows], channel_index[rows]] = logits[xp.arange(stop - start), target_of_row[rows]]
         clock.stop("scorer_forwards")
         if on_batch is not None:
-            on_batch(start // backend.batch_size + 1, batches)
+            on_batch(done, len(ranges))
     run = active.sum(axis=1).astype(xp.int64)
     return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run, selected=selected)
 

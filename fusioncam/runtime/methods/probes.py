@@ -55,8 +55,7 @@ def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
     row_classes = engine.classes[xp.concatenate([probe.image_index for probe in probes])]
     probabilities = xp.empty((total,), dtype=xp.float64)
     buffer = backend.input_buffer()
-    for start in range(0, total, backend.batch_size):
-        stop = min(start + backend.batch_size, total)
+    for start, stop in backend.batch_ranges(total):
         clock.start("mask_generation")
         for probe, first, last in zip(probes, offsets[:-1], offsets[1:]):
             low, high = max(start, first), min(stop, last)
