@@ -65,5 +65,5 @@ def time_eager_reference(model, layer_module, image: np.ndarray, target: int, re
             torch.cuda.synchronize()
         return result
 
-    seconds, _ = median_seconds(run, repeats=repeats, warmup=0)
-    return {"fusion_cam_s": seconds, "device": device, "masked_images_per_forward": 1}
+    seconds, runs = median_seconds(run, repeats=repeats, warmup=0)
+    return {"fusion_cam_s": seconds, "runs": runs, "device": device, "masked_images_per_forward": 1}

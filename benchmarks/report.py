@@ -36,14 +36,15 @@ def markdown_report(r: dict) -> str:
     variants = r.get("fusioncam_variants")
     if variants:
         lines += ["", "Faster variants against the exact fp32 Fusion-CAM map above (same image):", "",
-                  "| variant | seconds | speed-up | scorer forwards | Pearson r | max abs diff |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| variant | seconds | speed-up | scorer forwards | Pearson r | max abs diff | its own floor (ratio) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for label, v in variants.items():
             if "error" in v:
-                lines.append(f"| {label} | failed: {v['error'][:120]} | | | | |")
+                lines.append(f"| {label} | failed: {v['error'][:120]} | | | | | |")
                 continue
+            floor = f"{v['floor_s']:.3f} s ({v['seconds'] / v['floor_s']:.2f}x)" if "floor_s" in v else ""
             lines.append(f"| {label} | {v['seconds']:.3f} | {fc['seconds'] / v['seconds']:.2f}x | {v['forwards_run']} | "
-                         f"{v['pearson']:.5f} | {v['max_abs_diff']:.2g} |")
+                         f"{v['pearson']:.5f} | {v['max_abs_diff']:.2g} | {floor} |")
     lines += ["", "Per-stage seconds (fusioncam, N=1): " + ", ".join(
         f"{k} {v:.3f}" for k, v in fc["stages"].items() if isinstance(v, float)), "",
         f"Peak host memory (RSS) during fusioncam N=1: {fc['peak_rss_bytes'] / 2**20:.0f} MiB.", ""]

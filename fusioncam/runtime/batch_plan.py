@@ -2,7 +2,7 @@
 
 The CPU runs any number of rows, so its remainder is one exact run. The CUDA backend runs bound buffers of a
 few fixed shapes (each shape pays cuDNN's algorithm search once), so its remainder is cut into power-of-two
-runs of at least SMALLEST_PADDED_RUN rows: 1958 rows at batch 256 become 7 x 256 + 128 + 32 + 8 (6 padding
+runs of at least SMALLEST_PADDED_RUN rows: 1958 rows at batch 256 become 7 x 256 + 128 + 32 + 8 (2 padding
 rows) instead of 8 x 256 (90 padding rows), and Fusion-CAM's 1- and 2-row probe rounds run 8 rows, not 256.
 """
 
