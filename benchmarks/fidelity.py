@@ -45,9 +45,9 @@ def variant_options(bundle) -> dict[str, dict]:
 
 def study_layer(bundle, device: str, images: np.ndarray, names: list[str]) -> dict:
     """Every variant of one bundle on the images against exact fp32: agreement, forwards, seconds, metrics."""
-    rows, maps = {}, {}
+    rows, maps, explainers = {}, {}, {}
     for label, options in variant_options(bundle).items():
-        explainer = fusioncam.Explainer(bundle, device=device, **options)
+        explainer = explainers[label] = fusioncam.Explainer(bundle, device=device, **options)
         explainer.explain(images[:1])  # warm-up
         start = time.perf_counter()
         explanation = explainer.explain(images, names=names)
@@ -60,9 +60,8 @@ def study_layer(bundle, device: str, images: np.ndarray, names: list[str]) -> di
         per_image = [map_agreement(maps[label][i], exact[i]) for i in range(len(images))]
         row["pearson_per_image"] = [a["pearson"] for a in per_image]
         row["max_abs_diff_per_image"] = [a["max_abs_diff"] for a in per_image]
-    scorer = fusioncam.Explainer(bundle, device=device)
     classes = np.asarray(rows["exact fp32"]["classes"], dtype=np.int64)
-    evaluation = evaluate_maps(scorer, images, maps, targets=classes, names=names)
+    evaluation = evaluate_maps(explainers["exact fp32"], images, maps, targets=classes, names=names)
     for label, scores in evaluation.scores.items():
         rows[label]["metrics_per_image"] = {metric: values.tolist() for metric, values in scores.per_image.items()}
         rows[label]["metrics_mean"] = {metric: float(np.mean(values)) for metric, values in scores.per_image.items()}

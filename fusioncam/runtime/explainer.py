@@ -58,30 +58,30 @@ class Explainer:
             raise InputError(f"max_channels must be a positive number of channels (or None for all); got {max_channels}")
         self.max_channels = None if max_channels is None else int(max_channels)
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
-        self.backend = self._make_backend(precision)
-        manifest = self.bundle.manifest
+        self.backend = self._make_backend()
         with self.backend.context():
-            zeros = self.backend.asarray(np.zeros((1, 3, *manifest.input_size), dtype=np.float32))
-            self._z0_logits = self.backend.score(zeros)[0].astype(self.backend.xp.float32)
+            self._z0_logits = self.backend.score(self._zero_image())[0].astype(self.backend.xp.float32)
 
-    def _make_backend(self, precision: str):
+    def _zero_image(self):
+        """The all-zeros input z0 [1, 3, H, W] on the backend's device."""
+        return self.backend.asarray(np.zeros((1, 3, *self.bundle.manifest.input_size), dtype=np.float32))
+
+    def _make_backend(self):
         """The CPU or CUDA backend for the selected device."""
         if self.device.kind == "cpu":
             from .cpu_backend import CpuBackend
 
-            return CpuBackend(self.bundle, self.batch_size, fp16=precision == "fp16")
+            return CpuBackend(self.bundle, self.batch_size, fp16=self.precision == "fp16")
         from .cuda_backend import CudaBackend
 
-        return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=precision == "tf32",
-                           fp16=precision == "fp16", provider_options=self.cuda_options)
+        return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=self.precision == "tf32",
+                           fp16=self.precision == "fp16", provider_options=self.cuda_options)
 
     def warm_up(self) -> "Explainer":
         """Run the explain graph once and the scorer at every run size it can use, so the first explanations
         are as fast as the later ones (on the GPU each new shape pays cuDNN's algorithm search). Returns self."""
-        manifest = self.bundle.manifest
         with self.backend.context():
-            zeros = self.backend.asarray(np.zeros((1, 3, *manifest.input_size), dtype=np.float32))
-            self.backend.explain(zeros, self.backend.asarray(np.full(1, -1, dtype=np.int64)))
+            self.backend.explain(self._zero_image(), self.backend.asarray(np.full(1, -1, dtype=np.int64)))
             self.backend.warm_up()
         return self
 
