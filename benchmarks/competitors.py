@@ -44,7 +44,26 @@ def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, r
             cam.batch_size = batch
             results[f"scorecam_batch{batch}_s"], _ = median_seconds(
                 lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+    if cuda:  # PyTorch runs cuDNN convolutions in TF32 by default; fusioncam's fp32 is strict fp32
+        results["conv_tf32_default"] = bool(torch.backends.cudnn.allow_tf32)
+        results["scorecam_batch128_strict_fp32_s"] = _strict_fp32_scorecam(ScoreCAM, model, layer_module, x, targets,
+                                                                          repeats)
     return results
+
+
+def _strict_fp32_scorecam(score_cam, model, layer_module, x, targets, repeats: int) -> float:
+    """pytorch-grad-cam ScoreCAM (batch 128) with TF32 convolutions off: the like-for-like for fusioncam's fp32."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with score_cam(model=model, target_layers=[layer_module]) as cam:
+            cam.batch_size = 128
+            seconds, _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    return seconds
 
 
 def time_eager_reference(model, layer_module, image: np.ndarray, target: int, repeats: int = 1,

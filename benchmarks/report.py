@@ -24,7 +24,8 @@ def markdown_report(r: dict) -> str:
         f"| floor: (K+3) forwards at the scorer's throughput | {r['floor_n1_s']:.3f} | {r['floor_n1_s'] / fc['seconds']:.2f}x |",
     ]
     for key, label in (("gradcam_s", "pytorch-grad-cam GradCAM"), ("scorecam_batch16_s", "pytorch-grad-cam ScoreCAM, batch 16"),
-                       ("scorecam_batch128_s", "pytorch-grad-cam ScoreCAM, batch 128")):
+                       ("scorecam_batch128_s", "pytorch-grad-cam ScoreCAM, batch 128"),
+                       ("scorecam_batch128_strict_fp32_s", "pytorch-grad-cam ScoreCAM, batch 128, TF32 off (strict fp32)")):
         value = r.get("pytorch_grad_cam", {}).get(key)
         if value is not None:
             lines.append(f"| {label} | {value:.3f} | {value / fc['seconds']:.2f}x |")

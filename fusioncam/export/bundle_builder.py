@@ -46,8 +46,8 @@ def _cpu_session(graph: bytes, origin: str, which: str):
                              f"{str(exc).splitlines()[0]}") from None
 
 
-def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str) -> None:
-    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused."""
+def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str):
+    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused. Returns the session."""
     session = _cpu_session(scorer, origin, "scorer")
     batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
     try:
@@ -64,12 +64,13 @@ def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str) -> None:
             f"{origin}: logits of a batch of 2 differ from those of each image alone; the model mixes images of a "
             f"batch (training-mode BatchNorm, or a hard-coded batch size). Export it in inference mode with a dynamic batch."
         )
+    return session
 
 
-def _check_fp16_scorer(scorer: bytes, scorer_fp16: bytes, size: tuple[int, int], origin: str) -> None:
+def _check_fp16_scorer(scorer_session, scorer_fp16: bytes, size: tuple[int, int], origin: str) -> None:
     """The float16 scorer must load, run and give finite logits close to the float32 ones (overflow is refused)."""
     batch = np.random.default_rng(2).standard_normal((2, 3, *size)).astype(np.float32)
-    expected = _cpu_session(scorer, origin, "scorer").run(None, {"input": batch})[0]
+    expected = scorer_session.run(None, {"input": batch})[0]
     session = _cpu_session(scorer_fp16, origin, "float16 scorer")
     try:
         got = session.run(None, {"input": batch.astype(np.float16)})[0].astype(np.float32)
@@ -117,14 +118,16 @@ def write_classifier_bundle(
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
     scorer_model = build_scorer(classifier)
+    classifier.weights.put_back(scorer_model)
     scorer = scorer_model.SerializeToString()
-    _check_scorer(scorer, classifier.input_size, source)
+    scorer_session = _check_scorer(scorer, classifier.input_size, source)
     graphs = {SCORER_GRAPH: scorer}
     if fp16_scorer:
         graphs[SCORER_GRAPH_FP16] = float16_scorer(scorer_model).SerializeToString()
-        _check_fp16_scorer(scorer, graphs[SCORER_GRAPH_FP16], classifier.input_size, source)
-    del scorer_model
+        _check_fp16_scorer(scorer_session, graphs[SCORER_GRAPH_FP16], classifier.input_size, source)
+    del scorer_model, scorer_session
     explain_model = build_explain(classifier, layer)
+    classifier.weights.put_back(explain_model)
     opset = model_opset(explain_model)
     explain = explain_model.SerializeToString()
     del explain_model

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import TensorProto
@@ -10,6 +10,7 @@ from onnx import TensorProto
 from ..errors import ModelLoadError
 from .constant_folding import fold_constants
 from .onnx_loading import upgrade_opset
+from .weight_stash import WeightStash
 
 BATCH_DIM = "N"
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
@@ -24,6 +25,7 @@ class Classifier:
     logits_name: str  # pre-softmax scores [N, C]
     input_size: tuple[int, int]
     num_classes: int
+    weights: WeightStash = field(default_factory=WeightStash)  # large initializers' data, held outside `model`
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -135,9 +137,13 @@ def _clear_output_batch(model: onnx.ModelProto) -> None:
 
 
 def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None) -> Classifier:
-    """Validate the classifier's interface and return it with a dynamic batch and inferred shapes."""
+    """Validate the classifier's interface and return it with a dynamic batch and inferred shapes.
+
+    `model` is consumed: its large weights move into the classifier's WeightStash (see weight_stash)."""
+    weights = WeightStash()
     model = upgrade_opset(model, origin)
-    model = fold_constants(model)
+    weights.set_aside(model)
+    model = fold_constants(model, weights)
     inp = _image_input(model, origin)
     size = _fix_input_shape(inp, input_size, origin)
     _clear_output_batch(model)
@@ -148,4 +154,5 @@ def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[in
         raise ModelLoadError(
             f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
         )
-    return Classifier(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1])
+    return Classifier(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1],
+                      weights=weights)

@@ -6,6 +6,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .weight_stash import WeightStash
+
 # Ops whose output is not a function of their inputs alone.
 NON_DETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 MAX_FOLDED_BYTES = 64 << 20
@@ -28,8 +30,10 @@ def _evaluate(node: onnx.NodeProto, values: list[np.ndarray], opset: list[onnx.O
     return ReferenceEvaluator(model).run(None, feeds)
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy where constant subexpressions (Constant nodes, shape-free arithmetic on them) are initializers."""
+def fold_constants(model: onnx.ModelProto, weights: WeightStash) -> onnx.ModelProto:
+    """Return a copy where constant subexpressions (Constant nodes, shape-free arithmetic on them) are initializers.
+
+    Initializers set aside in `weights` are read from it; large folded results are set aside there too."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     constants = {init.name: init for init in graph.initializer}
@@ -43,7 +47,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             and all(name == "" or (name in constants and name not in graph_inputs) for name in node.input)
         )
         if foldable:
-            values = [numpy_helper.to_array(constants[name]) for name in node.input if name]
+            values = [weights.array(constants[name]) for name in node.input if name]
             if sum(v.nbytes for v in values) <= MAX_FOLDED_BYTES:
                 try:
                     results = _evaluate(node, values, model.opset_import)
@@ -59,4 +63,5 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits)
+    weights.set_aside(model)
     return model

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from fusioncam.errors import UnsupportedOpError
+from fusioncam.export.weight_stash import is_set_aside
 
 GRAD_PREFIX = "grad/"
 INT64_MAX = np.iinfo(np.int64).max
@@ -110,9 +111,12 @@ class GradContext:
     # ----- reading the forward graph ------------------------------------------------------------
 
     def constant_value(self, name: str) -> np.ndarray | None:
-        """The value of `name` when it is an initializer or a Constant node's output, else None."""
+        """The value of `name` when it is an initializer or a Constant node's output, else None.
+
+        A large weight held in the export's WeightStash counts as unknown: no rule needs such a value."""
         if name in self._initializers:
-            return numpy_helper.to_array(self._initializers[name])
+            tensor = self._initializers[name]
+            return None if is_set_aside(tensor) else numpy_helper.to_array(tensor)
         node = self._constants.get(name)
         if node is None:
             return None
