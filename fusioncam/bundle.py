@@ -1,9 +1,11 @@
-"""The bundle directory: explain graph, scorer graph and a manifest, checked by hash when loaded."""
+"""The bundle directory: explain and scorer graphs, the weights they share, a manifest; checked by hash when loaded."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,7 @@ MANIFEST = "manifest.json"
 EXPLAIN_GRAPH = "explain.onnx"
 SCORER_GRAPH = "scorer.onnx"
 SCORER_GRAPH_FP16 = "scorer_fp16.onnx"
+WEIGHTS_FILE = "weights.bin"  # the large weights, stored once and referenced by the graphs (ONNX external data)
 FORMAT_VERSION = 1
 
 
@@ -84,15 +87,32 @@ class Bundle:
         return names[index] if names and 0 <= index < len(names) else f"class {index}"
 
 
-def write_bundle(out: str | os.PathLike, graphs: dict[str, bytes], manifest: Manifest) -> Bundle:
-    """Write the graphs and a manifest holding their hashes; the directory appears whole or not at all."""
-    out = Path(out)
-    with atomic_directory(out) as staging:
-        for name, data in graphs.items():
-            (staging / name).write_bytes(data)
-            manifest.files[name] = file_sha256(staging / name)
+class StagedBundle:
+    """A bundle being written into a staging directory, one file at a time."""
+
+    def __init__(self, staging: Path) -> None:
+        self.staging = staging
+
+    def path(self, name: str) -> Path:
+        """Where file `name` goes (for writers that stream into it)."""
+        return self.staging / name
+
+    def write(self, name: str, data: bytes) -> Path:
+        """Write file `name` and return its staged path (sessions can load it from there to check it)."""
+        path = self.path(name)
+        path.write_bytes(data)
+        return path
+
+
+@contextmanager
+def staged_bundle(out: str | os.PathLike, manifest: Manifest) -> Iterator[StagedBundle]:
+    """Stage a bundle's files; on success hash them all into the manifest and move the directory into place whole,
+    on any error leave nothing behind."""
+    with atomic_directory(Path(out)) as staging:
+        yield StagedBundle(staging)
+        for file in sorted(staging.iterdir()):
+            manifest.files[file.name] = file_sha256(file)
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
-    return Bundle(path=out, manifest=manifest)
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:

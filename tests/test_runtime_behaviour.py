@@ -134,12 +134,14 @@ def test_bad_targets(resnet_bundle):
         explainer.explain(random_images(1), "tabby cat")
 
 
-def test_bundle_with_missing_or_edited_file(resnet_bundle, tmp_path):
+@pytest.mark.parametrize("edited", ["scorer.onnx", "weights.bin"])
+def test_bundle_with_missing_or_edited_file(resnet_bundle, tmp_path, edited):
     copy = tmp_path / "copy.fcam"
     shutil.copytree(resnet_bundle[1], copy)
-    with open(copy / "scorer.onnx", "ab") as handle:
-        handle.write(b"\0")
-    with pytest.raises(BundleError, match="scorer.onnx was changed after export"):
+    data = bytearray((copy / edited).read_bytes())
+    data[-1] ^= 1  # one bit of the last weight (or of the graph), same length
+    (copy / edited).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{edited} was changed after export"):
         fusioncam.Explainer(copy, device="cpu")
     (copy / "explain.onnx").unlink()
     with pytest.raises(BundleError, match="missing explain.onnx"):

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import fusioncam
 from fusioncam.export import weight_stash
 from fusioncam.export.classifier_graph import prepare_classifier
-from fusioncam.bundle import load_bundle
+from fusioncam.bundle import WEIGHTS_FILE, load_bundle
 from test_export_parity import model_named
 
 NOTHING_ASIDE = 1 << 62
@@ -39,9 +39,19 @@ def constant_and_transposed_weights() -> onnx.ModelProto:
     return model
 
 
-def graph_bytes(bundle_path) -> dict[str, bytes]:
+def with_data_inline(path) -> bytes:
+    """A graph with its external data read back in, serialised (onnx marks the read tensors DEFAULT explicitly)."""
+    model = onnx.load(str(path))
+    for tensor in model.graph.initializer:
+        if tensor.data_location == TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
+    return model.SerializeToString()
+
+
+def graphs_with_their_data(bundle_path) -> dict[str, bytes]:
+    """Each graph of a bundle, its weights inline."""
     bundle = load_bundle(bundle_path)
-    return {name: bundle.file(name).read_bytes() for name in bundle.manifest.files}
+    return {name: with_data_inline(bundle.file(name)) for name in bundle.manifest.files if name.endswith(".onnx")}
 
 
 def test_folding_reads_and_keeps_set_aside_weights(monkeypatch):
@@ -64,7 +74,13 @@ def test_onnx_export_is_byte_identical_with_weights_aside(tmp_path, monkeypatch,
     plain = fusioncam.export_onnx(path, tmp_path / "plain.fcam", fp16_scorer=True)
     monkeypatch.setattr(weight_stash, "MIN_ELEMENTS", threshold)
     aside = fusioncam.export_onnx(path, tmp_path / "aside.fcam", fp16_scorer=True)
-    assert graph_bytes(aside.bundle.path) == graph_bytes(plain.bundle.path)
+    assert graphs_with_their_data(aside.bundle.path) == graphs_with_their_data(plain.bundle.path)
+    assert (WEIGHTS_FILE in aside.bundle.manifest.files) == (threshold == 256)
+    assert WEIGHTS_FILE not in plain.bundle.manifest.files  # a bundle with every weight inline still loads and runs
+    images = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    maps = [fusioncam.Explainer(result.bundle, device="cpu").explain(images).fusion for result in (plain, aside)]
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert np.ptp(maps[0]) > 0
 
 
 def test_torch_export_is_byte_identical_with_weights_aside(tmp_path, monkeypatch):
@@ -73,4 +89,15 @@ def test_torch_export_is_byte_identical_with_weights_aside(tmp_path, monkeypatch
     plain = fusioncam.export_torch(model, "layer4", tmp_path / "plain.fcam", input_size=(64, 64))
     monkeypatch.undo()
     aside = fusioncam.export_torch(model, "layer4", tmp_path / "aside.fcam", input_size=(64, 64))
-    assert graph_bytes(aside.bundle.path) == graph_bytes(plain.bundle.path)
+    assert graphs_with_their_data(aside.bundle.path) == graphs_with_their_data(plain.bundle.path)
+
+
+def test_graphs_share_one_copy_of_the_weights(tmp_path):
+    model = model_named("resnet18")
+    bundle = fusioncam.export_torch(model, "layer4", tmp_path / "b.fcam", input_size=(64, 64)).bundle
+    large = [p for p in model.state_dict().values() if p.numel() >= weight_stash.MIN_ELEMENTS]
+    large_bytes = sum(p.numel() * 4 for p in large)
+    weights = bundle.file(WEIGHTS_FILE).stat().st_size
+    assert large_bytes <= weights <= large_bytes + len(large) * weight_stash.ALIGNMENT  # each stored once
+    for graph in ("scorer.onnx", "explain.onnx"):
+        assert bundle.file(graph).stat().st_size < large_bytes / 20  # references, not copies

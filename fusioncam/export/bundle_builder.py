@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Bundle, Manifest, write_bundle
+from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, WEIGHTS_FILE, Bundle, Manifest, staged_bundle
 from ..errors import ModelLoadError
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .classifier_graph import Classifier
@@ -16,6 +17,7 @@ from .explain_graph import build_explain, build_scorer
 from .float16 import float16_scorer
 from .layers import Layer
 from .onnx_loading import model_opset
+from .weight_stash import WeightStash
 
 FP16_SCORER_TOLERANCE = 5e-2  # export refuses a float16 scorer whose logits stray further (relative to the largest)
 
@@ -35,18 +37,18 @@ class ExportResult:
                 f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how})")
 
 
-def _cpu_session(graph: bytes, origin: str, which: str):
-    """An ORT CPU session for a freshly built graph; failing to load is an exporter error naming the graph."""
+def _cpu_session(graph: Path, origin: str, which: str):
+    """An ORT CPU session for a freshly written graph; failing to load is an exporter error naming the graph."""
     import onnxruntime as ort
 
     try:
-        return ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"{origin}: ONNX Runtime cannot load the {which} graph built from it: "
                              f"{str(exc).splitlines()[0]}") from None
 
 
-def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str):
+def _check_scorer(scorer: Path, size: tuple[int, int], origin: str):
     """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused. Returns the session."""
     session = _cpu_session(scorer, origin, "scorer")
     batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
@@ -67,7 +69,7 @@ def _check_scorer(scorer: bytes, size: tuple[int, int], origin: str):
     return session
 
 
-def _check_fp16_scorer(scorer_session, scorer_fp16: bytes, size: tuple[int, int], origin: str) -> None:
+def _check_fp16_scorer(scorer_session, scorer_fp16: Path, size: tuple[int, int], origin: str) -> None:
     """The float16 scorer must load, run and give finite logits close to the float32 ones (overflow is refused)."""
     batch = np.random.default_rng(2).standard_normal((2, 3, *size)).astype(np.float32)
     expected = scorer_session.run(None, {"input": batch})[0]
@@ -85,7 +87,7 @@ def _check_fp16_scorer(scorer_session, scorer_fp16: bytes, size: tuple[int, int]
         )
 
 
-def _check_explain(explain: bytes, size: tuple[int, int], origin: str) -> None:
+def _check_explain(explain: Path, size: tuple[int, int], origin: str) -> None:
     """Run the explain graph once (arg-max and an explicit target) so run-time failures surface at export."""
     session = _cpu_session(explain, origin, "explain")
     batch = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
@@ -117,21 +119,6 @@ def write_classifier_bundle(
         )
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    scorer_model = build_scorer(classifier)
-    classifier.weights.put_back(scorer_model)
-    scorer = scorer_model.SerializeToString()
-    scorer_session = _check_scorer(scorer, classifier.input_size, source)
-    graphs = {SCORER_GRAPH: scorer}
-    if fp16_scorer:
-        graphs[SCORER_GRAPH_FP16] = float16_scorer(scorer_model).SerializeToString()
-        _check_fp16_scorer(scorer_session, graphs[SCORER_GRAPH_FP16], classifier.input_size, source)
-    del scorer_model, scorer_session
-    explain_model = build_explain(classifier, layer)
-    classifier.weights.put_back(explain_model)
-    opset = model_opset(explain_model)
-    explain = explain_model.SerializeToString()
-    del explain_model
-    _check_explain(explain, classifier.input_size, source)
     manifest = Manifest(
         input_size=tuple(classifier.input_size),
         mean=tuple(float(m) for m in mean),
@@ -141,11 +128,31 @@ def write_classifier_bundle(
         channels=layer.shape[1],
         feature_size=tuple(layer.shape[2:]),
         num_classes=classifier.num_classes,
-        opset=opset,
+        opset=model_opset(classifier.model),
         source_sha256=source_sha256,
         source=source,
         class_names=list(class_names) if class_names is not None else None,
     )
-    graphs = {EXPLAIN_GRAPH: explain, **graphs}
-    bundle = write_bundle(Path(out), graphs, manifest)
-    return ExportResult(bundle=bundle, layer=layer, picked_automatically=picked_automatically)
+    size = classifier.input_size
+    with staged_bundle(out, manifest) as staged:
+        weights = classifier.weights.file(staged.path(WEIGHTS_FILE))
+        scorer_model = build_scorer(classifier)
+        half = _float16_graph(scorer_model, classifier.weights) if fp16_scorer else None
+        weights.store(scorer_model)
+        scorer_session = _check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), size, source)
+        if half is not None:
+            _check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), size, source)
+        del scorer_model, scorer_session, half
+        explain_model = build_explain(classifier, layer)
+        weights.store(explain_model)
+        _check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), size, source)
+    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
+                        picked_automatically=picked_automatically)
+
+
+def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:
+    """The float16 scorer, its (halved) weights inline: converted from a copy of the scorer with its data back."""
+    scorer = onnx.ModelProto()
+    scorer.CopyFrom(scorer_skeleton)
+    weights.put_back(scorer)
+    return float16_scorer(scorer).SerializeToString()

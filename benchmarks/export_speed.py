@@ -1,0 +1,76 @@
+"""`python -m benchmarks.export_speed`: export time, bundle size and peak memory for large torchvision classifiers.
+
+Each export runs in its own process (seeded random weights, 224x224, CPU), so its peak RSS is its own. Writes
+benchmarks/results/export-<device>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fusioncam.atomic import write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = (("resnet50", "layer4"), ("convnext_base", "features.7"), ("vgg16", "features.29"))
+
+_CHILD = """
+import json, resource, sys, tempfile, time
+from pathlib import Path
+import torch, torchvision
+from fusioncam.export import export_torch
+torch.manual_seed(0)
+model = getattr(torchvision.models, sys.argv[1])().eval()
+with tempfile.TemporaryDirectory() as folder:
+    start = time.perf_counter()
+    export_torch(model, sys.argv[2], Path(folder) / "bundle")
+    seconds = time.perf_counter() - start
+    files = {p.name: p.stat().st_size for p in (Path(folder) / "bundle").iterdir()}
+parameters = sum(p.numel() for p in model.parameters())
+print(json.dumps({"seconds": seconds, "files": files, "bundle_bytes": sum(files.values()),
+                  "weight_bytes": 4 * parameters, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def export_once(model: str, layer: str) -> dict:
+    """Export one model in a fresh process and return its measurements."""
+    done = subprocess.run([sys.executable, "-c", _CHILD, model, layer], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(report: dict) -> str:
+    """The table people read; the JSON holds the rest."""
+    lines = [f"# Export: time, bundle size, peak memory ({report['machine']}, {report['date']})", "",
+             "| model | layer | seconds | bundle MiB | weights MiB (fp32) | peak RSS MiB |", "| --- | --- | --- | --- | --- | --- |"]
+    for row in report["models"]:
+        if "error" in row:
+            lines.append(f"| {row['model']} | {row['layer']} | failed: {row['error'][:100]} | | | |")
+            continue
+        lines.append(f"| {row['model']} | `{row['layer']}` | {row['seconds']:.2f} | {row['bundle_bytes'] / 2**20:.0f} | "
+                     f"{row['weight_bytes'] / 2**20:.0f} | {row['peak_rss_bytes'] / 2**20:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export each model once, write JSON + markdown, print the table."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.export_speed", description=__doc__)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    rows = [{"model": model, "layer": layer, **export_once(model, layer)} for model, layer in MODELS]
+    report = {"date": datetime.date.today().isoformat(), "machine": f"cpu-{os.cpu_count()}cores", "models": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.out / f"export-{report['machine']}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.out / f"export-{report['machine']}.md", markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
