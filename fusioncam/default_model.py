@@ -8,6 +8,7 @@ a changed weights file or a new fusioncam version gets a fresh export; bundles a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -94,13 +95,14 @@ def default_bundle(layer: str | None = None, notify: Notify | None = None) -> Bu
 
 def onnx_bundle(path: str | os.PathLike, layer: str | None = None, input_size: tuple[int, int] | None = None,
                 notify: Notify | None = None) -> Bundle:
-    """A bundle for an `.onnx` classifier, exported once per (file hash, layer, input size)."""
+    """A bundle for an `.onnx` classifier, exported once per (fingerprint of the file and its external data, layer,
+    input size)."""
+    from .export.onnx_loading import onnx_fingerprint
+
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelLoadError(f"{path} is a directory without a manifest.json: neither a bundle nor an .onnx file")
-    entry = cache_entry(path.stem, file_sha256(path), layer, input_size)
+    entry = cache_entry(path.stem, onnx_fingerprint(path), layer, input_size)
 
     def build(out: Path) -> None:
         from .export import export_onnx
@@ -112,10 +114,11 @@ def onnx_bundle(path: str | os.PathLike, layer: str | None = None, input_size: t
 
 def module_bundle(module, layer: str, input_size: tuple[int, int], class_names: list[str] | None = None,
                   notify: Notify | None = None) -> Bundle:
-    """A bundle for a torch.nn.Module, exported once per (weights fingerprint, layer, input size)."""
+    """A bundle for a torch.nn.Module, exported once per (weights fingerprint, class names, layer, input size)."""
     from .export.torch_export import state_sha256
 
-    entry = cache_entry(type(module).__name__, state_sha256(module), layer, input_size)
+    names = hashlib.sha256(json.dumps(class_names).encode()).hexdigest() if class_names is not None else "none"
+    entry = cache_entry(type(module).__name__, f"{state_sha256(module)}|{names}", layer, input_size)
 
     def build(out: Path) -> None:
         from .export import export_torch

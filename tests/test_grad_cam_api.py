@@ -131,3 +131,14 @@ def test_clear_errors(cache, model):
         FusionCAM(model, torch.nn.ReLU())
     with pytest.raises(ModelLoadError, match="not found"):
         FusionCAM("no/such/model.onnx")
+
+
+def test_other_class_names_are_another_export(cache, model, images):
+    """Class names live in the bundle: a cached export with other names must not answer for these."""
+    target = int(FusionCAM(model, "features.3", device="cpu", class_names=list("abcde")).explainer(SIZE)
+                 .explain(images[:1]).classes[0])
+    renamed = list("bcdea")  # the same names, rotated: the old bundle would map renamed[target] to target + 1
+    cam = FusionCAM(model, "features.3", device="cpu", class_names=renamed)
+    cam(input_tensor=images[:1], targets=[renamed[target]])
+    assert cam.last_explanation.classes.tolist() == [target]
+    assert len(_bundles(cache)) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ MIN_OPSET = 17
 
 @dataclass
 class SourceModel:
-    """A loaded classifier: the proto (external data inlined), its hash, and where it came from."""
+    """A loaded classifier: the proto (external data inlined), its fingerprint, and where it came from."""
 
     model: onnx.ModelProto
     sha256: str
@@ -45,9 +46,8 @@ def _check_external_data_paths(model: onnx.ModelProto, base_dir: Path, origin: s
             )
 
 
-def load_onnx(path: str | os.PathLike) -> SourceModel:
-    """Read an ONNX file with clear errors for missing, truncated, foreign or unsafe files."""
-    path = Path(path)
+def _read_graph(path: Path) -> onnx.ModelProto:
+    """The model proto without its external data, with clear errors for missing, foreign or unsafe files."""
     origin = str(path)
     if not path.exists():
         raise ModelLoadError(f"model file not found: {origin}")
@@ -62,11 +62,50 @@ def load_onnx(path: str | os.PathLike) -> SourceModel:
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelLoadError(f"{origin} parsed as ONNX but holds no graph (truncated, or not an ONNX model)")
     _check_external_data_paths(model, path.parent, origin)
+    return model
+
+
+def _external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The external data files the model's tensors refer to, each once, in the order they are first used."""
+    locations: list[str] = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):  # noqa: SLF001 (see _check_external_data_paths)
+        if tensor.data_location == TensorProto.EXTERNAL:
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+            if location not in locations:
+                locations.append(location)
+    return locations
+
+
+def _fingerprint(path: Path, model: onnx.ModelProto) -> str:
+    """SHA-256 of the .onnx file, combined with that of every external data file it uses: new weights saved
+    beside an unchanged graph file are a new model (the export cache must not serve the old bundle)."""
+    own = file_sha256(path)
+    locations = _external_data_files(model)
+    if not locations:
+        return own
+    digest = hashlib.sha256(own.encode())
+    for location in locations:
+        digest.update(f"|{location}|{file_sha256(path.parent / location)}".encode())
+    return digest.hexdigest()
+
+
+def onnx_fingerprint(path: str | os.PathLike) -> str:
+    """The fingerprint `load_onnx` records for an ONNX file (its bytes and its external data), without loading it."""
+    path = Path(path)
+    return _fingerprint(path, _read_graph(path))
+
+
+def load_onnx(path: str | os.PathLike) -> SourceModel:
+    """Read an ONNX file with clear errors for missing, truncated, foreign or unsafe files."""
+    path = Path(path)
+    origin = str(path)
+    model = _read_graph(path)
+    digest = _fingerprint(path, model)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:
         raise ModelLoadError(f"{origin}: could not read its external data: {exc}") from None
-    return SourceModel(model=model, sha256=file_sha256(path), origin=origin)
+    return SourceModel(model=model, sha256=digest, origin=origin)
 
 
 def model_opset(model: onnx.ModelProto) -> int:
