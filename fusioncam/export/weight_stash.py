@@ -9,7 +9,6 @@ bundle's graphs refer to one weights file (ONNX external data) instead of each h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ _PAYLOAD_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64
 
 
 def _element_count(tensor: onnx.TensorProto) -> int:
+    """Number of elements from the dims alone (the data may already be elsewhere)."""
     count = 1
     for dim in tensor.dims:
         count *= dim
