@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -40,30 +41,34 @@ def time_pytorch_grad_cam(model, layer_module, image: np.ndarray, target: int, r
     with GradCAM(model=model, target_layers=[layer_module]) as cam:
         results["gradcam_s"], _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=max(repeats, 3))
     for batch in (16, 128):
-        with ScoreCAM(model=model, target_layers=[layer_module]) as cam:
-            cam.batch_size = batch
-            results[f"scorecam_batch{batch}_s"], _ = median_seconds(
-                lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+        results[f"scorecam_batch{batch}_s"] = _scorecam_seconds(ScoreCAM, model, layer_module, x, targets, batch, repeats)
     if cuda:  # PyTorch runs cuDNN convolutions in TF32 by default; fusioncam's fp32 is strict fp32
         results["conv_tf32_default"] = bool(torch.backends.cudnn.allow_tf32)
-        results["scorecam_batch128_strict_fp32_s"] = _strict_fp32_scorecam(ScoreCAM, model, layer_module, x, targets,
-                                                                          repeats)
+        with _tf32_convolutions(False):  # the like-for-like row for fusioncam's fp32
+            results["scorecam_batch128_strict_fp32_s"] = _scorecam_seconds(ScoreCAM, model, layer_module, x, targets,
+                                                                           128, repeats)
     return results
 
 
-def _strict_fp32_scorecam(score_cam, model, layer_module, x, targets, repeats: int) -> float:
-    """pytorch-grad-cam ScoreCAM (batch 128) with TF32 convolutions off: the like-for-like for fusioncam's fp32."""
+def _scorecam_seconds(score_cam, model, layer_module, x, targets, batch: int, repeats: int) -> float:
+    """Median seconds of pytorch-grad-cam ScoreCAM on x with `batch_size` masked images per forward."""
+    with score_cam(model=model, target_layers=[layer_module]) as cam:
+        cam.batch_size = batch
+        seconds, _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+    return seconds
+
+
+@contextlib.contextmanager
+def _tf32_convolutions(enabled: bool):
+    """cuDNN convolutions in TF32 (PyTorch's default) or strict fp32, restored afterwards."""
     import torch
 
     saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = enabled
     try:
-        with score_cam(model=model, target_layers=[layer_module]) as cam:
-            cam.batch_size = 128
-            seconds, _ = median_seconds(lambda: cam(input_tensor=x, targets=targets), repeats=repeats, warmup=0)
+        yield
     finally:
         torch.backends.cudnn.allow_tf32 = saved
-    return seconds
 
 
 def time_eager_reference(model, layer_module, image: np.ndarray, target: int, repeats: int = 1,

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from .report import save_report
+from .report import RESULTS, cpu_label, run_json_child, save_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = (("resnet50", "layer4"), ("convnext_base", "features.7"), ("vgg16", "features.29"))
 
 _CHILD = """
@@ -37,14 +32,6 @@ print(json.dumps({"seconds": seconds, "files": files, "bundle_bytes": sum(files.
 """
 
 
-def export_once(model: str, layer: str) -> dict:
-    """Export one model in a fresh process and return its measurements."""
-    done = subprocess.run([sys.executable, "-c", _CHILD, model, layer], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def markdown(report: dict) -> str:
     """The table people read; the JSON holds the rest."""
     lines = [f"# Export: time, bundle size, peak memory ({report['machine']}, {report['date']})", "",
@@ -63,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.export_speed", description=__doc__)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    rows = [{"model": model, "layer": layer, **export_once(model, layer)} for model, layer in MODELS]
-    report = {"date": datetime.date.today().isoformat(), "machine": f"cpu-{os.cpu_count()}cores", "models": rows}
+    rows = [{"model": model, "layer": layer, **run_json_child(_CHILD, model, layer)} for model, layer in MODELS]
+    report = {"date": datetime.date.today().isoformat(), "machine": cpu_label(), "models": rows}
     save_report(args.out, f"export-{report['machine']}", report, markdown(report))
     return 0
 

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from .report import save_report
+from .report import RESULTS, cpu_label, run_json_child, save_report
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES, FEATURES = 70_000, 8 * 32 * 32  # a head of 573 M float32 weights: 2.3 GB
 
 _PRELUDE = f"""
@@ -75,15 +70,6 @@ report(lambda: fusioncam.export_torch(model, "features", folder / "bundle", inpu
 """
 
 
-def run_child(source: str) -> dict:
-    """Run one export script in a fresh process (its own peak RSS) and parse its JSON line."""
-    done = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(lines[-1])
-
-
 def markdown(report: dict) -> str:
     """The table people read."""
     lines = [f"# Exporting classifiers over 2 GB ({report['machine']}, {report['date']})", "",
@@ -104,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.large_models", description=__doc__)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    exports = {"ONNX file, external data": run_child(_ONNX), "PyTorch module": run_child(_TORCH)}
-    report = {"date": datetime.date.today().isoformat(), "machine": f"cpu-{os.cpu_count()}cores", "exports": exports}
+    exports = {"ONNX file, external data": run_json_child(_ONNX), "PyTorch module": run_json_child(_TORCH)}
+    report = {"date": datetime.date.today().isoformat(), "machine": cpu_label(), "exports": exports}
     save_report(args.out, f"large-models-{report['machine']}", report, markdown(report))
     return 0
 

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from fusioncam.atomic import write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_label() -> str:
+    """This machine's label in result file names: cpu-<cores>cores."""
+    return f"cpu-{os.cpu_count()}cores"
+
+
+def run_json_child(source: str, *argv: str) -> dict:
+    """Run `python -c source argv...` in a fresh process (its own peak RSS) and parse the last JSON line it prints;
+    a failure is a row with the last line of its stderr."""
+    done = subprocess.run([sys.executable, "-c", source, *argv], capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(lines[-1])
 
 
 def save_report(folder: Path, stem: str, report: dict, text: str) -> None:

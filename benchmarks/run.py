@@ -23,10 +23,9 @@ from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_ima
 from .competitors import time_eager_reference, time_pytorch_grad_cam
 from .memory import gpu_peak_bytes, gpu_used_bytes, peak_resident
 from .models import build_model, efficientnet_conv_head_bundle, export_bundle
-from .report import markdown_report, save_report
+from .report import RESULTS, cpu_label, markdown_report, save_report
 from .timing import median_seconds
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def scorer_throughput(explainer, seconds: float = 3.0) -> float:
@@ -124,10 +123,8 @@ def constant_channel_skip(device: str, batch_size: int, folder: Path) -> dict:
 
 def device_label(device) -> str:
     """A file-name-safe device label: cpu-Ncores, or the GPU's marketing name."""
-    import os
-
     if device.kind == "cpu":
-        return f"cpu-{os.cpu_count()}cores"
+        return cpu_label()
     import cupy
 
     name = cupy.cuda.runtime.getDeviceProperties(device.index)["name"]

@@ -21,18 +21,16 @@ def _method_names(text: str) -> tuple[str, ...]:
 def _preprocessed_inputs(inputs: list[str], manifest) -> tuple[np.ndarray, list[str], list[str]]:
     """(images [N,3,H,W], names, input paths) of the given files, folders or globs, or of the five sample photos."""
     from .cli_explain import expand_inputs
-    from .images import preprocess, read_rgb, sample_images
+    from .images import load_batch, preprocess, sample_images
     from .report import unique_names
 
     if inputs:
         paths = expand_inputs(inputs)
-        rgbs = [read_rgb(path) for path in paths]
-        names, labels = unique_names([p.name for p in paths]), [str(p) for p in paths]
-    else:
-        samples = sample_images()
-        rgbs, names, labels = list(samples.values()), list(samples), []
-    batch = np.stack([preprocess(rgb, manifest.input_size, manifest.mean, manifest.std) for rgb in rgbs])
-    return batch, names, labels
+        batch, _ = load_batch(paths, manifest.input_size, manifest.mean, manifest.std)
+        return batch, unique_names([p.name for p in paths]), [str(p) for p in paths]
+    samples = sample_images()
+    batch = np.stack([preprocess(rgb, manifest.input_size, manifest.mean, manifest.std) for rgb in samples.values()])
+    return batch, list(samples), []
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

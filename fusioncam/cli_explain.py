@@ -11,6 +11,7 @@ from pathlib import Path
 from .errors import InputError
 from .runtime.channel_selection import DEFAULT_FAST_CHANNELS
 from .runtime.explainer import PRECISIONS
+from .runtime.methods import METHODS
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".jp2"}
 SAMPLE_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle")
@@ -23,8 +24,8 @@ def _say(message: str) -> None:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    """--methods: a comma-separated subset of gradcam,gradcam++,xgradcam,scorecam,groupcam,unioncam,fusion."""
-    from .report import check_methods
+    """--methods: a comma-separated subset of the methods (runtime.methods.METHODS)."""
+    from .runtime.methods import check_methods
 
     try:
         return check_methods([m.strip() for m in text.split(",") if m.strip()])
@@ -120,9 +121,9 @@ def add_subcommands(sub) -> None:
                          help="fast mode, beyond the paper: Score-CAM scores only the K channels with the largest "
                               f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")
     explain.add_argument("--methods", type=_methods, default=("fusion",),
-                         help="methods to write an overlay and a .npy map for, comma-separated: any of "
-                              "gradcam,gradcam++,xgradcam,scorecam,groupcam,unioncam,fusion (default: fusion); the "
-                              "panel shows Grad-CAM, Score-CAM, Fusion-CAM and the others chosen")
+                         help=f"methods to write an overlay and a .npy map for, comma-separated: any of "
+                              f"{','.join(METHODS)} (default: fusion); the panel shows Grad-CAM, Score-CAM, "
+                              f"Fusion-CAM and the others chosen")
     explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
     explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="input size for an .onnx model with a dynamic height/width")

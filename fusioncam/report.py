@@ -27,8 +27,8 @@ from .errors import FusionCamError, InputError
 from .images import preprocess
 from .progress import ProgressBar
 from .runtime.input_checks import resolve_targets
-from .runtime.methods import METHOD_TITLES, METHODS
-from .runtime.methods import check_methods as _check_runtime_methods
+from .runtime.methods import METHOD_TITLES
+from .runtime.methods import check_methods
 from .visualize import colormap_code, overlay, panel
 
 PANEL_ORDER = ("gradcam", "scorecam", "fusion")  # always in the panel; other chosen methods follow
@@ -94,11 +94,6 @@ def output_files(name: str, methods: Sequence[str]) -> dict[str, str]:
         files[f"{method}_overlay"] = f"{name}_overlay.png" if method == "fusion" else f"{name}_{tag}_overlay.png"
         files[f"{method}_npy"] = f"{name}_{tag}.npy"
     return files
-
-
-def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
-    """The methods in canonical order without repeats, or an InputError naming the valid ones."""
-    return _check_runtime_methods(methods)
 
 
 def panel_methods(methods: Sequence[str]) -> tuple[str, ...]:
@@ -186,7 +181,7 @@ def explain_into_folder(
     progress.close()
     summary = RunSummary(out, records, failures)
     write_results_json(summary, explainer, methods)
-    write_index_html(summary, explainer)
+    write_index_html(summary, explainer, methods)
     return summary
 
 
@@ -275,11 +270,6 @@ td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { bac
 """
 
 
-def _chosen_methods(record: ImageRecord) -> list[str]:
-    """The methods whose overlay and map were written for this record, in canonical order."""
-    return [method for method in METHODS if f"{method}_overlay" in record.files]
-
-
 def _value_table(title: str, cells: dict[str, str]) -> str:
     """An HTML table: a header of names, then one row of already formatted cells labelled `title`."""
     heads = "".join(f"<th>{html.escape(name)}</th>" for name in cells)
@@ -287,11 +277,9 @@ def _value_table(title: str, cells: dict[str, str]) -> str:
         f"<td>{cell}</td>" for cell in cells.values()) + "</tr></table>"
 
 
-def _card(record: ImageRecord) -> str:
-    """One image's card: its panel (every computed method), betas, and links to each chosen method's files."""
+def _card(record: ImageRecord, chosen: Sequence[str], shown: str) -> str:
+    """One image's card: its panel (the methods `shown`), betas, and links to each chosen method's files."""
     esc = html.escape
-    chosen = _chosen_methods(record)
-    shown = ", ".join(METHOD_TITLES[m] for m in panel_methods(chosen))
     flag = '<span class="bad">yes</span>' if record.degenerate else "no"
     tables = _value_table("Fusion-CAM", {**{name: f"{value:.4f}" for name, value in record.betas.items()},
                                          "degenerate": flag, "seconds": f"{record.seconds:.2f}"})
@@ -312,11 +300,12 @@ def _card(record: ImageRecord) -> str:
     )
 
 
-def write_index_html(summary: RunSummary, explainer) -> Path:
+def write_index_html(summary: RunSummary, explainer, methods: Sequence[str]) -> Path:
     """index.html: a static gallery of the panels, which show every computed method (inline CSS, relative links)."""
     esc = html.escape
     manifest = explainer.bundle.manifest
-    cards = [_card(record) for record in summary.records]
+    shown = ", ".join(METHOD_TITLES[m] for m in panel_methods(methods))
+    cards = [_card(record, methods, shown) for record in summary.records]
     failed = "".join(f"<li>{esc(f.input)}: {esc(f.error)}</li>" for f in summary.failures)
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fusioncam results</title>'

@@ -10,7 +10,8 @@ import torch
 import fusioncam
 from fusioncam.errors import InputError
 from fusioncam.runtime.channel_selection import gradcam_contributions, top_channels
-from torch_reference import sample_model
+from test_runtime_parity import assert_matches_reference
+from torch_reference import module_by_path, reference_fusion_cam, sample_model
 
 SIZE = (64, 64)
 KEYS = ("fusion", "gradcam", "denoised", "scorecam", "combined")
@@ -93,6 +94,15 @@ def test_small_k_scores_exactly_the_selected_channels(bundle, k):
     expected = reference_scorecam(bundle, images, acts, classes, selected)
     np.testing.assert_allclose(explanation.scorecam, expected, atol=1e-5, rtol=0)
     assert np.isfinite(explanation.fusion).all()
+    # Every step, fusion included, against the eager reference scoring only this test's selection (parity tolerances).
+    model = sample_model("resnet18", seed=0)
+    layer = module_by_path(model, "layer4")
+    for n in range(images.shape[0]):
+        reference = reference_fusion_cam(model, layer, torch.from_numpy(images[n]), int(classes[n]),
+                                         channels=selected[n])
+        np.testing.assert_array_equal(reference["scorecam_weights"][~selected[n]], 0)
+        np.testing.assert_allclose(reference["scorecam"], expected[n], atol=1e-5, rtol=0)
+        assert_matches_reference(explanation, n, reference)
 
 
 def test_top_channels_breaks_ties_by_channel_index():

@@ -139,7 +139,17 @@ def test_fp16_scorer_runs_on_a_float16_buffer(bundles):
     explainer = fusioncam.Explainer(bundles[0], device="cpu", batch_size=4, precision="fp16")
     assert explainer.backend.input_buffer().dtype == np.float16
     explainer.backend.input_buffer()[:] = 0
-    assert explainer.backend.score_rows(2).dtype == np.float32
+    got = explainer.backend.score_rows(2)
+    assert got.dtype == np.float32
+    assert got.shape == (2, 1000)
+    # The same float16 graph in a session of its own, on the same all-zeros rows: the backend adds only the float32
+    # cast, and float16 -> float32 is exact, so the values must agree bit for bit.
+    expected = logits(bundles[0].scorer_fp16_path, np.zeros((2, 3, *SIZE), dtype=np.float16))
+    assert expected.dtype == np.float16
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+    # And they are the float32 scorer's logits of z0 within float16 rounding.
+    float32 = logits(bundles[0].scorer_path, np.zeros((2, 3, *SIZE), dtype=np.float32))
+    assert relative_error(got, float32) < LOGIT_RELATIVE_ERROR
 
 
 def test_fp16_without_the_fp16_scorer_is_a_clear_error(bundles):

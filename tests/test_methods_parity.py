@@ -169,13 +169,30 @@ def test_union_gradient_map_drops_low_gradients_per_channel():
     assert max_diff(K.union_gradient_map(acts, grads, 10.0)[0], expected) <= 1e-6
 
 
+def independent_upsampled(maps: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """[..., h, w] -> [..., H, W] float64 by torch's bilinear resize (half-pixel centres, no antialias)."""
+    flat = torch.from_numpy(np.asarray(maps, dtype=np.float64).reshape(-1, 1, *maps.shape[-2:]))
+    up = torch.nn.functional.interpolate(flat, size=out_hw, mode="bilinear", align_corners=False)
+    return up.numpy().reshape(*maps.shape[:-2], *out_hw)
+
+
+def independent_min_max_rescale(maps: np.ndarray) -> np.ndarray:
+    """Each [H, W] map minus its min, divided by its (shifted) max when that is > 0; a constant map becomes zeros."""
+    low = maps.min(axis=(-2, -1), keepdims=True)
+    top = maps.max(axis=(-2, -1), keepdims=True) - low
+    return np.where(top > 0, (maps - low) / np.where(top > 0, top, 1.0), 0.0)
+
+
 def test_group_blends_and_weighted_masks():
     rng = np.random.default_rng(5)
     images, blurred = rng.standard_normal((2, 2, 3, 12, 10)).astype(np.float32)
     group_maps = rng.random((2, 3, 3, 2)).astype(np.float32)
     group_maps[1, 1] = 0.5  # constant: M = 0
     mins, maxs = K.upsampled_min_max(group_maps, (12, 10))
-    masks = K.normalize(K.upsample(group_maps.reshape(6, 3, 2), (12, 10))).reshape(2, 3, 12, 10)
+    upsampled = independent_upsampled(group_maps, (12, 10))  # reference built without the library's kernels
+    assert max_diff(mins, upsampled.min(axis=(2, 3))) <= 1e-6 and max_diff(maxs, upsampled.max(axis=(2, 3))) <= 1e-6
+    masks = independent_min_max_rescale(upsampled)
+    assert not masks[1, 1].any() and masks[0].max() == 1.0
     out = np.full((6, 3, 12, 10), 9.0, dtype=np.float32)
     K.write_group_blended_inputs(images, blurred, group_maps, mins, maxs, np.array([1, 0, 1, 1]),
                                  np.array([0, 2, -1, 1]), out, start=1)

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -161,11 +162,33 @@ def test_cuda_without_gpu_is_a_clear_error(resnet_bundle):
 
 
 def test_on_batch_reports_every_scorer_batch_of_the_sweep(resnet_bundle):
+    images = random_images(2)
+    # The sweep's rows, counted here: one per (image, non-constant channel) of the explain graph's activations
+    # (4x4 -> 64x64 bilinear: a channel's mask is constant exactly when its low-resolution map is).
+    session = ort.InferenceSession(str(resnet_bundle[1] / "explain.onnx"), providers=["CPUExecutionProvider"])
+    (acts,) = session.run(["activations"], {"input": images, "target": np.full(2, -1, dtype=np.int64)})
+    sweep_rows = int((acts.max(axis=(2, 3)) > acts.min(axis=(2, 3))).sum())
+    assert 50 < sweep_rows <= 2 * 256 and sweep_rows % 50  # several full batches and a remainder
+    sweep_batches = -(-sweep_rows // 50)
+
     calls = []
-    explanation = fusioncam.Explainer(resnet_bundle[1], device="cpu", batch_size=50).explain(
-        random_images(2), on_batch=lambda done, total: calls.append((done, total)))
+    explainer = fusioncam.Explainer(resnet_bundle[1], device="cpu", batch_size=50)
+    score_rows = explainer.backend.score_rows
+
+    def counted_score_rows(count):  # every scorer run, in order with the on_batch reports
+        calls.append(("rows", count))
+        return score_rows(count)
+
+    explainer.backend.score_rows = counted_score_rows
+    explanation = explainer.explain(images, on_batch=lambda done, total: calls.append((done, total)))
     batches = -(-int(explanation.forwards_run.sum()) // 50)
-    assert calls == [(i, batches) for i in range(1, batches + 1)]
+    reports = [call for call in calls if call[0] != "rows"]
+    assert reports == [(i, batches) for i in range(1, batches + 1)]
+    assert batches == sweep_batches
+    # Each sweep run is followed by its report; then Fusion-CAM's two unreported rounds (x*L_den with x*L_reg, x*L_dr).
+    sweep = [("rows", min(50, sweep_rows - 50 * i)) for i in range(sweep_batches)]
+    expected = [call for i, run in enumerate(sweep, 1) for call in (run, (i, sweep_batches))]
+    assert calls == expected + [("rows", 4), ("rows", 2)]
 
 
 def test_progress_bar_shows_scorer_batches_of_a_slow_image():

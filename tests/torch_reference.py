@@ -124,6 +124,24 @@ def _probability(logits: torch.Tensor, c: int) -> np.ndarray:
     return torch.softmax(logits.double(), dim=1)[:, c].cpu().numpy()
 
 
+def _scored_channels(channels, count: int) -> list[int]:
+    """The channel indices Score-CAM scores: all of them for None, else those of a [K] bool mask or an index list."""
+    if channels is None:
+        return list(range(count))
+    array = np.asarray(channels)
+    if array.dtype == bool:
+        if array.shape != (count,):
+            raise ValueError(f"a channel mask must have shape ({count},), got {array.shape}")
+        picked = np.flatnonzero(array)
+    else:
+        picked = np.unique(array.astype(np.int64).ravel())
+        if picked.size and (picked[0] < 0 or picked[-1] >= count):
+            raise ValueError(f"channel indices must lie in [0, {count})")
+    if picked.size == 0:
+        raise ValueError("at least one channel must be scored")
+    return [int(k) for k in picked]
+
+
 def reference_fusion_cam(
     model: torch.nn.Module,
     layer: torch.nn.Module,
@@ -132,11 +150,14 @@ def reference_fusion_cam(
     theta: float = 10.0,
     device: str = "cpu",
     chunk: int = SCORE_CHUNK,
+    channels=None,
 ) -> dict:
     """Fusion-CAM of one preprocessed image [3, H, W] (or [1, 3, H, W]) at `layer`, all steps exposed as numpy.
 
     `device` runs it there (the benchmark times it on the GPU too); `chunk` masked images per forward (1 is the
-    authors' one-forward-per-channel loop)."""
+    authors' one-forward-per-channel loop). `channels` (fast mode, beyond the paper): None scores every channel; else a
+    [K] boolean mask or a list of channel indices, and only those channels are scored and enter Score-CAM's softmax,
+    every other channel gets weight 0 (its `scorecam_scores` entry is NaN: it was never scored)."""
     x = torch.as_tensor(image).detach().float().to(device)
     if x.dim() == 4 and x.shape[0] == 1:
         x = x[0]
@@ -175,6 +196,7 @@ def reference_fusion_cam(
         A = acts_t[0].detach().double()  # [K, h, w]
         G = grads_t[0].detach().double()
         K = A.shape[0]
+        scored = _scored_channels(channels, K)
 
         with torch.no_grad():
             # Step 0a: Grad-CAM.
@@ -182,17 +204,18 @@ def reference_fusion_cam(
             L_grad = norm(up(torch.relu((w[:, None, None] * A).sum(dim=0)), size))
 
             # Step 0b: Score-CAM, one mask per channel, masked forwards in chunks.
-            scores = torch.empty(K, dtype=torch.float64, device=device)
-            for start in range(0, K, chunk):
-                masks = []
-                for k in range(start, min(start + chunk, K)):
-                    masks.append(norm(up(A[k], size)))
+            scores = torch.full((K,), float("nan"), dtype=torch.float64, device=device)
+            for start in range(0, len(scored), chunk):
+                ks = scored[start : start + chunk]
+                masks = [norm(up(A[k], size)) for k in ks]
                 mask_batch = torch.stack(masks).float()  # [n, H, W]
                 chunk_logits = _logits(net, tap, x[None] * mask_batch[:, None])
-                scores[start : start + len(masks)] = chunk_logits[:, c].double()
-            if not torch.isfinite(scores).all():
+                for j, k in enumerate(ks):
+                    scores[k] = chunk_logits[j, c].double()
+            if not torch.isfinite(scores[scored]).all():
                 raise ValueError("non-finite Score-CAM scores")
-            a = torch.softmax(scores, dim=0)  # max-subtracted inside
+            a = torch.zeros(K, dtype=torch.float64, device=device)
+            a[scored] = torch.softmax(scores[scored], dim=0)  # max-subtracted inside; unscored channels weigh 0
             weighted = torch.zeros(size, dtype=torch.float64, device=device)
             for k in range(K):
                 weighted += a[k] * up(A[k], size)
@@ -232,6 +255,7 @@ def reference_fusion_cam(
         "threshold": t,
         "scorecam_scores": scores.cpu().numpy(),
         "scorecam_weights": a.cpu().numpy(),
+        "scorecam_channels": np.array(scored, dtype=np.int64),
         "gradcam_weights": w.cpu().numpy(),
         "activations": acts_t[0].detach().cpu().numpy().copy(),
         "gradients": grads_t[0].detach().cpu().numpy().copy(),

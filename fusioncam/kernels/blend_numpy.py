@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusioncam.kernels.array_math import target_rows
+from fusioncam.kernels.masks_numpy import image_runs
 from fusioncam.kernels.upsample_numpy import chunk_slices
 
 __all__ = ["write_blended_inputs"]
@@ -28,6 +29,7 @@ def write_blended_inputs(
     image_index = np.asarray(image_index, dtype=np.int64)
     target = target_rows(image_index.shape[0], out, start)
     for part in chunk_slices(len(target), masks.shape[-2:]):
-        n, mask, chunk = image_index[part], masks[part, None], target[part]
-        np.multiply(images[n], mask, out=chunk, dtype=np.float32, casting="unsafe")
-        chunk += (np.float32(1) - mask) * baselines[n]
+        mask, chunk = masks[part, None], target[part]
+        for rows, n in image_runs(image_index[part]):
+            np.multiply(images[n][None], mask[rows], out=chunk[rows], dtype=np.float32, casting="unsafe")
+            chunk[rows] += (np.float32(1) - mask[rows]) * baselines[n][None]

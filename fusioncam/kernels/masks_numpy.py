@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from fusioncam.kernels.array_math import target_rows
@@ -28,13 +30,18 @@ def normalized_masks(masks: np.ndarray, mins: np.ndarray, maxs: np.ndarray) -> n
     return masks
 
 
-def multiply_by_images(images: np.ndarray, image_index: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
-    """out[j] = images[image_index[j]] * masks[j, None] in float32, broadcasting each run of rows of one image
-    (rows come grouped by image) instead of gathering a copy of the image per row."""
+def image_runs(image_index: np.ndarray) -> Iterator[tuple[slice, int]]:
+    """(rows, n) for each run of consecutive rows of one image (rows come grouped by image): the kernels broadcast
+    images[n] over a run instead of gathering a copy of the image per row."""
     bounds = np.flatnonzero(np.diff(image_index)) + 1
     for first, last in zip(np.concatenate([[0], bounds]), np.concatenate([bounds, [len(image_index)]])):
-        np.multiply(images[image_index[first]][None], masks[first:last, None], out=out[first:last],
-                    dtype=np.float32, casting="unsafe")
+        yield slice(int(first), int(last)), int(image_index[first])
+
+
+def multiply_by_images(images: np.ndarray, image_index: np.ndarray, masks: np.ndarray, out: np.ndarray) -> None:
+    """out[j] = images[image_index[j]] * masks[j, None] in float32, one broadcast per run of rows of one image."""
+    for rows, n in image_runs(image_index):
+        np.multiply(images[n][None], masks[rows, None], out=out[rows], dtype=np.float32, casting="unsafe")
 
 
 def write_channel_masked_inputs(

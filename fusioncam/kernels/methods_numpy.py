@@ -13,7 +13,8 @@ from fusioncam.kernels.array_math import (
     union_channel_terms,
     xgradcam_weights,
 )
-from fusioncam.kernels.masks_numpy import normalized_masks
+from fusioncam.kernels.masks_numpy import image_runs, normalized_masks
+from fusioncam.kernels.scratch import scratch
 from fusioncam.kernels.upsample_numpy import axis_table, chunk_slices, upsample, upsample_block
 
 __all__ = [
@@ -44,7 +45,8 @@ def _group_masks(group_maps: np.ndarray, mins: np.ndarray, maxs: np.ndarray, n: 
     """norm(up(group_maps[n, g])) per row as float32 [M, H, W]; rows with g < 0 or a constant map are zeros."""
     valid = g >= 0
     safe = np.where(valid, g, 0)
-    mask = normalized_masks(upsample_block(group_maps[n, safe], rows, cols), mins[n, safe], maxs[n, safe])
+    mask = scratch("group_masks", (len(n), len(rows.lower), len(cols.lower)))
+    normalized_masks(upsample_block(group_maps[n, safe], rows, cols, out=mask), mins[n, safe], maxs[n, safe])
     mask[~valid] = 0
     return mask
 
@@ -78,8 +80,10 @@ def write_group_blended_inputs(
     for part in chunk_slices(len(target), (height, width)):
         n = image_index[part]
         mask = _group_masks(group_maps, mins, maxs, n, group_index[part], rows, cols)[:, None]
-        blend = images[n] * mask
-        blend += (np.float32(1) - mask) * blurred[n]
+        blend = scratch("group_blends", (len(n), *images.shape[1:]))  # float32, rounded once into target
+        for run, image in image_runs(n):
+            np.multiply(images[image][None], mask[run], out=blend[run])
+            blend[run] += (np.float32(1) - mask[run]) * blurred[image][None]
         target[part] = blend
 
 

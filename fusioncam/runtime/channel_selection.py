@@ -36,9 +36,3 @@ def top_channels(contributions, k: int):
     wanted = k - above.sum(axis=1, keepdims=True)  # how many of the tied channels still fit, lowest index first
     return above | (ties & (xp.cumsum(ties, axis=1) <= wanted))
 
-
-def softmax_over_selected(softmax, scores, selected):
-    """Score-CAM's channel weights with only the selected channels in the softmax; the others get weight 0."""
-    xp = array_module(scores, selected)
-    return softmax(xp.where(selected, xp.asarray(scores, dtype=xp.float64), -xp.inf))
-

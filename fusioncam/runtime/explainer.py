@@ -60,7 +60,7 @@ class Explainer:
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
         self.backend = self._make_backend()
         with self.backend.context():
-            self._z0_logits = self.backend.score(self._zero_image())[0].astype(self.backend.xp.float32)
+            self._z0_logits = self.backend.score(self._zero_image())[0]
 
     def _zero_image(self):
         """The all-zeros input z0 [1, 3, H, W] on the backend's device."""
@@ -129,18 +129,27 @@ class Explainer:
     def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput]) -> Explanation:
         """Everything computed, copied to the host; what did not run stays None."""
         backend = self.backend
+        copies: dict[tuple[int, np.dtype], np.ndarray] = {}
 
         def host(array, dtype=np.float32):
-            return None if array is None else backend.to_host(array).astype(dtype)
+            """Each device array copied to the host once (a map can appear under two names)."""
+            if array is None:
+                return None
+            key = (id(array), np.dtype(dtype))
+            if key not in copies:
+                copies[key] = backend.to_host(array).astype(dtype, copy=False)
+            return copies[key]
 
         fusion = outputs.get("fusion", MethodOutput(None))
         union = outputs.get("unioncam", MethodOutput(None))
         group = outputs.get("groupcam", MethodOutput(None))
         sweep = engine.computed("sweep")
+        forwards_run = host(sweep.forwards_run, np.int64) if sweep is not None else None
+        forwards_skipped = host(sweep.forwards_skipped, np.int64) if sweep is not None else None
         timings = engine.clock.totals()
         timings["total"] = sum(timings.values())
-        timings["scorer_forwards_run"] = int(host(sweep.forwards_run, np.int64).sum()) if sweep is not None else 0
-        timings["scorer_forwards_skipped"] = int(host(sweep.forwards_skipped, np.int64).sum()) if sweep is not None else 0
+        timings["scorer_forwards_run"] = int(forwards_run.sum()) if forwards_run is not None else 0
+        timings["scorer_forwards_skipped"] = int(forwards_skipped.sum()) if forwards_skipped is not None else 0
         timings["method_forwards_run"] = int(engine.probe_rows)
         return Explanation(
             maps={name: host(out.map) for name, out in outputs.items()},
@@ -151,8 +160,7 @@ class Explainer:
             denoised=host(fusion.maps.get("denoised")), scorecam=host(engine.computed("scorecam")),
             combined=host(fusion.maps.get("combined")), betas=fusion.facts.get("betas"),
             degenerate=fusion.facts.get("degenerate"),
-            forwards_run=host(sweep.forwards_run, np.int64) if sweep is not None else None,
-            forwards_skipped=host(sweep.forwards_skipped, np.int64) if sweep is not None else None,
+            forwards_run=forwards_run, forwards_skipped=forwards_skipped,
             union_betas=union.facts.get("betas"), union_kept_combined=union.facts.get("kept_combined"),
             group_scores=group.facts.get("group_scores"), group_forwards=group.facts.get("group_forwards"),
             device=str(self.device), class_names=self.class_names,

@@ -8,23 +8,14 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..kernels.array_math import array_module
 
 ARGMAX = -1
 
 
-def _array_module(images):
-    """numpy or cupy, whichever owns `images`."""
-    module = type(images).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
 def check_images(images, input_size: tuple[int, int]):
     """Return images as float32 [N,3,H,W] (same library as given) or raise InputError."""
-    xp = _array_module(images)
+    xp = array_module(images)
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
         try:
             images = np.asarray(images)

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 @dataclass
 class ScoreSweep:
-    """Raw target logits per channel and how many forwards each image needed."""
+    """Raw target logits per channel (-inf for channels fast mode left out) and how many forwards each image needed."""
 
     scores: object  # [N, K] float32, device array
     forwards_run: object  # [N] int64, device array
     forwards_skipped: object  # [N] int64, device array
-    selected: object = None  # [N, K] bool, device array: the channels fast mode scored (None: every channel)
 
 
 def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock, skip_constant: bool = True,
@@ -20,8 +19,8 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
     """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
     is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it.
     `on_batch(done, total)`, if given, is called after each scorer batch (for progress bars).
-    `selected` [N, K] bool (fast mode): only those channels are scored; the others keep the all-zeros logit
-    and must be left out of the softmax (channel_selection.softmax_over_selected)."""
+    `selected` [N, K] bool (fast mode): only those channels are scored; the others get score -inf, which is
+    weight 0 in Score-CAM's softmax."""
     xp = backend.xp
     kernels = backend.kernels
     n, k = mins.shape
@@ -47,6 +46,8 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
         clock.stop("scorer_forwards")
         if on_batch is not None:
             on_batch(done, len(ranges))
+    if selected is not None:
+        scores[~selected] = -xp.inf
     run = active.sum(axis=1).astype(xp.int64)
-    return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run, selected=selected)
+    return ScoreSweep(scores=scores, forwards_run=run, forwards_skipped=k - run)
 

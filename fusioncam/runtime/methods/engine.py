@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 
 from ..betas import class_probabilities
-from ..channel_selection import gradcam_contributions, softmax_over_selected, top_channels
+from ..channel_selection import gradcam_contributions, top_channels
 from ..score_cam import ScoreSweep, score_cam_sweep
 
 
@@ -102,10 +102,7 @@ class Engine:
         sweep = self.sweep
         kernels, xp = self.kernels, self.xp
         self.clock.start("shared_maps")
-        if sweep.selected is None:
-            weights = kernels.softmax(sweep.scores).astype(xp.float32)
-        else:
-            weights = softmax_over_selected(kernels.softmax, sweep.scores, sweep.selected).astype(xp.float32)
+        weights = kernels.softmax(sweep.scores).astype(xp.float32)
         low = kernels.weighted_channel_sum(self.acts, weights)
         result = kernels.normalize(xp.maximum(kernels.upsample(low, self.out_hw), 0))
         self.clock.stop("shared_maps")

@@ -28,6 +28,5 @@ def unioncam(engine: Engine) -> Generator[list[Probe], list, MethodOutput]:
                                    engine.on_device(np.where(keep_combined, 0.0, b_reg)))
     return MethodOutput(
         chosen,
-        maps={"denoised": denoised, "combined": combined},
         facts={"betas": {"b_den": b_den, "b_reg": b_reg, "b_dr": b_dr, "b0": b0}, "kept_combined": keep_combined},
     )
