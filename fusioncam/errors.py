@@ -31,3 +31,11 @@ class NonFiniteError(FusionCamError):
 
 class DeviceError(FusionCamError):
     """The requested device cannot be used (no GPU, no CUDA provider, no CuPy)."""
+
+
+class OutputError(FusionCamError):
+    """An output path would replace or delete something fusioncam did not write, or cannot be written."""
+
+
+class ClosedError(FusionCamError):
+    """An Explainer (or its scorer) was used after close() released its sessions and buffers."""

@@ -31,7 +31,6 @@ class CpuBackend:
     With `fp16` the bundle's float16 scorer runs: its input buffer is float16 (the mask kernels write it) and
     its logits come back as float32, before anything reduces them."""
 
-    name = "cpu"
     xp = np
     kernels = numpy_kernels
 
@@ -82,3 +81,8 @@ class CpuBackend:
 
     def clock(self) -> HostClock:
         return HostClock()
+
+    def close(self) -> None:
+        """Drop the two ONNX Runtime sessions and the scorer buffer (ONNX Runtime frees a session's memory when
+        its last reference goes); the backend is unusable afterwards."""
+        self._explain = self._scorer = self._buffer = None

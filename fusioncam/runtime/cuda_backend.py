@@ -37,10 +37,8 @@ class CudaBackend:
     With `fp16` the bundle's float16 scorer runs on float16 input and logit buffers; its logits are cast to
     float32 before anything reduces them."""
 
-    name = "cuda"
-
     def __init__(self, bundle: Bundle, batch_size: int, device_index: int = 0, tf32: bool = False,
-                 cudnn_search: str = "EXHAUSTIVE", fp16: bool = False, provider_options: dict | None = None) -> None:
+                 fp16: bool = False, provider_options: dict | None = None) -> None:
         import cupy
         import onnxruntime as ort
 
@@ -58,7 +56,7 @@ class CudaBackend:
                 "device_id": str(device_index),
                 "user_compute_stream": str(self.stream.ptr),
                 "has_user_compute_stream": "1",
-                "cudnn_conv_algo_search": cudnn_search,
+                "cudnn_conv_algo_search": "EXHAUSTIVE",
                 "use_tf32": "1" if tf32 else "0",
                 **(provider_options or {}),
             })
@@ -151,3 +149,12 @@ class CudaBackend:
 
     def clock(self) -> CudaEventClock:
         return CudaEventClock(self.stream)
+
+    def close(self) -> None:
+        """Wait for this stream's work, then drop the sessions, their IO bindings and the device buffers, and return
+        CuPy's now unused pool blocks to the driver; the backend is unusable afterwards."""
+        with self._device:
+            self.stream.synchronize()
+            self._scorer_bindings.clear()
+            self._explain = self._scorer = self._buffer = self._logits = None
+            self.xp.get_default_memory_pool().free_all_blocks()

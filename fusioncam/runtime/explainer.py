@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Mapping, Sequence
+import threading
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..bundle import Bundle, load_bundle
-from ..errors import InputError, NonFiniteError
+from ..errors import ClosedError, InputError, NonFiniteError
 from .betas import class_probabilities
 from .device_select import Device, select_device
 from .explanation import Explanation
@@ -23,7 +25,20 @@ PRECISIONS = ("fp32", "tf32", "fp16")
 
 
 class Explainer:
-    """Explains images with Fusion-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Score-CAM, Group-CAM and Union-CAM from a bundle."""
+    """Explains images with Fusion-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Score-CAM, Group-CAM and Union-CAM from a bundle.
+
+    Lifecycle: construction loads the bundle (verifying its files), creates the two ONNX Runtime sessions
+    (explain graph and scorer) and the scorer's input buffer on the chosen device, and scores the all-zeros
+    image z0 once (every method's baseline p(z0)); nothing else runs until a call. `close()`, or leaving a
+    `with Explainer(...) as explainer:` block, releases the sessions and device buffers; any later call raises
+    ClosedError. close() is idempotent.
+
+    Threads: one Explainer may be shared by several threads. Its calls (explain, explain_files, warm_up, and
+    the metrics' scorer runs) are serialised by an internal lock, because they share the scorer's input
+    buffer, the CUDA backend's bound buffers and its stream; each call's maps are the ones it would get alone,
+    bit for bit. Calls do not run in parallel on one Explainer (ONNX Runtime already uses every CPU core, or the
+    whole GPU, for one scorer run); for parallel work, give each worker its own Explainer.
+    """
 
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
@@ -58,9 +73,42 @@ class Explainer:
             raise InputError(f"max_channels must be a positive number of channels (or None for all); got {max_channels}")
         self.max_channels = None if max_channels is None else int(max_channels)
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
+        self._lock = threading.RLock()
+        self._closed = False
         self.backend = self._make_backend()
         with self.backend.context():
             self._z0_logits = self.backend.score(self._zero_image())[0]
+
+    @contextlib.contextmanager
+    def _in_use(self, action: str = "explain") -> Iterator[None]:
+        """Hold the call lock and make the device current; a ClosedError if close() already ran."""
+        with self._lock:
+            if self._closed:
+                raise ClosedError(f"cannot {action}: this Explainer for {self.bundle.path} was closed, which released "
+                                  f"its ONNX Runtime sessions and buffers; create a new Explainer")
+            with self.backend.context():
+                yield
+
+    @property
+    def closed(self) -> bool:
+        """True once close() has released the sessions and buffers."""
+        return self._closed
+
+    def close(self) -> None:
+        """Release the ONNX Runtime sessions and the device buffers (waits for a call in progress to finish).
+        Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._z0_logits = None
+            self.backend.close()
+
+    def __enter__(self) -> "Explainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _zero_image(self):
         """The all-zeros input z0 [1, 3, H, W] on the backend's device."""
@@ -80,7 +128,7 @@ class Explainer:
     def warm_up(self) -> "Explainer":
         """Run the explain graph once and the scorer at every run size it can use, so the first explanations
         are as fast as the later ones (on the GPU each new shape pays cuDNN's algorithm search). Returns self."""
-        with self.backend.context():
+        with self._in_use("warm up"):
             self.backend.explain(self._zero_image(), self.backend.asarray(np.full(1, -1, dtype=np.int64)))
             self.backend.warm_up()
         return self
@@ -103,8 +151,8 @@ class Explainer:
         n = int(images.shape[0])
         names = list(names) if names is not None else [f"image {i}" for i in range(n)]
         target_array = resolve_targets(targets, n, manifest.num_classes, self.class_names)
-        backend = self.backend
-        with backend.context():
+        with self._in_use():
+            backend = self.backend
             return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods,
                                            on_batch)
 
