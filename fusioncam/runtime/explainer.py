@@ -203,6 +203,7 @@ class Explainer:
             maps={name: host(out.map) for name, out in outputs.items()},
             classes=host(engine.classes, np.int64),
             probabilities=host(class_probabilities(engine.xp, engine.logits, engine.classes), np.float64),
+            logits=host(engine.logits),
             timings=timings,
             fusion=host(fusion.map), gradcam=host(engine.computed("gradcam")),
             denoised=host(fusion.maps.get("denoised")), scorecam=host(engine.computed("scorecam")),

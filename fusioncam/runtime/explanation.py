@@ -23,6 +23,7 @@ class Explanation:
     maps: dict[str, np.ndarray]  # method name -> [N,H,W], in the canonical order of fusioncam METHODS
     classes: np.ndarray  # int64 [N]
     probabilities: np.ndarray  # float64 [N]: softmax probability of the explained class on the image
+    logits: np.ndarray | None = None  # float32 [N, classes]: the explain pass's logits (predictions, top-k)
     timings: dict[str, float]  # seconds per stage for the whole batch, plus counters
     fusion: np.ndarray | None = None
     gradcam: np.ndarray | None = None
