@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from . import arguments
 from .bundle import Bundle, load_bundle
 from .errors import InputError, LayerError, ModelLoadError
 from .runtime import Explainer, Explanation
@@ -20,6 +21,9 @@ class FusionCAM:
 
     def __init__(self, model, target_layer=None, device: str = "auto", batch_size: int | None = None,
                  class_names: list[str] | None = None) -> None:
+        arguments.text("device", device)
+        arguments.integer("batch_size", batch_size, minimum=1, allow_none=True)
+        arguments.string_list("class_names", class_names)
         self.model = model
         self.device = device
         self.batch_size = batch_size
@@ -112,9 +116,10 @@ def _module_path(model, target_layer) -> str:
 
 def _as_numpy(input_tensor) -> np.ndarray:
     """A torch tensor (any device, with or without grad) or array-like as float32 NumPy."""
-    if hasattr(input_tensor, "detach"):
-        input_tensor = input_tensor.detach().cpu().numpy()
-    array = np.asarray(input_tensor)
+    array = arguments.image_array("input_tensor", input_tensor)
+    if hasattr(array, "get") and not isinstance(array, np.ndarray):  # a CuPy array: the wrapper works on the host
+        array = array.get()
+    array = np.asarray(array)
     if array.dtype.kind != "f":
         raise InputError(f"input_tensor has dtype {array.dtype}; give preprocessed float images [N, 3, H, W]")
     return np.ascontiguousarray(array, dtype=np.float32)

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from fusioncam import arguments
 from fusioncam.errors import InputError
+from fusioncam.image_header import ImageHeader, read_header
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -19,15 +21,47 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
-def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+# Decoded images may hold at most this many pixels unless the caller (max_pixels=) or the environment
+# (FUSIONCAM_MAX_IMAGE_PIXELS) allows more: 150 megapixels is a 15000x10000 photo, about 450 MB as RGB and
+# about 1.5 GB at the peak of decoding a 16-bit file. The size is read from the file's header before decoding.
+DEFAULT_MAX_IMAGE_PIXELS = 150_000_000
+MAX_PIXELS_ENV = "FUSIONCAM_MAX_IMAGE_PIXELS"
+# JPEGs decode at 1/2, 1/4 or 1/8 scale through libjpeg's DCT scaling: no full-size buffer at any point.
+_REDUCED_JPEG_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# The longest side fusioncam's own readers (the CLI, explain_files, load_batch) need: overlays are written at most
+# this large (visualize.OVERLAY_MAX_SIDE), so JPEGs of twice this or more are decoded reduced.
+MAX_WORKING_SIDE = 4096
+_BAND_SAMPLES = 1 << 22  # 16-bit and float images are converted to 8 bits in row bands of about this many samples
+
+
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: `max_pixels` when given, else $FUSIONCAM_MAX_IMAGE_PIXELS, else the default."""
+    if max_pixels is not None:
+        return arguments.integer("max_pixels", max_pixels, minimum=1)
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"environment variable {MAX_PIXELS_ENV} must be a positive whole number of pixels "
+                         f"(e.g. 400000000); got {os.environ[MAX_PIXELS_ENV]!r}")
+    return int(text)
+
+
+def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None, max_side: int | None = None) -> np.ndarray:
     """Read an image file as uint8 RGB [H, W, 3], upright per its EXIF orientation.
 
     Grayscale becomes 3 equal channels, alpha is dropped (as PIL's convert('RGB')), 16-bit
     samples become round(v / 257), float samples (HDR, float TIFF) round(clip(v, 0, 1) * 255);
     other depths use OpenCV's own 8-bit conversion. OpenCV premultiplies alpha in TIFF files,
     so semi-transparent RGBA TIFFs come back darkened.
+
+    Memory is bounded: an image of more than `max_pixels` pixels (see max_image_pixels) is refused from its
+    header, before decoding. `max_side` says the caller needs at most that many pixels on the longest side: a
+    JPEG at least twice as large is then decoded at the smallest 1/2, 1/4 or 1/8 scale whose longest side is
+    still >= max_side (libjpeg's DCT scaling, a little different from a resize of the full image), and the pixel
+    limit applies to the reduced size. None (the default) decodes at full resolution.
     """
-    name = os.fspath(path)
+    name = os.fspath(arguments.path("path", path))
     try:
         data = np.fromfile(name, dtype=np.uint8)  # bytes, not cv2.imread: unicode paths work everywhere
     except FileNotFoundError:
@@ -36,15 +70,29 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputError(f"image path {name!r} is a directory, not an image file") from None
     except OSError as exc:
         raise InputError(f"image file {name!r} cannot be read: {exc.strerror or exc}") from None
+    return decode_rgb(data, name, max_pixels=max_pixels, max_side=max_side)
+
+
+def decode_rgb(data: bytes | np.ndarray, name: str, max_pixels: int | None = None,
+               max_side: int | None = None) -> np.ndarray:
+    """Decode an image file's bytes exactly as read_rgb does (`name` only labels errors): uint8 RGB [H, W, 3]."""
+    data = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    limit = max_image_pixels(max_pixels)
+    arguments.integer("max_side", max_side, minimum=1, allow_none=True)
     if data.size == 0:
         raise InputError(f"image file {name!r} is empty")
-    image = _decode(data, _DECODE_FLAGS, name)
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)  # == round(v / 257): no ties, 257 is odd
-    elif image.dtype in (np.float32, np.float64):
-        if not np.isfinite(image).all():
-            raise InputError(f"image file {name!r} holds NaN or infinite samples")
-        image = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    header = read_header(data[:65536].tobytes())
+    scale = _jpeg_scale(header, max_side)
+    if header is not None:
+        _check_pixels(name, -(-header.width // scale), -(-header.height // scale), limit, header, scale)
+    if scale > 1:
+        image = _decode(data, _REDUCED_JPEG_FLAGS[scale], name)
+    else:
+        image = _decode(data, _DECODE_FLAGS, name)
+    if header is None:  # a format whose header is not parsed: checked now (OpenCV itself stops at 2^30 pixels)
+        _check_pixels(name, image.shape[1], image.shape[0], limit, None, 1)
+    if image.dtype in (np.uint16, np.float32, np.float64):
+        image = _to_uint8(image, name)
     elif image.dtype != np.uint8:
         image = _decode(data, cv2.IMREAD_COLOR, name)
     if image.ndim == 2:
@@ -52,6 +100,47 @@ def read_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     if image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"image file {name!r} decoded to an unsupported shape {image.shape}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _jpeg_scale(header: ImageHeader | None, max_side: int | None) -> int:
+    """1, 2, 4 or 8: the largest JPEG reduction whose longest side stays >= max_side (1 when not a JPEG)."""
+    if header is None or header.format != "jpeg" or max_side is None:
+        return 1
+    longest = max(header.width, header.height)
+    for scale in (8, 4, 2):
+        if -(-longest // scale) >= max_side:
+            return scale
+    return 1
+
+
+def _check_pixels(name: str, width: int, height: int, limit: int, header: ImageHeader | None, scale: int) -> None:
+    """Refuse an image larger than the pixel limit, saying how large it is and how to allow it."""
+    if width * height <= limit:
+        return
+    stored = f"{header.width}x{header.height}" if header is not None else f"{width}x{height}"
+    reduced = f" (decoded at 1/{scale}: {width}x{height})" if scale > 1 else ""
+    raise InputError(
+        f"image file {name!r} is {stored} pixels{reduced}, {width * height / 1e6:.1f} megapixels, over the limit of "
+        f"{limit / 1e6:.1f} megapixels that bounds the memory of decoding (about 10 bytes per pixel); to read it, "
+        f"raise the limit with max_pixels= or the environment variable {MAX_PIXELS_ENV} (e.g. "
+        f"{MAX_PIXELS_ENV}={width * height}), or shrink the image first"
+    )
+
+
+def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
+    """16-bit samples as round(v / 257), float ones as round(clip(v, 0, 1) * 255), converted in row bands so the
+    temporaries stay small; NaN or infinite samples are an InputError naming the file."""
+    out = np.empty(image.shape, dtype=np.uint8)
+    rows = max(1, _BAND_SAMPLES // max(1, image[0].size))
+    for first in range(0, image.shape[0], rows):
+        band = image[first:first + rows]
+        if image.dtype == np.uint16:
+            out[first:first + rows] = (band.astype(np.uint32) + 128) // 257  # == round(v / 257): no ties, 257 is odd
+            continue
+        if not np.isfinite(band).all():
+            raise InputError(f"image file {name!r} holds NaN or infinite samples")
+        out[first:first + rows] = np.rint(np.clip(band, 0.0, 1.0) * 255.0)
+    return out
 
 
 def _decode(data: np.ndarray, flags: int, name: str) -> np.ndarray:
@@ -101,17 +190,19 @@ def load_batch(
     size: tuple[int, int],
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    max_pixels: int | None = None,
+    max_side: int | None = MAX_WORKING_SIDE,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Read and preprocess files into float32 [N, 3, H, W], plus each resized uint8 RGB image for overlays."""
-    if isinstance(paths, (str, os.PathLike)):
-        raise InputError("load_batch expects a list of paths, got a single path")
-    if len(paths) == 0:
-        raise InputError("load_batch got an empty list of paths")
+    """Read and preprocess files into float32 [N, 3, H, W], plus each resized uint8 RGB image for overlays.
+
+    `paths` is a list of paths (one path alone is a list of one); max_pixels and max_side as in read_rgb: by default
+    JPEGs of 8192 pixels or more on their longest side are decoded reduced, as the CLI reads them."""
+    paths = arguments.path_list("paths", paths)
     height, width = _checked_size(size)
     batch = np.empty((len(paths), 3, height, width), dtype=np.float32)
     shown: list[np.ndarray] = []
     for i, path in enumerate(paths):
-        resized = resized_rgb(read_rgb(path), (height, width))
+        resized = resized_rgb(read_rgb(path, max_pixels, max_side), (height, width))
         batch[i] = preprocess(resized, (height, width), mean, std)
         shown.append(resized)
     return batch, shown

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import arguments
 from .errors import InputError
+from .images import MAX_WORKING_SIDE
 
 COLORMAPS: dict[str, int] = {
     name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
@@ -22,29 +24,53 @@ LABEL_SCALE = 0.45
 MARGIN = 8
 TITLE_HEIGHT = 30
 LABEL_HEIGHT = 20
+OVERLAY_MAX_SIDE = MAX_WORKING_SIDE  # overlays' longest side, in pixels (see overlay)
+BLEND_BAND_PIXELS = 1 << 20  # overlays are colour-mapped and blended this many pixels at a time
 
 
 def colormap_code(name: str) -> int:
     """OpenCV's colormap constant for a name such as 'jet', 'turbo' or 'viridis' (case-insensitive)."""
-    code = COLORMAPS.get(str(name).lower())
+    code = COLORMAPS.get(arguments.text("colormap", name).lower())
     if code is None:
         raise InputError(f"unknown colormap {name!r}; choose one of: {', '.join(sorted(COLORMAPS))}")
     return code
 
 
-def overlay(image_rgb: np.ndarray, cam: np.ndarray, colormap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+def overlay(image_rgb: np.ndarray, cam: np.ndarray, colormap: str = "jet", alpha: float = 0.5,
+            max_side: int | None = OVERLAY_MAX_SIDE) -> np.ndarray:
     """Blend a colour-mapped CAM over a uint8 RGB image: round(alpha * heat + (1 - alpha) * image) as uint8.
 
     heat is cv2.applyColorMap(round(255 * clip(cam, 0, 1))) in RGB; a cam of another size is first resized
     to the image with cv2.INTER_LINEAR (whole-image resize, the inverse of how inputs are preprocessed).
+
+    The result's longest side is at most `max_side` (OVERLAY_MAX_SIDE, 4096, by default; None for the image's own
+    size): a larger image is first shrunk with cv2.INTER_AREA, keeping its aspect ratio, so an overlay costs at
+    most about 11 bytes per output pixel (the image, the resized cam, its levels and the result, blended in row
+    bands) whatever the input's size.
     """
-    image = _checked_rgb(image_rgb)
+    alpha = arguments.number("alpha", alpha, 0.0, 1.0)
+    max_side = arguments.integer("max_side", max_side, minimum=1, allow_none=True)
+    code = colormap_code(colormap)
+    image = _bounded(_checked_rgb(image_rgb), max_side)
     levels = _cam_levels(cam, image.shape[:2])
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha is the heatmap's weight and must be in [0, 1]; got {alpha}")
-    heat = cv2.cvtColor(cv2.applyColorMap(levels, colormap_code(colormap)), cv2.COLOR_BGR2RGB)
-    blended = float(alpha) * heat.astype(np.float64) + (1.0 - float(alpha)) * image.astype(np.float64)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    out = np.empty_like(image)
+    rows = max(1, BLEND_BAND_PIXELS // image.shape[1])
+    for first in range(0, image.shape[0], rows):
+        band = slice(first, first + rows)
+        heat = cv2.cvtColor(cv2.applyColorMap(levels[band], code), cv2.COLOR_BGR2RGB)
+        blended = alpha * heat.astype(np.float64) + (1.0 - alpha) * image[band].astype(np.float64)
+        out[band] = np.clip(np.rint(blended), 0, 255)
+    return out
+
+
+def _bounded(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The image shrunk (cv2.INTER_AREA, aspect kept) so that its longest side is at most max_side."""
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, min(max_side, round(width * scale))), max(1, min(max_side, round(height * scale))))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _checked_rgb(image_rgb: np.ndarray) -> np.ndarray:
@@ -59,8 +85,11 @@ def _checked_rgb(image_rgb: np.ndarray) -> np.ndarray:
 
 def _cam_levels(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A [h, w] CAM resized to size (H, W) and quantised to uint8 levels 0..255."""
-    if hasattr(cam, "detach"):  # a torch tensor
-        cam = cam.detach().cpu().numpy()
+    cam = arguments.host_array("cam", cam)
+    if hasattr(cam, "get") and not isinstance(cam, np.ndarray):  # a CuPy array
+        cam = cam.get()
+    if cam.dtype.kind not in "biuf":
+        raise arguments.rejected("cam", cam, "a real-valued map [H, W]")
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim == 3 and cam.shape[0] == 1:
         cam = cam[0]

@@ -1,5 +1,9 @@
 """export/: classifiers become bundles whose explain graph computes activations and gradients in-graph."""
 
+import sys
+
+from .. import arguments
+from ..memory_budget import check_input_size_fits
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult
 from .layers import Layer
 from .onnx_export import export_onnx, list_onnx_layers
@@ -14,11 +18,22 @@ def export_torch(*args, **kwargs) -> ExportResult:
 
 def list_layers(model, input_size: tuple[int, int] | None = None) -> list[Layer]:
     """Candidate target layers with shapes, in graph order: tensor names for ONNX, module paths for PyTorch."""
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        return list_onnx_layers(model, input_size)
+    size = arguments.size_pair("input_size", input_size, allow_none=True)
+    if size is not None:
+        check_input_size_fits(size)
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        return list_onnx_layers(arguments.path("model", model), size)
+    if not _is_torch_module(model):
+        raise arguments.rejected("model", model, "an .onnx file path (str or pathlib.Path) or a torch.nn.Module")
     from .torch_export import list_torch_layers
 
-    return list_torch_layers(model, input_size or (224, 224))
+    return list_torch_layers(model, size or (224, 224))
+
+
+def _is_torch_module(model) -> bool:
+    """True for a torch.nn.Module, without importing torch when nothing imported it (then it cannot be one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(model, torch.nn.Module)
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ExportResult", "Layer", "export_onnx", "export_torch", "list_layers"]

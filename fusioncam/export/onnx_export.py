@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .. import arguments
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import Classifier, prepare_classifier
 from .layers import Layer, auto_target, candidate_layers, resolve_target
@@ -30,6 +31,9 @@ def export_onnx(
     """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe()).
 
     `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`."""
+    arguments.path("model_path", model_path)
+    arguments.text("target_layer", target_layer, allow_none=True)
+    arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer, input_size_optional=True)
     classifier, digest = load_classifier(model_path, input_size)
     layer = resolve_target(classifier, target_layer) if target_layer is not None else auto_target(classifier)
     return write_classifier_bundle(

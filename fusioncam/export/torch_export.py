@@ -11,6 +11,7 @@ import warnings
 
 import onnx
 
+from .. import arguments
 from ..errors import LayerError, ModelLoadError
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import prepare_classifier
@@ -155,6 +156,8 @@ def export_torch(
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch needs a torch.nn.Module, got {type(model).__name__}")
+    arguments.text("target_layer", target_layer)
+    arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer)
     source = f"{type(model).__name__} (PyTorch)"
     exported = _torch_to_onnx(model, target_layer, tuple(input_size))
     classifier = prepare_classifier(exported, source, tuple(input_size))

@@ -10,8 +10,10 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .. import arguments
 from ..bundle import Bundle, load_bundle
 from ..errors import ClosedError, InputError, NonFiniteError
+from ..memory_budget import check_batch_fits
 from .betas import class_probabilities
 from .device_select import Device, select_device
 from .explanation import Explanation
@@ -52,6 +54,8 @@ class Explainer:
         cuda_options: extra ONNX Runtime CUDA provider options (e.g. {"prefer_nhwc": "1"}, {"gpu_mem_limit": ...}),
         over fusioncam's own; ignored on the CPU.
         """
+        arguments.explainer_arguments(bundle, device, batch_size, precision, theta, skip_constant_channels,
+                                      max_channels, cuda_options)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not available; choose one of {', '.join(PRECISIONS)}")
@@ -66,6 +70,7 @@ class Explainer:
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be a positive number of masked images per scorer run; got {batch_size}")
         self.batch_size = int(batch_size)
+        check_batch_fits(self.batch_size, self.bundle.manifest.input_size, self.device.kind, self.device.index)
         self.theta = float(theta)
         self.skip_constant_channels = skip_constant_channels
         if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, (int, np.integer))
@@ -145,7 +150,9 @@ class Explainer:
         one explain pass, one Score-CAM sweep and their scorer batches. `on_batch(done, total)` is called after
         each scorer batch of the Score-CAM sweep (for progress bars).
         """
-        methods = check_methods(methods)
+        images = arguments.image_array("images", images)
+        methods = check_methods(arguments.method_names("methods", methods))
+        arguments.callable_or_none("on_batch", on_batch)
         manifest = self.bundle.manifest
         images = check_images(images, manifest.input_size)
         n = int(images.shape[0])
@@ -232,5 +239,6 @@ class Explainer:
         from ..images import load_batch
 
         manifest = self.bundle.manifest
+        paths = arguments.path_list("paths", paths)
         images, _ = load_batch(list(paths), manifest.input_size, manifest.mean, manifest.std)
         return self.explain(images, targets, methods=methods, names=[str(p) for p in paths])
