@@ -11,6 +11,7 @@ import onnx
 
 from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, WEIGHTS_FILE, Bundle, Manifest, staged_bundle
 from ..errors import ModelLoadError
+from ..graph_names import INPUT, TARGET
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .classifier_graph import Classifier
 from .explain_graph import build_explain, build_scorer
@@ -53,8 +54,8 @@ def _check_scorer(scorer: Path, size: tuple[int, int], origin: str):
     session = _cpu_session(scorer, origin, "scorer")
     batch = np.random.default_rng(0).standard_normal((2, 3, *size)).astype(np.float32)
     try:
-        together = session.run(None, {"input": batch})[0]
-        alone = np.concatenate([session.run(None, {"input": batch[i : i + 1]})[0] for i in range(2)])
+        together = session.run(None, {INPUT: batch})[0]
+        alone = np.concatenate([session.run(None, {INPUT: batch[i : i + 1]})[0] for i in range(2)])
     except Exception as exc:
         raise ModelLoadError(
             f"{origin}: the model does not run with a batch of 2 images ({str(exc).splitlines()[0]}); it probably "
@@ -72,10 +73,10 @@ def _check_scorer(scorer: Path, size: tuple[int, int], origin: str):
 def _check_fp16_scorer(scorer_session, scorer_fp16: Path, size: tuple[int, int], origin: str) -> None:
     """The float16 scorer must load, run and give finite logits close to the float32 ones (overflow is refused)."""
     batch = np.random.default_rng(2).standard_normal((2, 3, *size)).astype(np.float32)
-    expected = scorer_session.run(None, {"input": batch})[0]
+    expected = scorer_session.run(None, {INPUT: batch})[0]
     session = _cpu_session(scorer_fp16, origin, "float16 scorer")
     try:
-        got = session.run(None, {"input": batch.astype(np.float16)})[0].astype(np.float32)
+        got = session.run(None, {INPUT: batch.astype(np.float16)})[0].astype(np.float32)
     except Exception as exc:
         raise ModelLoadError(f"{origin}: the float16 scorer fails in ONNX Runtime: {str(exc).splitlines()[0]}") from None
     scale = max(float(np.abs(expected).max()), 1e-6)
@@ -92,7 +93,7 @@ def _check_explain(explain: Path, size: tuple[int, int], origin: str) -> None:
     session = _cpu_session(explain, origin, "explain")
     batch = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
     try:
-        session.run(None, {"input": batch, "target": np.array([-1, 0], dtype=np.int64)})
+        session.run(None, {INPUT: batch, TARGET: np.array([-1, 0], dtype=np.int64)})
     except Exception as exc:
         raise ModelLoadError(f"{origin}: the explain graph built from it fails in ONNX Runtime: "
                              f"{str(exc).splitlines()[0]}") from None

@@ -7,13 +7,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import LayerError
+from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
 
 from .classifier_graph import BATCH_DIM, Classifier
 from .graph_surgery import free_names, prune_to_outputs, rename_tensor
 from .layers import Layer
 
-INPUT, TARGET = "input", "target"
-LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED = "logits", "activations", "gradients", "target_used"
 RESERVED = [INPUT, TARGET, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, "explain/seed"]
 
 

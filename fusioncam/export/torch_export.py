@@ -13,6 +13,7 @@ import onnx
 
 from .. import arguments
 from ..errors import LayerError, ModelLoadError
+from ..graph_names import INPUT, LOGITS
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import prepare_classifier
 from .layers import Layer, resolve_target
@@ -93,8 +94,8 @@ def _export_torchscript(wrapper, example) -> onnx.ModelProto:
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), buffer, dynamo=False, opset_version=EXPORT_OPSET,
-            input_names=["input"], output_names=["logits", FEATURES_OUTPUT],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}, FEATURES_OUTPUT: {0: "N"}},
+            input_names=[INPUT], output_names=[LOGITS, FEATURES_OUTPUT],
+            dynamic_axes={INPUT: {0: "N"}, LOGITS: {0: "N"}, FEATURES_OUTPUT: {0: "N"}},
             do_constant_folding=True,
         )
     return onnx.load_model_from_string(buffer.getvalue())
@@ -109,7 +110,7 @@ def _export_dynamo(wrapper, example) -> onnx.ModelProto:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, input_names=["input"], output_names=["logits", FEATURES_OUTPUT],
+            wrapper, (example,), dynamo=True, input_names=[INPUT], output_names=[LOGITS, FEATURES_OUTPUT],
             dynamic_shapes=({0: torch.export.Dim("N", min=1, max=65536)},), verbose=False,
         )
     return program.model_proto

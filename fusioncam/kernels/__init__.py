@@ -1,62 +1,118 @@
 """Image-space kernels, twice with one interface: `numpy_kernels` (CPU) and `cuda_kernels()` (CuPy, GPU).
 
-Both sets hold the functions named in `KernelSet`, with the same arguments, docstrings and results;
-the CUDA set takes and returns CuPy arrays and is imported only when asked for. A kernel whose array code
-is the same on both is written once, in `array_math`, and exported by the numpy and the cuda module alike.
+Both sets implement the `KernelSet` protocol: the same functions, arguments, docstrings and results; the CUDA
+set takes and returns CuPy arrays and is imported only when asked for. A kernel whose array code is the same
+on both is written once, in `array_math`, and exported by the numpy and the cuda module alike. Each kernel
+module lists its kernels in `__all__`; helpers the runtime does not call (bilinear_weights, channel_percentiles)
+stay public in their modules but are not members of the set.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, fields
-from types import ModuleType
-from typing import Callable
+from types import ModuleType, SimpleNamespace
+from typing import Any, Protocol, runtime_checkable
 
 from fusioncam.errors import DeviceError
 from fusioncam.kernels import maps_numpy, masks_numpy, upsample_numpy
 from fusioncam.kernels import blend_numpy
 from fusioncam.kernels import gaussian_blur_numpy, methods_numpy
 
-__all__ = ["KernelSet", "numpy_kernels", "cuda_kernels"]
+__all__ = ["Array", "KERNEL_NAMES", "KernelSet", "numpy_kernels", "cuda_kernels"]
+
+Array = Any  # numpy.ndarray in the NumPy set, cupy.ndarray in the CUDA set
 
 
-@dataclass(frozen=True)
-class KernelSet:
-    """One backend's kernels; see the numpy or cuda module of each name for its contract."""
+@runtime_checkable
+class KernelSet(Protocol):
+    """One backend's kernels: exactly the functions the runtime and the metrics call. Shapes: N images, K channels,
+    [h, w] the feature map, [H, W] the image; see the numpy or cuda module of each name for its full contract."""
 
-    bilinear_weights: Callable
-    upsample: Callable
-    upsampled_min_max: Callable
-    write_channel_masked_inputs: Callable
-    write_map_masked_inputs: Callable
-    weighted_channel_sum: Callable
-    normalize: Callable
-    relu_upsample_normalize: Callable
-    percentile_denoise: Callable
-    softmax: Callable
-    weighted_pair: Callable
-    similarity_fusion: Callable
-    nonfinite_rows: Callable
-    write_blended_inputs: Callable
-    gradcam_weights: Callable
-    gradcam_plus_plus_weights: Callable
-    xgradcam_weights: Callable
-    channel_percentiles: Callable
-    union_gradient_map: Callable
-    group_activation_maps: Callable
-    write_group_blended_inputs: Callable
-    weighted_group_masks: Callable
-    gaussian_blurred_images: Callable
+    def upsample(self, maps: Array, out_hw: tuple[int, int]) -> Array:
+        """Bilinear resize of maps [..., h, w] to [..., H, W] float32 (PyTorch's align_corners=False)."""
 
-    @classmethod
-    def from_modules(cls, *modules: ModuleType) -> KernelSet:
-        """Collect each kernel by name from the module that lists it in `__all__`."""
-        found = {name: getattr(module, name) for module in modules for name in module.__all__}
-        return cls(**{field.name: found[field.name] for field in fields(cls)})
+    def upsampled_min_max(self, acts: Array, out_hw: tuple[int, int]) -> tuple[Array, Array]:
+        """Min and max [N, K] float32 of every channel's upsampled map."""
+
+    def write_channel_masked_inputs(self, images: Array, acts: Array, mins: Array, maxs: Array, image_index: Array,
+                                    channel_index: Array, out: Array, start: int = 0) -> None:
+        """out[start + j] = images[n] * norm(up(acts[n, k])) for (n, k) = (image_index[j], channel_index[j])."""
+
+    def write_map_masked_inputs(self, images: Array, maps: Array, image_index: Array, out: Array,
+                                start: int = 0) -> None:
+        """out[start + j] = images[image_index[j]] * maps[j] for full-resolution maps [M, H, W]."""
+
+    def weighted_channel_sum(self, acts: Array, weights: Array) -> Array:
+        """sum_k weights[n, k] * acts[n, k] -> [N, h, w] float32."""
+
+    def normalize(self, maps: Array) -> Array:
+        """Per map [N, H, W]: M - min(M), divided by its max if that max is > 0."""
+
+    def relu_upsample_normalize(self, low: Array, out_hw: tuple[int, int]) -> Array:
+        """norm(up(relu(low))) for low-resolution maps [N, h, w] -> [N, H, W]."""
+
+    def percentile_denoise(self, maps: Array, theta: float) -> Array:
+        """Per map: values below its theta-th percentile set to 0, then norm."""
+
+    def softmax(self, scores: Array) -> Array:
+        """Max-subtracted softmax over the last axis of scores [N, K], float64."""
+
+    def weighted_pair(self, a: Array, b: Array, wa: Array, wb: Array) -> Array:
+        """norm(wa * a + wb * b) per image, weights [N]."""
+
+    def similarity_fusion(self, l_dr: Array, l_reg: Array, b_dr: Array, b_reg: Array) -> Array:
+        """Fusion-CAM step 3: the similarity-weighted pixel-wise fusion of b_dr * l_dr and b_reg * l_reg."""
+
+    def nonfinite_rows(self, *arrays: Array) -> Array:
+        """[N] bool: True for image n where any of the arrays [N, ...] holds NaN or infinity in row n."""
+
+    def write_blended_inputs(self, images: Array, baselines: Array, masks: Array, image_index: Array, out: Array,
+                             start: int = 0) -> None:
+        """out[start + j] = masks[j] * images[n] + (1 - masks[j]) * baselines[n] for n = image_index[j]."""
+
+    def gradcam_weights(self, grads: Array) -> Array:
+        """Grad-CAM's w_k = mean over (i, j) of G_k: [N, K] float64."""
+
+    def gradcam_plus_plus_weights(self, acts: Array, grads: Array) -> Array:
+        """Grad-CAM++'s w_k: [N, K] float64."""
+
+    def xgradcam_weights(self, acts: Array, grads: Array) -> Array:
+        """XGrad-CAM's w_k: [N, K] float64."""
+
+    def union_gradient_map(self, acts: Array, grads: Array, theta: float) -> Array:
+        """Union-CAM's per-channel denoised gradient map at low resolution, [N, h, w] float32."""
+
+    def group_activation_maps(self, acts: Array, weights: Array, groups: int) -> Array:
+        """Group-CAM's S_g = relu(sum_{k in g} w_k A_k) per group of consecutive channels, [N, G, h, w]."""
+
+    def write_group_blended_inputs(self, images: Array, blurred: Array, group_maps: Array, mins: Array, maxs: Array,
+                                   image_index: Array, group_index: Array, out: Array, start: int = 0) -> None:
+        """out[start + j] = M * images[n] + (1 - M) * blurred[n] with M = norm(up(group_maps[n, g]))."""
+
+    def weighted_group_masks(self, group_maps: Array, mins: Array, maxs: Array, scores: Array,
+                             out_hw: tuple[int, int]) -> Array:
+        """sum_g scores[n, g] * norm(up(group_maps[n, g])) per image, [N, H, W] float32."""
+
+    def gaussian_blurred_images(self, images: Array, ksize: int = 51, sigma: float = 50.0) -> Array:
+        """Every channel of images [N, C, H, W] blurred by a ksize x ksize Gaussian of std sigma, float32."""
 
 
-numpy_kernels = KernelSet.from_modules(upsample_numpy, masks_numpy, maps_numpy, blend_numpy,
-                                       methods_numpy, gaussian_blur_numpy)
+KERNEL_NAMES: tuple[str, ...] = tuple(name for name, value in vars(KernelSet).items()
+                                      if callable(value) and not name.startswith("_"))
+
+
+def kernel_set(*modules: ModuleType) -> KernelSet:
+    """The KernelSet of these modules: each member is the function a module lists in `__all__`. A module may export
+    nothing else, and every member must be exported by one module (a mismatch is a programming error)."""
+    found = {name: getattr(module, name) for module in modules for name in module.__all__}
+    if set(found) != set(KERNEL_NAMES):
+        raise TypeError(f"kernel modules export {sorted(set(found) - set(KERNEL_NAMES))} beyond the KernelSet "
+                        f"protocol and miss {sorted(set(KERNEL_NAMES) - set(found))}")
+    return SimpleNamespace(**{name: found[name] for name in KERNEL_NAMES})
+
+
+numpy_kernels: KernelSet = kernel_set(upsample_numpy, masks_numpy, maps_numpy, blend_numpy, methods_numpy,
+                                      gaussian_blur_numpy)
 
 
 @functools.cache
@@ -79,5 +135,4 @@ def cuda_kernels() -> KernelSet:
     from fusioncam.kernels import blend_cuda
     from fusioncam.kernels import gaussian_blur_cuda, methods_cuda
 
-    return KernelSet.from_modules(upsample_cuda, masks_cuda, maps_cuda, blend_cuda,
-                                  methods_cuda, gaussian_blur_cuda)
+    return kernel_set(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, methods_cuda, gaussian_blur_cuda)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from fusioncam.kernels.array_math import (
-    channel_percentiles,
     gradcam_plus_plus_weights,
     gradcam_weights,
     group_activation_maps,
@@ -21,7 +20,6 @@ __all__ = [
     "gradcam_weights",
     "gradcam_plus_plus_weights",
     "xgradcam_weights",
-    "channel_percentiles",
     "union_gradient_map",
     "group_activation_maps",
     "write_group_blended_inputs",

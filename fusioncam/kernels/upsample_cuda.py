@@ -13,7 +13,7 @@ import numpy as np
 
 from fusioncam.kernels import upsample_numpy
 
-__all__ = ["bilinear_weights", "upsample", "upsampled_min_max"]
+__all__ = ["upsample", "upsampled_min_max"]  # bilinear_weights: public, not a KernelSet member
 
 # No fused multiply-add: keeps a + t * (b - a) rounded exactly as NumPy rounds it.
 EXACT_FLOAT_OPTIONS = ("--fmad=false",)

@@ -14,7 +14,7 @@ import numpy as np
 
 from fusioncam.kernels.scratch import scratch
 
-__all__ = ["bilinear_weights", "upsample", "upsampled_min_max"]
+__all__ = ["upsample", "upsampled_min_max"]  # bilinear_weights: public, not a KernelSet member
 
 # At most this many output pixels are materialised at once (64 maps of 224 x 224).
 CHUNK_PIXELS = 64 * 224 * 224

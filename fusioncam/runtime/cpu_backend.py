@@ -8,11 +8,11 @@ import os
 import numpy as np
 
 from ..bundle import Bundle
-from ..kernels import numpy_kernels
+from ..graph_names import EXPLAIN_OUTPUTS, INPUT, LOGITS, TARGET
+from ..kernels import KernelSet, numpy_kernels
 from .batch_plan import row_ranges
 from .stage_clock import HostClock
 
-GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
 
 
 def cpu_session(path, threads: int | None = None):
@@ -26,13 +26,13 @@ def cpu_session(path, threads: int | None = None):
 
 
 class CpuBackend:
-    """Runs the explain graph and the scorer on the CPU; the scorer input buffer is allocated once.
+    """The Backend protocol on the CPU: the explain graph and the scorer; the scorer input buffer is allocated once.
 
     With `fp16` the bundle's float16 scorer runs: its input buffer is float16 (the mask kernels write it) and
     its logits come back as float32, before anything reduces them."""
 
     xp = np
-    kernels = numpy_kernels
+    kernels: KernelSet = numpy_kernels
 
     def __init__(self, bundle: Bundle, batch_size: int, fp16: bool = False) -> None:
         size = bundle.manifest.input_size
@@ -48,8 +48,8 @@ class CpuBackend:
 
     def explain(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
         """One pass: logits, activations, gradients of each image's target logit, and the targets used."""
-        outputs = self._explain.run(list(GRAPH_OUTPUTS), {"input": images, "target": targets})
-        return dict(zip(GRAPH_OUTPUTS, outputs))
+        outputs = self._explain.run(list(EXPLAIN_OUTPUTS), {INPUT: images, TARGET: targets})
+        return dict(zip(EXPLAIN_OUTPUTS, outputs))
 
     def input_buffer(self) -> np.ndarray:
         """The scorer's [batch_size,3,H,W] input buffer that the mask kernels write into."""
@@ -61,7 +61,7 @@ class CpuBackend:
 
     def score_rows(self, count: int) -> np.ndarray:
         """Logits of the first `count` rows of the input buffer (the CPU runs no padding rows)."""
-        return self._scorer.run(["logits"], {"input": self._buffer[:count]})[0].astype(np.float32, copy=False)
+        return self._scorer.run([LOGITS], {INPUT: self._buffer[:count]})[0].astype(np.float32, copy=False)
 
     def warm_up(self) -> None:
         """One full scorer batch (ONNX Runtime sizes its CPU buffers on the first run; no per-shape search here)."""
@@ -71,15 +71,18 @@ class CpuBackend:
     def score(self, images: np.ndarray) -> np.ndarray:
         """Logits of arbitrary inputs (used once per session for the all-zeros baseline)."""
         images = np.ascontiguousarray(images, dtype=self._input_dtype)
-        return self._scorer.run(["logits"], {"input": images})[0].astype(np.float32, copy=False)
+        return self._scorer.run([LOGITS], {INPUT: images})[0].astype(np.float32, copy=False)
 
     def asarray(self, array) -> np.ndarray:
+        """Already on the host: the array itself (no copy when it is one)."""
         return np.asarray(array)
 
     def to_host(self, array) -> np.ndarray:
+        """Already on the host: the array itself (no copy when it is one)."""
         return np.asarray(array)
 
     def clock(self) -> HostClock:
+        """perf_counter intervals per stage."""
         return HostClock()
 
     def close(self) -> None:

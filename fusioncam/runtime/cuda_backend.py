@@ -8,11 +8,11 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import DeviceError
-from ..kernels import cuda_kernels
+from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
+from ..kernels import KernelSet, cuda_kernels
 from .batch_plan import padded_rows, padded_run_sizes, row_ranges
 from .stage_clock import CudaEventClock
 
-GRAPH_OUTPUTS = ("logits", "activations", "gradients", "target_used")
 
 
 def cuda_session(ort, path, options, provider: tuple[str, dict]):
@@ -32,7 +32,7 @@ def cuda_session(ort, path, options, provider: tuple[str, dict]):
 
 
 class CudaBackend:
-    """Explain graph and scorer on one GPU; every array stays on the device until the final maps.
+    """The Backend protocol on one GPU: explain graph and scorer; every array stays on the device until the final maps.
 
     With `fp16` the bundle's float16 scorer runs on float16 input and logit buffers; its logits are cast to
     float32 before anything reduces them."""
@@ -43,7 +43,7 @@ class CudaBackend:
         import onnxruntime as ort
 
         self.xp = cupy
-        self.kernels = cuda_kernels()
+        self.kernels: KernelSet = cuda_kernels()
         self.device_index = device_index
         self.batch_size = batch_size
         manifest = bundle.manifest
@@ -95,12 +95,12 @@ class CudaBackend:
         images = cupy.ascontiguousarray(images, dtype=cupy.float32)
         targets = cupy.ascontiguousarray(targets, dtype=cupy.int64)
         outputs = {
-            "logits": cupy.empty((n, self._num_classes), dtype=cupy.float32),
-            "activations": cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
-            "gradients": cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
-            "target_used": cupy.empty((n,), dtype=cupy.int64),
+            LOGITS: cupy.empty((n, self._num_classes), dtype=cupy.float32),
+            ACTIVATIONS: cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
+            GRADIENTS: cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
+            TARGET_USED: cupy.empty((n,), dtype=cupy.int64),
         }
-        binding = self._bind(self._explain, {"input": images, "target": targets}, outputs)
+        binding = self._bind(self._explain, {INPUT: images, TARGET: targets}, outputs)
         self._explain.run_with_iobinding(binding, self._run_options)
         return outputs
 
@@ -118,7 +118,7 @@ class CudaBackend:
         rows = padded_rows(count, self.batch_size)
         binding = self._scorer_bindings.get(rows)
         if binding is None:
-            binding = self._bind(self._scorer, {"input": self._buffer[:rows]}, {"logits": self._logits[:rows]})
+            binding = self._bind(self._scorer, {INPUT: self._buffer[:rows]}, {LOGITS: self._logits[:rows]})
             self._scorer_bindings[rows] = binding
         self._scorer.run_with_iobinding(binding, self._run_options)
         return self._logits[:count].astype(self.xp.float32, copy=False)
@@ -135,7 +135,7 @@ class CudaBackend:
         cupy = self.xp
         images = cupy.ascontiguousarray(images, dtype=self._scorer_dtype)
         logits = cupy.empty((images.shape[0], self._num_classes), dtype=self._scorer_dtype)
-        binding = self._bind(self._scorer, {"input": images}, {"logits": logits})
+        binding = self._bind(self._scorer, {INPUT: images}, {LOGITS: logits})
         self._scorer.run_with_iobinding(binding, self._run_options)
         return logits.astype(cupy.float32, copy=False)
 

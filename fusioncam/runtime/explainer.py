@@ -13,6 +13,7 @@ import numpy as np
 from .. import arguments
 from ..bundle import Bundle, load_bundle
 from ..errors import ClosedError, InputError, NonFiniteError
+from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
 from .betas import class_probabilities
 from .device_select import Device, select_device
@@ -170,7 +171,7 @@ class Explainer:
         clock.start("explain_pass")
         bad = kernels.nonfinite_rows(images)
         graph = backend.explain(images, targets)
-        bad = bad | kernels.nonfinite_rows(graph["logits"], graph["activations"], graph["gradients"])
+        bad = bad | kernels.nonfinite_rows(graph[LOGITS], graph[ACTIVATIONS], graph[GRADIENTS])
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
         engine = Engine(backend, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,

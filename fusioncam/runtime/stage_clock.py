@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Protocol
+
+
+class StageClock(Protocol):
+    """Accumulates time per named stage of one explanation; `totals()` reads the seconds at the end."""
+
+    def start(self, stage: str) -> None: ...
+
+    def stop(self, stage: str) -> None: ...
+
+    def totals(self) -> dict[str, float]: ...
 
 
 class HostClock:

@@ -7,6 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
+from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
 from ..betas import class_probabilities
 from ..channel_selection import gradcam_contributions, top_channels
 from ..score_cam import ScoreSweep, score_cam_sweep
@@ -30,10 +31,10 @@ class Engine:
         self.xp = backend.xp
         self.kernels = backend.kernels
         self.images = images
-        self.acts = graph["activations"]
-        self.grads = graph["gradients"]
-        self.logits = graph["logits"]
-        self.classes = graph["target_used"]
+        self.acts = graph[ACTIVATIONS]
+        self.grads = graph[GRADIENTS]
+        self.logits = graph[LOGITS]
+        self.classes = graph[TARGET_USED]
         self.z0_logits = z0_logits
         self.theta = float(theta)
         self.skip_constant = skip_constant
