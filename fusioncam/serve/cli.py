@@ -1,0 +1,80 @@
+"""The `serve` subcommand: parses arguments and calls fusioncam.serve.serve (KServe is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds, got {text!r}") from None
+    if not 0.0 <= value <= 60_000.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 60000] milliseconds, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {text!r}")
+    return int(text)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """fusioncam serve MODEL...: serve bundles over KServe v1 and v2 (REST and gRPC) until stopped."""
+    from . import ServeOptions, serve
+
+    options = ServeOptions(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
+                           max_queue=args.max_queue, workers=args.workers, max_instances=args.max_instances,
+                           max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels)
+    serve(args.models, names=args.name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+          device=args.device, precision=args.precision, max_channels=args.fast, batch_size=args.batch,
+          options=options, stop_after=args.stop_after)
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Register `fusioncam serve` on the parser's subparsers."""
+    from ..runtime.channel_selection import DEFAULT_FAST_CHANNELS
+    from ..runtime.explainer import PRECISIONS
+    from .options import ServeOptions
+
+    defaults = ServeOptions()
+    serve = sub.add_parser("serve", help="serve bundles over KServe v1 and Open Inference Protocol v2 (REST and gRPC)")
+    serve.add_argument("models", nargs="+", metavar="BUNDLE_OR_MODEL",
+                       help="bundle directories, .onnx files, or efficientnet_lite0")
+    serve.add_argument("--name", action="append", help="the name to serve a model under, once per model in order "
+                                                       "(default: the bundle folder's or .onnx file's name)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--http-port", type=_port, default=8080, help="REST port, v1 and v2 (default: 8080)")
+    serve.add_argument("--grpc-port", type=_port, default=8081, help="gRPC port, v2 (default: 8081)")
+    serve.add_argument("--device", choices=DEVICES, default="auto")
+    serve.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    serve.add_argument("--fast", nargs="?", type=_positive, const=DEFAULT_FAST_CHANNELS, metavar="K",
+                       help=f"fast mode: score only the top-K channels (default K: {DEFAULT_FAST_CHANNELS})")
+    serve.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    serve.add_argument("--max-batch-size", type=_positive, default=defaults.max_batch_size,
+                       help=f"images explained together by one call (default: {defaults.max_batch_size})")
+    serve.add_argument("--max-latency-ms", type=_milliseconds, default=defaults.max_latency_ms,
+                       help=f"how long a request waits for others to batch with (default: {defaults.max_latency_ms:g})")
+    serve.add_argument("--max-queue", type=_positive, default=defaults.max_queue,
+                       help=f"images waiting per model before requests are refused with 429 (default: {defaults.max_queue})")
+    serve.add_argument("--workers", type=_positive, default=defaults.workers,
+                       help="inference threads per model, each with its own Explainer (default: 1)")
+    serve.add_argument("--max-instances", type=_positive, default=defaults.max_instances,
+                       help=f"images per request (default: {defaults.max_instances})")
+    serve.add_argument("--max-body-bytes", type=_positive, default=defaults.max_body_bytes,
+                       help=f"request body size limit (default: {defaults.max_body_bytes})")
+    serve.add_argument("--max-image-pixels", type=_positive, default=defaults.max_image_pixels,
+                       help=f"width x height limit of one image (default: {defaults.max_image_pixels})")
+    serve.add_argument("--stop-after", type=float, metavar="SECONDS", help="stop by itself after this many seconds")
+    serve.set_defaults(run=cmd_serve)

@@ -1,0 +1,135 @@
+"""`FusionCamModel`: a kserve.Model that predicts and explains with one fusioncam bundle, behind KServe's protocols.
+
+    import kserve
+    from fusioncam.serve import FusionCamModel
+
+    model = FusionCamModel("resnet50", "resnet50.bundle")   # a bundle directory, an .onnx file or efficientnet_lite0
+    model.load()                                            # starts the inference workers (one Explainer each)
+    kserve.ModelServer().start([model])                     # KServe binds every interface; fusioncam.serve binds 127.0.0.1
+
+KServe owns the routes (v1 `:predict`/`:explain`, v2 `/infer` over REST and gRPC, health, metadata, /metrics);
+this class turns their payloads into checked images (decoding.py), queues them for the dynamic batcher
+(batching.py) and builds the answers (v1.py, v2_tensors.py). Decoding runs in a thread of the event loop's
+executor and inference in the batcher's worker threads, so the event loop only routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import kserve
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from ..bundle import Bundle
+from ..default_model import bundle_for
+from ..errors import ModelLoadError
+from ..runtime import Explainer
+from . import metrics
+from .batching import DynamicBatcher, Job, JobResult
+from .decoding import ImageDecoder
+from .options import ServeOptions
+from .request_errors import BadRequest, ServerBusy
+from .v1 import ParsedRequest, parse_v1, v1_response
+from .v2_tensors import input_types, output_types, parse_v2, v2_response
+
+
+class FusionCamModel(kserve.Model):
+    """Predictions and CAM explanations of one bundle, dynamically batched over `options.workers` Explainers.
+
+    bundle: a Bundle, a bundle directory, an .onnx file (exported once into the cache) or 'efficientnet_lite0'.
+    device, precision, max_channels (fast mode), batch_size (masked images per scorer run): as for Explainer.
+    """
+
+    def __init__(self, name: str, bundle: str | os.PathLike | Bundle, device: str = "auto", precision: str = "fp32",
+                 max_channels: int | None = None, batch_size: int | None = None,
+                 options: ServeOptions | None = None) -> None:
+        super().__init__(name)
+        self.bundle = bundle if isinstance(bundle, Bundle) else bundle_for(bundle)
+        manifest = self.bundle.manifest
+        if manifest.task != "classification":
+            raise ModelLoadError(f"bundle {self.bundle.path} explains a {manifest.task} model; fusioncam serve explains "
+                                 f"image classifiers")
+        self.options = options or ServeOptions()
+        self.decoder = ImageDecoder(manifest, self.options.max_image_pixels)
+        self._explainer_options = {"device": device, "precision": precision, "max_channels": max_channels,
+                                   "batch_size": batch_size}
+        self.batcher: DynamicBatcher | None = None
+
+    def load(self) -> bool:
+        """Create the Explainers (one per worker) and start their threads; ready afterwards."""
+        if self.batcher is None:
+            options = self.options
+            self.batcher = DynamicBatcher(self.name, lambda: Explainer(self.bundle, **self._explainer_options),
+                                          options.max_batch_size, options.max_latency_ms, options.max_queue,
+                                          options.workers)
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        """Finish the queued requests, then release the Explainers."""
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+
+    def get_input_types(self) -> list[dict]:
+        return input_types(self.bundle.manifest)
+
+    def get_output_types(self) -> list[dict]:
+        return output_types(self.bundle.manifest)
+
+    async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        """v1 `:predict` (a dict) or v2 `/infer` (an InferRequest, REST or gRPC)."""
+        if isinstance(payload, InferRequest):
+            return await self._answer_v2(payload)
+        return await self._answer_v1(payload, "predict")
+
+    async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
+        """v1 `:explain`: the predictions and the requested methods' maps and/or overlays."""
+        if isinstance(payload, InferRequest):
+            raise BadRequest("explanations over v2 come from /v2/models/{name}/infer: name the methods in outputs")
+        return await self._answer_v1(payload, "explain")
+
+    async def _answer_v1(self, payload: Any, verb: str) -> dict:
+        manifest = self.bundle.manifest
+        parsed, result = await self._run(lambda: parse_v1(payload, verb, self.decoder, manifest, self.options))
+        return await asyncio.to_thread(v1_response, parsed, result, manifest, verb)
+
+    async def _answer_v2(self, request: InferRequest) -> InferResponse:
+        manifest = self.bundle.manifest
+        outputs: list = []
+
+        def parse() -> ParsedRequest:
+            parsed, names = parse_v2(request, self.decoder, manifest, self.options)
+            outputs.extend(names)
+            return parsed
+
+        parsed, result = await self._run(parse)
+        return v2_response(request, parsed, result, tuple(outputs), manifest, self.name)
+
+    async def _run(self, parse) -> tuple[ParsedRequest, JobResult]:
+        """Decode and check off the event loop, queue, wait for the batch; count the outcome and latency."""
+        started = time.monotonic()
+        methods: tuple[str, ...] = ()
+        try:
+            parsed = await asyncio.to_thread(parse)
+            methods = parsed.settings.methods
+            if self.batcher is None:
+                raise ServerBusy(f"model {self.name} is not loaded (call load(), or it is stopping)")
+            job = Job(images=parsed.stacked(), targets=parsed.targets, methods=methods)
+            result = await asyncio.wrap_future(self.batcher.submit(job))
+        except BadRequest:
+            metrics.count_request(self.name, methods, "bad_request")
+            raise
+        except ServerBusy:
+            metrics.count_request(self.name, methods, "busy")
+            raise
+        except Exception:
+            metrics.count_request(self.name, methods, "error")
+            raise
+        metrics.count_request(self.name, methods, "ok", time.monotonic() - started)
+        return parsed, result

@@ -1,0 +1,176 @@
+"""Starting KServe's ModelServer with fusioncam models, bound to one host (127.0.0.1 unless told otherwise).
+
+KServe's RESTServer and GRPCServer always listen on every interface; LoopbackModelServer starts the same two
+servers on the given host. It also adds what KServe lacks: a body size limit (413), answers for a full queue
+(429) and an oversized body (413), and gRPC messages capped at the same size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import kserve
+from fastapi.responses import JSONResponse
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.rest.server import RESTServer
+
+from ..bundle import Bundle
+from ..errors import InputError
+from .body_limit import BodySizeLimit
+from .model import FusionCamModel
+from .options import ServeOptions
+from .request_errors import BadRequest, PayloadTooLarge, ServerBusy
+
+STOP_GRACE_SECONDS = 10.0
+
+log = logging.getLogger("fusioncam.serve")
+
+
+class HostGRPCServer(GRPCServer):
+    """KServe's gRPC server, listening on one host instead of every interface."""
+
+    def __init__(self, host: str, port: int, *args, **kwargs) -> None:
+        super().__init__(port, *args, **kwargs)
+        self._host = host
+
+    async def start(self, max_workers: int) -> None:
+        from concurrent import futures
+
+        from grpc import aio
+
+        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        limit = self._kwargs["grpc_max_receive_message_length"]
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            options=[("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
+                     ("grpc.max_receive_message_length", limit)],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self._server.add_insecure_port(f"{host}:{self._port}")
+        await self._server.start()
+        await self._server.wait_for_termination()
+
+
+class LoopbackModelServer(kserve.ModelServer):
+    """kserve.ModelServer whose REST and gRPC servers listen on `host` only, with fusioncam's limits and answers."""
+
+    def __init__(self, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081, enable_grpc: bool = True,
+                 max_body_bytes: int = ServeOptions.max_body_bytes) -> None:
+        super().__init__(http_port=http_port, grpc_port=grpc_port, workers=1, enable_grpc=enable_grpc,
+                         enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS))
+        self.host = host
+        self.max_body_bytes = int(max_body_bytes)
+
+    def start(self, models: list) -> None:
+        """Register the models and serve until SIGINT/SIGTERM (as kserve.ModelServer.start, on one host)."""
+        self._register_and_check_atleast_one_model_is_ready(models)
+        _install_answers(self.max_body_bytes)
+        self._rest_server = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
+                                       self.http_port, workers=1, grace_period=self.grace_period,
+                                       event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
+        self._rest_server.config.host = self.host
+        self.servers.append(self._rest_server.start())
+        if self.enable_grpc:
+            sizes = {"grpc_max_send_message_length": max(self.max_body_bytes, 64 * 1024 * 1024),
+                     "grpc_max_receive_message_length": self.max_body_bytes}
+            self._grpc_server = HostGRPCServer(self.host, self.grpc_port, self.dataplane,
+                                               self.model_repository_extension, kwargs=sizes,
+                                               grace_period=self.grace_period)
+            self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
+
+
+_answers_installed = False
+
+
+def _install_answers(max_body_bytes: int) -> None:
+    """Add the body limit and the 429/413 answers to KServe's FastAPI app (once: the app is a module global)."""
+    global _answers_installed
+    if _answers_installed:
+        return
+    app = kserve.model_server.app
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+
+    async def busy(_, exc: ServerBusy) -> JSONResponse:
+        return JSONResponse(status_code=429, content={"error": str(exc)}, headers={"retry-after": "1"})
+
+    async def too_large(_, exc: PayloadTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"error": str(exc)})
+
+    async def bad_request(_, exc: BadRequest) -> JSONResponse:
+        log.info("bad request: %s", exc)  # one line: KServe's own handler logs a traceback for every bad input
+        return JSONResponse(status_code=400, content={"error": str(exc)})
+
+    app.add_exception_handler(BadRequest, bad_request)
+    app.add_exception_handler(ServerBusy, busy)
+    app.add_exception_handler(PayloadTooLarge, too_large)
+    _answers_installed = True
+
+
+def model_name_for(source: str | os.PathLike | Bundle) -> str:
+    """The default name a model is served under: the bundle folder's or .onnx file's name, or the model's name."""
+    if isinstance(source, Bundle):
+        return Path(source.path).name.split(".")[0]
+    path = Path(source)
+    return (path.stem if path.suffix.lower() == ".onnx" else path.name.split(".")[0]) or "model"
+
+
+def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | os.PathLike | Bundle,
+          names: Sequence[str] | None = None, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081,
+          device: str = "auto", precision: str = "fp32", max_channels: int | None = None,
+          batch_size: int | None = None, options: ServeOptions | None = None,
+          stop_after: float | None = None) -> None:
+    """Serve bundles (directories, .onnx files, 'efficientnet_lite0', or ready FusionCamModels) until stopped.
+
+    names: one per model (default: the bundle's folder name). stop_after: stop by itself after that many seconds
+    (tests, demos). Blocks; SIGINT or SIGTERM stops it after the queued requests are answered.
+    """
+    if isinstance(models, (str, os.PathLike, Bundle)):
+        models = [models]
+    options = options or ServeOptions()
+    names = list(names) if names else [m.name if isinstance(m, FusionCamModel) else model_name_for(m) for m in models]
+    if len(names) != len(models):
+        raise InputError(f"{len(names)} names for {len(models)} models: give one name per model")
+    if len(set(names)) != len(names):
+        raise InputError(f"model names must differ (they are URL paths); got {', '.join(names)}: name them with --name")
+    for name in names:
+        if not name or any(c in name for c in "/:?# "):
+            raise InputError(f"model name {name!r} cannot be part of a URL path: use letters, digits, '-', '_' or '.'")
+    built = [m if isinstance(m, FusionCamModel) else
+             FusionCamModel(name, m, device=device, precision=precision, max_channels=max_channels,
+                            batch_size=batch_size, options=options)
+             for name, m in zip(names, models)]
+    for model in built:
+        model.load()
+    if stop_after is not None:
+        _stop_after(float(stop_after))
+    LoopbackModelServer(host=host, http_port=http_port, grpc_port=grpc_port,
+                        max_body_bytes=options.max_body_bytes).start(built)
+
+
+def _stop_after(seconds: float) -> None:
+    """SIGTERM this process after `seconds`; if it still runs STOP_GRACE_SECONDS later, exit at once."""
+    def terminate() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def force() -> None:
+        os._exit(0)
+
+    for delay, action in ((seconds, terminate), (seconds + STOP_GRACE_SECONDS, force)):
+        timer = threading.Timer(delay, action)
+        timer.daemon = True
+        timer.start()

@@ -1,0 +1,124 @@
+"""KServe v1 (`:predict`, `:explain`): instances in, predictions and explanations out, as JSON.
+
+An instance is an encoded image, `{"image_bytes": {"b64": ...}}` (TF Serving), `{"data": "<base64>"}` (TorchServe)
+or `{"b64": ...}`, or a preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
+instance may carry its own "target". Request parameters: methods, target (one for all, or one per instance),
+top_k, return (maps and/or overlays), colormap, alpha.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..bundle import Manifest
+from .batching import JobResult
+from .decoding import ImageDecoder, ModelImage
+from .options import ServeOptions
+from .predictions import class_label, overlay_png_base64, top_k
+from .request_errors import BadRequest
+from .request_settings import RequestSettings, settings_of, target_of
+
+
+@dataclass
+class ParsedRequest:
+    """A request's images (decoded and checked), targets and settings, ready for the batcher."""
+
+    images: list[ModelImage]
+    targets: np.ndarray  # int64 [n]; -1 = the image's top class
+    settings: RequestSettings
+
+    def stacked(self) -> np.ndarray:
+        return np.stack([image.tensor for image in self.images])
+
+
+def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest, options: ServeOptions) -> ParsedRequest:
+    """Check and decode a v1 body; every problem is a BadRequest naming the instance."""
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise BadRequest('a v1 request is a JSON object {"instances": [...], "parameters": {...}}')
+    instances = payload["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise BadRequest('"instances" must be a non-empty list of images')
+    if len(instances) > options.max_instances:
+        raise BadRequest(f"{len(instances)} instances in one request; this server takes at most {options.max_instances} "
+                         f"(--max-instances): split the request")
+    parameters = payload.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequest('"parameters" must be a JSON object')
+    default_methods = ("fusion",) if verb == "explain" else ()
+    if verb == "predict" and parameters.get("methods") is not None:
+        raise BadRequest("':predict' returns predictions only; send methods to ':explain'")
+    settings = settings_of(parameters, default_methods, options.default_top_k, manifest.num_classes)
+    shared_targets = _shared_targets(parameters.get("target"), len(instances))
+    images, targets = [], []
+    for i, instance in enumerate(instances):
+        label = f"instance {i}"
+        target = shared_targets[i]
+        if isinstance(instance, dict) and "target" in instance:
+            target = instance["target"]
+        targets.append(target_of(target, manifest, label))
+        images.append(_instance_image(instance, decoder, label))
+    return ParsedRequest(images=images, targets=np.asarray(targets, dtype=np.int64), settings=settings)
+
+
+def _shared_targets(value: Any, count: int) -> list[Any]:
+    """The request-level target: one for every instance, or a list with one per instance."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise BadRequest(f"parameter 'target' lists {len(value)} targets for {count} instances; give one per instance, "
+                             f"or one for all")
+        return value
+    return [value] * count
+
+
+def _instance_image(instance: Any, decoder: ImageDecoder, label: str) -> ModelImage:
+    """One instance as a model image: an encoded image in one of the three spellings, or a float array."""
+    if isinstance(instance, list):
+        return decoder.from_tensor(instance, label)
+    if not isinstance(instance, dict):
+        raise BadRequest(f'{label}: expected {{"image_bytes": {{"b64": ...}}}}, {{"data": "<base64>"}}, {{"b64": ...}} '
+                         f"or a float array [3, H, W]; got {type(instance).__name__}")
+    if "image_bytes" in instance:
+        inner = instance["image_bytes"]
+        if not isinstance(inner, dict) or not isinstance(inner.get("b64"), str):
+            raise BadRequest(f'{label}: "image_bytes" must be {{"b64": "<base64 text>"}}')
+        return decoder.from_encoded(inner["b64"], label)
+    for key in ("b64", "data"):
+        if key in instance:
+            value = instance[key]
+            if isinstance(value, str):
+                return decoder.from_encoded(value, label)
+            if isinstance(value, list):
+                return decoder.from_tensor(value, label)
+            raise BadRequest(f'{label}: "{key}" must be base64 text or a float array [3, H, W]; got {type(value).__name__}')
+    raise BadRequest(f'{label}: no image in it: give "image_bytes", "data" or "b64" (keys found: '
+                     f"{', '.join(sorted(map(str, instance))) or 'none'})")
+
+
+def v1_response(request: ParsedRequest, result: JobResult, manifest: Manifest, verb: str) -> dict:
+    """{"predictions": [...]} for :predict; plus "explanations" (one per instance) for :explain."""
+    classes, probabilities = top_k(result.logits, request.settings.top_k)
+    names = manifest.class_names
+    predictions = [
+        {"classes": [int(c) for c in classes[i]], "class_names": [class_label(names, int(c)) for c in classes[i]],
+         "probabilities": [float(p) for p in probabilities[i]]}
+        for i in range(len(request.images))
+    ]
+    if verb != "explain":
+        return {"predictions": predictions}
+    settings = request.settings
+    explanations = []
+    for i, image in enumerate(request.images):
+        explained = int(result.classes[i])
+        entry: dict[str, Any] = {"target": {"class": explained, "class_name": class_label(names, explained),
+                                            "probability": float(result.probabilities[i])}}
+        if "maps" in settings.returns:
+            entry["maps"] = {method: result.maps[method][i].tolist() for method in settings.methods}
+        if "overlays" in settings.returns:
+            entry["overlays"] = {method: overlay_png_base64(image.picture, result.maps[method][i], settings.colormap,
+                                                            settings.alpha) for method in settings.methods}
+        explanations.append(entry)
+    return {"predictions": predictions, "explanations": explanations, "methods": list(settings.methods),
+            "batch_images": result.batch_images}

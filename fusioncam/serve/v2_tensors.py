@@ -1,0 +1,149 @@
+"""Open Inference Protocol v2 (REST and gRPC, through KServe): tensors in, tensors out, and the model's metadata.
+
+Input: exactly one tensor, told apart by its datatype: BYTES [N] or [N, 1] encoded images (raw bytes over gRPC;
+base64 text over REST, where KServe carries BYTES elements as UTF-8 text), FP32 [N, 3, H, W] preprocessed
+images, or UINT8 [N, h, w, 3] RGB pixels (resized like files). Outputs: `probabilities` FP32 [N, k] and
+`classes` INT64 [N, k] (the top k, most probable first), `class_names` BYTES [N, k], `explained_class` INT64 [N],
+`explained_probability` FP32 [N], and one FP32 [N, H, W] map per method, named after it. The request's `outputs`
+list picks the outputs (a method named there is computed); without it the parameters' methods (default fusion)
+come back with every other output. Parameters: methods, target, top_k.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse, to_http_parameters
+
+from ..bundle import Manifest
+from ..runtime.methods import METHODS
+from .batching import JobResult
+from .decoding import ImageDecoder
+from .options import ServeOptions
+from .predictions import class_label, top_k
+from .request_errors import BadRequest
+from .request_settings import methods_of, settings_of, target_of
+from .v1 import ParsedRequest
+
+PREDICTION_OUTPUTS = ("probabilities", "classes", "class_names")
+EXPLANATION_OUTPUTS = ("explained_class", "explained_probability")
+INPUT_NAMES = {"BYTES": "image_bytes", "FP32": "image_tensor", "UINT8": "image_rgb"}
+
+
+def input_types(manifest: Manifest) -> list[dict]:
+    """The three accepted input forms (send one of them per request)."""
+    height, width = manifest.input_size
+    return [
+        {"name": INPUT_NAMES["BYTES"], "datatype": "BYTES", "shape": [-1]},
+        {"name": INPUT_NAMES["FP32"], "datatype": "FP32", "shape": [-1, 3, height, width]},
+        {"name": INPUT_NAMES["UINT8"], "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+    ]
+
+
+def output_types(manifest: Manifest) -> list[dict]:
+    """Predictions, the explained class, and one map per method."""
+    height, width = manifest.input_size
+    return [
+        {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+        {"name": "classes", "datatype": "INT64", "shape": [-1, -1]},
+        {"name": "class_names", "datatype": "BYTES", "shape": [-1, -1]},
+        {"name": "explained_class", "datatype": "INT64", "shape": [-1]},
+        {"name": "explained_probability", "datatype": "FP32", "shape": [-1]},
+        *({"name": method, "datatype": "FP32", "shape": [-1, height, width]} for method in METHODS),
+    ]
+
+
+def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
+             options: ServeOptions) -> tuple[ParsedRequest, tuple[str, ...]]:
+    """The request's images, targets and settings, and the output names to send back."""
+    parameters = to_http_parameters(request.parameters) if request.parameters else {}
+    parameters.pop("binary_data_output", None)
+    requested = [output.name for output in request.request_outputs or []]
+    known = (*PREDICTION_OUTPUTS, *EXPLANATION_OUTPUTS, *METHODS)
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise BadRequest(f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(known)}")
+    asked = tuple(name for name in requested if name in METHODS)
+    if parameters.get("methods") is not None:
+        asked = tuple(m for m in METHODS if m in set(asked) | set(methods_of(parameters["methods"])))
+    methods = asked if (asked or requested) else ("fusion",)
+    settings = settings_of({**parameters, "methods": list(methods) or None}, (), options.default_top_k,
+                           manifest.num_classes)
+    if requested:
+        outputs = tuple(requested)
+    else:
+        outputs = (*PREDICTION_OUTPUTS, *(EXPLANATION_OUTPUTS if methods else ()), *methods)
+    if not settings.methods and any(name in EXPLANATION_OUTPUTS for name in outputs):
+        raise BadRequest(f"outputs {', '.join(EXPLANATION_OUTPUTS)} need a method: name one in outputs or parameters")
+    images = _input_images(request, decoder, options)
+    target = parameters.get("target")
+    targets = np.asarray([target_of(target, manifest, f"instance {i}") for i in range(len(images))], dtype=np.int64)
+    return ParsedRequest(images=images, targets=targets, settings=settings), outputs
+
+
+def _input_images(request: InferRequest, decoder: ImageDecoder, options: ServeOptions) -> list:
+    """The one input tensor as model images, each checked on its own."""
+    if len(request.inputs) != 1:
+        raise BadRequest(f"send exactly one input tensor (one of {', '.join(INPUT_NAMES.values())}); got "
+                         f"{len(request.inputs)}")
+    tensor: InferInput = request.inputs[0]
+    if tensor.datatype not in INPUT_NAMES:
+        raise BadRequest(f"input '{tensor.name}' has datatype {tensor.datatype}; send BYTES (encoded images), FP32 "
+                         f"[N, 3, H, W] (preprocessed) or UINT8 [N, h, w, 3] (RGB)")
+    shape = [int(d) for d in tensor.shape]
+    if not shape or shape[0] < 1:
+        raise BadRequest(f"input '{tensor.name}' has shape {shape}; the first dimension counts the images (N >= 1)")
+    if shape[0] > options.max_instances:
+        raise BadRequest(f"{shape[0]} images in one request; this server takes at most {options.max_instances} "
+                         f"(--max-instances): split the request")
+    try:
+        array = tensor.as_numpy()
+    except Exception as exc:  # KServe's own reshape/decoding of the tensor data
+        raise BadRequest(f"input '{tensor.name}' cannot be read as {tensor.datatype} {shape}: {exc}") from None
+    if tensor.datatype == "BYTES":
+        if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
+            raise BadRequest(f"input '{tensor.name}' (BYTES) has shape {shape}; send [N] or [N, 1], one encoded image each")
+        return [decoder.from_encoded(_element(value), f"instance {i}") for i, value in enumerate(array.reshape(-1))]
+    if tensor.datatype == "FP32":
+        if array.ndim != 4:
+            raise BadRequest(f"input '{tensor.name}' (FP32) has shape {shape}; send preprocessed images [N, 3, H, W]")
+        return [decoder.from_tensor(array[i], f"instance {i}") for i in range(array.shape[0])]
+    if array.ndim != 4 or array.shape[3] != 3:
+        raise BadRequest(f"input '{tensor.name}' (UINT8) has shape {shape}; send RGB pixels [N, h, w, 3]")
+    return [decoder.from_rgb(np.ascontiguousarray(array[i]), f"instance {i}") for i in range(array.shape[0])]
+
+
+def _element(value: Any) -> bytes | str:
+    """A BYTES element as KServe hands it over: bytes (gRPC, raw) or text (REST)."""
+    return value if isinstance(value, (bytes, str)) else str(value)
+
+
+def v2_response(request: InferRequest, parsed: ParsedRequest, result: JobResult, outputs: tuple[str, ...],
+                manifest: Manifest, model_name: str) -> InferResponse:
+    """The requested outputs as tensors (binary over gRPC, and over REST when the client asks for binary data)."""
+    classes, probabilities = top_k(result.logits, parsed.settings.top_k)
+    tensors: dict[str, np.ndarray] = {
+        "probabilities": probabilities.astype(np.float32),
+        "classes": classes,
+    }
+    if "class_names" in outputs:
+        tensors["class_names"] = np.array([[class_label(manifest.class_names, int(c)).encode("utf-8") for c in row]
+                                           for row in classes], dtype=np.object_)
+    if result.classes is not None:
+        tensors["explained_class"] = result.classes.astype(np.int64)
+        tensors["explained_probability"] = result.probabilities.astype(np.float32)
+    tensors.update({method: result.maps[method].astype(np.float32, copy=False) for method in parsed.settings.methods})
+    infer_outputs = []
+    for name in outputs:
+        array = tensors[name]
+        output = InferOutput(name=name, shape=list(array.shape), datatype=_datatype(array))
+        output.set_data_from_numpy(array, binary_data=True)  # raw bytes: KServe's to_grpc cannot take an ndarray
+        infer_outputs.append(output)
+    return InferResponse(response_id=request.id or "", model_name=model_name, infer_outputs=infer_outputs,
+                         use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs,
+                         from_grpc=request.from_grpc)
+
+
+def _datatype(array: np.ndarray) -> str:
+    return {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64", np.dtype(np.object_): "BYTES"}[array.dtype]
