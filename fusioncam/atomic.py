@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _umask() -> int:
@@ -38,20 +38,41 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def refuse_unless_new_or_empty(path: Path) -> None:
+    """atomic_directory's default guard: only a new path or an empty folder may be replaced."""
+    from .errors import OutputError
+
+    if path.is_symlink() or path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise OutputError(f"{path} already exists and is not empty; fusioncam replaces only what it wrote there: "
+                          f"choose a new path")
+
+
 @contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory; on success it replaces `path` whole, on failure it vanishes."""
+def atomic_directory(path: str | os.PathLike, guard: Callable[[Path], None] = refuse_unless_new_or_empty
+                     ) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it replaces `path` whole, on failure it vanishes.
+
+    `guard(path)` raises unless what is at `path` may be replaced; it runs before staging starts and again just
+    before the swap (the folder could have changed while the work ran)."""
     path = Path(path)
+    guard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
+        guard(path)
         if path.exists():
             retired = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
-            os.replace(path, retired / "previous")
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
+            try:
+                os.replace(path, retired / "previous")
+                os.replace(staging, path)
+            except BaseException:
+                if (retired / "previous").exists() and not path.exists():
+                    os.replace(retired / "previous", path)  # put the previous one back
+                raise
+            finally:
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
     except BaseException:

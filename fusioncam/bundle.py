@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_directory
-from .errors import BundleError
+from .errors import BundleError, OutputError
 from .hashing import file_sha256
+from .output_guard import listing, protected_folder_reason
 
 MANIFEST = "manifest.json"
 EXPLAIN_GRAPH = "explain.onnx"
@@ -38,7 +40,20 @@ class Manifest:
     source: str
     class_names: list[str] | None = None
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    task: str = "classification"  # or "segmentation": class scores [N, C, H', W'] explained over a region
+    output_size: tuple[int, int] | None = None  # segmentation: (H', W') of the class scores
     format_version: int = FORMAT_VERSION
+    manifest_sha256: str = ""  # SHA-256 of every other field (content_sha256): an edited manifest is detected
+
+    def content_sha256(self) -> str:
+        """SHA-256 of the manifest's canonical JSON without its own hash field (key order and spacing fixed)."""
+        facts = asdict(self)
+        facts.pop("manifest_sha256")
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+    def seal(self) -> None:
+        """Store the hash of the manifest's content in it (after every file hash is in)."""
+        self.manifest_sha256 = self.content_sha256()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -51,11 +66,19 @@ class Manifest:
             data["feature_size"] = tuple(data["feature_size"])
             data["mean"] = tuple(data["mean"])
             data["std"] = tuple(data["std"])
+            if data.get("output_size") is not None:
+                data["output_size"] = tuple(data["output_size"])
             manifest = cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{origin}: manifest is not a valid fusioncam manifest ({exc}); re-export the bundle") from None
         if manifest.format_version != FORMAT_VERSION:
             raise BundleError(f"{origin}: bundle format {manifest.format_version}, this fusioncam reads {FORMAT_VERSION}; re-export it")
+        if not manifest.manifest_sha256:
+            raise BundleError(f"{origin}: this bundle predates manifest hashing (its manifest is not covered by a hash); "
+                              f"re-export the bundle with this fusioncam")
+        if manifest.manifest_sha256 != manifest.content_sha256():
+            raise BundleError(f"{origin}: manifest.json was changed after export (its content no longer matches its "
+                              f"manifest_sha256); re-export the bundle rather than editing its manifest")
         return manifest
 
 
@@ -104,19 +127,73 @@ class StagedBundle:
         return path
 
 
+MANIFEST_FIELDS = frozenset({"input_size", "target_tensor", "channels", "num_classes", "source_sha256", "files",
+                             "format_version"})  # present in every fusioncam manifest, of any version
+
+
+def _bundle_files(path: Path) -> set[str] | None:
+    """The files a fusioncam bundle at `path` consists of (its manifest and the files it lists), or None when
+    `path` holds no manifest with fusioncam's fields (any bundle version: replacing an old bundle is fine)."""
+    try:
+        document = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or not MANIFEST_FIELDS <= document.keys() or not isinstance(document["files"], dict):
+        return None
+    return {MANIFEST, *(str(name) for name in document["files"])}
+
+
+def check_bundle_destination(out: str | os.PathLike, sources: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse, before any work, an export destination that is not a new path or a previous fusioncam bundle.
+
+    A previous bundle is replaced whole (atomically), so it may hold nothing but its own files; `sources` (the model
+    being exported, its weights) may not be at or inside `out`. Files, the current directory, its parents, home and
+    folders of other files are refused with an OutputError that names the path and what to do."""
+    out = Path(out)
+    fix = "choose a new path, e.g. --out model.fcam"
+    if out.is_symlink():
+        raise OutputError(f"bundle destination {out} is a symbolic link; fusioncam will not replace it: {fix}")
+    for source in sources:
+        real_source, real_out = os.path.realpath(source), os.path.realpath(out)
+        if real_source == real_out or real_source.startswith(real_out.rstrip(os.sep) + os.sep):
+            raise OutputError(f"bundle destination {out} would replace the model being exported ({source}): {fix}")
+    if not out.exists():
+        return out
+    if not out.is_dir():
+        raise OutputError(f"bundle destination {out} is an existing file; export writes a bundle folder and replaces "
+                          f"only a previous fusioncam bundle, never other files: {fix}")
+    reason = protected_folder_reason(out)
+    if reason:
+        raise OutputError(f"bundle destination {out} {reason}; export replaces its destination folder whole: {fix}")
+    present = {entry.name for entry in out.iterdir()}
+    if not present:
+        return out
+    own = _bundle_files(out)
+    if own is None:
+        raise OutputError(f"bundle destination {out} is a folder that is not a fusioncam bundle (it holds "
+                          f"{listing(present)}); export replaces only a previous bundle: {fix}")
+    foreign = present - own
+    if foreign:
+        raise OutputError(f"bundle destination {out} is a fusioncam bundle but also holds files fusioncam did not write "
+                          f"({listing(foreign)}); move them away or {fix}")
+    return out
+
+
 @contextmanager
 def staged_bundle(out: str | os.PathLike, manifest: Manifest) -> Iterator[StagedBundle]:
     """Stage a bundle's files; on success hash them all into the manifest and move the directory into place whole,
-    on any error leave nothing behind."""
-    with atomic_directory(Path(out)) as staging:
+    on any error leave nothing behind. Only a new path or a previous bundle is replaced (check_bundle_destination)."""
+    with atomic_directory(Path(out), guard=check_bundle_destination) as staging:
         yield StagedBundle(staging)
         for file in sorted(staging.iterdir()):
             manifest.files[file.name] = file_sha256(file)
+        manifest.seal()
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
 
 
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
-    """Read a bundle's manifest and check every listed file exists and still has its recorded hash."""
+    """Read a bundle's manifest, check every listed file exists and still has its recorded hash, and that the
+    manifest's facts agree with the graphs (read without their weights)."""
     path = Path(path)
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is a file, not a bundle directory"
@@ -124,7 +201,11 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"bundle {path} has no {MANIFEST}; it is not a fusioncam bundle (re-export it)")
-    manifest = Manifest.from_json(manifest_path.read_text(encoding="utf-8"), str(manifest_path))
+    try:
+        manifest_text = manifest_path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:  # found by fuzz/bundle_fuzz.py: bytes that are not UTF-8
+        raise BundleError(f"{manifest_path}: manifest cannot be read as UTF-8 JSON ({exc}); re-export the bundle") from None
+    manifest = Manifest.from_json(manifest_text, str(manifest_path))
     for required in (EXPLAIN_GRAPH, SCORER_GRAPH):
         if required not in manifest.files:
             raise BundleError(f"bundle {path}: manifest lists no {required}; re-export the bundle")
@@ -137,4 +218,7 @@ def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
                 f"bundle {path}: {name} was changed after export (SHA-256 mismatch); re-export the bundle "
                 f"rather than editing its files"
             )
+    from .bundle_facts import check_manifest_facts
+
+    check_manifest_facts(path, manifest)
     return Bundle(path=path, manifest=manifest)

@@ -20,6 +20,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx, export_torch
     from .export.model_zoo import named_model
 
+    from .bundle import check_bundle_destination
+
+    check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
     size = tuple(args.input_size) if args.input_size else None
     if _model_source(args.model) == "onnx":
         result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
@@ -81,21 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_explain.add_subcommands(sub)
     cli_evaluate.add_subcommands(sub)
+    from .serve import cli as cli_serve
+
+    cli_serve.add_subcommands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run a subcommand; a FusionCamError prints one clear line and exits 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return args.run(args)
-    except FusionCamError as exc:
-        print(f"fusioncam {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """Entry point: run a subcommand; a FusionCamError prints one clear line and exits 2; Ctrl-C or SIGTERM stops at
+    a clean point, prints one line and exits 130 (explain and evaluate keep the record of what finished)."""
+    from .interrupts import EXIT_INTERRUPTED, stop_signals
+
+    with stop_signals():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+        try:
+            return args.run(args)
+        except FusionCamError as exc:
+            print(f"fusioncam {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "signal_name", "SIGINT")
+            print(f"fusioncam {args.command}: interrupted ({name}); stopped before anything was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

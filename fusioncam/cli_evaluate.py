@@ -18,46 +18,76 @@ def _method_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def _preprocessed_inputs(inputs: list[str], manifest) -> tuple[np.ndarray, list[str], list[str]]:
-    """(images [N,3,H,W], names, input paths) of the given files, folders or globs, or of the five sample photos."""
+def _preprocessed_inputs(inputs: list[str], manifest, say) -> tuple[np.ndarray, list[str], list[str], list[dict]]:
+    """(images [N,3,H,W], names, input paths, skipped) of the given files, folders or globs, or of the five sample
+    photos. A file that cannot be read is reported with `say` and skipped, as `explain` does; none readable is an
+    InputError naming each file and why."""
     from .cli_explain import expand_inputs
+    from .errors import FusionCamError, InputError
     from .images import load_batch, preprocess, sample_images
     from .report import unique_names
 
-    if inputs:
-        paths = expand_inputs(inputs)
-        batch, _ = load_batch(paths, manifest.input_size, manifest.mean, manifest.std)
-        return batch, unique_names([p.name for p in paths]), [str(p) for p in paths]
-    samples = sample_images()
-    batch = np.stack([preprocess(rgb, manifest.input_size, manifest.mean, manifest.std) for rgb in samples.values()])
-    return batch, list(samples), []
+    if not inputs:
+        samples = sample_images()
+        batch = np.stack([preprocess(rgb, manifest.input_size, manifest.mean, manifest.std) for rgb in samples.values()])
+        return batch, list(samples), [], []
+    images, paths, skipped = [], [], []
+    for path in expand_inputs(inputs):
+        try:
+            images.append(load_batch([path], manifest.input_size, manifest.mean, manifest.std)[0][0])
+            paths.append(path)
+        except FusionCamError as exc:
+            skipped.append({"input": str(path), "error": str(exc)})
+    if not images:
+        raise InputError("no input could be read: " + "; ".join(f"{s['error']}" for s in skipped))
+    for skip in skipped:
+        say(f"skipped {skip['input']}: {skip['error']}")
+    return np.stack(images), unique_names([p.name for p in paths]), [str(p) for p in paths], skipped
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """fusioncam evaluate [INPUTS...] [--model MODEL]: explain, measure AD/IC/deletion/insertion, write the report."""
+    """fusioncam evaluate [INPUTS...] [--model MODEL]: explain, measure AD/IC/deletion/insertion, write the report.
+
+    Exit 0 when every image was evaluated, 1 when unreadable files were skipped, 130 when a signal stopped the run
+    (the report covers the images finished, marked incomplete)."""
     from .cli_explain import _say
     from .default_model import bundle_for
-    from .evaluation_report import metrics_table, output_folder, write_evaluation
-    from .metrics.evaluation import checked_methods, explain_and_evaluate
+    from .evaluation_report import check_evaluation_folder, evaluate_images, metrics_table, write_evaluation_record
+    from .interrupts import EXIT_INTERRUPTED, active
+    from .metrics.evaluation import checked_methods
     from .metrics.inputs import checked_step
     from .runtime import Explainer
 
     methods = checked_methods(args.methods)
+    from .cli_explain import expand_inputs
+
+    # Before the model loads (the folder itself is made only when the report is written).
+    check_evaluation_folder(args.out, [str(p) for p in expand_inputs(args.inputs)] if args.inputs else [])
     bundle = bundle_for(args.model, notify=_say)
     manifest = bundle.manifest
     checked_step(args.step, manifest.input_size[0] * manifest.input_size[1])
-    images, names, labels = _preprocessed_inputs(args.inputs, manifest)
-    out = output_folder(args.out, labels)
+    images, names, labels, skipped = _preprocessed_inputs(args.inputs, manifest, _say)
+    out = check_evaluation_folder(args.out, labels)
     explainer = Explainer(bundle, device=args.device, batch_size=args.batch)
     _say(f"evaluating {', '.join(methods)} on {len(names)} image(s) ({explainer.device}, step {args.step})")
-    evaluation = explain_and_evaluate(explainer, images, methods, names, args.step)
+    run = evaluate_images(explainer, images, methods, names, args.step)
+    done = len(run.names)
     setup = (f"Model `{manifest.source}`, target layer `{manifest.target_layer}`, input "
-             f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {explainer.device}; n = {len(names)} images "
-             f"({', '.join(names)}), each explained and measured for its top class.")
-    written = write_evaluation(out, evaluation, setup, manifest.class_names)
-    print(metrics_table(evaluation))
-    _say(f"wrote {', '.join(str(path) for path in written.values())}")
-    return 0
+             f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {explainer.device}; n = {done} images "
+             f"({', '.join(run.names)}), each explained and measured for its top class.")
+    if run.interrupted:
+        setup += (f" Incomplete: the run was interrupted ({run.interrupted}) after {done} of {len(names)} images; "
+                  f"not evaluated: {', '.join(names[done:])}.")
+    with active().deferred():  # a signal now lets the record be written whole
+        written = write_evaluation_record(out, run, setup, manifest, labels, skipped)
+    if run.evaluation is not None:
+        print(metrics_table(run.evaluation))
+    if run.interrupted:
+        _say(f"fusioncam evaluate: interrupted ({run.interrupted}) after {done} of {len(names)} image(s); "
+             f"{out / 'results.json'} records what finished (marked incomplete)")
+        return EXIT_INTERRUPTED
+    _say(f"wrote {', '.join(str(path) for path in written)}")
+    return 1 if skipped else 0
 
 
 def add_subcommands(sub) -> None:

@@ -58,13 +58,20 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return unique
 
 
-def _finish(summary) -> int:
-    """Print the results table and where the files went; 0 when every image was explained, else 1."""
-    from .report import summary_table
+def _finish(summary, command: str = "explain") -> int:
+    """Print the results table and where the files went; 0 when every image was explained, 1 when some were skipped,
+    130 (one line) when a signal stopped the run (the record of the finished images is written, marked incomplete)."""
+    from .interrupts import EXIT_INTERRUPTED
+    from .report import RESULTS_JSON, summary_table
 
     if summary.records:
         print(summary_table(summary.records))
-    explained, total = len(summary.records), len(summary.records) + len(summary.failures)
+    explained = len(summary.records)
+    total = explained + len(summary.failures) + len(summary.not_explained)
+    if summary.interrupted:
+        _say(f"fusioncam {command}: interrupted ({summary.interrupted}) after {explained} of {total} image(s); "
+             f"{summary.out / RESULTS_JSON} records what finished (marked incomplete)")
+        return EXIT_INTERRUPTED
     _say(f"explained {explained} of {total} image(s); open {summary.out / 'index.html'}")
     return 0 if summary.all_succeeded else 1
 
@@ -72,23 +79,23 @@ def _finish(summary) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """fusioncam demo: the default model on the sample photos."""
     from .default_model import default_bundle
-    from .report import explain_into_folder, prepare_output_dir, sample_sources
+    from .report import check_output_dir, explain_into_folder, sample_sources
     from .runtime import Explainer
 
     sources = sample_sources(args.images)
-    prepare_output_dir(args.out, sources, ("fusion",))
+    check_output_dir(args.out, sources, ("fusion",))  # before the model loads; the folder is made only then
     explainer = Explainer(default_bundle(notify=_say), device=args.device)
-    return _finish(explain_into_folder(explainer, sources, args.out, methods=("fusion",)))
+    return _finish(explain_into_folder(explainer, sources, args.out, methods=("fusion",)), "demo")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """fusioncam explain INPUTS... --model MODEL: explain image files into an output folder."""
     from .default_model import bundle_for
-    from .report import explain_into_folder, file_sources, prepare_output_dir
+    from .report import check_output_dir, explain_into_folder, file_sources
     from .runtime import Explainer
 
     sources = file_sources(expand_inputs(args.inputs))
-    prepare_output_dir(args.out, sources, args.methods)
+    check_output_dir(args.out, sources, args.methods)  # before the model loads; the folder is made only then
     size = tuple(args.input_size) if args.input_size else None
     explainer = Explainer(bundle_for(args.model, args.layer, size, notify=_say), device=args.device, batch_size=args.batch,
                           precision=args.precision, max_channels=args.fast)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,16 +46,28 @@ def cache_entry(kind: str, fingerprint: str, layer: str | None, input_size: tupl
 
 def cached_bundle(entry: Path, build: Callable[[Path], object], what: str, notify: Notify | None = None) -> Bundle:
     """Load the bundle at `entry`, exporting it with `build(entry)` first if it is missing or damaged."""
-    if entry.is_dir():
+    if entry.exists():
         try:
             return load_bundle(entry)
         except BundleError as exc:
             log.warning("cached bundle %s is damaged (%s); exporting it again", entry, exc)
+            _check_cache_writable(entry.parent)
+            _discard_entry(entry)
     _check_cache_writable(entry.parent)
     if notify is not None:
         notify(f"exporting {what} into the cache (once): {entry}")
     build(entry)
     return load_bundle(entry)
+
+
+def _discard_entry(entry: Path) -> None:
+    """Remove a damaged cache entry (fusioncam's own, under cache_dir()/bundles) so it is rebuilt, not reused: it is
+    first renamed aside, so a reader never sees it half deleted."""
+    aside = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".damaged"))
+    try:
+        os.replace(entry, aside / "entry")
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _check_cache_writable(folder: Path) -> None:

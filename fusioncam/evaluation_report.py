@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import FusionCamError
-from .metrics.evaluation import METRICS, Evaluation
-from .report import _png_bytes, _write, prepare_output_dir
+from .interrupts import Interrupted, active
+from .metrics.evaluation import METRICS, Evaluation, MethodScores, evaluate_maps
+from .output_guard import RECORD, check_output_folder, create_folder
+from .report import _png_bytes, _write
 from .runtime.methods import METHOD_TITLES
 
 METRICS_MD = "metrics.md"
@@ -191,14 +194,114 @@ def _vertical_text(canvas: np.ndarray, text: str, centre_left: tuple[int, int]) 
     canvas[top : top + turned.shape[0], x : x + turned.shape[1]] = turned
 
 
+EVALUATION_FILES = (METRICS_MD, METRICS_CSV, CURVES_PNG)
+# How files an older fusioncam wrote (before results.json recorded them) begin; metrics.md is the anchor.
+LEGACY_HEADS = {METRICS_MD: b"# Faithfulness metrics\n", METRICS_CSV: b"method,metric,mean,ci95_low,",
+                CURVES_PNG: b"\x89PNG\r\n\x1a\n"}
+
+
+@dataclass
+class EvaluationRun:
+    """What an evaluate run finished: the evaluation of its first images (None if none), and why it stopped early."""
+
+    evaluation: Evaluation | None
+    names: list[str]
+    interrupted: str | None = None  # SIGINT or SIGTERM
+
+
+def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Refuse an output folder where the report would replace an input image or a file fusioncam did not write
+    (output_guard.check_output_folder); nothing is created here."""
+    real_inputs = {os.path.realpath(p): str(p) for p in inputs}
+    check_output_folder(out, (*EVALUATION_FILES, RECORD), real_inputs, LEGACY_HEADS)
+    return Path(out)
+
+
 def output_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Create and probe the output folder, refusing one where an output would replace an input image."""
-    out = prepare_output_dir(out, (), ())
-    inputs = {os.path.realpath(p) for p in inputs}
-    for name in (METRICS_MD, METRICS_CSV, CURVES_PNG):
-        if os.path.realpath(out / name) in inputs:
-            raise FusionCamError(f"writing {out / name} would overwrite an input image; choose another output folder")
-    return out
+    """check_evaluation_folder, then create the folder."""
+    check_evaluation_folder(out, inputs)
+    create_folder(Path(out))
+    return Path(out)
+
+
+def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names: Sequence[str],
+                    step: int) -> EvaluationRun:
+    """Explain and evaluate the images one at a time (the metrics are per image), so a stop signal ends the run at the
+    next scorer batch, method or image with every finished image's scores kept (interrupts.active)."""
+    stop = active()
+    parts: list[Evaluation] = []
+    with stop.deferred():
+        try:
+            for index, name in enumerate(names):
+                stop.check()
+                image = images[index : index + 1]
+                explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=stop.check)
+                per_method = []
+                for method in methods:
+                    stop.check()
+                    per_method.append(evaluate_maps(explainer, image, {method: explanation.maps[method]},
+                                                    explanation.classes, step, [name]))
+                parts.append(_join_methods(per_method))
+        except Interrupted:
+            pass
+    evaluation = _join_images(parts) if parts else None
+    finished = list(names[: len(parts)])
+    return EvaluationRun(evaluation, finished, stop.received if len(parts) < len(names) else None)
+
+
+def _join_methods(parts: Sequence[Evaluation]) -> Evaluation:
+    """One image's evaluations of single methods as one evaluation of all of them."""
+    scores = {method: method_scores for part in parts for method, method_scores in part.scores.items()}
+    return Evaluation(scores, parts[0].names, parts[0].classes, parts[0].step)
+
+
+def _join_images(parts: Sequence[Evaluation]) -> Evaluation:
+    """Evaluations of consecutive images (same methods, same step) as one: per-image values and curves stacked."""
+    first = parts[0]
+    scores = {}
+    for method in first.scores:
+        each = [part.scores[method] for part in parts]
+        scores[method] = MethodScores(
+            per_image={metric: np.concatenate([s.per_image[metric] for s in each]) for metric in METRICS},
+            deletion=(each[0].deletion[0], np.concatenate([s.deletion[1] for s in each])),
+            insertion=(each[0].insertion[0], np.concatenate([s.insertion[1] for s in each])),
+        )
+    return Evaluation(scores, [n for part in parts for n in part.names], np.concatenate([p.classes for p in parts]),
+                      first.step)
+
+
+def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: str, manifest,
+                            inputs: Sequence[str], skipped: Sequence[dict]) -> list[Path]:
+    """Write the report of the finished images (metrics.md, metrics.csv, curves.png: none when no image finished)
+    and results.json, the record: per-image values, skipped inputs, completeness, and every file fusioncam wrote."""
+    from . import __version__
+
+    out = Path(out)
+    earlier = check_output_folder(out, (*EVALUATION_FILES, RECORD), {}, LEGACY_HEADS)
+    create_folder(out)
+    written = list(write_evaluation(out, run.evaluation, setup, manifest.class_names).values()) if run.evaluation else []
+    evaluation = run.evaluation
+    images = []
+    for i, name in enumerate(run.names):
+        images.append({
+            "name": name, "input": inputs[i] if i < len(inputs) else name, "class_index": int(evaluation.classes[i]),
+            "metrics": {method: {metric: float(scores.per_image[metric][i]) for metric in METRICS}
+                        for method, scores in evaluation.scores.items()},
+        })
+    document = {
+        "fusioncam_version": __version__,
+        "command": "evaluate",
+        "model": {"source": manifest.source, "target_layer": manifest.target_layer,
+                  "input_size": list(manifest.input_size)},
+        "step": evaluation.step if evaluation else None,
+        "complete": run.interrupted is None,
+        "interrupted_by": run.interrupted,
+        "images": images,
+        "failed": list(skipped),
+        "written_files": sorted(set(earlier) | {path.name for path in written} | {RECORD}),
+    }
+    _write(out / RECORD, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
+    return written + [out / RECORD]
 
 
 def write_evaluation(out: str | os.PathLike, evaluation: Evaluation, setup: str,

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,10 +24,11 @@ import numpy as np
 from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import FusionCamError, InputError
 from .images import preprocess
+from .interrupts import Interrupted, active
+from .output_guard import check_output_folder, create_folder
 from .progress import ProgressBar
 from .runtime.input_checks import resolve_targets
-from .runtime.methods import METHOD_TITLES
-from .runtime.methods import check_methods
+from .runtime.methods import METHOD_TITLES, METHODS, check_methods
 from .visualize import colormap_code, overlay, panel
 
 PANEL_ORDER = ("gradcam", "scorecam", "fusion")  # always in the panel; other chosen methods follow
@@ -75,15 +75,25 @@ class Failure:
 
 @dataclass
 class RunSummary:
-    """Everything one run wrote: per-image records and the inputs it had to skip."""
+    """Everything one run wrote: per-image records, the inputs it had to skip, and whether a signal stopped it."""
 
     out: Path
     records: list[ImageRecord]
     failures: list[Failure]
+    interrupted: str | None = None  # SIGINT or SIGTERM when the run stopped early
+    not_explained: list[str] = field(default_factory=list)  # inputs an interrupted run never reached
+    earlier_files: set[str] = field(default_factory=set)  # files a previous run recorded in this folder
 
     @property
     def all_succeeded(self) -> bool:
-        return not self.failures and bool(self.records)
+        return not self.failures and bool(self.records) and self.interrupted is None
+
+    def written_files(self) -> list[str]:
+        """Every file fusioncam wrote into the folder, by this run or an earlier one (results.json records them)."""
+        files = set(self.earlier_files) | {INDEX_HTML, RESULTS_JSON}
+        for record in self.records:
+            files.update(record.files.values())
+        return sorted(files)
 
 
 def output_files(name: str, methods: Sequence[str]) -> dict[str, str]:
@@ -101,44 +111,48 @@ def panel_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return PANEL_ORDER + tuple(m for m in check_methods(methods) if m not in PANEL_ORDER)
 
 
-def unique_names(labels: Sequence[str]) -> list[str]:
-    """File-name-safe output names from input names (their stems), numbered where two would collide."""
+def unique_names(labels: Sequence[str], files_of: Callable[[str], Sequence[str]] = lambda name: ()) -> list[str]:
+    """File-name-safe output names from input names (their stems), in order, numbered (`_2`, `_3`, ...) where a name,
+    or one of the files `files_of(name)` it gets, would collide with an earlier one (ignoring case)."""
     names: list[str] = []
     taken: set[str] = set()
     for label in labels:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(label).stem).strip("._") or "image"
         name, count = base, 1
-        while name.lower() in taken:
+        while {name.lower(), *(f.lower() for f in files_of(name))} & taken:
             count += 1
             name = f"{base}_{count}"
-        taken.add(name.lower())
+        taken |= {name.lower(), *(f.lower() for f in files_of(name))}
         names.append(name)
     return names
 
 
-def prepare_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> Path:
-    """Create the output folder, prove it is writable, and refuse it if any output would replace an input."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FusionCamError(f"output folder {out} is a file, not a folder; choose another output folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = exc.strerror or exc
-        raise FusionCamError(f"output folder {out} is not writable ({reason}); choose another output folder") from None
-    inputs = {os.path.realpath(s.path): s.label for s in sources if s.path is not None}
-    planned = [out / INDEX_HTML, out / RESULTS_JSON]
+def output_names(labels: Sequence[str]) -> list[str]:
+    """Output names whose files never collide, whichever methods are chosen (`a.png` and `a.jpg` become `a` and
+    `a_2`; an input named like another's output file, e.g. `a_gradcam.png` beside `a.png`, is numbered too)."""
+    return unique_names(labels, lambda name: list(output_files(name, METHODS).values()))
+
+
+def planned_files(sources: Sequence[ImageSource], methods: Sequence[str]) -> list[str]:
+    """Every file name a run writes into its output folder."""
+    planned = [INDEX_HTML, RESULTS_JSON]
     for source in sources:
-        planned += [out / file for file in output_files(source.name, methods).values()]
-    for path in planned:
-        if os.path.realpath(path) in inputs:
-            raise FusionCamError(
-                f"writing {path} would overwrite the input image {inputs[os.path.realpath(path)]}; choose another output folder"
-            )
-    return out
+        planned += output_files(source.name, methods).values()
+    return planned
+
+
+def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> set[str]:
+    """Refuse an output folder where a file this run writes would replace an input or a file fusioncam did not write
+    (output_guard.check_output_folder); nothing is created. Returns the files earlier runs recorded there."""
+    inputs = {os.path.realpath(s.path): s.label for s in sources if s.path is not None}
+    return check_output_folder(out, planned_files(sources, methods), inputs)
+
+
+def prepare_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> Path:
+    """check_output_dir, then create the folder."""
+    check_output_dir(out, sources, methods)
+    create_folder(Path(out))
+    return Path(out)
 
 
 def explain_into_folder(
@@ -154,34 +168,51 @@ def explain_into_folder(
 
     `target` is one class for every image (index, name or None for each image's top class). Messages about
     skipped images, and a progress bar when `stream` is a terminal, go to `stream` (default stderr).
+
+    A stop signal (see interrupts.stop_signals) ends the run at the next scorer batch or image: the image in progress
+    is dropped whole, and results.json / index.html record the finished ones, marked incomplete
+    (`summary.interrupted`).
     """
     methods = check_methods(methods)
     colormap_code(colormap)  # an unknown colormap fails before any image is explained
     manifest = explainer.bundle.manifest
     target = int(resolve_targets(target, 1, manifest.num_classes, manifest.class_names)[0])  # bad names fail up front
-    out = prepare_output_dir(out, sources, methods)
-    progress = ProgressBar(len(sources), stream)
-    records: list[ImageRecord] = []
-    failures: list[Failure] = []
-    for source in sources:
-        progress.show(source.label)
-        try:
-            rgb = source.read()
-            batch = preprocess(rgb, manifest.input_size, manifest.mean, manifest.std)[None]
-            started = time.perf_counter()
-            explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods), names=[source.label],
-                                            on_batch=progress.batch_reporter(source.label, started))
-            seconds = time.perf_counter() - started
-        except FusionCamError as exc:
-            failures.append(Failure(source.label, str(exc)))
-            progress.note(f"skipped {source.label}: {exc}")
-        else:
-            records.append(write_image_outputs(out, source, rgb, explanation, seconds, methods, colormap))
-        progress.advance(source.label)
-    progress.close()
-    summary = RunSummary(out, records, failures)
-    write_results_json(summary, explainer, methods)
-    write_index_html(summary, explainer, methods)
+    stop = active()
+    with stop.deferred():
+        earlier = check_output_dir(out, sources, methods)
+        out = Path(out)
+        create_folder(out)
+        progress = ProgressBar(len(sources), stream)
+        summary = RunSummary(out, [], [], earlier_files=earlier)
+        reached = 0  # sources finished (explained or skipped)
+        for source in sources:
+            if stop.requested:
+                break
+            progress.show(source.label)
+            try:
+                rgb = source.read()
+                batch = preprocess(rgb, manifest.input_size, manifest.mean, manifest.std)[None]
+                started = time.perf_counter()
+                report = progress.batch_reporter(source.label, started)
+                explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods),
+                                                names=[source.label], on_batch=lambda done, total: (
+                                                    stop.check(), report(done, total)))
+                seconds = time.perf_counter() - started
+            except Interrupted:
+                break
+            except FusionCamError as exc:
+                summary.failures.append(Failure(source.label, str(exc)))
+                progress.note(f"skipped {source.label}: {exc}")
+            else:
+                summary.records.append(write_image_outputs(out, source, rgb, explanation, seconds, methods, colormap))
+            reached += 1
+            progress.advance(source.label)
+        progress.close()
+        if stop.requested and reached < len(sources):
+            summary.interrupted = stop.received
+            summary.not_explained = [s.label for s in sources[reached:]]
+        write_results_json(summary, explainer, methods)
+        write_index_html(summary, explainer, methods)
     return summary
 
 
@@ -196,8 +227,7 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
         cam = explanation.maps[method][0]
         encoded[files[f"{method}_overlay"]] = _png_bytes(overlay(rgb, cam, colormap))
         encoded[files[f"{method}_npy"]] = _npy_bytes(cam.astype(np.float32))
-    for file_name, data in encoded.items():
-        _write(out / file_name, data)
+    _write_all(out, encoded)
     fusion = explanation.fusion[0]
     peak = np.unravel_index(int(np.argmax(fusion)), fusion.shape)
     return ImageRecord(
@@ -226,6 +256,19 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _write_all(out: Path, encoded: dict[str, bytes]) -> None:
+    """Write one image's files; if one fails (or the run is stopped), remove those already written: none or all."""
+    written: list[Path] = []
+    try:
+        for file_name, data in encoded.items():
+            _write(out / file_name, data)
+            written.append(out / file_name)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def _write(path: Path, data: bytes) -> None:
     """Atomic write whose OS failures (disk full, permissions) become one clear error."""
     try:
@@ -247,8 +290,12 @@ def write_results_json(summary: RunSummary, explainer, methods: Sequence[str]) -
         "precision": explainer.precision,
         "max_channels": explainer.max_channels,  # fast mode's k; null: exact
         "methods": list(methods),
+        "complete": summary.interrupted is None,
+        "interrupted_by": summary.interrupted,  # SIGINT or SIGTERM; null: the run finished
         "images": [asdict(record) for record in summary.records],
         "failed": [asdict(failure) for failure in summary.failures],
+        "not_explained": summary.not_explained,  # inputs an interrupted run did not reach
+        "written_files": summary.written_files(),  # what fusioncam may replace in this folder next time
     }
     path = summary.out / RESULTS_JSON
     try:
@@ -314,6 +361,8 @@ def write_index_html(summary: RunSummary, explainer, methods: Sequence[str]) -> 
         f'<p class="meta">model {esc(manifest.source)}, layer {esc(manifest.target_layer)}, '
         f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {esc(str(explainer.device))}; "
         f"{len(summary.records)} explained, {len(summary.failures)} skipped</p>"
+        + (f'<p class="bad">Incomplete: the run was interrupted ({esc(summary.interrupted)}); '
+           f"{len(summary.not_explained)} input(s) were not explained.</p>" if summary.interrupted else "")
         + "".join(cards)
         + (f'<div class="card"><h2 class="bad">Skipped inputs</h2><ul>{failed}</ul></div>' if failed else "")
         + "</body></html>\n"
@@ -339,11 +388,11 @@ def summary_table(records: Sequence[ImageRecord]) -> str:
 
 def file_sources(paths: Sequence[str | os.PathLike]) -> list[ImageSource]:
     """Image files as sources, read one at a time (a bad file fails alone), with collision-free output names."""
-    from .images import read_rgb
+    from .images import MAX_WORKING_SIDE, read_rgb
 
     paths = [Path(p) for p in paths]
-    return [ImageSource(name, str(path), lambda path=path: read_rgb(path), path)
-            for name, path in zip(unique_names([p.name for p in paths]), paths)]
+    return [ImageSource(name, str(path), lambda path=path: read_rgb(path, max_side=MAX_WORKING_SIDE), path)
+            for name, path in zip(output_names([p.name for p in paths]), paths)]
 
 
 def sample_sources(names: Sequence[str] | None = None) -> list[ImageSource]:

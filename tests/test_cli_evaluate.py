@@ -70,7 +70,7 @@ def test_sample_images_report_equals_the_metric_functions(bundle, tmp_path, caps
                  "--device", "cpu"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.csv", "metrics.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.csv", "metrics.md", "results.json"]
 
     samples = sample_images()
     images = np.stack([preprocess(rgb, (SIZE, SIZE)) for rgb in samples.values()])
@@ -184,5 +184,5 @@ def test_an_output_that_would_replace_an_input_image(bundle, tmp_path, capsys):
     cv2.imwrite(str(image), np.zeros((20, 20, 3), dtype=np.uint8))
     before = image.read_bytes()
     assert main(["evaluate", str(image), "--model", str(bundle), "--out", str(out), "--step", "64"]) == 2
-    assert "would overwrite an input image" in capsys.readouterr().err
+    assert "would overwrite the input image" in capsys.readouterr().err
     assert image.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["curves.png"]

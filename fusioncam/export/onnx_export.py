@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .. import arguments
+from ..bundle import check_bundle_destination
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import Classifier, prepare_classifier
 from .layers import Layer, auto_target, candidate_layers, resolve_target
@@ -34,6 +35,7 @@ def export_onnx(
     arguments.path("model_path", model_path)
     arguments.text("target_layer", target_layer, allow_none=True)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer, input_size_optional=True)
+    check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     classifier, digest = load_classifier(model_path, input_size)
     layer = resolve_target(classifier, target_layer) if target_layer is not None else auto_target(classifier)
     return write_classifier_bundle(

@@ -14,6 +14,7 @@ import onnx
 from .. import arguments
 from ..errors import LayerError, ModelLoadError
 from ..graph_names import INPUT, LOGITS
+from ..bundle import check_bundle_destination
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import prepare_classifier
 from .layers import Layer, resolve_target
@@ -159,6 +160,7 @@ def export_torch(
         raise ModelLoadError(f"export_torch needs a torch.nn.Module, got {type(model).__name__}")
     arguments.text("target_layer", target_layer)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer)
+    check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
     source = f"{type(model).__name__} (PyTorch)"
     exported = _torch_to_onnx(model, target_layer, tuple(input_size))
     classifier = prepare_classifier(exported, source, tuple(input_size))

@@ -1,0 +1,145 @@
+"""What fusioncam may write over: a new path, or what a previous fusioncam run wrote there, never the user's files.
+
+Output folders of `explain`, `evaluate` and `demo` carry a record, `results.json`, that lists every file fusioncam
+wrote into them (`written_files`). A folder may be new, empty, or such a previous output folder; a file fusioncam
+is about to write that already exists and is not in that record is refused before any work starts, naming it.
+Bundle directories are guarded the same way by their manifest (see bundle.check_bundle_destination).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import OutputError
+
+RECORD = "results.json"
+RECORD_MARK = "fusioncam_version"  # a results.json fusioncam wrote has this key
+SHOWN = 5  # how many unexpected files an error message names
+
+
+def listing(names: Iterable[str]) -> str:
+    """A short, sorted list of names for a message: the first few and how many more."""
+    names = sorted(names)
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(names[:SHOWN]) + more
+
+
+def protected_folder_reason(path: Path) -> str | None:
+    """Why a folder may never be replaced whole (the current directory, one above it, home, a root), or None."""
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd:
+        return "is the current directory"
+    if resolved in cwd.parents:
+        return "contains the current directory"
+    if resolved == Path.home().resolve():
+        return "is your home directory"
+    if resolved == Path(resolved.anchor):
+        return "is the root of the file system"
+    return None
+
+
+def nearest_existing(path: Path) -> Path:
+    """`path` itself if it exists, else its closest existing ancestor (where creating it would start)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_location(out: Path, what: str) -> None:
+    """Prove a file can be created where `out` is or would be created, without creating `out` itself."""
+    base = nearest_existing(out)
+    if not base.is_dir():
+        raise OutputError(f"{what} {out} is not writable ({base} is a file, not a folder); choose another {what}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=base, prefix=".write-probe.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {out} is not writable ({exc.strerror or exc}); choose another {what}") from None
+
+
+def previous_outputs(out: Path) -> set[str] | None:
+    """The files a previous fusioncam run recorded writing into `out` (its results.json), or None without a record."""
+    record = out / RECORD
+    try:
+        document = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict) or RECORD_MARK not in document:
+        return None
+    written = set(document.get("written_files") or [])
+    written.add(RECORD)
+    if "images" in document and document.get("command", "explain") in ("explain", "demo"):
+        written.add("index.html")  # records from before `written_files` was kept
+        for image in document.get("images") or []:
+            if isinstance(image, dict) and isinstance(image.get("files"), dict):
+                written.update(str(name) for name in image["files"].values())
+    return {name for name in written if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+
+
+def check_output_folder(out: str | os.PathLike, planned: Iterable[str], inputs: Mapping[str, str] | None = None,
+                        legacy: Mapping[str, bytes] | None = None) -> set[str]:
+    """Refuse an output folder fusioncam could not write without losing data; return the files it wrote before.
+
+    `planned`: the file names this run will write into `out`. `inputs`: real path -> label of the input images
+    (none may be overwritten). `legacy`: file name -> leading bytes by which a file written by an older fusioncam
+    (before records were kept) is recognised. Nothing is created here; a missing folder is probed where it would be.
+    """
+    out = Path(out)
+    planned = list(dict.fromkeys(planned))
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} is a file, not a folder; choose another output folder")
+    inputs = dict(inputs or {})
+    for name in planned:
+        real = os.path.realpath(out / name)
+        if real in inputs:
+            raise OutputError(f"writing {out / name} would overwrite the input image {inputs[real]}; "
+                              f"choose another output folder")
+    check_writable_location(out, "output folder")
+    if not out.exists():
+        return set()
+    present = {entry.name for entry in out.iterdir() if not entry.name.startswith(".write-probe.")}
+    previous = previous_outputs(out)
+    if previous is None:
+        previous = _legacy_outputs(out, present, legacy or {})
+        if present and not previous:
+            raise OutputError(
+                f"output folder {out} already holds files fusioncam did not write ({listing(present)}); choose a new "
+                f"or empty folder, or the folder of a previous fusioncam run"
+            )
+    foreign = [name for name in planned if name in present and name not in previous]
+    if foreign:
+        raise OutputError(
+            f"{out / foreign[0]} already exists and was not written by fusioncam (it is not in {out / RECORD}); "
+            f"move it away or choose another output folder" + (f" (also: {listing(foreign[1:])})" if foreign[1:] else "")
+        )
+    return previous & present
+
+
+def _legacy_outputs(out: Path, present: set[str], legacy: Mapping[str, bytes]) -> set[str]:
+    """Files an older fusioncam wrote without a record, known by their first bytes once the anchor file is known."""
+    known = {name for name, head in legacy.items() if name in present and _starts_with(out / name, head)}
+    return known if next(iter(legacy), None) in known else set()
+
+
+def _starts_with(path: Path, head: bytes) -> bool:
+    """Whether a regular file begins with `head`."""
+    try:
+        with open(path, "rb") as handle:
+            return path.is_file() and handle.read(len(head)) == head
+    except OSError:
+        return False
+
+
+def create_folder(out: Path) -> None:
+    """Create the output folder (and its parents) right before the first file is written into it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out} ({exc.strerror or exc}); choose another output folder") from None
