@@ -1,14 +1,16 @@
 """fusioncam: Fusion-CAM explanations at deployment speed (ONNX graphs with in-graph gradients, ORT, CuPy)."""
 
 from .errors import FusionCamError
-from .export import IMAGENET_MEAN, IMAGENET_STD, export_onnx, export_torch, list_layers
+from .export import (IMAGENET_MEAN, IMAGENET_STD, export_onnx, export_onnx_segmentation, export_torch,
+                     export_torch_segmentation, list_layers)
 from .runtime import Explainer, Explanation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "Explainer", "Explanation", "FusionCamError",
-    "export_onnx", "export_torch", "list_layers", "__version__",
+    "export_onnx", "export_onnx_segmentation", "export_torch", "export_torch_segmentation", "list_layers",
+    "__version__",
     "FusionCAM", "overlay",
 ]
 from .grad_cam_api import FusionCAM  # noqa: E402

@@ -7,6 +7,7 @@ from ..memory_budget import check_input_size_fits
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult
 from .layers import Layer
 from .onnx_export import export_onnx, list_onnx_layers
+from .segmentation_export import export_onnx_segmentation, export_torch_segmentation
 
 
 def export_torch(*args, **kwargs) -> ExportResult:
@@ -36,4 +37,5 @@ def _is_torch_module(model) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ExportResult", "Layer", "export_onnx", "export_torch", "list_layers"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ExportResult", "Layer", "export_onnx", "export_onnx_segmentation",
+           "export_torch", "export_torch_segmentation", "list_layers"]

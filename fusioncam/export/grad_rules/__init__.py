@@ -8,6 +8,7 @@ from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers th
     normalization,
     pooling,
     reduce,
+    resize,
     shape_ops,
 )
 from fusioncam.export.grad_rules.registry import RULES, GradRule, grad_rule, rule_for, supported_ops

@@ -1,0 +1,130 @@
+"""Turn a prepared segmenter and a target layer into a verified segmentation bundle on disk (task "segmentation")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, WEIGHTS_FILE, Bundle, Manifest, staged_bundle
+from ..errors import ModelLoadError
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+from .bundle_builder import FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, _float16_graph
+from .layers import Layer
+from .onnx_loading import model_opset
+from .segmentation_graph import (PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE, Segmenter,
+                                 build_segmentation_explain, build_segmentation_scorer)
+
+SEGMENTATION = "segmentation"
+
+
+def _scorer_feed(size: tuple[int, int], output_size: tuple[int, int], seed: int, batch: int = 2) -> dict:
+    """A random scorer input: images, classes 0 and 1 (mod C is the caller's), random region weights in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return {"input": rng.standard_normal((batch, 3, *size)).astype(np.float32),
+            "region_weights": rng.random((batch, *output_size)).astype(np.float32)}
+
+
+def _check_scorer(scorer: Path, segmenter: Segmenter, origin: str):
+    """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused. Returns the session."""
+    session = _cpu_session(scorer, origin, "scorer")
+    feed = _scorer_feed(segmenter.input_size, segmenter.output_size, 0)
+    feed["target"] = np.arange(2, dtype=np.int64) % segmenter.num_classes
+    try:
+        together = session.run([SCORE], feed)[0]
+        alone = np.concatenate([session.run([SCORE], {k: v[i : i + 1] for k, v in feed.items()})[0] for i in range(2)])
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{origin}: the segmentation model does not run with a batch of 2 images ({str(exc).splitlines()[0]}); it "
+            f"probably hard-codes batch size 1. Re-export it with a dynamic batch axis."
+        ) from None
+    if together.shape != alone.shape or float(np.abs(together - alone).max()) > 1e-4:
+        raise ModelLoadError(
+            f"{origin}: region probabilities of a batch of 2 differ from those of each image alone; the model mixes "
+            f"images of a batch (training-mode BatchNorm?). Export it in inference mode with a dynamic batch."
+        )
+    return session
+
+
+def _check_fp16_scorer(scorer_session, scorer_fp16: Path, segmenter: Segmenter, origin: str) -> None:
+    """The float16 scorer must load, run and give region probabilities within the fp16 tolerance of float32's."""
+    feed = _scorer_feed(segmenter.input_size, segmenter.output_size, 2)
+    feed["target"] = np.zeros(2, dtype=np.int64)
+    expected = scorer_session.run([SCORE], feed)[0]
+    session = _cpu_session(scorer_fp16, origin, "float16 scorer")
+    half = {"input": feed["input"].astype(np.float16), "region_weights": feed["region_weights"].astype(np.float16),
+            "target": feed["target"]}
+    try:
+        got = session.run([SCORE], half)[0].astype(np.float32)
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the float16 scorer fails in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+    error = float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("inf")
+    if error > FP16_SCORER_TOLERANCE:
+        raise ModelLoadError(
+            f"{origin}: the float16 scorer's region probabilities differ from float32 by up to {error:.3g} (limit "
+            f"{FP16_SCORER_TOLERANCE}); the model is not float16-safe (overflow?). Export without fp16_scorer."
+        )
+
+
+def _check_explain(explain: Path, segmenter: Segmenter, origin: str) -> None:
+    """Run the explain graph once (largest class over the predicted region, and class 0 over the whole image)."""
+    session = _cpu_session(explain, origin, "explain")
+    rng = np.random.default_rng(1)
+    region = np.ones((2, *segmenter.input_size), dtype=np.float32)
+    region[0] = PREDICTED_REGION
+    feed = {"input": rng.standard_normal((2, 3, *segmenter.input_size)).astype(np.float32),
+            "target": np.array([-1, 0], dtype=np.int64), REGION: region}
+    try:
+        session.run(None, feed)
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the explain graph built from it fails in ONNX Runtime: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+
+def write_segmentation_bundle(
+    segmenter: Segmenter,
+    layer: Layer,
+    out: str | os.PathLike,
+    *,
+    target_label: str,
+    source: str,
+    source_sha256: str,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    class_names: list[str] | None = None,
+    picked_automatically: bool = False,
+    fp16_scorer: bool = False,
+) -> ExportResult:
+    """Build the segmentation explain graph and scorer (and with `fp16_scorer` a float16 scorer), check them, and
+    write the bundle atomically."""
+    if class_names is not None and len(class_names) != segmenter.num_classes:
+        raise ModelLoadError(
+            f"{source}: {len(class_names)} class names given but the model has {segmenter.num_classes} classes"
+        )
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
+    manifest = Manifest(
+        input_size=tuple(segmenter.input_size), mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+        target_layer=target_label, target_tensor=layer.name, channels=layer.shape[1],
+        feature_size=tuple(layer.shape[2:]), num_classes=segmenter.num_classes, opset=model_opset(segmenter.model),
+        source_sha256=source_sha256, source=source, class_names=list(class_names) if class_names is not None else None,
+        task=SEGMENTATION, output_size=tuple(segmenter.output_size),
+    )
+    with staged_bundle(out, manifest) as staged:
+        weights = segmenter.weights.file(staged.path(WEIGHTS_FILE))
+        scorer_model = build_segmentation_scorer(segmenter)
+        half = _float16_graph(scorer_model, segmenter.weights) if fp16_scorer else None
+        weights.store(scorer_model)
+        scorer_session = _check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), segmenter, source)
+        if half is not None:
+            _check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), segmenter, source)
+        del scorer_model, scorer_session, half
+        explain_model = build_segmentation_explain(segmenter, layer)
+        weights.store(explain_model)
+        _check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), segmenter, source)
+    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
+                        picked_automatically=picked_automatically)
+
+
+__all__ = ["REGION", "REGION_WEIGHTS", "SCORE", "SEGMENTATION", "write_segmentation_bundle"]

@@ -1,0 +1,147 @@
+"""`export_torch_segmentation` / `export_onnx_segmentation`: semantic segmentation models become bundles.
+
+A PyTorch model may return the class scores as a tensor [N, C, H', W'], a dict with `out` (torchvision FCN,
+DeepLabV3, LRASPP) or an object with `.logits` (Hugging Face SegFormer and its kin); an ONNX file's first output
+must be those scores (or their softmax, whose input is then used).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import LayerError, ModelLoadError
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+from .bundle_builder import ExportResult
+from .layers import resolve_target
+from .onnx_loading import load_onnx
+from .segmentation_bundle import write_segmentation_bundle
+from .segmentation_graph import auto_segmentation_target, prepare_segmenter
+
+
+def class_scores(output):
+    """The per-pixel class scores inside a segmentation model's output (tensor, dict `out`, or `.logits`)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        scores = output
+    elif getattr(output, "logits", None) is not None:  # Hugging Face outputs are dicts too: look here first
+        scores = output.logits
+    elif isinstance(output, dict) and "out" in output:
+        scores = output["out"]
+    else:
+        raise ModelLoadError(f"the segmentation model returns {type(output).__name__}; expected class scores "
+                             f"[N, C, H', W'] as a tensor, a dict with 'out' or an object with '.logits'")
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 4:
+        what = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ModelLoadError(f"the segmentation model's class scores are {what}; expected [N, C, H', W']")
+    return scores
+
+
+def _segmentation_wrapper(model, layer_path: str):
+    """A module returning (class scores, target module output), the target captured by a forward hook."""
+    import torch
+
+    from .torch_export import module_by_path
+
+    target = module_by_path(model, layer_path)
+
+    class SegmentationWithFeatures(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.captured = []
+            target.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+
+        def forward(self, x):
+            self.captured.clear()
+            scores = class_scores(self.model(x))
+            if len(self.captured) != 1:
+                raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
+                                 f"pick a module that runs exactly once")
+            feats = self.captured[0]
+            if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
+                what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+                raise LayerError(f"target layer '{layer_path}' outputs {what}; a CAM target must output a 4-D "
+                                 f"feature map [N,K,h,w]. Pick one from fusioncam.list_layers(model).")
+            return scores, feats
+
+    return SegmentationWithFeatures().eval()
+
+
+def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int]):
+    """Export (class scores, target features) with the classifier path's exporters (TorchScript, then dynamo)."""
+    import torch
+
+    from .torch_export import FEATURES_OUTPUT, _export_dynamo, _export_torchscript, _inference_copy
+
+    wrapper = _segmentation_wrapper(_inference_copy(model), layer_path)
+    example = torch.zeros(2, 3, *input_size)
+    with torch.no_grad():
+        wrapper(example)  # raises the LayerError/ModelLoadError above with a clear message before exporting
+    try:
+        exported = _export_torchscript(wrapper, example)
+    except Exception as first:
+        try:
+            exported = _export_dynamo(wrapper, example)
+        except Exception as second:
+            raise ModelLoadError(
+                f"PyTorch could not export the segmentation model to ONNX: TorchScript exporter: "
+                f"{str(first).splitlines()[0]}; dynamo exporter: {str(second).splitlines()[0]}"
+            ) from None
+    kept = [out for out in exported.graph.output if out.name != FEATURES_OUTPUT]
+    del exported.graph.output[:]
+    exported.graph.output.extend(kept)
+    return exported
+
+
+def export_torch_segmentation(
+    model,
+    target_layer: str,
+    out: str | os.PathLike,
+    input_size: tuple[int, int] = (224, 224),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    class_names: list[str] | None = None,
+    fp16_scorer: bool = False,
+) -> ExportResult:
+    """Export a PyTorch segmentation model with the module at `target_layer` (a dotted path) as the CAM target.
+
+    The bundle's explain graph takes a class and a region per image and differentiates the region score
+    `S = sum over the region of the class-c scores`; its scorer returns the region probability (docs/segmentation.md)."""
+    import torch
+
+    from .torch_export import FEATURES_OUTPUT, state_sha256
+
+    if not isinstance(model, torch.nn.Module):
+        raise ModelLoadError(f"export_torch_segmentation needs a torch.nn.Module, got {type(model).__name__}")
+    source = f"{type(model).__name__} (PyTorch)"
+    exported = _torch_to_onnx(model, target_layer, tuple(input_size))
+    segmenter = prepare_segmenter(exported, source, tuple(input_size))
+    layer = resolve_target(segmenter, FEATURES_OUTPUT)
+    return write_segmentation_bundle(
+        segmenter, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
+        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer,
+    )
+
+
+def export_onnx_segmentation(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    target_layer: str | None = None,
+    *,
+    input_size: tuple[int, int] | None = None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    class_names: list[str] | None = None,
+    fp16_scorer: bool = False,
+) -> ExportResult:
+    """Make a segmentation bundle from an `.onnx` model whose first output is class scores [N, C, H', W'];
+    `target_layer` is a tensor name, None picks the last feature map before the per-pixel classifier."""
+    source = load_onnx(model_path)
+    segmenter = prepare_segmenter(source.model, source.origin, input_size)
+    layer = resolve_target(segmenter, target_layer) if target_layer is not None else auto_segmentation_target(segmenter)
+    return write_segmentation_bundle(
+        segmenter, layer, out, target_label=layer.name, source=str(model_path), source_sha256=source.sha256,
+        mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
+        fp16_scorer=fp16_scorer,
+    )
