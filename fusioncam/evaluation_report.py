@@ -19,7 +19,7 @@ import numpy as np
 
 from .interrupts import Interrupted, active
 from .metrics.evaluation import METRICS, Evaluation, MethodScores, evaluate_maps
-from .output_guard import RECORD, check_output_folder, create_folder
+from .output_guard import RECORD, check_output_folder, create_folder, record_files
 from .report import _png_bytes, _write
 from .runtime.methods import METHOD_TITLES
 
@@ -298,7 +298,7 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
         "interrupted_by": run.interrupted,
         "images": images,
         "failed": list(skipped),
-        "written_files": sorted(set(earlier) | {path.name for path in written} | {RECORD}),
+        "written_files": record_files(out, earlier, [path.name for path in written]),
     }
     _write(out / RECORD, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
     return written + [out / RECORD]

@@ -1,8 +1,9 @@
 """What fusioncam may write over: a new path, or what a previous fusioncam run wrote there, never the user's files.
 
 Output folders of `explain`, `evaluate` and `demo` carry a record, `results.json`, that lists every file fusioncam
-wrote into them (`written_files`). A folder may be new, empty, or such a previous output folder; a file fusioncam
-is about to write that already exists and is not in that record is refused before any work starts, naming it.
+wrote into them with its SHA-256 (`written_files`). A folder may be new, empty, or such a previous output folder; a
+file fusioncam is about to write that already exists and is not in that record, or was changed since, is refused
+before any work starts, naming it.
 Bundle directories are guarded the same way by their manifest (see bundle.check_bundle_destination).
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import OutputError
+from .hashing import file_sha256
 
 RECORD = "results.json"
 RECORD_MARK = "fusioncam_version"  # a results.json fusioncam wrote has this key
@@ -64,7 +66,10 @@ def check_writable_location(out: Path, what: str) -> None:
         raise OutputError(f"{what} {out} is not writable ({exc.strerror or exc}); choose another {what}") from None
 
 
-def previous_outputs(out: Path) -> set[str] | None:
+Written = dict[str, "str | None"]  # file name -> SHA-256 when written (None: not known, e.g. the record itself)
+
+
+def previous_outputs(out: Path) -> Written | None:
     """The files a previous fusioncam run recorded writing into `out` (its results.json), or None without a record."""
     record = out / RECORD
     try:
@@ -73,19 +78,31 @@ def previous_outputs(out: Path) -> set[str] | None:
         return None
     if not isinstance(document, dict) or RECORD_MARK not in document:
         return None
-    written = set(document.get("written_files") or [])
-    written.add(RECORD)
-    if "images" in document and document.get("command", "explain") in ("explain", "demo"):
-        written.add("index.html")  # records from before `written_files` was kept
+    listed = document.get("written_files") or {}
+    written: Written = dict(listed) if isinstance(listed, dict) else dict.fromkeys(listed)
+    if not listed and "images" in document:  # a record from before `written_files` was kept
+        written["index.html"] = None
         for image in document.get("images") or []:
             if isinstance(image, dict) and isinstance(image.get("files"), dict):
-                written.update(str(name) for name in image["files"].values())
-    return {name for name in written if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+                written.update(dict.fromkeys(str(name) for name in image["files"].values()))
+    written[RECORD] = None
+    return {name: digest if isinstance(digest, str) else None for name, digest in written.items()
+            if isinstance(name, str) and "/" not in name and name not in ("", ".", "..")}
+
+
+def record_files(out: Path, earlier: Written, new: Iterable[str]) -> Written:
+    """The record's `written_files`: earlier runs' entries, and this run's files with the hash of what is on disk."""
+    files = dict(earlier)
+    for name in new:
+        files[name] = None if name == RECORD else file_sha256(out / name)
+    files[RECORD] = None
+    return dict(sorted(files.items()))
 
 
 def check_output_folder(out: str | os.PathLike, planned: Iterable[str], inputs: Mapping[str, str] | None = None,
-                        legacy: Mapping[str, bytes] | None = None) -> set[str]:
-    """Refuse an output folder fusioncam could not write without losing data; return the files it wrote before.
+                        legacy: Mapping[str, bytes] | None = None) -> Written:
+    """Refuse an output folder fusioncam could not write without losing data; return the files it wrote before
+    (those still there, with their recorded hashes).
 
     `planned`: the file names this run will write into `out`. `inputs`: real path -> label of the input images
     (none may be overwritten). `legacy`: file name -> leading bytes by which a file written by an older fusioncam
@@ -103,11 +120,11 @@ def check_output_folder(out: str | os.PathLike, planned: Iterable[str], inputs: 
                               f"choose another output folder")
     check_writable_location(out, "output folder")
     if not out.exists():
-        return set()
+        return {}
     present = {entry.name for entry in out.iterdir() if not entry.name.startswith(".write-probe.")}
     previous = previous_outputs(out)
     if previous is None:
-        previous = _legacy_outputs(out, present, legacy or {})
+        previous = dict.fromkeys(_legacy_outputs(out, present, legacy or {}))
         if present and not previous:
             raise OutputError(
                 f"output folder {out} already holds files fusioncam did not write ({listing(present)}); choose a new "
@@ -119,7 +136,20 @@ def check_output_folder(out: str | os.PathLike, planned: Iterable[str], inputs: 
             f"{out / foreign[0]} already exists and was not written by fusioncam (it is not in {out / RECORD}); "
             f"move it away or choose another output folder" + (f" (also: {listing(foreign[1:])})" if foreign[1:] else "")
         )
-    return previous & present
+    for name in planned:
+        digest = previous.get(name)
+        if name in present and digest is not None and _sha256_or_none(out / name) != digest:
+            raise OutputError(f"{out / name} was changed since fusioncam wrote it (its SHA-256 differs from the one in "
+                              f"{out / RECORD}); move it away or choose another output folder")
+    return {name: digest for name, digest in previous.items() if name in present}
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    """A regular file's SHA-256, or None for anything else (a folder where a file was)."""
+    try:
+        return file_sha256(path) if path.is_file() else None
+    except OSError:
+        return None
 
 
 def _legacy_outputs(out: Path, present: set[str], legacy: Mapping[str, bytes]) -> set[str]:

@@ -25,7 +25,7 @@ from .atomic import write_bytes_atomic, write_text_atomic
 from .errors import FusionCamError, InputError
 from .images import preprocess
 from .interrupts import Interrupted, active
-from .output_guard import check_output_folder, create_folder
+from .output_guard import check_output_folder, create_folder, record_files
 from .progress import ProgressBar
 from .runtime.input_checks import resolve_targets
 from .runtime.methods import METHOD_TITLES, METHODS, check_methods
@@ -82,18 +82,17 @@ class RunSummary:
     failures: list[Failure]
     interrupted: str | None = None  # SIGINT or SIGTERM when the run stopped early
     not_explained: list[str] = field(default_factory=list)  # inputs an interrupted run never reached
-    earlier_files: set[str] = field(default_factory=set)  # files a previous run recorded in this folder
+    earlier_files: dict[str, str | None] = field(default_factory=dict)  # what a previous run recorded writing here
 
     @property
     def all_succeeded(self) -> bool:
         return not self.failures and bool(self.records) and self.interrupted is None
 
-    def written_files(self) -> list[str]:
-        """Every file fusioncam wrote into the folder, by this run or an earlier one (results.json records them)."""
-        files = set(self.earlier_files) | {INDEX_HTML, RESULTS_JSON}
-        for record in self.records:
-            files.update(record.files.values())
-        return sorted(files)
+    def written_files(self) -> dict[str, str | None]:
+        """Every file fusioncam wrote into the folder, by this run or an earlier one, with its SHA-256 (the record
+        that lets the next run replace exactly these files, and refuse them once someone changed them)."""
+        new = [INDEX_HTML, RESULTS_JSON] + [name for record in self.records for name in record.files.values()]
+        return record_files(self.out, self.earlier_files, new)
 
 
 def output_files(name: str, methods: Sequence[str]) -> dict[str, str]:
@@ -141,7 +140,8 @@ def planned_files(sources: Sequence[ImageSource], methods: Sequence[str]) -> lis
     return planned
 
 
-def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> set[str]:
+def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]
+                     ) -> dict[str, str | None]:
     """Refuse an output folder where a file this run writes would replace an input or a file fusioncam did not write
     (output_guard.check_output_folder); nothing is created. Returns the files earlier runs recorded there."""
     inputs = {os.path.realpath(s.path): s.label for s in sources if s.path is not None}
@@ -211,8 +211,8 @@ def explain_into_folder(
         if stop.requested and reached < len(sources):
             summary.interrupted = stop.received
             summary.not_explained = [s.label for s in sources[reached:]]
-        write_results_json(summary, explainer, methods)
         write_index_html(summary, explainer, methods)
+        write_results_json(summary, explainer, methods)  # last: it records index.html's hash
     return summary
 
 
