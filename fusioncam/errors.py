@@ -37,9 +37,5 @@ class OutputError(FusionCamError):
     """An output path would replace or delete something fusioncam did not write, or cannot be written."""
 
 
-class OutputError(FusionCamError):
-    """An output path would replace or delete something fusioncam did not write, or cannot be written."""
-
-
 class ClosedError(FusionCamError):
     """An Explainer (or its scorer) was used after close() released its sessions and buffers."""
