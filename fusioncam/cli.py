@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_explain.add_subcommands(sub)
     cli_evaluate.add_subcommands(sub)
+    from .dataset import cli as cli_dataset  # imports no Ray: explain-dataset says how to install it when absent
+
+    cli_dataset.add_subcommands(sub)
     from .serve import cli as cli_serve
 
     cli_serve.add_subcommands(sub)

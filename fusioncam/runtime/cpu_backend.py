@@ -15,12 +15,18 @@ from .stage_clock import HostClock
 
 
 
+CPU_THREADS_ENV = "FUSIONCAM_CPU_THREADS"  # intra-op threads per session, for several explainers sharing one machine
+
+
 def cpu_session(path, threads: int | None = None):
-    """An ORT CPU session using every core for each op (Score-CAM batches are wide enough)."""
+    """An ORT CPU session using every core for each op (Score-CAM batches are wide enough), or the
+    $FUSIONCAM_CPU_THREADS cores (a positive integer) where several explainers share the machine."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    wanted = os.environ.get(CPU_THREADS_ENV, "").strip()
+    options.intra_op_num_threads = threads or (int(wanted) if wanted.isdigit() and int(wanted) > 0 else 0) \
+        or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 

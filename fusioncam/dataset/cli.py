@@ -1,0 +1,73 @@
+"""The `explain-dataset` subcommand: it parses arguments and calls fusioncam.dataset.explain_dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli_explain import _methods, _positive, _say
+from ..metrics.perturbation_curves import DEFAULT_STEP
+from ..runtime.methods import METHODS
+from .pipeline import DEFAULT_BATCH_IMAGES
+from .rows import MAP_DTYPES
+
+
+def _gpus(text: str) -> float:
+    """--gpus-per-worker: 0 or a positive number (a fraction shares a GPU between workers)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of GPUs, got {text!r}")
+    return int(value) if value.is_integer() else value
+
+
+def cmd_explain_dataset(args: argparse.Namespace) -> int:
+    """fusioncam explain-dataset INPUT... --model MODEL --out OUT: explain every image on Ray, Parquet out."""
+    from .pipeline import explain_dataset
+    from .ray_support import require_ray
+
+    require_ray()  # before the model is exported: say how to install Ray first
+    run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
+                          workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch_images=args.batch_images,
+                          address=args.address, layer=args.layer, scorer_batch=args.batch,
+                          threads_per_worker=args.threads_per_worker, step=args.step, map_dtype=args.map_dtype,
+                          image_column=args.image_column, id_column=args.id_column, notify=_say)
+    summary = run.summary
+    print((run.out / "summary.md").read_text(encoding="utf-8"), end="")
+    _say(f"explained {summary['explained']} of {summary['images']} image(s), {summary['errors']} error row(s); "
+         f"results in {run.out}")
+    return 0 if summary["errors"] == 0 else 1
+
+
+def add_subcommands(sub) -> None:
+    """Register explain-dataset on the parser's subparsers."""
+    parser = sub.add_parser("explain-dataset", help="explain (and evaluate) a whole dataset on Ray: Parquet out, resumable")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="a folder (recursive), a glob, a .txt/.csv list of paths, a .parquet table with an image "
+                             "column (bytes or paths), or an image; local paths or URIs (s3://...)")
+    parser.add_argument("--model", required=True, help="a bundle directory, an .onnx file, or efficientnet_lite0")
+    parser.add_argument("--out", required=True,
+                        help="output folder: parts/*.parquet, summary.json, summary.md; a rerun resumes it")
+    parser.add_argument("--methods", type=_methods, default=("fusion",),
+                        help=f"comma-separated, any of {','.join(METHODS)} (default: fusion)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="also each method's Average Drop, Increase in Confidence, deletion and insertion AUC")
+    parser.add_argument("--workers", type=_positive, default=1, help="Ray actors, one Explainer each (default: 1)")
+    parser.add_argument("--gpus-per-worker", type=_gpus, default=0,
+                        help="GPUs per worker (default: 0, the CPU; then each worker gets cores/workers threads)")
+    parser.add_argument("--batch-images", type=_positive, default=DEFAULT_BATCH_IMAGES,
+                        help=f"images per block, explained together and written as one part file "
+                             f"(default: {DEFAULT_BATCH_IMAGES})")
+    parser.add_argument("--address", help="Ray cluster to use: auto, or ray://HEAD:10001 (default: a local Ray)")
+    parser.add_argument("--layer", help="target layer for an .onnx model (default: the bundle's, or automatic)")
+    parser.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    parser.add_argument("--threads-per-worker", type=_positive, help="ONNX Runtime threads per CPU worker")
+    parser.add_argument("--step", type=_positive, default=DEFAULT_STEP,
+                        help=f"pixels per deletion/insertion step with --evaluate (default: {DEFAULT_STEP})")
+    parser.add_argument("--map-dtype", choices=tuple(MAP_DTYPES), default="float16",
+                        help="storage type of the maps (default: float16)")
+    parser.add_argument("--image-column", help="an input table's image column (default: found by name and type)")
+    parser.add_argument("--id-column", help="an input table's column naming each row (default: found by name, else "
+                                            "the SHA-256 of the image bytes)")
+    parser.set_defaults(run=cmd_explain_dataset)

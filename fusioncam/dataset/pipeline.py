@@ -1,0 +1,121 @@
+"""`explain_dataset`: the model exported once in the driver, Ray tasks reading the images' bytes, a fixed pool of Ray
+actors (one Explainer each) explaining blocks of images, every block written as its own Parquet part file."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+from ..metrics.evaluation import checked_methods
+from ..metrics.inputs import checked_step
+from ..metrics.perturbation_curves import DEFAULT_STEP
+from .output import done_sources, prepare_output
+from .ray_support import cluster_cpus, connect
+from .rows import MAP_DTYPES, RowLayout
+from .sources import plan_inputs, source_dataset
+from .summary import write_summary
+from .worker import ExplainWorker, WorkerSettings
+
+DEFAULT_BATCH_IMAGES = 8
+
+
+@dataclass
+class DatasetRun:
+    """A finished run that wrote OUT: where it is, and its summary (summary.json's content)."""
+
+    out: Path
+    summary: dict[str, object]
+
+    def table(self, columns: Sequence[str] | None = None):
+        """The result table (pyarrow), one row per image sorted by source; `columns` to read only some."""
+        from .output import read_results
+
+        return read_results(self.out, columns)
+
+
+def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], model: str | os.PathLike,
+                    out: str | os.PathLike | None = None, methods: str | Sequence[str] = ("fusion",),
+                    evaluate: bool = False, workers: int = 1, gpus_per_worker: float = 0,
+                    batch_images: int = DEFAULT_BATCH_IMAGES, address: str | None = None, *,
+                    layer: str | None = None, scorer_batch: int | None = None, threads_per_worker: int | None = None,
+                    step: int = DEFAULT_STEP, map_dtype: str = "float16", image_column: str | None = None,
+                    id_column: str | None = None, notify: Callable[[str], None] | None = None):
+    """Explain every image of `source` with `model` on Ray Data.
+
+    source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
+    (bytes or paths), one image, or a list of these; local paths or URIs pyarrow can open. model: a bundle
+    directory, an .onnx file or 'efficientnet_lite0' (exported once, here, into the cache). workers: Ray actors, each
+    with one Explainer (on `gpus_per_worker` GPUs, or on cores / workers CPU threads); batch_images: images per
+    block (explained together, one part file each). address: a Ray cluster ('auto', 'ray://head:10001'); default:
+    the running Ray, else a local one. evaluate: also each method's faithfulness metrics, as `fusioncam evaluate`.
+
+    With `out`: writes OUT/parts/*.parquet (one row per image, see fusioncam.dataset.rows), skipping the images an
+    earlier run with the same settings already wrote there, then summary.json / summary.md (metrics.csv,
+    curves.png); returns a DatasetRun. Without `out`: returns the lazy Ray Dataset of the rows (Ray stays up).
+    """
+    methods = checked_methods((methods,) if isinstance(methods, str) else tuple(methods))
+    _check_counts(workers, gpus_per_worker, batch_images, threads_per_worker, map_dtype)
+    sources = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
+    plan = plan_inputs(sources)
+    from ..default_model import bundle_for
+
+    bundle = bundle_for(model, layer, notify=notify)
+    manifest = bundle.manifest
+    if evaluate:
+        checked_step(step, manifest.input_size[0] * manifest.input_size[1])
+    layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype)
+    out_dir, done = None, frozenset()
+    if out is not None:
+        out_dir = prepare_output(out, {"model": str(bundle.path), "model_sha256": manifest.manifest_sha256,
+                                       "methods": list(methods), "evaluate": bool(evaluate),
+                                       "step": int(step) if evaluate else None, "map_dtype": map_dtype})
+        done = done_sources(out_dir)
+    ray, started = connect(address)
+    try:
+        device = "cuda" if gpus_per_worker else "cpu"
+        threads = None if gpus_per_worker else (threads_per_worker or max(1, cluster_cpus(ray) // workers))
+        if not gpus_per_worker and workers > cluster_cpus(ray):
+            raise InputError(f"--workers {workers} is more than the {cluster_cpus(ray)} CPUs Ray has; each CPU "
+                             f"worker holds one")
+        rows = source_dataset(ray, plan, done, batch_images, image_column, id_column)
+        settings = WorkerSettings(str(bundle.path), layout, device, scorer_batch, threads, int(step),
+                                  str(out_dir) if out_dir is not None else None)
+        explained = None if rows is None else rows.map_batches(
+            ExplainWorker, fn_constructor_args=(settings,), batch_size=batch_images, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus_per_worker or None)
+        if out_dir is None:
+            if explained is None:
+                raise InputError("every input image is already explained; nothing to do")
+            return explained
+        start = time.perf_counter()
+        count = 0
+        if explained is not None:
+            for block in explained.iter_batches(batch_size=None, batch_format="pyarrow"):
+                count += block.num_rows
+        seconds = time.perf_counter() - start
+        run = {"model": manifest.source, "bundle": str(bundle.path), "target_layer": manifest.target_layer,
+               "device": device, "workers": workers, "gpus_per_worker": gpus_per_worker,
+               "threads_per_worker": threads, "batch_images": batch_images, "images_this_run": count,
+               "skipped_as_done": len(done), "seconds": seconds,
+               "images_per_second": count / seconds if seconds > 0 and count else 0.0}
+        return DatasetRun(out_dir, write_summary(out_dir, layout, int(step), run))
+    finally:
+        if started and out is not None:
+            ray.shutdown()
+
+
+def _check_counts(workers, gpus_per_worker, batch_images, threads_per_worker, map_dtype) -> None:
+    """Clear errors for counts that are not positive (GPUs may be 0 or a positive fraction)."""
+    for name, value in (("workers", workers), ("batch_images", batch_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer; got {value!r}")
+    if threads_per_worker is not None and (not isinstance(threads_per_worker, int) or threads_per_worker < 1):
+        raise InputError(f"threads_per_worker must be a positive integer; got {threads_per_worker!r}")
+    if not isinstance(gpus_per_worker, (int, float)) or gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be 0 (CPU) or a positive number of GPUs; got {gpus_per_worker!r}")
+    if map_dtype not in MAP_DTYPES:
+        raise InputError(f"map_dtype must be one of {', '.join(MAP_DTYPES)}; got {map_dtype!r}")

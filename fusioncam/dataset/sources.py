@@ -1,0 +1,237 @@
+"""What to explain: image paths from folders (recursive), globs, text/CSV lists and Parquet tables, as a Ray Dataset
+of rows (source, bytes, error) whose bytes are read by Ray tasks; a file that cannot be read becomes an error row.
+
+Local paths and `file://` URIs work here; other URIs (`s3://`, `gs://`, ...) are read through pyarrow's file systems
+where the installed pyarrow has them, as Ray's own readers do.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..cli_explain import IMAGE_EXTENSIONS
+from ..errors import InputError
+
+LIST_SUFFIXES = (".txt", ".lst", ".csv")
+TABLE_SUFFIXES = (".parquet", ".pq")
+PATH_COLUMNS = ("path", "image_path", "file", "filename", "uri", "image")  # a CSV list's or table's path column
+BYTES_COLUMNS = ("image", "bytes", "image_bytes", "content", "data")  # a table's encoded-image column
+ID_COLUMNS = ("source", "path", "id", "name", "filename", "file", "key")  # a table's row identity, beside bytes
+READER_CPUS = 0  # reading bytes is I/O: the cores stay with the explaining actors (one CPU each)
+
+
+@dataclass
+class InputPlan:
+    """Image paths to read (absolute local paths or URIs, in a stable order) and Parquet tables to read rows from."""
+
+    paths: list[str] = field(default_factory=list)
+    tables: list[str] = field(default_factory=list)
+
+
+def is_uri(text: str) -> bool:
+    """True for 's3://bucket/key', 'file:///tmp/x' and the like."""
+    return "://" in text
+
+
+def plan_inputs(inputs: Sequence[str]) -> InputPlan:
+    """Expand each INPUT: a folder (recursively, its image files), a glob, a .txt/.lst/.csv list of paths, a Parquet
+    table (or a folder given with a `.parquet` suffix), or one image file. Paths repeat only once."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [os.fspath(inputs)]
+    plan = InputPlan()
+    for item in map(os.fspath, inputs):
+        suffix = Path(item.split("?")[0]).suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            plan.tables.append(item if is_uri(item) else os.path.abspath(_existing(item)))
+        elif is_uri(item):
+            plan.paths += _uri_images(item)
+        elif os.path.isdir(item):
+            plan.paths += _folder_images(item)
+        elif glob.has_magic(item) and not os.path.exists(item):
+            matches = sorted(os.path.abspath(p) for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not matches:
+                raise InputError(f"the glob {item!r} matches no file")
+            plan.paths += matches
+        elif suffix in LIST_SUFFIXES:
+            plan.paths += _listed_paths(_existing(item))
+        else:
+            plan.paths.append(os.path.abspath(_existing(item)))
+    plan.paths = list(dict.fromkeys(plan.paths))
+    if not plan.paths and not plan.tables:
+        raise InputError(f"no images found in {', '.join(inputs)} (folders are searched recursively for "
+                         f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return plan
+
+
+def _existing(path: str) -> str:
+    """The path, or an InputError when it does not exist."""
+    if not os.path.exists(path):
+        raise InputError(f"input {path!r} does not exist (give a folder, a glob, a .txt/.csv list, a .parquet table "
+                         f"or an image file)")
+    return path
+
+
+def _is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _folder_images(folder: str) -> list[str]:
+    """Every image file under the folder, recursively, sorted by path."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [os.path.abspath(os.path.join(root, name)) for name in sorted(files) if _is_image_name(name)]
+    return found
+
+
+def _uri_images(uri: str) -> list[str]:
+    """A URI of one file, or of a folder whose image files are listed recursively through pyarrow's file systems."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(path)
+    except Exception as exc:  # pyarrow raises several types for unknown schemes, credentials and network failures
+        raise InputError(f"cannot open {uri!r} ({exc}); check the URI and that pyarrow supports its scheme") from None
+    if info.type == fs.FileType.NotFound:
+        raise InputError(f"input {uri!r} does not exist")
+    if info.type == fs.FileType.File:
+        return [uri]
+    scheme = uri.split("://", 1)[0]
+    entries = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+    return sorted(f"{scheme}://{e.path}" for e in entries if e.type == fs.FileType.File and _is_image_name(e.path))
+
+
+def _listed_paths(list_file: str) -> list[str]:
+    """Paths in a text list (one per line, '#' comments) or a CSV (its path column, else its first), relative paths
+    taken from the list's own folder."""
+    base = os.path.dirname(os.path.abspath(list_file))
+    with open(list_file, newline="", encoding="utf-8") as handle:
+        if list_file.lower().endswith(".csv"):
+            rows = list(csv.reader(handle))
+            header = [cell.strip().lower() for cell in rows[0]] if rows else []
+            column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+            entries = [row[column or 0] for row in (rows[1:] if column is not None else rows) if row]
+        else:
+            entries = [line for line in handle.read().splitlines() if not line.lstrip().startswith("#")]
+    paths = [entry.strip() for entry in entries if entry.strip()]
+    return [p if is_uri(p) else os.path.abspath(os.path.join(base, p)) for p in paths]
+
+
+def read_source_bytes(source: str) -> tuple[bytes | None, str | None]:
+    """(the file's bytes, None) or (None, the reason it cannot be read): a local path or a URI."""
+    try:
+        if is_uri(source):
+            from pyarrow import fs
+
+            filesystem, path = fs.FileSystem.from_uri(source)
+            with filesystem.open_input_stream(path) as stream:
+                return stream.readall(), None
+        with open(source, "rb") as handle:
+            return handle.read(), None
+    except FileNotFoundError:
+        return None, f"image file {source!r} does not exist"
+    except IsADirectoryError:
+        return None, f"image path {source!r} is a directory, not an image file"
+    except OSError as exc:
+        return None, f"image file {source!r} cannot be read: {exc.strerror or exc}"
+    except Exception as exc:  # pyarrow's remote file systems raise their own types
+        return None, f"image file {source!r} cannot be read: {exc}"
+
+
+def _rows_table(sources: Iterable[str], data: Iterable[bytes | None], errors: Iterable[str | None]):
+    """The reader's output block: source (string), bytes (binary, null for an error row), error (string or null)."""
+    import pyarrow as pa
+
+    return pa.table({"source": pa.array(list(sources), pa.string()), "bytes": pa.array(list(data), pa.binary()),
+                     "error": pa.array(list(errors), pa.string())})
+
+
+def read_path_rows(batch):
+    """Ray task: a pyarrow batch of `source` paths -> (source, bytes, error) rows."""
+    sources = batch.column("source").to_pylist()
+    results = [read_source_bytes(source) for source in sources]
+    return _rows_table(sources, (r[0] for r in results), (r[1] for r in results))
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """Which column of an input table holds the image (bytes, or a path to read) and which names each row."""
+
+    image: str
+    image_is_path: bool
+    identity: str | None
+
+
+def table_columns(schema, image_column: str | None = None, id_column: str | None = None) -> TableColumns:
+    """Find the image column (binary: encoded bytes; string: a path) and the identity column of a table schema."""
+    import pyarrow as pa
+
+    types = dict(zip(schema.names, schema.types))
+    if image_column is not None and image_column not in types:
+        raise InputError(f"the input table has no column {image_column!r}; its columns: {', '.join(schema.names)}")
+    candidates = [image_column] if image_column else [c for c in (*BYTES_COLUMNS, *PATH_COLUMNS) if c in types]
+    for name in candidates:
+        kind = types[name]
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            identity = id_column or next((c for c in ID_COLUMNS if c in types and c != name
+                                          and pa.types.is_string(types[c])), None)
+            if identity is not None and identity not in types:
+                raise InputError(f"the input table has no column {identity!r}; its columns: {', '.join(schema.names)}")
+            return TableColumns(name, False, identity)
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            return TableColumns(name, True, id_column)
+    raise InputError(f"the input table has no image column (binary bytes or string paths) among "
+                     f"{', '.join(schema.names)}; name it with --image-column")
+
+
+def read_table_rows(batch, columns: TableColumns, done: frozenset[str]):
+    """Ray task: rows of an input table -> (source, bytes, error) rows, the already-done sources dropped.
+
+    A path column is read like a list of paths; a bytes column is taken as is, each row named by its identity
+    column, or by 'sha256:<hash of its bytes>' when the table has none."""
+    values = batch.column(columns.image).to_pylist()
+    if columns.image_is_path:
+        sources = [str(v) if v is not None else "" for v in values]
+        keep = [i for i, s in enumerate(sources) if s not in done]
+        results = [read_source_bytes(sources[i]) if sources[i] else (None, "empty image path") for i in keep]
+        return _rows_table([sources[i] for i in keep], (r[0] for r in results), (r[1] for r in results))
+    names = batch.column(columns.identity).to_pylist() if columns.identity else None
+    sources = [str(names[i]) if names is not None else _content_id(v) for i, v in enumerate(values)]
+    keep = [i for i, s in enumerate(sources) if s not in done]
+    return _rows_table([sources[i] for i in keep], (values[i] for i in keep),
+                       (None if values[i] else "the image column is empty in this row" for i in keep))
+
+
+def _content_id(data: bytes | None) -> str:
+    """A row's identity when its table names none: the SHA-256 of its bytes."""
+    return "sha256:" + hashlib.sha256(data or b"").hexdigest()
+
+
+def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int, image_column: str | None = None,
+                   id_column: str | None = None):
+    """The Ray Dataset of (source, bytes, error) rows still to explain: listed paths minus the done ones, read in
+    blocks of `batch_images`, then the rows of each input table."""
+    parts = []
+    todo = [p for p in plan.paths if p not in done]
+    if todo:
+        blocks = max(1, -(-len(todo) // batch_images))
+        listed = ray.data.from_items([{"source": p} for p in todo], override_num_blocks=blocks)
+        parts.append(listed.map_batches(read_path_rows, batch_size=batch_images, batch_format="pyarrow",
+                                        num_cpus=READER_CPUS))
+    for table in plan.tables:
+        rows = ray.data.read_parquet(table)
+        columns = table_columns(rows.schema().base_schema, image_column, id_column)
+        wanted = [columns.image] + ([columns.identity] if columns.identity and not columns.image_is_path else [])
+        parts.append(rows.select_columns(list(dict.fromkeys(wanted))).map_batches(
+            read_table_rows, fn_kwargs={"columns": columns, "done": done}, batch_size=batch_images,
+            batch_format="pyarrow", num_cpus=READER_CPUS))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])

@@ -1,0 +1,130 @@
+"""The Ray actor of a dataset run: one `Explainer` per worker; it decodes each block's bytes with fusioncam.images,
+explains (and evaluates) the block's images together and writes or returns the block's rows."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FusionCamError
+from ..images import decode_rgb, preprocess
+from ..metrics.evaluation import METRICS, evaluate_maps
+from ..runtime.cpu_backend import CPU_THREADS_ENV
+from .output import write_part
+from .rows import BatchRows, RowLayout, SWEEP_METHODS, curve_column, metric_column
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs to build its Explainer and its rows (sent once, to each actor)."""
+
+    bundle_path: str
+    layout: RowLayout
+    device: str = "cpu"
+    scorer_batch: int | None = None
+    threads: int | None = None  # ONNX Runtime intra-op threads on the CPU (cores / workers)
+    step: int = 224
+    out: str | None = None  # write each block's part file here and return only the light columns
+
+
+class ExplainWorker:
+    """Ray Data callable class: pyarrow blocks of (source, bytes, error) -> blocks of output rows."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        from ..runtime import Explainer
+
+        if settings.threads:
+            os.environ[CPU_THREADS_ENV] = str(settings.threads)
+        self.settings = settings
+        self.explainer = Explainer(settings.bundle_path, device=settings.device, batch_size=settings.scorer_batch)
+        self.manifest = self.explainer.bundle.manifest
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, batch):
+        sources = batch.column("source").to_pylist()
+        data = batch.column("bytes").to_pylist()
+        errors = batch.column("error").to_pylist()
+        images, decode_seconds = {}, {}
+        for i, (source, raw, error) in enumerate(zip(sources, data, errors)):
+            if error is not None:
+                continue
+            start = time.perf_counter()
+            try:
+                rgb = decode_rgb(raw, source)
+                images[i] = preprocess(rgb, self.manifest.input_size, self.manifest.mean, self.manifest.std)
+            except FusionCamError as exc:
+                errors[i] = str(exc)
+            decode_seconds[i] = time.perf_counter() - start
+        rows = self._explained_rows(sources, images, errors)
+        block = BatchRows(self.settings.layout)
+        for i, source in enumerate(sources):
+            base = {"source": source, "decode_seconds": decode_seconds.get(i), "worker": self.worker}
+            if i in rows:
+                block.add({**base, **rows[i][0]}, rows[i][1])
+            else:
+                block.add({**base, "error": errors[i]})
+        table = block.table()
+        if self.settings.out is None:
+            return table
+        write_part(Path(self.settings.out), table)
+        return table.drop_columns(self.settings.layout.heavy_columns())
+
+    def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None]):
+        """{index: (row values, maps)} of the decoded images, explained together; when the block fails as a whole
+        (e.g. one image's logits are not finite), each image alone, so only the failing ones become error rows."""
+        if not images:
+            return {}
+        try:
+            return self._explain(sources, images)
+        except FusionCamError as exc:
+            if len(images) == 1:
+                errors[next(iter(images))] = str(exc)
+                return {}
+        rows = {}
+        for index, image in images.items():
+            try:
+                rows.update(self._explain(sources, {index: image}))
+            except FusionCamError as exc:
+                errors[index] = str(exc)
+        return rows
+
+    def _explain(self, sources: list[str], images: dict[int, np.ndarray]):
+        """Explain (and evaluate, as `fusioncam evaluate` does) these images: {index: (row values, maps)}."""
+        layout = self.settings.layout
+        indices = list(images)
+        names = [sources[i] for i in indices]
+        batch = np.stack([images[i] for i in indices])
+        start = time.perf_counter()
+        explanation = self.explainer.explain(batch, methods=layout.methods, names=names)
+        explain_seconds = (time.perf_counter() - start) / len(indices)
+        evaluation, evaluate_seconds = None, None
+        if layout.evaluate:
+            start = time.perf_counter()
+            evaluation = evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in layout.methods},
+                                       explanation.classes, self.settings.step, names)
+            evaluate_seconds = (time.perf_counter() - start) / len(indices)
+        rows = {}
+        for j, index in enumerate(indices):
+            row = {"class_index": int(explanation.classes[j]), "class_name": explanation.class_name(j),
+                   "probability": float(explanation.probabilities[j]), "explain_seconds": explain_seconds,
+                   "evaluate_seconds": evaluate_seconds, "batch_images": len(indices)}
+            if "fusion" in layout.methods:
+                row.update(explanation.beta_row(j), degenerate=bool(explanation.degenerate[j]))
+            if "unioncam" in layout.methods:
+                row.update({f"union_{k}": v for k, v in explanation.union_beta_row(j).items()},
+                           union_kept_combined=bool(explanation.union_kept_combined[j]))
+            if any(m in SWEEP_METHODS for m in layout.methods):
+                row.update(forwards_run=int(explanation.forwards_run[j]),
+                           forwards_skipped=int(explanation.forwards_skipped[j]))
+            if evaluation is not None:
+                for method, scores in evaluation.scores.items():
+                    row.update({metric_column(method, m): float(scores.per_image[m][j]) for m in METRICS})
+                    row[curve_column(method, "deletion")] = scores.deletion[1][j].tolist()
+                    row[curve_column(method, "insertion")] = scores.insertion[1][j].tolist()
+            rows[index] = (row, {m: explanation.maps[m][j] for m in layout.methods})
+        return rows
