@@ -56,8 +56,12 @@ def atomic_directory(path: str | os.PathLike, guard: Callable[[Path], None] = re
     before the swap (the folder could have changed while the work ran)."""
     path = Path(path)
     guard(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    created = _make_parents(path)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    except BaseException:
+        _remove_empty(created)
+        raise
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
@@ -77,4 +81,25 @@ def atomic_directory(path: str | os.PathLike, guard: Callable[[Path], None] = re
             os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_empty(created)
         raise
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing folders above `path`; return them, deepest first (to remove them again on failure)."""
+    missing = []
+    parent = Path(os.path.abspath(path)).parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove folders this module created, deepest first, as long as they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return

@@ -13,7 +13,8 @@ from pathlib import Path
 from .atomic import atomic_directory
 from .errors import BundleError, OutputError
 from .hashing import file_sha256
-from .output_guard import listing, protected_folder_reason
+from .manifest_types import check_manifest_types
+from .output_guard import check_writable_location, listing, protected_folder_reason
 
 MANIFEST = "manifest.json"
 EXPLAIN_GRAPH = "explain.onnx"
@@ -62,6 +63,7 @@ class Manifest:
     def from_json(cls, text: str, origin: str) -> "Manifest":
         try:
             data = json.loads(text)
+            check_manifest_types(data, origin)  # a field of the wrong type is a BundleError naming it
             data["input_size"] = tuple(data["input_size"])
             data["feature_size"] = tuple(data["feature_size"])
             data["mean"] = tuple(data["mean"])
@@ -158,6 +160,7 @@ def check_bundle_destination(out: str | os.PathLike, sources: Sequence[str | os.
         if real_source == real_out or real_source.startswith(real_out.rstrip(os.sep) + os.sep):
             raise OutputError(f"bundle destination {out} would replace the model being exported ({source}): {fix}")
     if not out.exists():
+        check_writable_location(out, "bundle destination")
         return out
     if not out.is_dir():
         raise OutputError(f"bundle destination {out} is an existing file; export writes a bundle folder and replaces "

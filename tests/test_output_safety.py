@@ -93,6 +93,18 @@ def test_export_refuses_a_symbolic_link(model, tmp_path, capsys):
     assert link.is_symlink()
 
 
+def test_export_below_a_file_and_a_failed_export_leave_nothing(model, tmp_path, capsys):
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    err = _refused_export([str(model), "--out", str(blocker / "m.fcam")], capsys)
+    assert "not writable" in err and f"{blocker} is a file" in err
+    before = snapshot(tmp_path)
+    err = _refused_export([str(model), "--out", str(tmp_path / "new" / "nested" / "m.fcam"), "--layer", "fet"], capsys)
+    assert "Closest names: feat" in err
+    assert not (tmp_path / "new").exists()  # the folders made for it are gone again
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
 def _docs_folder(tmp_path: Path) -> Path:
     docs = tmp_path / "docs"
     docs.mkdir()
