@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FusionCamError
-from ..images import decode_rgb, preprocess
+from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
 from ..metrics.evaluation import METRICS, evaluate_maps
 from ..runtime.cpu_backend import CPU_THREADS_ENV
 from .output import write_part
@@ -55,8 +55,7 @@ class ExplainWorker:
                 continue
             start = time.perf_counter()
             try:
-                rgb = decode_rgb(raw, source)
-                images[i] = preprocess(rgb, self.manifest.input_size, self.manifest.mean, self.manifest.std)
+                images[i] = self._model_input(raw, source)
             except FusionCamError as exc:
                 errors[i] = str(exc)
             decode_seconds[i] = time.perf_counter() - start
@@ -73,6 +72,13 @@ class ExplainWorker:
             return table
         write_part(Path(self.settings.out), table)
         return table.drop_columns(self.settings.layout.heavy_columns())
+
+    def _model_input(self, data: bytes, name: str) -> np.ndarray:
+        """float32 [3, H, W] from a file's bytes, by images.load_batch's own steps (the reading of
+        Explainer.explain_files and the CLI): decode_rgb (max_side MAX_WORKING_SIDE), resized_rgb, preprocess."""
+        size = self.manifest.input_size
+        resized = resized_rgb(decode_rgb(data, name, max_side=MAX_WORKING_SIDE), size)
+        return preprocess(resized, size, self.manifest.mean, self.manifest.std)
 
     def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None]):
         """{index: (row values, maps)} of the decoded images, explained together; when the block fails as a whole
