@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     Exit 0 when every image was evaluated, 1 when unreadable files were skipped, 130 when a signal stopped the run
     (the report covers the images finished, marked incomplete)."""
-    from .cli_explain import _say
+    from .cli_explain import _say, expand_inputs
     from .default_model import bundle_for
     from .evaluation_report import check_evaluation_folder, evaluate_images, metrics_table, write_evaluation_record
     from .interrupts import EXIT_INTERRUPTED, active
@@ -59,15 +59,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runtime import Explainer
 
     methods = checked_methods(args.methods)
-    from .cli_explain import expand_inputs
-
-    # Before the model loads (the folder itself is made only when the report is written).
-    check_evaluation_folder(args.out, [str(p) for p in expand_inputs(args.inputs)] if args.inputs else [])
+    # Before the model loads (the folder itself is made only when the report is written, checked again then).
+    out = check_evaluation_folder(args.out, [str(p) for p in expand_inputs(args.inputs)] if args.inputs else [])
     bundle = bundle_for(args.model, notify=_say)
     manifest = bundle.manifest
     checked_step(args.step, manifest.input_size[0] * manifest.input_size[1])
     images, names, labels, skipped = _preprocessed_inputs(args.inputs, manifest, _say)
-    out = check_evaluation_folder(args.out, labels)
     explainer = Explainer(bundle, device=args.device, batch_size=args.batch)
     _say(f"evaluating {', '.join(methods)} on {len(names)} image(s) ({explainer.device}, step {args.step})")
     run = evaluate_images(explainer, images, methods, names, args.step)
