@@ -129,6 +129,17 @@ def test_export_onnx_refuses_before_any_work(model, tmp_path, monkeypatch):
     assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
 
 
+def test_segmentation_export_refuses_before_any_work(model, tmp_path, monkeypatch):
+    import fusioncam.export.segmentation_export as segmentation_export
+
+    monkeypatch.setattr(segmentation_export, "load_onnx", _no_work)
+    docs = _docs_folder(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(OutputError, match="not a fusioncam bundle"):
+        segmentation_export.export_onnx_segmentation(model, docs)
+    assert snapshot(tmp_path) == before and leftovers(tmp_path) == []
+
+
 @pytest.mark.slow  # imports torch (about 4 s on its own)
 def test_export_torch_refuses_before_any_work(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")

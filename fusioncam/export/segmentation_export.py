@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..bundle import check_bundle_destination
 from ..errors import LayerError, ModelLoadError
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .bundle_builder import ExportResult
@@ -114,6 +115,7 @@ def export_torch_segmentation(
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch_segmentation needs a torch.nn.Module, got {type(model).__name__}")
+    check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
     source = f"{type(model).__name__} (PyTorch)"
     exported = _torch_to_onnx(model, target_layer, tuple(input_size))
     segmenter = prepare_segmenter(exported, source, tuple(input_size))
@@ -137,6 +139,7 @@ def export_onnx_segmentation(
 ) -> ExportResult:
     """Make a segmentation bundle from an `.onnx` model whose first output is class scores [N, C, H', W'];
     `target_layer` is a tensor name, None picks the last feature map before the per-pixel classifier."""
+    check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     source = load_onnx(model_path)
     segmenter = prepare_segmenter(source.model, source.origin, input_size)
     layer = resolve_target(segmenter, target_layer) if target_layer is not None else auto_segmentation_target(segmenter)
