@@ -13,6 +13,7 @@ from pathlib import Path
 from .atomic import atomic_directory
 from .errors import BundleError, OutputError
 from .hashing import file_sha256
+from .manifest_types import check_manifest_types
 from .output_guard import check_writable_location, listing, protected_folder_reason
 
 MANIFEST = "manifest.json"
@@ -62,6 +63,7 @@ class Manifest:
     def from_json(cls, text: str, origin: str) -> "Manifest":
         try:
             data = json.loads(text)
+            check_manifest_types(data, origin)  # a field of the wrong type is a BundleError naming it
             data["input_size"] = tuple(data["input_size"])
             data["feature_size"] = tuple(data["feature_size"])
             data["mean"] = tuple(data["mean"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from fusioncam import arguments
 from fusioncam.errors import InputError
-from fusioncam.image_header import ImageHeader, read_header
+from fusioncam.image_header import ImageHeader, read_header, structure_problem
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -82,6 +82,9 @@ def decode_rgb(data: bytes | np.ndarray, name: str, max_pixels: int | None = Non
     if data.size == 0:
         raise InputError(f"image file {name!r} is empty")
     header = read_header(data[:65536].tobytes())
+    problem = structure_problem(memoryview(data), header)
+    if problem is not None:
+        raise InputError(f"image file {name!r} is corrupt: {problem}")
     scale = _jpeg_scale(header, max_side)
     if header is not None:
         _check_pixels(name, -(-header.width // scale), -(-header.height // scale), limit, header, scale)

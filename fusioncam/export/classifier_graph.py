@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelLoadError
+from ..memory_budget import check_input_size_fits
 from .constant_folding import fold_constants
 from .onnx_loading import upgrade_opset
 from .weight_stash import WeightStash
@@ -102,6 +103,10 @@ def _fix_input_shape(inp: onnx.ValueInfoProto, input_size: tuple[int, int] | Non
             f"{origin}: input '{inp.name}' {shape_text} has a dynamic height/width; pass input_size=(H, W) "
             f"(CLI: --input-size H W) to fix it"
         )
+    if height < 1 or width < 1:  # found by fuzz/onnx_export_fuzz.py: negative dims reached NumPy as a ValueError
+        raise ModelLoadError(f"{origin}: input '{inp.name}' {shape_text} declares a height/width below 1; "
+                             f"fix the model's input shape or pass input_size=(H, W)")
+    check_input_size_fits((height, width))  # the model's own input size, before any example is allocated
     shape = inp.type.tensor_type.shape
     shape.dim[0].Clear()
     shape.dim[0].dim_param = BATCH_DIM

@@ -62,7 +62,19 @@ def _read_graph(path: Path) -> onnx.ModelProto:
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelLoadError(f"{origin} parsed as ONNX but holds no graph (truncated, or not an ONNX model)")
     _check_external_data_paths(model, path.parent, origin)
+    _check_valid(path, origin)
     return model
+
+
+def _check_valid(path: Path, origin: str) -> None:
+    """onnx.checker on the file (by path: external data and models over 2 GB are fine): a node with the wrong number
+    of inputs, mismatched element types or an unknown standard op is a ModelLoadError here, not an ONNX Runtime
+    traceback later (found by fuzz/onnx_export_fuzz.py). Ops of custom domains are not checked by it."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)  # full: strict type and shape inference too
+    except Exception as exc:  # ValidationError, or protobuf's errors on what the first parse let through
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{origin} is not a valid ONNX model: {reason}") from None
 
 
 def _external_data_files(model: onnx.ModelProto) -> list[str]:
