@@ -24,18 +24,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
     size = tuple(args.input_size) if args.input_size else None
+    layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
+              "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
     if _model_source(args.model) == "onnx":
-        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
+        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer, **layout)
     else:
         named = named_model(args.model, args.weights)
-        layer = args.layer or named.default_layer
-        if layer is None:
-            from .export import list_layers
-
-            names = ", ".join(layer.name for layer in list_layers(named.module, size or named.input_size)[-5:])
-            raise FusionCamError(f"--layer is required for '{args.model}' (a module path; the last candidates: {names})")
+        layer = args.layer or named.default_layer  # None: the automatic target (describe() says which)
         result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
-                               fp16_scorer=args.fp16_scorer)
+                               fp16_scorer=args.fp16_scorer, **layout)
     print(result.describe())
     return 0
 
@@ -52,10 +49,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
         named = named_model(args.model, args.weights)
         layers = list_layers(named.module, size or named.input_size)
     width = max((len(layer.name) for layer in layers), default=4)
-    print(f"{'layer':<{width}}  {'op':<20} shape")
+    print(f"{'layer':<{width}}  {'op':<20} {'shape':<16} note")
     for layer in layers:
         shape = "x".join(str(d) for d in layer.shape)
-        print(f"{layer.name:<{width}}  {layer.op_type:<20} {shape}")
+        print(f"{layer.name:<{width}}  {layer.op_type:<20} {shape:<16} {layer.note}".rstrip())
     return 0
 
 
@@ -72,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
     export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
+    export.add_argument("--output", help="the model output holding the class scores, when it has several (default: the first)")
+    export.add_argument("--token-grid", type=int, nargs=2, metavar=("H", "W"), help="the target's tokens form an HxW grid")
+    export.add_argument("--prefix-tokens", type=int, metavar="K", help="the target's first K tokens are not patches (class, registers)")
+    export.add_argument("--channels-last", action="store_true", help="the target tensor is [N,h,w,C]")
     export.set_defaults(run=cmd_export)
 
     layers = sub.add_parser("layers", help="list candidate target layers with their shapes")

@@ -30,12 +30,15 @@ class ExportResult:
     bundle: Bundle
     layer: Layer
     picked_automatically: bool
+    notes: tuple[str, ...] = ()  # what export detected: the target's layout, which model output gave the logits
 
     def describe(self) -> str:
-        how = "picked automatically: the last spatial feature map before the head" if self.picked_automatically else "as requested"
+        how = ("picked automatically: the last spatial feature map before the head whose positions reach the logits"
+               if self.picked_automatically else "as requested")
         k, h, w = self.layer.shape[1:]
+        notes = "".join(f"; {note}" for note in (self.layer.note, *self.notes) if note)
         return (f"bundle {self.bundle.path}: target '{self.bundle.manifest.target_layer}' "
-                f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how})")
+                f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how}{notes})")
 
 
 def _cpu_session(graph: Path, origin: str, which: str):
@@ -111,6 +114,7 @@ def write_classifier_bundle(
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
     picked_automatically: bool = False,
+    notes: tuple[str, ...] = (),
     fp16_scorer: bool = False,
 ) -> ExportResult:
     """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer), check them, write the bundle atomically."""
@@ -148,7 +152,7 @@ def write_classifier_bundle(
         weights.store(explain_model)
         _check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), size, source)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
-                        picked_automatically=picked_automatically)
+                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
 
 
 def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:

@@ -11,10 +11,12 @@ from ..errors import ModelLoadError
 from ..memory_budget import check_input_size_fits
 from .constant_folding import fold_constants
 from .onnx_loading import upgrade_opset
+from .shape_resolution import resolve_shapes
 from .weight_stash import WeightStash
 
 BATCH_DIM = "N"
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")  # ops ONNX and ONNX Runtime define
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Classifier:
     input_size: tuple[int, int]
     num_classes: int
     weights: WeightStash = field(default_factory=WeightStash)  # large initializers' data, held outside `model`
+    output_note: str = ""  # which graph output gives the logits, when the model has several
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
@@ -122,15 +125,43 @@ def producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output if out}
 
 
-def _logits_tensor(model: onnx.ModelProto, origin: str) -> str:
-    """The model's first output, or the input of a final (Log)Softmax: the score must be the raw logit."""
+def _chosen_output(model: onnx.ModelProto, output: str | None, origin: str) -> tuple[str, str]:
+    """The graph output that holds the class scores (the first unless `output` names one) and a note saying which."""
+    names = [out.name for out in model.graph.output]
+    if output is not None:
+        if output not in names:
+            raise ModelLoadError(f"{origin}: the model has no output '{output}'; its outputs are: {', '.join(names)}")
+        chosen = output
+    else:
+        chosen = names[0]
+    if len(names) == 1:
+        return chosen, ""
+    how = "as requested" if output is not None else "the first; choose another with output=NAME (CLI: --output NAME)"
+    return chosen, f"logits from output '{chosen}' of {len(names)} ({', '.join(names)}; {how})"
+
+
+def _logits_tensor(model: onnx.ModelProto, origin: str, output: str | None = None) -> str:
+    """The graph output `output` (default: the first), or the input of a final (Log)Softmax: the score must be the
+    raw logit."""
     made_by = producers(model)
-    name = model.graph.output[0].name
+    name = output if output is not None else model.graph.output[0].name
     while name in made_by and made_by[name].op_type == "Identity":
         name = made_by[name].input[0]
     if name in made_by and made_by[name].op_type in SOFTMAX_OPS:
         name = made_by[name].input[0]
     return name
+
+
+def _check_domains(model: onnx.ModelProto, origin: str) -> None:
+    """Refuse ops from domains neither ONNX nor ONNX Runtime defines: nothing can infer, run or differentiate them."""
+    local = {function.name for function in model.functions}
+    for node in model.graph.node:
+        if node.domain not in KNOWN_DOMAINS and node.op_type not in local:
+            raise ModelLoadError(
+                f"{origin}: node '{node.name or node.output[0]}' uses op '{node.op_type}' from the custom domain "
+                f"'{node.domain}', which ONNX shape inference, ONNX Runtime and fusioncam's gradient rules do not "
+                f"know. Export the model with standard ONNX ops only (no custom_opsets), or replace that op."
+            )
 
 
 def _clear_output_batch(model: onnx.ModelProto) -> None:
@@ -141,11 +172,14 @@ def _clear_output_batch(model: onnx.ModelProto) -> None:
             out.type.tensor_type.ClearField("shape")
 
 
-def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None) -> Classifier:
-    """Validate the classifier's interface and return it with a dynamic batch and inferred shapes.
+def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None,
+                       output: str | None = None) -> Classifier:
+    """Validate the classifier's interface and return it with a dynamic batch and every shape resolved.
 
-    `model` is consumed: its large weights move into the classifier's WeightStash (see weight_stash)."""
+    `output` names the graph output holding the class scores (default: the first). `model` is consumed: its large
+    weights move into the classifier's WeightStash (see weight_stash)."""
     weights = WeightStash()
+    _check_domains(model, origin)
     model = upgrade_opset(model, origin)
     weights.set_aside(model)
     model = fold_constants(model, weights)
@@ -153,11 +187,13 @@ def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[in
     size = _fix_input_shape(inp, input_size, origin)
     _clear_output_batch(model)
     model = infer_shapes(model, origin)
-    logits = _logits_tensor(model, origin)
+    chosen, output_note = _chosen_output(model, output, origin)
+    logits = _logits_tensor(model, origin, chosen)
+    resolve_shapes(model, weights, inp.name, size, tensor_shapes(model), BATCH_DIM)
     shape = tensor_shapes(model).get(logits)
     if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
         raise ModelLoadError(
             f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
         )
     return Classifier(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1],
-                      weights=weights)
+                      weights=weights, output_note=output_note)

@@ -12,8 +12,10 @@ from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_
 from .classifier_graph import BATCH_DIM, Classifier
 from .graph_surgery import free_names, prune_to_outputs, rename_tensor
 from .layers import Layer
+from .target_layout import NCHW, layout_nodes
 
-RESERVED = [INPUT, TARGET, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, "explain/seed"]
+TARGET_GRADIENT = "explain/target_gradient"  # dy_c / d(target tensor), before any layout rearrangement
+RESERVED = [INPUT, TARGET, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, "explain/seed", TARGET_GRADIENT]
 
 
 def _standard_names(classifier: Classifier, target: str | None) -> tuple[onnx.ModelProto, str, str | None]:
@@ -73,14 +75,22 @@ def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
         raise LayerError("the target layer cannot be the image input itself; pick a feature map")
     from .autodiff import differentiate
 
-    model = differentiate(model, wrt=target, of=logits, seed="explain/seed", grad_name=GRADIENTS)
+    model = differentiate(model, wrt=target, of=logits, seed="explain/seed", grad_name=TARGET_GRADIENT)
+    activations, gradients = target, TARGET_GRADIENT
+    if layer.layout.kind != NCHW:  # the same rearrangement for the tensor and its gradient (see target_layout)
+        activations, gradients = "explain/activation_map", "explain/gradient_map"
+        for source, dest, prefix in ((target, activations, "explain/layout_a"),
+                                     (TARGET_GRADIENT, gradients, "explain/layout_g")):
+            nodes, constants = layout_nodes(source, dest, layer.layout, layer.source_shape, prefix)
+            model.graph.node.extend(nodes)
+            model.graph.initializer.extend(constants)
     k, h, w = layer.shape[1:]
     _set_outputs(
         model,
         [
             (logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes]),
-            (target, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
-            (GRADIENTS, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+            (activations, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+            (gradients, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
             (TARGET_USED, TARGET_USED, TensorProto.INT64, [BATCH_DIM]),
         ],
     )

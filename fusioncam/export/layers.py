@@ -9,16 +9,26 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import LayerError
-from .classifier_graph import Classifier, tensor_elem_types, tensor_shapes
+from .classifier_graph import BATCH_DIM, SOFTMAX_OPS, Classifier, tensor_elem_types, tensor_shapes
+from .target_layout import NCHW, TOKENS, LayoutRequest, TargetLayout, detect_layout
+
+TOKEN_MAP_OPS = ("LayerNormalization", "Add")  # what makes a transformer block's token representations
+MAX_REACH_TRIES = 24  # candidate maps tried from the head backwards by the automatic choice
 
 
 @dataclass(frozen=True)
 class Layer:
-    """A 4-D float tensor the logits depend on: a possible CAM target."""
+    """A float tensor the logits depend on that makes a [N,K,h,w] map: a possible CAM target.
+
+    `shape` is the map's (N, K, h, w); `source_shape` the tensor's own shape and `layout` how one becomes the other
+    (channels-first as it is, channels-last transposed, or tokens with their prefix dropped)."""
 
     name: str
     shape: tuple  # (N, K, h, w) with N symbolic
     op_type: str  # the op that produces it
+    layout: TargetLayout = TargetLayout()
+    source_shape: tuple | None = None  # the tensor's shape when it is not [N,K,h,w] itself
+    role: str = ""  # for list_layers: "automatic target", "last block of a stage", "final norm"
 
     @property
     def channels(self) -> int:
@@ -27,6 +37,14 @@ class Layer:
     @property
     def spatial(self) -> tuple[int, int]:
         return self.shape[2], self.shape[3]
+
+    @property
+    def note(self) -> str:
+        """What a user should know before picking it: a 1x1 map (constant CAM) or a rearranged layout."""
+        if self.spatial == (1, 1):
+            return "1x1 map: its CAM is constant, not a useful target"
+        notes = [self.role, "" if self.layout.kind == NCHW else self.layout.describe()]
+        return "; ".join(note for note in notes if note)
 
 
 def logits_ancestors(model: onnx.ModelProto, logits: str) -> set[str]:
@@ -45,58 +63,100 @@ def logits_ancestors(model: onnx.ModelProto, logits: str) -> set[str]:
     return seen
 
 
+def _layer_of(name: str, shape, op_type: str, input_size: tuple[int, int],
+              request: LayoutRequest = LayoutRequest()) -> Layer | None:
+    """The Layer a tensor makes (its layout detected or as requested), None when it makes no map."""
+    if shape is None or len(shape) not in (3, 4) or isinstance(shape[0], int):
+        return None  # the batch dim must be the symbolic N: [N*windows, ...] tensors are not per-image maps
+    layout = detect_layout(shape, input_size, request, name=f"tensor '{name}'")
+    if layout is None:
+        return None
+    source = None if layout.kind == NCHW else tuple(shape)
+    return Layer(name=name, shape=(BATCH_DIM, *layout.map_shape(shape)[1:]), op_type=op_type, layout=layout,
+                 source_shape=source)
+
+
 def candidate_layers(classifier: Classifier) -> list[Layer]:
-    """Static-shaped 4-D float node outputs on the way to the logits, in graph order."""
+    """Float node outputs on the way to the logits that make a map (channels-first, channels-last or tokens with
+    static sizes), in graph order; attention probabilities (Softmax outputs) are never candidates."""
     model = classifier.model
     shapes = tensor_shapes(model)
     types = tensor_elem_types(model)
     ancestors = logits_ancestors(model, classifier.logits_name)
     layers = []
     for node in model.graph.node:
+        if node.op_type in SOFTMAX_OPS:
+            continue
         for out in node.output:
-            shape = shapes.get(out)
-            if (
-                out in ancestors
-                and types.get(out) == TensorProto.FLOAT
-                and shape is not None
-                and len(shape) == 4
-                and all(isinstance(d, int) for d in shape[1:])
-            ):
-                layers.append(Layer(name=out, shape=shape, op_type=node.op_type))
+            if out in ancestors and types.get(out) == TensorProto.FLOAT:
+                layer = _layer_of(out, shapes.get(out), node.op_type, classifier.input_size)
+                if layer is not None:
+                    layers.append(layer)
     return layers
 
 
-def auto_target(classifier: Classifier) -> Layer:
-    """The last 4-D feature map with spatial size > 1 (in both height and width) that feeds the classifier head.
+def automatic_candidates(layers: list[Layer]) -> list[Layer]:
+    """The layers an automatic choice may take: spatial size > 1, and not attention scores: a square [N, heads, T, T]
+    whose side is the token count of a token map of the same model."""
+    token_counts = {layer.source_shape[1] for layer in layers if layer.layout.kind == TOKENS}
+    return [layer for layer in layers if min(layer.spatial) > 1
+            and not (layer.layout.kind == NCHW and layer.spatial[0] == layer.spatial[1] in token_counts)]
+
+
+def auto_target(classifier: Classifier, reaches=None) -> Layer:
+    """The last map with spatial size > 1 (in both height and width) that feeds the classifier head.
 
     Both dims must exceed 1 so that channels-last views inside a head (e.g. ConvNeXt's LayerNorm2d permute of a
-    pooled [N,C,1,1] map to [N,1,1,C]) are not mistaken for feature maps."""
-    spatial = [layer for layer in candidate_layers(classifier) if min(layer.spatial) > 1]
+    pooled [N,C,1,1] map to [N,1,1,C]) are not mistaken for feature maps. Token maps count only when a
+    LayerNormalization or a residual Add makes them (a transformer block's representations, not its q/k/v
+    projections). `reaches(layer)` (see token_reach) says whether the map's positions reach the logits: a ViT head
+    reads only the class token, so the last blocks' patch tokens get zero gradient and the choice moves back to the
+    last block's first norm."""
+    candidates = candidate_layers(classifier)
+    spatial = [layer for layer in automatic_candidates(candidates)
+               if layer.layout.kind != TOKENS or layer.op_type in TOKEN_MAP_OPS]
     if not spatial:
         raise LayerError(
-            "no 4-D feature map with spatial size > 1 feeds the logits; pass a target layer explicitly "
-            "(see `fusioncam layers MODEL`)"
+            "no feature map (4-D, or tokens on a grid) with spatial size > 1 feeds the logits; pass a target layer "
+            "explicitly (see `fusioncam layers MODEL`)"
         )
-    return spatial[-1]
+    for layer in reversed(spatial[-MAX_REACH_TRIES:] if reaches is not None else spatial[-1:]):
+        if reaches is None or reaches(layer):
+            return layer
+    raise LayerError(
+        f"none of the last {min(len(spatial), MAX_REACH_TRIES)} candidate maps has positions whose change reaches the "
+        f"logits (the head reads only some tokens); pass a target layer explicitly (see `fusioncam layers MODEL`)"
+    )
 
 
-def resolve_target(classifier: Classifier, name: str) -> Layer:
+def resolve_target(classifier: Classifier, name: str, request: LayoutRequest = LayoutRequest()) -> Layer:
     """The layer called `name`, or a LayerError listing the closest names and why the name is unusable."""
     model = classifier.model
-    layers = {layer.name: layer for layer in candidate_layers(classifier)}
-    if name in layers:
-        return layers[name]
+    shapes = tensor_shapes(model)
     all_tensors = {out for node in model.graph.node for out in node.output if out}
     if name not in all_tensors:
-        close = difflib.get_close_matches(name, list(layers) or list(all_tensors), n=5, cutoff=0.3)
+        names = [layer.name for layer in candidate_layers(classifier)]
+        close = difflib.get_close_matches(name, names or list(all_tensors), n=5, cutoff=0.3)
         hint = f" Closest names: {', '.join(close)}." if close else ""
         raise LayerError(f"unknown target layer '{name}': no tensor of that name in the graph.{hint} "
                          f"List them with `fusioncam layers MODEL`.")
     if name not in logits_ancestors(model, classifier.logits_name):
         raise LayerError(f"target layer '{name}' does not reach the logits ('{classifier.logits_name}'): "
                          f"its gradient would be zero. Pick a layer on the way to the classifier head.")
-    shape = tensor_shapes(model).get(name)
-    raise LayerError(
-        f"target layer '{name}' has shape {shape}; a CAM target must be a 4-D float feature map [N,K,h,w] "
-        f"with static K, h, w. Pick one from `fusioncam layers MODEL`."
-    )
+    made_by = {out: node for node in model.graph.node for out in node.output if out}
+    shape = shapes.get(name)
+    layer = None
+    if tensor_elem_types(model).get(name) == TensorProto.FLOAT:
+        layer = _layer_of(name, shape, made_by[name].op_type, classifier.input_size, request)
+    if layer is None:
+        raise LayerError(
+            f"target layer '{name}' has shape {shape}; a CAM target must be a float 4-D feature map with static "
+            f"sizes: [N,K,h,w], channels-last [N,h,w,C] (channels_last=True) or tokens [N,T,C] on a grid "
+            f"(token_grid=(h, w), prefix_tokens=k). Pick one from `fusioncam layers MODEL`."
+        )
+    if layer.spatial == (1, 1):
+        raise LayerError(
+            f"target layer '{name}' is a 1x1 map (K={layer.channels}): every CAM method gives a constant map there. "
+            f"Pick a layer before the global pooling (see `fusioncam layers MODEL`)."
+        )
+    return layer

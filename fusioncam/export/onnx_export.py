@@ -6,16 +6,21 @@ import os
 
 from .. import arguments
 from ..bundle import check_bundle_destination
+from ..errors import LayerError
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
 from .classifier_graph import Classifier, prepare_classifier
 from .layers import Layer, auto_target, candidate_layers, resolve_target
+from .map_reach import MapReach
+from .target_layout import LayoutRequest
 from .onnx_loading import load_onnx
 
 
-def load_classifier(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None) -> tuple[Classifier, str]:
-    """Load and prepare an ONNX classifier; return it with its source hash."""
+def load_classifier(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None,
+                    output: str | None = None) -> tuple[Classifier, str]:
+    """Load and prepare an ONNX classifier (class scores from graph output `output`, default the first); return it
+    with its source hash."""
     source = load_onnx(model_path)
-    return prepare_classifier(source.model, source.origin, input_size), source.sha256
+    return prepare_classifier(source.model, source.origin, input_size, output), source.sha256
 
 
 def export_onnx(
@@ -28,21 +33,36 @@ def export_onnx(
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
     fp16_scorer: bool = False,
+    output: str | None = None,
+    token_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
+    channels_last: bool | None = None,
 ) -> ExportResult:
     """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe()).
 
-    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`."""
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`. `output` names
+    the graph output holding the class scores when the model has several (default: the first, and describe() says
+    so). A target that is not [N,K,h,w] is rearranged into a map: tokens [N,T,C] (k prefix tokens dropped, an h x w
+    grid) and channels-last [N,h,w,C] are detected; `token_grid=(h, w)`, `prefix_tokens=k` or `channels_last=True`
+    decide for an explicit `target_layer` when detection cannot."""
     arguments.path("model_path", model_path)
     arguments.text("target_layer", target_layer, allow_none=True)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer, input_size_optional=True)
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
-    classifier, digest = load_classifier(model_path, input_size)
-    layer = resolve_target(classifier, target_layer) if target_layer is not None else auto_target(classifier)
+    request = LayoutRequest(token_grid, prefix_tokens, channels_last)
+    if target_layer is None and request.given():
+        raise LayerError("token_grid, prefix_tokens and channels_last describe an explicit target_layer; "
+                         "pass target_layer too (see `fusioncam layers MODEL`)")
+    classifier, digest = load_classifier(model_path, input_size, output)
+    if target_layer is not None:
+        layer = resolve_target(classifier, target_layer, request)
+    else:
+        layer = auto_target(classifier, MapReach(classifier))
     return write_classifier_bundle(
         classifier, layer, out,
         target_label=layer.name, source=str(model_path), source_sha256=digest,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
-        fp16_scorer=fp16_scorer,
+        fp16_scorer=fp16_scorer, notes=(classifier.output_note,),
     )
 
 

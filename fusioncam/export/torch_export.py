@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import io
@@ -16,8 +15,13 @@ from ..errors import LayerError, ModelLoadError
 from ..graph_names import INPUT, LOGITS
 from ..bundle import check_bundle_destination
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
-from .classifier_graph import prepare_classifier
+from .classifier_graph import prepare_classifier, tensor_shapes
 from .layers import Layer, resolve_target
+from .module_outputs import model_logits, output_note, pick_tensor
+from .target_layout import LayoutRequest, gathered_layout
+from .torch_targets import auto_torch_target, inference_copy, list_torch_layers  # noqa: F401  (list_torch_layers: API)
+
+_inference_copy = inference_copy  # the name segmentation_export imports
 
 FEATURES_OUTPUT = "fusioncam_target_features"
 EXPORT_OPSET = 17
@@ -43,20 +47,11 @@ def state_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def _inference_copy(model):
-    """Deep copy in eval mode with every in-place op turned off (in-place ReLU would overwrite the target)."""
-    clone = copy.deepcopy(model).eval()
-    for module in clone.modules():
-        if hasattr(module, "inplace") and isinstance(module.inplace, bool):
-            module.inplace = False
-    return clone
-
-
 class _WithFeatures:
-    """Builds a torch module returning (logits, target module output) via a forward hook."""
+    """Builds a torch module returning (logits, target tensor) via a forward hook."""
 
     @staticmethod
-    def wrap(model, layer_path: str):
+    def wrap(model, layer_path: str, target_output=None, output=None):
         import torch
 
         target = module_by_path(model, layer_path)
@@ -70,17 +65,17 @@ class _WithFeatures:
 
             def forward(self, x):
                 self.captured.clear()
-                logits = self.model(x)
+                logits = model_logits(self.model(x), output)
                 if len(self.captured) != 1:
                     raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
                                      f"pick a module that runs exactly once")
-                feats = self.captured[0]
-                if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
-                    what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-                    raise LayerError(f"target layer '{layer_path}' outputs {what}; a CAM target must output a "
-                                     f"4-D feature map [N,K,h,w]. Pick one from fusioncam.list_layers(model).")
-                if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                    raise ModelLoadError("the model must return class scores [N, C] as one tensor")
+                feats = pick_tensor(self.captured[0], target_output, f"target layer '{layer_path}'")
+                if feats.dim() not in (3, 4):
+                    raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
+                                     f"output a 4-D feature map [N,K,h,w], channels-last [N,h,w,C] or tokens [N,T,C]. "
+                                     f"Pick one from fusioncam.list_layers(model).")
+                if logits.dim() != 2:
+                    raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}")
                 return logits, feats
 
         return Wrapper().eval()
@@ -117,14 +112,18 @@ def _export_dynamo(wrapper, example) -> onnx.ModelProto:
     return program.model_proto
 
 
-def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int]) -> onnx.ModelProto:
-    """Export (logits, target features): TorchScript exporter first (fast), dynamo exporter when it refuses."""
+def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int], target_output=None,
+                   output=None) -> tuple[onnx.ModelProto, str]:
+    """Export (logits, target features): TorchScript exporter first (fast), dynamo exporter when it refuses.
+
+    Returns the graph and a note on which model output gave the logits ('' for a plain tensor)."""
     import torch
 
-    wrapper = _WithFeatures.wrap(_inference_copy(model), layer_path)
+    wrapper = _WithFeatures.wrap(inference_copy(model), layer_path, target_output, output)
     example = torch.zeros(2, 3, *input_size)
     with torch.no_grad():
         wrapper(example)  # raises the LayerError/ModelLoadError above with a clear message before exporting
+        note = output_note(wrapper.model(example), output)
     try:
         exported = _export_torchscript(wrapper, example)
     except Exception as first:  # e.g. adaptive pooling to a non-divisor size: the dynamo exporter handles it
@@ -138,58 +137,63 @@ def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int]) -> onnx.
     kept = [out for out in exported.graph.output if out.name != FEATURES_OUTPUT]
     del exported.graph.output[:]
     exported.graph.output.extend(kept)
-    return exported
+    return exported, note
 
 
 def export_torch(
     model,
-    target_layer: str,
+    target_layer: str | None,
     out: str | os.PathLike,
     input_size: tuple[int, int] = (224, 224),
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
     fp16_scorer: bool = False,
+    *,
+    output: int | str | None = None,
+    target_output: int | str | None = None,
+    token_grid: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
+    channels_last: bool | None = None,
+    reshape=None,
 ) -> ExportResult:
-    """Export a `torch.nn.Module` classifier with the module at `target_layer` as the CAM target.
+    """Export a `torch.nn.Module` classifier with the module at `target_layer` as the CAM target (None: automatic,
+    the last map whose positions reach the logits; describe() says which).
 
-    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`."""
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`. The model may
+    return a tensor, an object with `.logits` (Hugging Face) or several outputs (`output` names the class scores'
+    index or key). The target module may return a tuple or an output object: its first tensor, or `target_output`.
+    Tokens [N,T,C] and channels-last [N,h,w,C] become [N,C,h,w] maps (detected; `token_grid=(h, w)`,
+    `prefix_tokens=k`, `channels_last=True` decide when detection cannot), or `reshape`, a function that rearranges
+    the module's tensor into [N,K,h,w] (pytorch-grad-cam's reshape_transform)."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch needs a torch.nn.Module, got {type(model).__name__}")
-    arguments.text("target_layer", target_layer)
+    arguments.text("target_layer", target_layer, allow_none=True)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer)
     check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
     source = f"{type(model).__name__} (PyTorch)"
-    exported = _torch_to_onnx(model, target_layer, tuple(input_size))
-    classifier = prepare_classifier(exported, source, tuple(input_size))
-    layer = resolve_target(classifier, FEATURES_OUTPUT)
+    size = tuple(input_size)
+    request = LayoutRequest(token_grid, prefix_tokens, channels_last)
+    picked = target_layer is None
+    if picked:
+        if request.given() or reshape is not None:
+            raise LayerError("token_grid, prefix_tokens, channels_last and reshape describe an explicit "
+                             "target_layer; pass target_layer too (see fusioncam.list_layers(model))")
+        target_layer = auto_torch_target(model, size, output)
+    exported, output_used = _torch_to_onnx(model, target_layer, size, target_output, output)
+    classifier = prepare_classifier(exported, source, size)
+    if reshape is not None:
+        shapes = tensor_shapes(classifier.model)
+        layout = gathered_layout(reshape, shapes[FEATURES_OUTPUT], f"target layer '{target_layer}'")
+        map_shape = layout.map_shape(shapes[FEATURES_OUTPUT])
+        layer = Layer(FEATURES_OUTPUT, map_shape, "reshape", layout, shapes[FEATURES_OUTPUT])
+    else:
+        layer = resolve_target(classifier, FEATURES_OUTPUT, request)
     return write_classifier_bundle(
         classifier, layer, out,
         target_label=target_layer, source=source, source_sha256=state_sha256(model),
-        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer,
+        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer, picked_automatically=picked,
+        notes=(output_used,),
     )
-
-
-def list_torch_layers(model, input_size: tuple[int, int] = (224, 224)) -> list[Layer]:
-    """Module paths whose output is a 4-D feature map, with shapes, in the order they run."""
-    import torch
-
-    model = _inference_copy(model)
-    found: list[Layer] = []
-    handles = []
-    for path, module in model.named_modules():
-        if not path:
-            continue
-
-        def hook(_m, _i, out, path=path, module=module):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and all(f.name != path for f in found):
-                found.append(Layer(name=path, shape=("N", *out.shape[1:]), op_type=type(module).__name__))
-
-        handles.append(module.register_forward_hook(hook))
-    with torch.no_grad():
-        model(torch.zeros(1, 3, *input_size))
-    for handle in handles:
-        handle.remove()
-    return found

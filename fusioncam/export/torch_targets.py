@@ -1,0 +1,156 @@
+"""Target modules of a PyTorch classifier: which modules make maps, which a user would pick, which one is automatic.
+
+One forward with a hook on every module records, in the order modules finish, the first tensor each returns (a
+tuple's or model-output object's first tensor) and the map layout it makes (channels-first, channels-last, tokens).
+The automatic target is the last such module whose map positions get a non-zero gradient of the predicted logit
+(torch autograd on that same forward): a ViT head that reads only the class token gives the last block's patch
+tokens zero gradient, so the choice moves back to the last block's first norm, as pytorch-grad-cam's users do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..errors import LayerError
+from .layers import Layer, automatic_candidates
+from .module_outputs import model_logits, pick_tensor
+from .target_layout import TOKENS, detect_layout
+
+SKIPPED_MODULES = ("Dropout", "Softmax", "DropPath", "Identity")  # never maps worth explaining
+TOKEN_PROJECTIONS = ("Linear", "NonDynamicallyQuantizableLinear")  # q/k/v and MLP projections of tokens
+
+
+@dataclass
+class _Seen:
+    path: str
+    module: object
+    tensor: object
+
+
+def inference_copy(model):
+    """Deep copy in eval mode with every in-place op turned off (in-place ReLU would overwrite the target)."""
+    import copy
+
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        if hasattr(module, "inplace") and isinstance(module.inplace, bool):
+            module.inplace = False
+    return clone
+
+
+def _forward_recording(model, input_size: tuple[int, int], output, with_grad: bool):
+    """(logits, [modules in finishing order with their first tensor]) of one forward on a batch of 2 images."""
+    import torch
+
+    seen: list[_Seen] = []
+    handles = []
+    for path, module in model.named_modules():
+        if not path or any(word in type(module).__name__ for word in SKIPPED_MODULES):
+            continue
+
+        def hook(_m, _i, out, path=path, module=module):
+            try:
+                tensor = pick_tensor(out, None, path)
+            except LayerError:
+                return
+            if not tensor.is_floating_point() or any(s.path == path for s in seen):
+                return
+            same = next((s for s in seen if s.tensor is tensor), None)
+            if same is None:
+                seen.append(_Seen(path, module, tensor))
+            elif isinstance(out, torch.Tensor):
+                # an enclosing module returning the same tensor names it (resnet's `layer4`, not `layer4.1.relu`);
+                # one wrapping it in an output object does not (Hugging Face SwinModel: `swin.layernorm`)
+                same.path, same.module = path, module
+
+        handles.append(module.register_forward_hook(hook))
+    image = torch.randn(2, 3, *input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.set_grad_enabled(with_grad):
+            logits = model_logits(model(image), output)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, seen
+
+
+def _layer(seen: _Seen, input_size: tuple[int, int]) -> Layer | None:
+    shape = ("N", *seen.tensor.shape[1:])
+    if seen.tensor.shape[0] != 2:
+        return None  # [N*windows, ...]: not one map per image
+    layout = detect_layout(shape, input_size, name=f"module '{seen.path}'")
+    if layout is None:
+        return None
+    source = None if layout.kind == "nchw" else shape
+    return Layer(name=seen.path, shape=("N", *layout.map_shape(shape)[1:]), op_type=type(seen.module).__name__,
+                 layout=layout, source_shape=source)
+
+
+def _stage_ends(model, paths: set[str]) -> set[str]:
+    """Paths of the last child of each Sequential/ModuleList of at least 2 map-making blocks (a stage's last block)."""
+    import torch
+
+    ends = set()
+    for path, module in model.named_modules():
+        if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)) and len(module) >= 2:
+            children = [f"{path}.{name}" if path else name for name, _ in module.named_children()]
+            if sum(child in paths for child in children) >= 2 and children[-1] in paths:
+                ends.add(children[-1])
+    return ends
+
+
+def list_torch_layers(model, input_size: tuple[int, int] = (224, 224), output=None) -> list[Layer]:
+    """Module paths whose output (its first tensor) makes a map, in the order they finish, with shapes; the last
+    block of each stage, the final norm and the automatic choice are marked in `role`."""
+    import torch
+
+    model = inference_copy(model)
+    with torch.no_grad():
+        _, seen = _forward_recording(model, input_size, output, with_grad=False)
+    layers = [layer for layer in (_layer(s, input_size) for s in seen) if layer is not None]
+    names = {layer.name for layer in layers}
+    stage_ends = _stage_ends(model, names)
+    norms = [layer.name for layer in layers if "Norm" in layer.op_type and min(layer.spatial) > 1]
+    try:
+        automatic = auto_torch_target(model, input_size, output)
+    except LayerError:
+        automatic = None
+    marked = []
+    for layer in layers:
+        roles = [role for role, hit in (("automatic target", layer.name == automatic),
+                                        ("last block of a stage", layer.name in stage_ends),
+                                        ("final norm", bool(norms) and layer.name == norms[-1])) if hit]
+        marked.append(replace(layer, role=", ".join(roles)))
+    return marked
+
+
+def auto_torch_target(model, input_size: tuple[int, int], output=None) -> str:
+    """The module path of the last map whose positions get a non-zero gradient of the top class's logit."""
+    import torch
+
+    model = inference_copy(model)
+    logits, seen = _forward_recording(model, input_size, output, with_grad=True)
+    layers = {s.path: (s, layer) for s in seen if (layer := _layer(s, input_size)) is not None}
+    allowed = [layer for layer in automatic_candidates([layer for _s, layer in layers.values()])
+               if not (layer.layout.kind == TOKENS and layer.op_type in TOKEN_PROJECTIONS)]
+    if not allowed:
+        raise LayerError("no module of the model outputs a feature map (4-D, or tokens on a grid) with spatial size "
+                         "> 1; pass target_layer (see fusioncam.list_layers(model))")
+    tensors = [layers[layer.name][0].tensor for layer in allowed]
+    usable = [t.requires_grad for t in tensors]
+    score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+    grads = torch.autograd.grad(score, [t for t, ok in zip(tensors, usable) if ok], allow_unused=True)
+    grads = iter(grads)
+    reaching = []
+    for layer, ok in zip(allowed, usable):
+        grad = next(grads) if ok else None
+        if grad is None:
+            continue
+        if layer.layout.kind == TOKENS:
+            grad = grad[:, layer.layout.prefix_tokens:]
+        if bool(grad.abs().max() > 0):
+            reaching.append(layer.name)
+    if not reaching:
+        raise LayerError("no feature map of the model has positions that reach the logits; pass target_layer "
+                         "(see fusioncam.list_layers(model))")
+    return reaching[-1]
