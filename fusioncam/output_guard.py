@@ -60,8 +60,10 @@ def check_writable_location(out: Path, what: str) -> None:
         raise OutputError(f"{what} {out} is not writable ({base} is a file, not a folder); choose another {what}")
     try:
         fd, probe = tempfile.mkstemp(dir=base, prefix=".write-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(probe)  # even when a signal lands here
     except OSError as exc:
         raise OutputError(f"{what} {out} is not writable ({exc.strerror or exc}); choose another {what}") from None
 
@@ -79,7 +81,10 @@ def previous_outputs(out: Path) -> Written | None:
     if not isinstance(document, dict) or RECORD_MARK not in document:
         return None
     listed = document.get("written_files") or {}
-    written: Written = dict(listed) if isinstance(listed, dict) else dict.fromkeys(listed)
+    if isinstance(listed, dict):
+        written: Written = dict(listed)
+    else:
+        written = dict.fromkeys(name for name in (listed if isinstance(listed, list) else []) if isinstance(name, str))
     if not listed and "images" in document:  # a record from before `written_files` was kept
         written["index.html"] = None
         for image in document.get("images") or []:

@@ -324,3 +324,24 @@ def test_evaluate_skips_unreadable_files_like_explain(bundle, tmp_path, capsys):
         assert np.mean(drops) == pytest.approx(average_drop(explainer, batch, maps, explanation.classes), rel=1e-6)
         np.testing.assert_allclose(deletions, deletion_auc(explainer, batch, maps, explanation.classes, step=64),
                                    rtol=1e-6)
+
+
+def test_records_from_before_written_files_and_foreign_records(bundle, tmp_path, capsys):
+    """An older results.json (no written_files) still vouches for the files it lists; a results.json that is not
+    fusioncam's vouches for nothing."""
+    images = write_images(tmp_path / "in", ["cat.png"])
+    out = tmp_path / "out"
+    assert _explain(images, bundle, out) == 0
+    record = json.loads((out / "results.json").read_text())
+    del record["written_files"]
+    (out / "results.json").write_text(json.dumps(record))
+    assert _explain(images, bundle, out) == 0
+    assert set(json.loads((out / "results.json").read_text())["written_files"]) == {p.name for p in out.iterdir()}
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps({"accuracy": 0.93}))
+    before = snapshot(tmp_path)
+    assert _explain(images, bundle, other) == 2
+    assert "results.json" in one_error_line(capsys.readouterr().err, "explain")
+    assert snapshot(tmp_path) == before
