@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +36,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import fusioncam  # noqa: E402
-from fusioncam.images import decode_rgb, preprocess, resized_rgb  # noqa: E402
+from fusioncam.images import decode_rgb, load_batch, preprocess, resized_rgb  # noqa: E402
 from tiny_models import save, tiny_classifier  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one server subprocess for the module: about 25 s on 2 cores
@@ -93,39 +95,47 @@ def explainer(bundle):
         yield alone
 
 
-@pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(bundle: Path, log: Path, latency_ms: int = LATENCY_MS):
+    """`fusioncam serve` in a subprocess on free ports, ready to answer; stopped (SIGTERM, then kill) on exit."""
     http_port, grpc_port = free_port(), free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
     command = [sys.executable, "-m", "fusioncam", "serve", str(bundle), "--name", "tiny", "--host", "127.0.0.1",
                "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", "cpu",
-               "--max-batch-size", "8", "--max-latency-ms", str(LATENCY_MS), "--max-queue", str(MAX_QUEUE),
+               "--max-batch-size", "8", "--max-latency-ms", str(latency_ms), "--max-queue", str(MAX_QUEUE),
                "--max-instances", str(MAX_INSTANCES), "--max-body-bytes", str(MAX_BODY),
                "--max-image-pixels", str(MAX_PIXELS), "--stop-after", str(SERVER_LIFETIME_S)]
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     running = Server(process, http_port, grpc_port, log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{running.base}/v2/health/ready", timeout=1).status_code == 200 and running.grpc().is_server_ready():
-                break
-        except (httpx.HTTPError, InferenceServerException):
-            pass
-        time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"the server did not become ready in 90 s:\n{log.read_text()[-3000:]}")
-    yield running
-    process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if (httpx.get(f"{running.base}/v2/health/ready", timeout=1).status_code == 200
+                        and running.grpc().is_server_ready()):
+                    break
+            except (httpx.HTTPError, InferenceServerException):
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail(f"the server did not become ready in 120 s:\n{log.read_text()[-3000:]}")
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(bundle, tmp_path_factory):
+    with running_server(bundle, tmp_path_factory.mktemp("serve-log") / "server.log") as running:
+        yield running
 
 
 def picture(seed: int, height: int = 23, width: int = 31) -> np.ndarray:
@@ -143,9 +153,11 @@ def b64(data: bytes) -> str:
 
 
 def model_input(encoded: bytes) -> np.ndarray:
-    """The reference preprocessing: fusioncam.images on the same bytes, as `fusioncam explain` reads files."""
-    rgb = decode_rgb(encoded, "reference")
-    return preprocess(resized_rgb(rgb, (SIZE, SIZE)), (SIZE, SIZE))
+    """The reference preprocessing: the same bytes as a file, read by load_batch as `fusioncam explain` reads files."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.png"
+        path.write_bytes(encoded)
+        return load_batch([path], (SIZE, SIZE))[0][0]
 
 
 def alone(explainer, image: np.ndarray, target, methods) -> fusioncam.Explanation:
@@ -321,29 +333,37 @@ def test_concurrent_requests_form_batches_and_each_gets_its_own_maps(server, exp
     assert (total_after - total_before) - (ones_after - ones_before) >= 1, "a batch of more than one image must form"
 
 
-def test_a_full_queue_answers_429_at_once_and_the_queued_requests_still_succeed(server, explainer):
-    # Each request below has its own methods, so none of them fills a batch: they wait LATENCY_MS in the queue,
-    # which holds MAX_QUEUE images: four requests of four images fill it, the fifth is refused at once.
+def queued_images(server: Server) -> float:
+    return server.metrics().get(("fusioncam_queue_images", (("model", "tiny"),)), 0.0)
+
+
+def test_a_full_queue_answers_429_at_once_and_the_queued_requests_still_succeed(bundle, explainer, tmp_path):
+    # A server whose batches wait 5 s for company: four requests of four images, each with its own methods (so no
+    # batch fills), fill the queue of MAX_QUEUE images and stay there; the fifth request is refused at once.
     groups = [("gradcam",), ("xgradcam",), ("gradcam++",), ("groupcam",)]
     encoded = png(picture(30))
     request = {"instances": [{"data": b64(encoded)}] * 4}
+    with running_server(bundle, tmp_path / "server.log", latency_ms=5000) as slow:
 
-    def send(methods):
-        body = {**request, "parameters": {"methods": list(methods)}}
-        response = httpx.post(f"{server.base}/v1/models/tiny:explain", json=body, timeout=60)
-        return response, time.monotonic()
+        def send(methods):
+            body = {**request, "parameters": {"methods": list(methods)}}
+            response = httpx.post(f"{slow.base}/v1/models/tiny:explain", json=body, timeout=60)
+            return response, time.monotonic()
 
-    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
-        waiting = [pool.submit(send, methods) for methods in groups]
-        time.sleep(LATENCY_MS / 1000 / 3)
-        refused, refused_at = send(("scorecam",))
-        answers = [future.result(timeout=60) for future in waiting]
+        with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+            waiting = [pool.submit(send, methods) for methods in groups]
+            while queued_images(slow) < MAX_QUEUE:
+                assert not any(future.done() for future in waiting), "the queue emptied before it filled"
+                time.sleep(0.05)
+            started = time.monotonic()
+            refused, refused_at = send(("scorecam",))
+            answers = [future.result(timeout=60) for future in waiting]
     assert refused.status_code == 429, refused.text
     assert "busy" in refused.json()["error"] and "--max-queue" in refused.json()["error"]
-    assert refused_at < min(done for _, done in answers), "a full queue answers at once, before the queue moves"
-    answers = [answer for answer, _ in answers]
+    assert refused_at - started < 2.5, "a full queue answers at once, not when a worker frees it"
+    assert refused_at < min(done for _, done in answers)
     image = model_input(encoded)
-    for methods, answer in zip(groups, answers):
+    for methods, (answer, _) in zip(groups, answers):
         assert answer.status_code == 200, answer.text
         want = alone(explainer, image, None, methods)
         for entry in answer.json()["explanations"]:

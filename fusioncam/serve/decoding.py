@@ -1,9 +1,10 @@
 """Turning what a client sends into model inputs: encoded images (base64 text or raw bytes), uint8 RGB arrays and
 preprocessed float arrays, each checked on its own and refused with an error naming the instance.
 
-Encoded images are decoded exactly as `fusioncam explain` reads files (fusioncam.images.decode_rgb, then
-resized_rgb and preprocess with the bundle's size, mean and std); decode_rgb reads width x height from the
-header first and refuses an image over the pixel limit before any pixel is allocated (a decompression bomb).
+Encoded images are decoded exactly as `fusioncam explain` reads files (fusioncam.images.decode_rgb with
+max_side=MAX_WORKING_SIDE, then resized_rgb and preprocess with the bundle's size, mean and std). The pixel limit
+(--max-image-pixels) applies to the image as sent: its width x height is read from the header and an image over
+the limit is refused before any pixel is allocated (a decompression bomb); decode_rgb checks it again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from ..bundle import Manifest
 from ..errors import InputError
 from ..image_header import read_header
-from ..images import decode_rgb, preprocess, resized_rgb
+from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
 from .request_errors import BadRequest
 
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
@@ -49,7 +50,7 @@ class ImageDecoder:
         if header is not None:  # decode_rgb checks the same limit; this says which server option sets it
             self._check_pixels(header.width, header.height, label)
         try:
-            rgb = decode_rgb(raw, label, max_pixels=self.max_image_pixels)
+            rgb = decode_rgb(raw, label, max_pixels=self.max_image_pixels, max_side=MAX_WORKING_SIDE)
         except InputError as exc:
             raise BadRequest(str(exc)) from None
         return self.from_rgb(rgb, label)
