@@ -5,6 +5,7 @@ uninterrupted run's table, and --evaluate gives what `fusioncam evaluate` gives.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: a loopback-only local Ray
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fusioncam[dataset]'")
 pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install 'fusioncam[dataset]'")
 
@@ -36,8 +38,8 @@ TIMING_COLUMNS = ("decode_seconds", "explain_seconds", "evaluate_seconds", "work
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
     """A local Ray for this module only: 2 CPUs, bound to 127.0.0.1, no dashboard; shut down afterwards."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
     yield
     ray.shutdown()
 
