@@ -94,8 +94,12 @@ def _stage_ends(model, paths: set[str]) -> set[str]:
     for path, module in model.named_modules():
         if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)) and len(module) >= 2:
             children = [f"{path}.{name}" if path else name for name, _ in module.named_children()]
-            if sum(child in paths for child in children) >= 2 and children[-1] in paths:
+            if sum(child in paths for child in children) + (path in paths) < 2:
+                continue
+            if children[-1] in paths:
                 ends.add(children[-1])
+            elif path in paths:  # the stage returns its last block's tensor, so the stage names it ("layer4")
+                ends.add(path)
     return ends
 
 

@@ -1,4 +1,4 @@
-"""Gradients of BatchNormalization (inference), LayerNormalization, Softmax and LogSoftmax."""
+"""Gradients of BatchNormalization (inference), LayerNormalization, InstanceNormalization, Softmax and LogSoftmax."""
 
 from __future__ import annotations
 
@@ -35,15 +35,32 @@ def layer_norm(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozens
     axis = attribute(node, "axis", -1)
     axes = list(range(axis, 0)) if axis < 0 else list(range(axis, len(ctx.shape(x, node))))
     eps = float(attribute(node, "epsilon", 1e-5))
+    g = ctx.node("Mul", [dy, node.input[1]]) if node_input(node, 1) else dy
+    return {0: _normalized_input_gradient(ctx, x, g, axes, eps)}
+
+
+def _normalized_input_gradient(ctx: GradContext, x: str, g: str, axes: list[int], eps: float) -> str:
+    """d/dx of xhat = (x - mean) / sqrt(var + eps) over `axes`, given g = dL/dxhat: (g - mean(g) - xhat *
+    mean(g * xhat)) / sigma (shared by LayerNormalization and InstanceNormalization)."""
     centered = ctx.node("Sub", [x, ctx.reduce_mean(x, axes, keepdims=True)])
     var = ctx.reduce_mean(ctx.node("Mul", [centered, centered]), axes, keepdims=True)
     inv_std = ctx.node("Reciprocal", [ctx.node("Sqrt", [ctx.node("Add", [var, ctx.scalar(eps, x)])])])
     xhat = ctx.node("Mul", [centered, inv_std])
-    g = ctx.node("Mul", [dy, node.input[1]]) if node_input(node, 1) else dy
     mean_g = ctx.reduce_mean(g, axes, keepdims=True)
     mean_gx = ctx.reduce_mean(ctx.node("Mul", [g, xhat]), axes, keepdims=True)
     inner = ctx.node("Sub", [ctx.node("Sub", [g, mean_g]), ctx.node("Mul", [xhat, mean_gx])])
-    return {0: ctx.node("Mul", [inner, inv_std])}
+    return ctx.node("Mul", [inner, inv_std])
+
+
+@grad_rule("InstanceNormalization")
+def instance_norm(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """y = scale_c * xhat + B_c with xhat normalised over the spatial axes of each (image, channel): the layer-norm
+    gradient over those axes with g = dy * scale (GroupNorm(1) and GroupNorm export as this op)."""
+    x, dy = node.input[0], dys[0]
+    rank = len(ctx.shape(x, node))
+    eps = float(attribute(node, "epsilon", 1e-5))
+    scale = ctx.node("Reshape", [node.input[1], ctx.ints([-1] + [1] * (rank - 2))])
+    return {0: _normalized_input_gradient(ctx, x, ctx.node("Mul", [dy, scale]), list(range(2, rank)), eps)}
 
 
 @grad_rule("Softmax")

@@ -1,4 +1,4 @@
-"""Gradients of ReduceSum and ReduceMean: broadcast dy back over the reduced axes."""
+"""Gradients of ReduceSum, ReduceMean, ReduceSumSquare and ReduceL2: dy broadcast back over the reduced axes."""
 
 from __future__ import annotations
 
@@ -50,3 +50,32 @@ def reduce_sum_mean(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: fr
     if node.op_type == "ReduceMean":
         dy = ctx.node("Mul", [dy, _element_ratio(ctx, node, dims, axes)])
     return {0: ctx.node("Expand", [dy, ctx.shape_of(x)])}
+
+
+def _broadcastable(ctx: GradContext, node: onnx.NodeProto, names: list[str]) -> tuple[list[str], list[int] | None]:
+    """The tensors `names` (dy and outputs of the Reduce node) with the reduced axes put back when keepdims=0, so
+    they broadcast against the input; also the reduced axes (None: nothing reduced)."""
+    dims = ctx.shape(node.input[0], node)
+    axes = reduced_axes(ctx, node, len(dims))
+    if axes is None or attribute(node, "keepdims", 1):
+        return names, axes
+    return [ctx.unsqueeze(name, axes) for name in names], axes
+
+
+@grad_rule("ReduceSumSquare")
+def reduce_sum_square(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """y = sum x^2: dX = 2 x dy (dy broadcast over the reduced axes)."""
+    x = node.input[0]
+    (dy,), _axes = _broadcastable(ctx, node, [dys[0]])
+    return {0: ctx.node("Mul", [ctx.node("Mul", [dy, x]), ctx.scalar(2.0, x)])}
+
+
+@grad_rule("ReduceL2")
+def reduce_l2(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """y = sqrt(sum x^2): dX = dy * x / y, and 0 where y = 0 (torch's convention for the norm at 0).
+    ConvNeXt-V2's global response normalisation uses it."""
+    x = node.input[0]
+    (dy, y), _axes = _broadcastable(ctx, node, [dys[0], node.output[0]])  # y = |x| itself when nothing is reduced
+    is_zero = ctx.node("Equal", [y, ctx.scalar(0.0, x)])
+    ratio = ctx.node("Where", [is_zero, ctx.scalar(0.0, x), ctx.node("Div", [x, y])])
+    return {0: ctx.node("Mul", [dy, ratio])}
