@@ -110,3 +110,29 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, monkeypatch, c
     assert code == 2 and len(err) == 1
     assert "pip install 'fusioncam[dataset]'" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bundle_shipped_to_another_machine_is_written_once_and_explains_the_same(tmp_path, monkeypatch):
+    import fusioncam
+    from fusioncam.dataset.bundle_shipping import bundle_files, local_bundle
+    from tiny_models import save, tiny_classifier
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "node-tmp"))
+    (tmp_path / "node-tmp").mkdir()
+    source = tmp_path / "tiny.bundle"
+    fusioncam.export_onnx(save(tiny_classifier(size=8), tmp_path / "tiny.onnx"), source, "feat")
+    sha = fusioncam.bundle.load_bundle(source).manifest.manifest_sha256
+    assert local_bundle(str(source), sha, None) == str(source)  # seen here: used in place
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return bundle_files(source)
+
+    elsewhere = str(tmp_path / "driver-only" / "tiny.bundle")  # the driver's path, absent on this "node"
+    copy = local_bundle(elsewhere, sha, fetch)
+    assert copy.startswith(str(tmp_path / "node-tmp")) and local_bundle(elsewhere, sha, fetch) == copy
+    assert fetched == [1]  # written once per node
+    images = np.random.default_rng(3).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    want = fusioncam.Explainer(source, device="cpu").explain(images).fusion
+    np.testing.assert_array_equal(fusioncam.Explainer(copy, device="cpu").explain(images).fusion, want)

@@ -13,6 +13,7 @@ from ..errors import InputError
 from ..metrics.evaluation import checked_methods
 from ..metrics.inputs import checked_step
 from ..metrics.perturbation_curves import DEFAULT_STEP
+from .bundle_shipping import bundle_files
 from .output import done_sources, prepare_output
 from .ray_support import cluster_cpus, connect
 from .rows import MAP_DTYPES, RowLayout
@@ -82,8 +83,9 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
             raise InputError(f"--workers {workers} is more than the {cluster_cpus(ray)} CPUs Ray has; each CPU "
                              f"worker holds one")
         rows = source_dataset(ray, plan, done, batch_images, image_column, id_column)
+        shipped = ray.put(bundle_files(bundle.path)) if address else None  # workers may be on other machines
         settings = WorkerSettings(str(bundle.path), layout, device, scorer_batch, threads, int(step),
-                                  str(out_dir) if out_dir is not None else None)
+                                  str(out_dir) if out_dir is not None else None, manifest.manifest_sha256, shipped)
         explained = None if rows is None else rows.map_batches(
             ExplainWorker, fn_constructor_args=(settings,), batch_size=batch_images, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus_per_worker or None)

@@ -15,6 +15,7 @@ from ..errors import FusionCamError
 from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
 from ..metrics.evaluation import METRICS, evaluate_maps
 from ..runtime.cpu_backend import CPU_THREADS_ENV
+from .bundle_shipping import local_bundle
 from .output import write_part
 from .rows import BatchRows, RowLayout, SWEEP_METHODS, curve_column, metric_column
 
@@ -30,6 +31,8 @@ class WorkerSettings:
     threads: int | None = None  # ONNX Runtime intra-op threads on the CPU (cores / workers)
     step: int = 224
     out: str | None = None  # write each block's part file here and return only the light columns
+    manifest_sha256: str = ""  # the bundle's identity, to find or check a shipped copy
+    bundle_ref: object = None  # a Ray ObjectRef of bundle_files(), when workers may run on other machines
 
 
 class ExplainWorker:
@@ -41,7 +44,14 @@ class ExplainWorker:
         if settings.threads:
             os.environ[CPU_THREADS_ENV] = str(settings.threads)
         self.settings = settings
-        self.explainer = Explainer(settings.bundle_path, device=settings.device, batch_size=settings.scorer_batch)
+        fetch = None
+        if settings.bundle_ref is not None:
+            import ray
+
+            def fetch():
+                return ray.get(settings.bundle_ref)
+        bundle_path = local_bundle(settings.bundle_path, settings.manifest_sha256, fetch)
+        self.explainer = Explainer(bundle_path, device=settings.device, batch_size=settings.scorer_batch)
         self.manifest = self.explainer.bundle.manifest
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
