@@ -8,6 +8,7 @@ top_k, return (maps and/or overlays), colormap, alpha.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,11 @@ class ParsedRequest:
 
 def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest, options: ServeOptions) -> ParsedRequest:
     """Check and decode a v1 body; every problem is a BadRequest naming the instance."""
+    if isinstance(payload, (bytes, bytearray)):  # sent without Content-Type: application/json (curl -d): KServe passes it raw
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise BadRequest(f"the request body is not JSON ({exc})") from None
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadRequest('a v1 request is a JSON object {"instances": [...], "parameters": {...}}')
     instances = payload["instances"]
