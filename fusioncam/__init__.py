@@ -15,3 +15,12 @@ __all__ = [
 ]
 from .grad_cam_api import FusionCAM  # noqa: E402
 from .visualize import overlay  # noqa: E402
+
+
+def __getattr__(name: str):
+    """`fusioncam.serve(...)` (the serve extra) without importing KServe when fusioncam is imported."""
+    if name == "serve":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.serve")
+    raise AttributeError(f"module 'fusioncam' has no attribute {name!r}")
