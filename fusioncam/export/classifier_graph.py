@@ -178,6 +178,21 @@ def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[in
 
     `output` names the graph output holding the class scores (default: the first). `model` is consumed: its large
     weights move into the classifier's WeightStash (see weight_stash)."""
+    model, input_name, logits, size, weights, output_note = prepare_scores_graph(model, origin, input_size, output)
+    shape = tensor_shapes(model).get(logits)
+    if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
+        raise ModelLoadError(
+            f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
+        )
+    return Classifier(model=model, input_name=input_name, logits_name=logits, input_size=size, num_classes=shape[1],
+                      weights=weights, output_note=output_note)
+
+
+def prepare_scores_graph(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None,
+                         output: str | None = None) -> tuple[onnx.ModelProto, str, str, tuple[int, int], WeightStash, str]:
+    """What prepare_classifier (and prepare_segmenter) do before checking the scores' shape: opset, weights set
+    aside, constants folded, input fixed to [N,3,H,W], shapes inferred and resolved. Returns (model, input name,
+    pre-softmax scores tensor, (H, W), weights, output note)."""
     weights = WeightStash()
     _check_domains(model, origin)
     model = upgrade_opset(model, origin)
@@ -190,10 +205,4 @@ def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[in
     chosen, output_note = _chosen_output(model, output, origin)
     logits = _logits_tensor(model, origin, chosen)
     resolve_shapes(model, weights, inp.name, size, tensor_shapes(model), BATCH_DIM)
-    shape = tensor_shapes(model).get(logits)
-    if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
-        raise ModelLoadError(
-            f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
-        )
-    return Classifier(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1],
-                      weights=weights, output_note=output_note)
+    return model, inp.name, logits, size, weights, output_note

@@ -63,6 +63,20 @@ def _target_seed_nodes(logits: str, num_classes: int) -> tuple[list[onnx.NodePro
     return nodes, [classes, zero, one_axis]
 
 
+def target_maps(model: onnx.ModelProto, target: str, layer: Layer) -> tuple[str, str]:
+    """(activations, gradients) as [N,K,h,w] maps: the target tensor and TARGET_GRADIENT as they are, or the same
+    rearrangement of both appended to `model` (see target_layout)."""
+    if layer.layout.kind == NCHW:
+        return target, TARGET_GRADIENT
+    activations, gradients = "explain/activation_map", "explain/gradient_map"
+    for source, dest, prefix in ((target, activations, "explain/layout_a"),
+                                 (TARGET_GRADIENT, gradients, "explain/layout_g")):
+        nodes, constants = layout_nodes(source, dest, layer.layout, layer.source_shape, prefix)
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(constants)
+    return activations, gradients
+
+
 def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
     """The explain graph: inputs `input`, `target`; outputs logits, activations, gradients, target_used."""
     model, logits, target = _standard_names(classifier, layer.name)
@@ -76,14 +90,7 @@ def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
     from .autodiff import differentiate
 
     model = differentiate(model, wrt=target, of=logits, seed="explain/seed", grad_name=TARGET_GRADIENT)
-    activations, gradients = target, TARGET_GRADIENT
-    if layer.layout.kind != NCHW:  # the same rearrangement for the tensor and its gradient (see target_layout)
-        activations, gradients = "explain/activation_map", "explain/gradient_map"
-        for source, dest, prefix in ((target, activations, "explain/layout_a"),
-                                     (TARGET_GRADIENT, gradients, "explain/layout_g")):
-            nodes, constants = layout_nodes(source, dest, layer.layout, layer.source_shape, prefix)
-            model.graph.node.extend(nodes)
-            model.graph.initializer.extend(constants)
+    activations, gradients = target_maps(model, target, layer)
     k, h, w = layer.shape[1:]
     _set_outputs(
         model,

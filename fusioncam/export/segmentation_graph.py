@@ -22,14 +22,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import LayerError, ModelLoadError
-from .classifier_graph import (BATCH_DIM, Classifier, _clear_output_batch, _fix_input_shape, _image_input,
-                               _logits_tensor, infer_shapes, tensor_shapes)
-from .constant_folding import fold_constants
-from .explain_graph import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED, _set_outputs
+from .classifier_graph import BATCH_DIM, Classifier, prepare_scores_graph, tensor_shapes
+from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
+from .explain_graph import TARGET_GRADIENT, _set_outputs, target_maps
 from .graph_surgery import free_names, prune_to_outputs, rename_tensor
 from .layers import Layer, candidate_layers
-from .onnx_loading import upgrade_opset
-from .weight_stash import WeightStash
 
 REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted
 REGION_WEIGHTS = "region_weights"  # explain output and scorer input: float [N, H', W'] (the w of S and P)
@@ -46,27 +43,21 @@ class Segmenter(Classifier):
     output_size: tuple[int, int] = (0, 0)  # (H', W') of the class scores
 
 
-def prepare_segmenter(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None) -> Segmenter:
+def prepare_segmenter(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None,
+                      output: str | None = None) -> Segmenter:
     """Validate a segmentation model's interface (class scores [N, C, H', W'], static C, H', W'), dynamic batch.
 
-    `model` is consumed: its large weights move into the segmenter's WeightStash (see weight_stash)."""
-    weights = WeightStash()
-    model = upgrade_opset(model, origin)
-    weights.set_aside(model)
-    model = fold_constants(model, weights)
-    inp = _image_input(model, origin)
-    size = _fix_input_shape(inp, input_size, origin)
-    _clear_output_batch(model)
-    model = infer_shapes(model, origin)
-    logits = _logits_tensor(model, origin)
+    `output` names the graph output holding the scores (default: the first). `model` is consumed: its large weights
+    move into the segmenter's WeightStash (see weight_stash)."""
+    model, input_name, logits, size, weights, output_note = prepare_scores_graph(model, origin, input_size, output)
     shape = tensor_shapes(model).get(logits)
     if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
         raise ModelLoadError(
             f"{origin}: output '{logits}' has shape {shape}; a segmentation model must output per-pixel class "
             f"scores [N, C, H', W'] with static C, H', W' (for image-level scores [N, C] use export_torch/export_onnx)"
         )
-    return Segmenter(model=model, input_name=inp.name, logits_name=logits, input_size=size, num_classes=shape[1],
-                     weights=weights, output_size=(shape[2], shape[3]))
+    return Segmenter(model=model, input_name=input_name, logits_name=logits, input_size=size, num_classes=shape[1],
+                     weights=weights, output_note=output_note, output_size=(shape[2], shape[3]))
 
 
 def auto_segmentation_target(segmenter: Segmenter) -> Layer:
@@ -180,13 +171,14 @@ def build_segmentation_explain(segmenter: Segmenter, layer: Layer) -> onnx.Model
     seed = nodes.add("Mul", [onehot, weights_4d], "seed")
     from .autodiff import differentiate
 
-    model = differentiate(model, wrt=target, of=logits, seed=seed, grad_name=GRADIENTS)
+    model = differentiate(model, wrt=target, of=logits, seed=seed, grad_name=TARGET_GRADIENT)
+    activations, gradients = target_maps(model, target, layer)
     k, h, w = layer.shape[1:]
     out_h, out_w = segmenter.output_size
     outputs = [
         (logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, segmenter.num_classes, out_h, out_w]),
-        (target, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
-        (GRADIENTS, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+        (activations, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
+        (gradients, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
         (TARGET_USED, TARGET_USED, TensorProto.INT64, [BATCH_DIM]),
         (REGION_WEIGHTS, REGION_WEIGHTS, TensorProto.FLOAT, [BATCH_DIM, out_h, out_w]),
     ]
