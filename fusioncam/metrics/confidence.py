@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import Array
+from ..runtime.scorer import Scorer
 from .inputs import checked_inputs
-from .perturbation_batches import image_predictions, row_probabilities
+from .perturbation_batches import image_predictions
+
+
+def masked_probabilities(scorer: Scorer, images: Array, maps: Array, classes: Array) -> Array:
+    """O: float64 [N] on the device, each image's class probability on the image times its map [H, W]."""
+    xp = scorer.xp
+
+    def write(start: int, stop: int, buffer) -> None:
+        rows = xp.arange(start, stop, dtype=xp.int64)
+        scorer.kernels.write_map_masked_inputs(images, maps[start:stop], rows, buffer, 0)
+
+    return scorer.class_probabilities(int(images.shape[0]), classes, write)
 
 
 def confidence_pair(explainer, images, maps, targets=None) -> tuple[np.ndarray, np.ndarray]:
     """(Y, O) float64 [N]: each image's class probability on the image, and on the image times its map."""
-    backend = explainer.backend
-    with backend.context():
+    with explainer.scorer.in_use("score masked images") as scorer:
         images, maps, targets = checked_inputs(explainer, images, maps, targets)
-        classes, on_image = image_predictions(backend, images, targets)
-
-        def write(rows, buffer) -> None:
-            backend.kernels.write_map_masked_inputs(images, maps[rows], rows, buffer, 0)
-
-        on_masked = row_probabilities(backend, int(images.shape[0]), classes, write)
-        return backend.to_host(on_image), backend.to_host(on_masked)
+        classes, on_image = image_predictions(scorer, images, targets)
+        on_masked = masked_probabilities(scorer, images, maps, classes)
+        return scorer.to_host(on_image), scorer.to_host(on_masked)
 
 
 def drops(on_image: np.ndarray, on_masked: np.ndarray) -> np.ndarray:

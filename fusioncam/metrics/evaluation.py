@@ -58,12 +58,11 @@ def evaluate_maps(explainer, images, maps: Mapping[str, object], targets=None, s
 
 def _resolved_classes(explainer, images, targets) -> np.ndarray:
     """int64 [N] host classes: the targets, with each image's arg-max class where none is given."""
-    backend = explainer.backend
     manifest = explainer.bundle.manifest
-    with backend.context():
-        images = backend.asarray(check_images(images, manifest.input_size))
+    with explainer.scorer.in_use("resolve the target classes") as scorer:
+        images = scorer.asarray(check_images(images, manifest.input_size))
         wanted = resolve_targets(targets, int(images.shape[0]), manifest.num_classes, manifest.class_names)
-        return backend.to_host(target_classes(backend, images, wanted)).astype(np.int64)
+        return scorer.to_host(target_classes(scorer, images, wanted)).astype(np.int64)
 
 
 def explain_and_evaluate(explainer, images, methods: Sequence[str], names: Sequence[str] | None = None,

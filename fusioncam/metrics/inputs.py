@@ -5,25 +5,38 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from ..kernels import Array
 from ..runtime.input_checks import check_images, resolve_targets
+from ..runtime.scorer import Scorer
 
 
-def checked_inputs(explainer, images, maps, targets) -> tuple[object, object, np.ndarray]:
-    """(images [N,3,H,W] float32, maps [N,H,W] float32) on the explainer's device, and targets int64 [N] on the host
-    (-1: the image's arg-max class). Call inside `explainer.backend.context()`."""
-    backend = explainer.backend
-    manifest = explainer.bundle.manifest
-    images = backend.asarray(check_images(images, manifest.input_size))
-    n, _, height, width = images.shape
-    bad = backend.to_host(backend.kernels.nonfinite_rows(images))
+def checked_images(scorer: Scorer, images, input_size: tuple[int, int]) -> Array:
+    """images [N,3,H,W] float32 on the scorer's device, refusing what explain() refuses and NaN or infinity.
+    Call inside `scorer.in_use()`."""
+    images = scorer.asarray(check_images(images, input_size))
+    bad = scorer.to_host(scorer.kernels.nonfinite_rows(images))
     if bad.any():
         raise InputError(f"images {', '.join(str(i) for i in np.flatnonzero(bad))} hold NaN or infinite values")
-    maps = _device_maps(backend, maps, (n, height, width))
-    return images, maps, resolve_targets(targets, n, manifest.num_classes, manifest.class_names)
+    return images
 
 
-def _device_maps(backend, maps, shape: tuple[int, int, int]):
-    """maps as float32 [N,H,W] on the backend's device, refusing a wrong shape, a non-numeric dtype or NaN."""
+def checked_targets(explainer, targets, n: int) -> np.ndarray:
+    """targets as int64 [N] on the host, -1 meaning the image's arg-max class."""
+    manifest = explainer.bundle.manifest
+    return resolve_targets(targets, n, manifest.num_classes, manifest.class_names)
+
+
+def checked_inputs(explainer, images, maps, targets) -> tuple[Array, Array, np.ndarray]:
+    """(images [N,3,H,W] float32, maps [N,H,W] float32) on the explainer's device, and targets int64 [N] on the host
+    (-1: the image's arg-max class). Call inside `explainer.scorer.in_use()`."""
+    images = checked_images(explainer.scorer, images, explainer.bundle.manifest.input_size)
+    n, _, height, width = images.shape
+    maps = device_maps(explainer.scorer, maps, (n, height, width))
+    return images, maps, checked_targets(explainer, targets, n)
+
+
+def device_maps(scorer: Scorer, maps, shape: tuple[int, int, int]) -> Array:
+    """maps as float32 [N,H,W] on the scorer's device, refusing a wrong shape, a non-numeric dtype or NaN."""
     if not hasattr(maps, "shape") or not hasattr(maps, "dtype"):
         maps = np.asarray(maps)
     if tuple(maps.shape) != shape:
@@ -33,9 +46,9 @@ def _device_maps(backend, maps, shape: tuple[int, int, int]):
         )
     if maps.dtype.kind not in "biuf":
         raise InputError(f"maps have dtype {maps.dtype}; expected real numbers (float32 maps in [0, 1])")
-    xp = backend.xp
-    maps = xp.ascontiguousarray(backend.asarray(maps), dtype=xp.float32)
-    finite = backend.to_host(xp.isfinite(maps).reshape(shape[0], -1).all(axis=1))
+    xp = scorer.xp
+    maps = xp.ascontiguousarray(scorer.asarray(maps), dtype=xp.float32)
+    finite = scorer.to_host(xp.isfinite(maps).reshape(shape[0], -1).all(axis=1))
     if not finite.all():
         which = ", ".join(str(i) for i in np.flatnonzero(~finite))
         raise InputError(f"the maps of images {which} hold NaN or infinite values; pixels cannot be ranked by them")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import Array
+from ..runtime.scorer import Scorer
 from .inputs import checked_inputs, checked_step
-from .perturbation_batches import row_probabilities, target_classes
+from .perturbation_batches import target_classes
 
 DEFAULT_STEP = 224
 BLUR_KSIZE, BLUR_SIGMA = 51, 50.0  # insertion's baseline: the blurred image
@@ -32,30 +34,43 @@ def trapezoid_auc(x: np.ndarray, p: np.ndarray) -> np.ndarray:
     return ((p[:, 1:] + p[:, :-1]) * 0.5 * np.diff(x)).sum(axis=1)
 
 
+def insertion_baselines(scorer: Scorer, images: Array) -> Array:
+    """Insertion's starting point: each image Gaussian-blurred (51x51, sigma 50), on the device."""
+    return scorer.kernels.gaussian_blurred_images(images, BLUR_KSIZE, BLUR_SIGMA)
+
+
+def curve_probabilities(scorer: Scorer, images: Array, maps: Array, classes: Array, counts: np.ndarray,
+                        baselines: Array | None = None) -> np.ndarray:
+    """p [N, S] on the host: each image's class probability after its map's top counts[s] pixels are deleted (set
+    to 0), or, given insertion `baselines`, revealed on the baseline. Call inside scorer.in_use()."""
+    xp, kernels = scorer.xp, scorer.kernels
+    n, _, height, width = images.shape
+    steps = len(counts)
+    ranks = pixel_ranks(xp, maps)
+    device_counts = scorer.asarray(counts.astype(np.int32))
+
+    def write(start: int, stop: int, buffer) -> None:
+        rows = xp.arange(start, stop, dtype=xp.int64)
+        image_index = rows // steps
+        changed = (ranks[image_index] < device_counts[rows % steps][:, None]).reshape(-1, height, width)
+        if baselines is not None:
+            kernels.write_blended_inputs(images, baselines, changed.astype(xp.float32), image_index, buffer, 0)
+        else:
+            kernels.write_map_masked_inputs(images, (~changed).astype(xp.float32), image_index, buffer, 0)
+
+    p = scorer.class_probabilities(n * steps, xp.repeat(classes, steps), write)
+    return scorer.to_host(p).reshape(n, steps)
+
+
 def _curve(explainer, images, maps, targets, step, insertion: bool) -> tuple[np.ndarray, np.ndarray]:
     """(x [S], p [N, S]): the fraction of pixels changed and the class probability after each step."""
-    backend = explainer.backend
-    xp, kernels = backend.xp, backend.kernels
-    with backend.context():
+    with explainer.scorer.in_use("score perturbed images") as scorer:
         images, maps, targets = checked_inputs(explainer, images, maps, targets)
-        n, _, height, width = images.shape
-        counts = step_counts(height * width, checked_step(step, height * width))
-        steps = len(counts)
-        classes = target_classes(backend, images, targets)
-        ranks = pixel_ranks(xp, maps)
-        device_counts = backend.asarray(counts.astype(np.int32))
-        baselines = kernels.gaussian_blurred_images(images, BLUR_KSIZE, BLUR_SIGMA) if insertion else None
-
-        def write(rows, buffer) -> None:
-            image_index = rows // steps
-            changed = (ranks[image_index] < device_counts[rows % steps][:, None]).reshape(-1, height, width)
-            if insertion:
-                kernels.write_blended_inputs(images, baselines, changed.astype(xp.float32), image_index, buffer, 0)
-            else:
-                kernels.write_map_masked_inputs(images, (~changed).astype(xp.float32), image_index, buffer, 0)
-
-        p = row_probabilities(backend, n * steps, xp.repeat(classes, steps), write)
-        return counts / (height * width), backend.to_host(p).reshape(n, steps)
+        plane = int(images.shape[2] * images.shape[3])
+        counts = step_counts(plane, checked_step(step, plane))
+        classes = target_classes(scorer, images, targets)
+        baselines = insertion_baselines(scorer, images) if insertion else None
+        return counts / plane, curve_probabilities(scorer, images, maps, classes, counts, baselines)
 
 
 def deletion_curve(explainer, images, maps, targets=None, step: int = DEFAULT_STEP) -> tuple[np.ndarray, np.ndarray]:

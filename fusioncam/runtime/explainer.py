@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
-from typing import Iterator, Mapping, Sequence
+from typing import ContextManager, Mapping, Sequence
 
 import numpy as np
 
 from .. import arguments
 from ..bundle import Bundle, load_bundle
-from ..errors import ClosedError, InputError, NonFiniteError
+from ..errors import InputError, NonFiniteError
 from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
+from .backend import Backend
 from .betas import class_probabilities
 from .device_select import Device, select_device
 from .explanation import Explanation
 from .input_checks import check_images, resolve_targets
 from .methods import Engine, MethodOutput, check_methods, run_methods
+from .scorer import Scorer
 
 log = logging.getLogger("fusioncam")
 
@@ -79,36 +79,26 @@ class Explainer:
             raise InputError(f"max_channels must be a positive number of channels (or None for all); got {max_channels}")
         self.max_channels = None if max_channels is None else int(max_channels)
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
-        self._lock = threading.RLock()
-        self._closed = False
-        self.backend = self._make_backend()
+        self.backend: Backend = self._make_backend()
+        # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
+        self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}")
         with self.backend.context():
             self._z0_logits = self.backend.score(self._zero_image())[0]
 
-    @contextlib.contextmanager
-    def _in_use(self, action: str = "explain") -> Iterator[None]:
+    def _in_use(self, action: str = "explain") -> ContextManager[Scorer]:
         """Hold the call lock and make the device current; a ClosedError if close() already ran."""
-        with self._lock:
-            if self._closed:
-                raise ClosedError(f"cannot {action}: this Explainer for {self.bundle.path} was closed, which released "
-                                  f"its ONNX Runtime sessions and buffers; create a new Explainer")
-            with self.backend.context():
-                yield
+        return self.scorer.in_use(action)
 
     @property
     def closed(self) -> bool:
         """True once close() has released the sessions and buffers."""
-        return self._closed
+        return self.scorer.closed
 
     def close(self) -> None:
         """Release the ONNX Runtime sessions and the device buffers (waits for a call in progress to finish).
         Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._z0_logits = None
-            self.backend.close()
+        self.scorer.close()
+        self._z0_logits = None
 
     def __enter__(self) -> "Explainer":
         return self
@@ -174,7 +164,7 @@ class Explainer:
         bad = bad | kernels.nonfinite_rows(graph[LOGITS], graph[ACTIVATIONS], graph[GRADIENTS])
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
-        engine = Engine(backend, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,
+        engine = Engine(self.scorer, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,
                         on_batch, self.max_channels)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .scorer import ProgressCallback, Scorer
+from .stage_clock import StageClock
+
 
 @dataclass
 class ScoreSweep:
@@ -14,15 +17,14 @@ class ScoreSweep:
     forwards_skipped: object  # [N] int64, device array
 
 
-def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock, skip_constant: bool = True,
-                    on_batch=None, selected=None) -> ScoreSweep:
+def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits, clock: StageClock,
+                    skip_constant: bool = True, on_batch: ProgressCallback | None = None, selected=None) -> ScoreSweep:
     """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
     is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it.
     `on_batch(done, total)`, if given, is called after each scorer batch (for progress bars).
     `selected` [N, K] bool (fast mode): only those channels are scored; the others get score -inf, which is
     weight 0 in Score-CAM's softmax."""
-    xp = backend.xp
-    kernels = backend.kernels
+    xp, kernels = scorer.xp, scorer.kernels
     n, k = mins.shape
     scores = xp.repeat(z0_logits[classes][:, None], k, axis=1).astype(xp.float32)
     active = (maxs > mins) if skip_constant else xp.ones((n, k), dtype=bool)
@@ -31,21 +33,13 @@ def score_cam_sweep(backend, images, acts, mins, maxs, classes, z0_logits, clock
     image_index, channel_index = xp.nonzero(active)
     image_index = image_index.astype(xp.int64)
     channel_index = channel_index.astype(xp.int64)
-    target_of_row = classes[image_index]
-    buffer = backend.input_buffer()
+
+    def write(start: int, stop: int, buffer) -> None:
+        kernels.write_channel_masked_inputs(images, acts, mins, maxs, image_index[start:stop],
+                                            channel_index[start:stop], buffer, 0)
+
     total = int(image_index.shape[0])
-    ranges = backend.batch_ranges(total)
-    for done, (start, stop) in enumerate(ranges, 1):
-        rows = slice(start, stop)
-        clock.start("mask_generation")
-        kernels.write_channel_masked_inputs(images, acts, mins, maxs, image_index[rows], channel_index[rows], buffer, 0)
-        clock.stop("mask_generation")
-        clock.start("scorer_forwards")
-        logits = backend.score_rows(stop - start)
-        scores[image_index[rows], channel_index[rows]] = logits[xp.arange(stop - start), target_of_row[rows]]
-        clock.stop("scorer_forwards")
-        if on_batch is not None:
-            on_batch(done, len(ranges))
+    scores[image_index, channel_index] = scorer.target_logits(total, classes[image_index], write, clock, on_batch)
     if selected is not None:
         scores[~selected] = -xp.inf
     run = active.sum(axis=1).astype(xp.int64)

@@ -64,3 +64,17 @@ class CudaEventClock:
         for stage, begin, end in self._pairs:
             totals[stage] += self._cupy.cuda.get_elapsed_time(begin, end) / 1000.0
         return dict(totals)
+
+
+class NullClock:
+    """Times nothing: for scorer runs outside an explanation (the metrics), which report no stages."""
+
+    def start(self, stage: str) -> None:
+        """Nothing to record."""
+
+    def stop(self, stage: str) -> None:
+        """Nothing to record."""
+
+    def totals(self) -> dict[str, float]:
+        """No stages."""
+        return {}

@@ -11,6 +11,8 @@ from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
 from ..betas import class_probabilities
 from ..channel_selection import gradcam_contributions, top_channels
 from ..score_cam import ScoreSweep, score_cam_sweep
+from ..scorer import ProgressCallback, Scorer
+from ..stage_clock import StageClock
 
 
 @dataclass
@@ -25,11 +27,11 @@ class MethodOutput:
 class Engine:
     """The quantities of one explain call for N images; each shared one is computed on first use, then cached."""
 
-    def __init__(self, backend, images, graph: dict, z0_logits, theta: float, skip_constant: bool, clock,
-                 on_batch=None, max_channels: int | None = None) -> None:
-        self.backend = backend
-        self.xp = backend.xp
-        self.kernels = backend.kernels
+    def __init__(self, scorer: Scorer, images, graph: dict, z0_logits, theta: float, skip_constant: bool,
+                 clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None) -> None:
+        self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
+        self.xp = scorer.xp
+        self.kernels = scorer.kernels
         self.images = images
         self.acts = graph[ACTIVATIONS]
         self.grads = graph[GRADIENTS]
@@ -51,14 +53,14 @@ class Engine:
 
     def on_device(self, host: np.ndarray):
         """Per-image host values as a float32 device array."""
-        return self.backend.asarray(np.asarray(host, dtype=np.float32))
+        return self.scorer.asarray(np.asarray(host, dtype=np.float32))
 
     @cached_property
     def b0(self) -> np.ndarray:
         """p(z0) per image, float64 [N] on the host: the all-zeros input's class probability."""
         xp = self.xp
         logits = xp.broadcast_to(self.z0_logits, (int(self.classes.shape[0]), int(self.z0_logits.shape[0])))
-        return self.backend.to_host(class_probabilities(xp, logits, self.classes))
+        return self.scorer.to_host(class_probabilities(xp, logits, self.classes))
 
     @cached_property
     def gradcam_weights(self):
@@ -85,7 +87,7 @@ class Engine:
         mins, maxs = self.kernels.upsampled_min_max(self.acts, self.out_hw)
         selected = self.selected_channels
         self.clock.stop("shared_maps")
-        return score_cam_sweep(self.backend, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
+        return score_cam_sweep(self.scorer, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
                                self.clock, skip_constant=self.skip_constant, on_batch=self.on_batch,
                                selected=selected)
 

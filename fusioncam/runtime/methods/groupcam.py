@@ -30,10 +30,10 @@ def groupcam(engine: Engine) -> Generator[list[Probe], list, MethodOutput]:
     baseline = BlendProbe("groupcam/blurred", blurred, group_maps, mins, maxs, engine.every_image,
                           xp.full(engine.every_image.shape, -1, dtype=xp.int64))
     p_blends, p_blurred = yield [blends, baseline]
-    rows = engine.backend.to_host(image_index)
+    rows = engine.scorer.to_host(image_index)
     scores = np.zeros(tuple(mins.shape), dtype=np.float64)
-    scores[rows, engine.backend.to_host(group_index)] = np.maximum(p_blends - p_blurred[rows], 0.0)
-    summed = kernels.weighted_group_masks(group_maps, mins, maxs, engine.backend.asarray(scores), engine.out_hw)
+    scores[rows, engine.scorer.to_host(group_index)] = np.maximum(p_blends - p_blurred[rows], 0.0)
+    summed = kernels.weighted_group_masks(group_maps, mins, maxs, engine.scorer.asarray(scores), engine.out_hw)
     cam = kernels.normalize(xp.maximum(summed, xp.float32(0)))
-    forwards = engine.backend.to_host(active.sum(axis=1)).astype(np.int64)
+    forwards = engine.scorer.to_host(active.sum(axis=1)).astype(np.int64)
     return MethodOutput(cam, facts={"group_scores": scores, "group_forwards": forwards})

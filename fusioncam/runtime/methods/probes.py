@@ -6,8 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..betas import class_probabilities
-
 
 @dataclass
 class MapProbe:
@@ -45,7 +43,7 @@ Probe = MapProbe | BlendProbe
 
 def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
     """Each probe's class probabilities (host float64, one per row), its rows packed with the others' into full batches."""
-    backend, xp, clock = engine.backend, engine.xp, engine.clock
+    scorer, xp = engine.scorer, engine.xp
     sizes = [int(probe.image_index.shape[0]) for probe in probes]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     total = int(offsets[-1])
@@ -53,18 +51,13 @@ def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
         return {probe.key: np.empty(0) for probe in probes}
     engine.probe_rows += total
     row_classes = engine.classes[xp.concatenate([probe.image_index for probe in probes])]
-    probabilities = xp.empty((total,), dtype=xp.float64)
-    buffer = backend.input_buffer()
-    for start, stop in backend.batch_ranges(total):
-        clock.start("mask_generation")
+
+    def write(start: int, stop: int, buffer) -> None:
+        """Rows start .. stop - 1 of all probes together: each probe writes the part of its rows that falls there."""
         for probe, first, last in zip(probes, offsets[:-1], offsets[1:]):
             low, high = max(start, first), min(stop, last)
             if low < high:
-                probe.write(backend.kernels, engine.images, slice(low - first, high - first), buffer, low - start)
-        clock.stop("mask_generation")
-        clock.start("scorer_forwards")
-        logits = backend.score_rows(stop - start)
-        probabilities[start:stop] = class_probabilities(xp, logits, row_classes[start:stop])
-        clock.stop("scorer_forwards")
-    host = backend.to_host(probabilities)
+                probe.write(scorer.kernels, engine.images, slice(low - first, high - first), buffer, low - start)
+
+    host = scorer.to_host(scorer.class_probabilities(total, row_classes, write, engine.clock))
     return {probe.key: host[first:last] for probe, first, last in zip(probes, offsets[:-1], offsets[1:])}
