@@ -12,7 +12,6 @@ from ..errors import LayerError
 from .classifier_graph import BATCH_DIM, SOFTMAX_OPS, Classifier, tensor_elem_types, tensor_shapes
 from .target_layout import NCHW, TOKENS, LayoutRequest, TargetLayout, detect_layout
 
-TOKEN_MAP_OPS = ("LayerNormalization", "Add")  # what makes a transformer block's token representations
 MAX_REACH_TRIES = 24  # candidate maps tried from the head backwards by the automatic choice
 
 
@@ -95,12 +94,30 @@ def candidate_layers(classifier: Classifier) -> list[Layer]:
     return layers
 
 
-def automatic_candidates(layers: list[Layer]) -> list[Layer]:
-    """The layers an automatic choice may take: spatial size > 1, and not attention scores: a square [N, heads, T, T]
-    whose side is the token count of a token map of the same model."""
+def automatic_candidates(layers: list[Layer], input_size: tuple[int, int]) -> list[Layer]:
+    """The layers an automatic choice may take: spatial size > 1; a channels-first map shaped like the input (aspect
+    within a factor 1.5); and in a model with token maps, no 4-D tensor with a side equal to a token count: those
+    are attention scores [N, heads, T, T] and per-head queries, keys and values [N, heads, T, d] / [N, T, heads, d]."""
     token_counts = {layer.source_shape[1] for layer in layers if layer.layout.kind == TOKENS}
-    return [layer for layer in layers if min(layer.spatial) > 1
-            and not (layer.layout.kind == NCHW and layer.spatial[0] == layer.spatial[1] in token_counts)]
+    aspect = input_size[0] / input_size[1]
+
+    def plausible(layer: Layer) -> bool:
+        if min(layer.spatial) <= 1:
+            return False
+        if layer.layout.kind != NCHW:
+            return True
+        h, w = layer.spatial
+        return 1 / 1.5 <= (h / w) / aspect <= 1.5 and not token_counts & {layer.channels, h, w}
+
+    return [layer for layer in layers if plausible(layer)]
+
+
+def residual_sums(classifier: Classifier) -> set[str]:
+    """Outputs of Add nodes that add two computed tensors (a residual connection), not a constant (a bias)."""
+    constants = {init.name for init in classifier.model.graph.initializer}
+    constants |= {node.output[0] for node in classifier.model.graph.node if node.op_type == "Constant"}
+    return {node.output[0] for node in classifier.model.graph.node
+            if node.op_type == "Add" and not any(name in constants for name in node.input)}
 
 
 def auto_target(classifier: Classifier, reaches=None) -> Layer:
@@ -109,12 +126,12 @@ def auto_target(classifier: Classifier, reaches=None) -> Layer:
     Both dims must exceed 1 so that channels-last views inside a head (e.g. ConvNeXt's LayerNorm2d permute of a
     pooled [N,C,1,1] map to [N,1,1,C]) are not mistaken for feature maps. Token maps count only when a
     LayerNormalization or a residual Add makes them (a transformer block's representations, not its q/k/v
-    projections). `reaches(layer)` (see token_reach) says whether the map's positions reach the logits: a ViT head
+    projections or bias additions). `reaches(layer)` (see token_reach) says whether the map's positions reach the logits: a ViT head
     reads only the class token, so the last blocks' patch tokens get zero gradient and the choice moves back to the
     last block's first norm."""
-    candidates = candidate_layers(classifier)
-    spatial = [layer for layer in automatic_candidates(candidates)
-               if layer.layout.kind != TOKENS or layer.op_type in TOKEN_MAP_OPS]
+    residual = residual_sums(classifier)
+    spatial = [layer for layer in automatic_candidates(candidate_layers(classifier), classifier.input_size)
+               if layer.layout.kind != TOKENS or layer.op_type == "LayerNormalization" or layer.name in residual]
     if not spatial:
         raise LayerError(
             "no feature map (4-D, or tokens on a grid) with spatial size > 1 feeds the logits; pass a target layer "

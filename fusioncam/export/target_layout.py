@@ -112,8 +112,10 @@ def gathered_layout(reshape, source_shape: tuple, name: str = "target") -> Targe
         raise LayerError(f"the reshape function must return a [N,K,h,w] tensor for {name}; "
                          f"got {getattr(mapped, 'shape', type(mapped).__name__)}")
     indices = mapped[0].round().long().numpy()
-    expected = values.reshape(2, -1)[:, torch.from_numpy(indices)]
-    if tuple(mapped_values.shape) != (2, *indices.shape) or not torch.equal(mapped_values, expected):
+    rearranges = (torch.equal(mapped[0], mapped[0].round()) and indices.min() >= 0 and indices.max() < count
+                  and tuple(mapped_values.shape) == (2, *indices.shape)
+                  and torch.equal(mapped_values, values.reshape(2, -1)[:, torch.from_numpy(indices)]))
+    if not rearranges:
         raise LayerError("the reshape function must only rearrange the tensor (slice, reshape, permute, per image); "
                          "it computes something else, so its gradient is not the rearranged gradient")
     return TargetLayout(GATHERED, detected=False, indices=indices)

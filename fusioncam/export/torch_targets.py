@@ -135,7 +135,7 @@ def auto_torch_target(model, input_size: tuple[int, int], output=None) -> str:
     model = inference_copy(model)
     logits, seen = _forward_recording(model, input_size, output, with_grad=True)
     layers = {s.path: (s, layer) for s in seen if (layer := _layer(s, input_size)) is not None}
-    allowed = [layer for layer in automatic_candidates([layer for _s, layer in layers.values()])
+    allowed = [layer for layer in automatic_candidates([layer for _s, layer in layers.values()], input_size)
                if not (layer.layout.kind == TOKENS and layer.op_type in TOKEN_PROJECTIONS)]
     if not allowed:
         raise LayerError("no module of the model outputs a feature map (4-D, or tokens on a grid) with spatial size "
