@@ -7,6 +7,10 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -140,6 +144,35 @@ def test_a_resumed_run_gives_the_uninterrupted_table(bundle, photos, tmp_path):
     np.testing.assert_allclose(got, want, rtol=0, atol=2.0 ** -11)
     again = explain_dataset(folder, bundle, out=interrupted, **settings)  # nothing left: nothing runs
     assert again.summary["run"]["images_this_run"] == 0 and again.summary["images"] == len(readable) + 1
+
+
+def test_a_run_stopped_with_ctrl_c_resumes_to_the_same_table(bundle, photos, tmp_path):
+    """The command in its own process (its own local Ray) is interrupted after its first part file; the rerun
+    explains only the rest, and the table equals an uninterrupted run's."""
+    folder, readable, corrupt = photos
+    out = tmp_path / "stopped"
+    command = [sys.executable, "-m", "fusioncam", "explain-dataset", str(folder), "--model", str(bundle), "--out",
+               str(out), "--batch-images", "1"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not (out / "parts").is_dir() or not part_files(out):
+            assert child.poll() is None and time.monotonic() < deadline, "the command ended before its first block"
+            time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=120) == 130  # stopped, not finished
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+    first = len(part_files(out))
+    assert 1 <= first < len(readable) + 1
+    resumed = explain_dataset(folder, bundle, out=out, batch_images=1)
+    assert resumed.summary["run"]["skipped_as_done"] == first
+    whole = explain_dataset(folder, bundle, out=tmp_path / "whole", batch_images=1)
+    assert _comparable(resumed.table()) == _comparable(whole.table())
+    np.testing.assert_array_equal(tensor_maps(resumed.table().column("map_fusion")),
+                                  tensor_maps(whole.table().column("map_fusion")))
 
 
 def test_evaluate_equals_fusioncam_evaluate(bundle, photos, tmp_path, capsys):

@@ -8,6 +8,8 @@ Ray is an optional extra (`pip install 'fusioncam[dataset]'`); importing this pa
 
 from __future__ import annotations
 
+from .output import read_results
 from .pipeline import DatasetRun, explain_dataset
+from .rows import tensor_maps
 
-__all__ = ["DatasetRun", "explain_dataset"]
+__all__ = ["DatasetRun", "explain_dataset", "read_results", "tensor_maps"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_explain import _methods, _positive, _say
+from ..interrupts import EXIT_INTERRUPTED
 from ..metrics.perturbation_curves import DEFAULT_STEP
 from ..runtime.methods import METHODS
 from .pipeline import DEFAULT_BATCH_IMAGES
@@ -28,11 +29,17 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     from .ray_support import require_ray
 
     require_ray()  # before the model is exported: say how to install Ray first
-    run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
-                          workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch_images=args.batch_images,
-                          address=args.address, layer=args.layer, scorer_batch=args.batch,
-                          threads_per_worker=args.threads_per_worker, step=args.step, map_dtype=args.map_dtype,
-                          image_column=args.image_column, id_column=args.id_column, notify=_say)
+    try:
+        run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
+                              workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                              batch_images=args.batch_images, address=args.address, layer=args.layer,
+                              scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
+                              map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
+                              notify=_say)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
+        _say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
+             f"blocks are in {args.out}: run the same command again to continue")
+        return EXIT_INTERRUPTED
     summary = run.summary
     print((run.out / "summary.md").read_text(encoding="utf-8"), end="")
     _say(f"explained {summary['explained']} of {summary['images']} image(s), {summary['errors']} error row(s); "
