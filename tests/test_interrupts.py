@@ -147,9 +147,10 @@ def test_an_interrupted_export_keeps_the_previous_bundle(tmp_path, monkeypatch, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # a real subprocess (1.5 to 3.5 s on 2 cores)
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: s.name)
 def test_a_real_signal_to_a_running_explain(bundle, tmp_path, signum):
-    """A real subprocess (about 1.5 s), signalled once its first image's files exist."""
+    """A real subprocess, signalled once its first image's files exist."""
     count = 80
     write_images(tmp_path / "in", [f"im{i:03d}.png" for i in range(count)])
     out = tmp_path / "out"
@@ -177,3 +178,74 @@ def test_a_real_signal_to_a_running_explain(bundle, tmp_path, signum):
     assert len(record["not_explained"]) == count - len(done)
     assert _image_files(out) == {f"{name}_{kind}" for name in done for kind in ("panel.png", "overlay.png", "fusion.npy")}
     assert set(record["written_files"]) == {p.name for p in out.iterdir()} and leftovers(tmp_path) == []
+
+
+def _run_until(command: list[str], ready, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Start `command`, wait until `ready()` is true while it runs, send `signum`, and collect its exit."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_gpu())
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal was sent"
+            time.sleep(0.005)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+@pytest.mark.slow  # a real subprocess over 150 images, signalled mid-run (about 5 s on 2 cores)
+def test_a_real_signal_to_a_running_evaluate(bundle, tmp_path):
+    count = 150
+    write_images(tmp_path / "in", [f"im{i:03d}.png" for i in range(count)])
+    out = tmp_path / "evaluation"
+    log = tmp_path / "progress.log"
+    started = []
+
+    def ready() -> bool:  # the model is loaded and the images read: the stderr line before the first image
+        if not started and log.exists() and "evaluating" in log.read_text():
+            started.append(time.monotonic())
+        return bool(started) and time.monotonic() - started[0] > 0.3
+
+    command = [sys.executable, "-c",
+               "import sys; from fusioncam.cli import main; sys.stderr = open(sys.argv[1], 'w', buffering=1); "
+               "sys.exit(main(sys.argv[2:]))", str(log),
+               "evaluate", str(tmp_path / "in"), "--model", str(bundle), "--out", str(out), "--step", "64",
+               "--device", "cpu", "--methods", "gradcam"]
+    result = _run_until(command, ready, signal.SIGTERM)
+    err = log.read_text()
+    assert result.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fusioncam evaluate: interrupted (SIGTERM)")
+    record = json.loads((out / "results.json").read_text())
+    done = [r["name"] for r in record["images"]]
+    assert record["complete"] is False and 1 <= len(done) < count and done == [f"im{i:03d}" for i in range(len(done))]
+    assert f"n = {len(done)} images" in (out / "metrics.md").read_text()
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.slow  # exports a ResNet-18 (about 10 s on 2 cores)
+def test_a_real_signal_to_a_running_export(tmp_path):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    import warnings
+
+    torch.manual_seed(0)
+    model = tmp_path / "resnet18.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torchvision.models.resnet18(num_classes=10).eval(), (torch.zeros(1, 3, 64, 64),), str(model),
+                          dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    out = tmp_path / "r18.fcam"
+
+    def staging() -> bool:  # the bundle's staging folder exists: the export is mid-way
+        return any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+    result = _run_until([sys.executable, "-m", "fusioncam", "export", str(model), "--out", str(out)], staging,
+                        signal.SIGTERM)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "fusioncam export: interrupted (SIGTERM); stopped before anything was written"
+    assert not out.exists() and leftovers(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["resnet18.onnx"]
