@@ -46,6 +46,23 @@ def _image_files(out: Path) -> set[str]:
     return {p.name for p in out.iterdir() if p.name not in ("index.html", "results.json")}
 
 
+def _run_until(command: list[str], ready, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Start `command`, wait until `ready()` is true while it runs, send `signum`, and collect its exit."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_gpu())
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal was sent"
+            time.sleep(0.005)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: s.name)
 def test_explain_stops_between_images_and_keeps_its_record(bundle, tmp_path, monkeypatch, capsys, signum):
     images = write_images(tmp_path / "in", [f"im{i}.png" for i in range(4)])
@@ -154,21 +171,10 @@ def test_a_real_signal_to_a_running_explain(bundle, tmp_path, signum):
     count = 80
     write_images(tmp_path / "in", [f"im{i:03d}.png" for i in range(count)])
     out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fusioncam", "explain", str(tmp_path / "in"), "--model", str(bundle), "--out", str(out),
-         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_gpu())
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "im000_fusion.npy").exists():
-            assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first image"
-            time.sleep(0.01)
-        process.send_signal(signum)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, err
+    result = _run_until([sys.executable, "-m", "fusioncam", "explain", str(tmp_path / "in"), "--model", str(bundle),
+                         "--out", str(out), "--device", "cpu"], (out / "im000_fusion.npy").exists, signum)
+    err = result.stderr
+    assert result.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
         f"fusioncam explain: interrupted ({signum.name}) after")
     record = json.loads((out / "results.json").read_text())
@@ -178,23 +184,6 @@ def test_a_real_signal_to_a_running_explain(bundle, tmp_path, signum):
     assert len(record["not_explained"]) == count - len(done)
     assert _image_files(out) == {f"{name}_{kind}" for name in done for kind in ("panel.png", "overlay.png", "fusion.npy")}
     assert set(record["written_files"]) == {p.name for p in out.iterdir()} and leftovers(tmp_path) == []
-
-
-def _run_until(command: list[str], ready, signum: int, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Start `command`, wait until `ready()` is true while it runs, send `signum`, and collect its exit."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_without_gpu())
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal was sent"
-            time.sleep(0.005)
-        process.send_signal(signum)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
 @pytest.mark.slow  # a real subprocess over 150 images, signalled mid-run (about 5 s on 2 cores)
