@@ -125,13 +125,17 @@ def segmentation_pass(model, layer, image: np.ndarray, target: int, region) -> S
                             classes[0], weights=weights[0].double())
 
 
-def segmentation_fusion_cam(run: SegmentationPass, theta: float = 10.0) -> dict:
-    """Grad-CAM, Score-CAM (s_k = P(x * M_k)) and Fusion-CAM with P for every score, as on the algorithm page."""
+def segmentation_fusion_cam(run: SegmentationPass, theta: float = 10.0, channels=None) -> dict:
+    """Grad-CAM, Score-CAM (s_k = P(x * M_k)) and Fusion-CAM with P for every score, as on the algorithm page.
+
+    `channels` (fast mode): only these channel indices are scored and share Score-CAM's softmax; the rest weigh 0."""
     A, G, x, size = run.A, run.G, run.x, run.size
     L_grad = weighted_map(A, G.mean(dim=(1, 2)), size)
-    masks = torch.stack([norm(up(A[k], size)) for k in range(A.shape[0])])
+    scored = list(range(A.shape[0])) if channels is None else sorted(int(k) for k in channels)
+    masks = torch.stack([norm(up(A[k], size)) for k in scored])
     scores = torch.from_numpy(run.probabilities((x[None] * masks[:, None]).float()))
-    a = torch.softmax(scores, dim=0)
+    a = torch.zeros(A.shape[0], dtype=torch.float64)
+    a[scored] = torch.softmax(scores, dim=0)
     L_reg = norm(torch.relu(sum(a[k] * up(A[k], size) for k in range(A.shape[0]))))
     t = float(np.percentile(L_grad.numpy(), theta))
     L_den = norm(torch.where(L_grad < t, torch.zeros_like(L_grad), L_grad))

@@ -81,9 +81,9 @@ class Explainer:
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
         self.backend: Backend = self._make_backend()
         # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
-        self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}")
-        with self.backend.context():
-            self._z0_logits = self.backend.score(self._zero_image())[0]
+        self.scorer = self._scorer_class()(self.backend, f"Explainer for {self.bundle.path}")
+        with self.backend.context():  # a segmentation bundle's baseline P(z0) depends on each image's region
+            self._z0_logits = None if self.segmentation else self.backend.score(self._zero_image())[0]
 
     def _in_use(self, action: str = "explain") -> ContextManager[Scorer]:
         """Hold the call lock and make the device current; a ClosedError if close() already ran."""
@@ -110,8 +110,25 @@ class Explainer:
         """The all-zeros input z0 [1, 3, H, W] on the backend's device."""
         return self.backend.asarray(np.zeros((1, 3, *self.bundle.manifest.input_size), dtype=np.float32))
 
+    @property
+    def segmentation(self) -> bool:
+        """True for a segmentation bundle (a class over a region per image; runtime/segmentation.py)."""
+        return self.bundle.manifest.task == "segmentation"
+
+    def _scorer_class(self) -> type[Scorer]:
+        """The scorer service: a segmentation bundle's scores each row for its image's class and region."""
+        if self.segmentation:
+            from .segmentation import SegmentationScorer
+
+            return SegmentationScorer
+        return Scorer
+
     def _make_backend(self):
         """The CPU or CUDA backend for the selected device."""
+        if self.segmentation:
+            from .segmentation_backend import make_segmentation_backend
+
+            return make_segmentation_backend(self.bundle, self.device, self.batch_size, self.precision)
         if self.device.kind == "cpu":
             from .cpu_backend import CpuBackend
 
@@ -134,12 +151,16 @@ class Explainer:
         return self.bundle.manifest.class_names
 
     def explain(self, images, targets=None, methods: str | Sequence[str] = ("fusion",),
-                names: Sequence[str] | None = None, on_batch=None) -> Explanation:
+                names: Sequence[str] | None = None, on_batch=None, regions=None) -> Explanation:
         """The chosen methods' maps of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the targets.
 
         methods: any of gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion (see METHODS); they share
         one explain pass, one Score-CAM sweep and their scorer batches. `on_batch(done, total)` is called after
         each scorer batch of the Score-CAM sweep (for progress bars).
+
+        regions (segmentation bundles only): where the class is explained, per image or for all: "predicted"
+        (None, the default: where the model predicts the class), "all", a box (x0, y0, x1, y1) or a mask [H, W];
+        targets=None then explains the class predicted on most pixels (docs/segmentation.md).
         """
         images = arguments.image_array("images", images)
         methods = check_methods(arguments.method_names("methods", methods))
@@ -149,6 +170,12 @@ class Explainer:
         n = int(images.shape[0])
         names = list(names) if names is not None else [f"image {i}" for i in range(n)]
         target_array = resolve_targets(targets, n, manifest.num_classes, self.class_names)
+        if self.segmentation:
+            from .segmentation import explain_segmentation
+
+            return explain_segmentation(self, images, target_array, regions, methods, names, on_batch)
+        if regions is not None:
+            raise InputError("regions= applies to segmentation bundles only; this bundle explains image classes")
         with self._in_use():
             backend = self.backend
             return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods,
@@ -225,11 +252,11 @@ class Explainer:
             )
 
     def explain_files(self, paths: Sequence[str | os.PathLike], targets=None,
-                      methods: str | Sequence[str] = ("fusion",)) -> Explanation:
+                      methods: str | Sequence[str] = ("fusion",), regions=None) -> Explanation:
         """Read, convert and preprocess image files with the bundle's size/mean/std, then explain them."""
         from ..images import load_batch
 
         manifest = self.bundle.manifest
         paths = arguments.path_list("paths", paths)
         images, _ = load_batch(list(paths), manifest.input_size, manifest.mean, manifest.std)
-        return self.explain(images, targets, methods=methods, names=[str(p) for p in paths])
+        return self.explain(images, targets, methods=methods, names=[str(p) for p in paths], regions=regions)
