@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import atomic_directory
-from ..bundle import load_bundle
+from ..bundle import check_bundle_destination, load_bundle
 from ..errors import BundleError
 
 SHIPPED_FOLDER = "fusioncam-shipped-bundles"
@@ -36,7 +36,7 @@ def local_bundle(path: str, manifest_sha256: str, fetch_files: Callable[[], dict
         return path
     copy = Path(tempfile.gettempdir()) / SHIPPED_FOLDER / manifest_sha256[:24]
     if not _is_bundle(copy, manifest_sha256):
-        with atomic_directory(copy) as staging:
+        with atomic_directory(copy, guard=check_bundle_destination) as staging:  # a damaged earlier copy is replaced
             for name, data in fetch_files().items():
                 target = staging / name
                 target.parent.mkdir(parents=True, exist_ok=True)
