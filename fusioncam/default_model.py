@@ -20,6 +20,7 @@ from pathlib import Path
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, FusionCamError, LayerError, ModelLoadError
 from .hashing import file_sha256
+from .output_guard import probe_write
 
 log = logging.getLogger("fusioncam")
 
@@ -74,9 +75,7 @@ def _check_cache_writable(folder: Path) -> None:
     """Create the cache folder and prove a file can be written there, or say how to point it elsewhere."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(probe)
+        probe_write(folder)
     except OSError as exc:
         raise FusionCamError(
             f"cannot write to the fusioncam cache {folder} ({exc.strerror or exc}); set FUSIONCAM_CACHE to a writable folder"

@@ -59,13 +59,18 @@ def check_writable_location(out: Path, what: str) -> None:
     if not base.is_dir():
         raise OutputError(f"{what} {out} is not writable ({base} is a file, not a folder); choose another {what}")
     try:
-        fd, probe = tempfile.mkstemp(dir=base, prefix=".write-probe.", suffix=".tmp")
-        try:
-            os.close(fd)
-        finally:
-            os.unlink(probe)  # even when a signal lands here
+        probe_write(base)
     except OSError as exc:
         raise OutputError(f"{what} {out} is not writable ({exc.strerror or exc}); choose another {what}") from None
+
+
+def probe_write(folder: Path) -> None:
+    """Create and remove a temporary file in `folder`: an OSError says why nothing can be written there."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(probe)  # even when a signal lands here
 
 
 Written = dict[str, "str | None"]  # file name -> SHA-256 when written (None: not known, e.g. the record itself)
