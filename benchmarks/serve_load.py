@@ -60,6 +60,7 @@ def machine_facts() -> dict:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusioncam", "benchmarks/serve_load.py"],
                            capture_output=True, text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
+            "load_average_1_5_15_min_at_end": [round(v, 1) for v in os.getloadavg()],
             "commit": commit + ("+uncommitted changes" if dirty else ""), "date": datetime.date.today().isoformat(),
             "note": "shared machine: other engineers' builds and tests ran at the same time; numbers are noisy"}
 
@@ -295,7 +296,8 @@ def markdown(report: dict) -> str:
         "",
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['commit']}; {m['date']}. "
-        f"{m['note']}.",
+        f"{m['note']} (load average {m.get('load_average_1_5_15_min_at_end', ['?'])[0]} on {m['cores']} cores at the "
+        f"end of the run).",
         "",
         f"Server: `fusioncam serve --max-batch-size {report['max_batch_size']} --max-latency-ms {report['max_latency_ms']}`, "
         f"one inference worker; clients: httpx asyncio on the same machine (127.0.0.1), v2 REST, single images, "
