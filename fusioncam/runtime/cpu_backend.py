@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..bundle import Bundle
+from ..errors import BundleError
 from ..graph_names import EXPLAIN_OUTPUTS, INPUT, LOGITS, TARGET
 from ..kernels import KernelSet, numpy_kernels
 from .batch_plan import row_ranges
@@ -28,7 +29,13 @@ def cpu_session(path, threads: int | None = None):
     options.intra_op_num_threads = threads or (int(wanted) if wanted.isdigit() and int(wanted) > 0 else 0) \
         or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # found by fuzz/bundle_fuzz.py: a replaced graph (hash recomputed) ORT cannot load
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{path}: ONNX Runtime cannot load this bundle graph ({reason}); re-export the bundle") from None
 
 
 class CpuBackend:
