@@ -175,6 +175,61 @@ def test_a_run_stopped_with_ctrl_c_resumes_to_the_same_table(bundle, photos, tmp
                                   tensor_maps(whole.table().column("map_fusion")))
 
 
+def _our_worker_pids() -> list[int]:
+    """Ray worker processes of this test's own Ray (children of the raylet this process started), by /proc."""
+    def children(pid: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+        return found
+
+    def name(pid: int) -> str:
+        try:
+            return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+
+    raylets = [pid for pid in children(os.getpid()) if "raylet" in name(pid)]
+    return [pid for raylet in raylets for pid in children(raylet) if "ExplainWorker" in name(pid)]
+
+
+def test_a_worker_that_dies_is_replaced_and_nothing_is_lost(bundle, photos, tmp_path):
+    """SIGKILL the explaining actor after the first block: Ray restarts it and retries its block; every image
+    still gets its row, equal to a single process's."""
+    import threading
+
+    folder, readable, corrupt = photos
+    out = tmp_path / "killed"
+    killed = []
+
+    def kill_once() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not killed:
+            pids = _our_worker_pids() if (out / "parts").is_dir() and part_files(out) else []
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_once, daemon=True)
+    killer.start()
+    run = explain_dataset(folder, bundle, out=out, batch_images=1, map_dtype="float32")
+    killer.join(timeout=5)
+    assert killed, "no worker was killed: the run finished before the first block was written"
+    workers = {int(w.rsplit(":", 1)[1]) for w in run.table().column("worker").to_pylist()}
+    assert workers - {killed[0]}, "no replacement worker explained the blocks after the kill"
+    want = fusioncam.Explainer(bundle, device="cpu").explain_files(readable, methods=("fusion",))
+    table = run.table()
+    sources = table.column("source").to_pylist()
+    assert sources == sorted(str(p) for p in [*readable, corrupt])
+    rows = [sources.index(str(p)) for p in readable]
+    np.testing.assert_allclose(tensor_maps(table.column("map_fusion"))[rows], want.maps["fusion"], rtol=0, atol=1e-5)
+
+
 def test_evaluate_equals_fusioncam_evaluate(bundle, photos, tmp_path, capsys):
     _, readable, _ = photos
     flat = tmp_path / "flat"
@@ -205,3 +260,25 @@ def test_evaluate_equals_fusioncam_evaluate(bundle, photos, tmp_path, capsys):
         for metric in METRICS:
             np.testing.assert_allclose(table.column(metric_column(method, metric)).to_numpy(),
                                        want.scores[method].per_image[metric], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.gpu
+def test_gpu_workers_equal_a_single_process_on_the_gpu(bundle, photos, tmp_path):
+    from fusioncam.runtime.device_select import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs a CUDA GPU: {reason}")
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("the local Ray sees no GPU")
+    folder, readable, _ = photos
+    methods = ("gradcam", "scorecam", "fusion")
+    run = explain_dataset(folder, bundle, out=tmp_path / "gpu", methods=methods, gpus_per_worker=1, batch_images=3,
+                          map_dtype="float32")
+    want = fusioncam.Explainer(bundle, device="cuda").explain_files(readable, methods=methods)
+    table = run.table()
+    sources = table.column("source").to_pylist()
+    rows = [sources.index(str(p)) for p in readable]
+    for method in methods:
+        np.testing.assert_allclose(tensor_maps(table.column(map_column(method)))[rows], want.maps[method], rtol=0,
+                                   atol=1e-5, err_msg=method)
