@@ -99,7 +99,8 @@ def explainer(bundle):
 def running_server(bundle: Path, log: Path, latency_ms: int = LATENCY_MS):
     """`fusioncam serve` in a subprocess on free ports, ready to answer; stopped (SIGTERM, then kill) on exit."""
     http_port, grpc_port = free_port(), free_port()
-    command = [sys.executable, "-m", "fusioncam", "serve", str(bundle), "--name", "tiny", "--host", "127.0.0.1",
+    command = [sys.executable, "-m", "fusioncam", "serve", str(bundle), str(bundle), "--name", "tiny", "--name", "twin",
+               "--host", "127.0.0.1",
                "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", "cpu",
                "--max-batch-size", "8", "--max-latency-ms", str(latency_ms), "--max-queue", str(MAX_QUEUE),
                "--max-instances", str(MAX_INSTANCES), "--max-body-bytes", str(MAX_BODY),
@@ -228,6 +229,23 @@ def test_v1_explain_maps_and_overlays_equal_the_explainer_alone(server, explaine
                 assert np.abs(overlay.astype(int) - expected.astype(int)).max() <= 1
             else:
                 assert overlay.shape == (SIZE, SIZE, 3)
+
+
+def test_two_models_are_served_under_their_names(server, explainer):
+    listed = httpx.get(f"{server.base}/v2/models", timeout=10).json()["models"]
+    assert sorted(listed) == ["tiny", "twin"]
+    encoded = png(picture(5))
+    body = {"instances": [{"data": b64(encoded)}], "parameters": {"methods": ["xgradcam"], "target": "dog"}}
+    answers = {name: httpx.post(f"{server.base}/v1/models/{name}:explain", json=body, timeout=60) for name in listed}
+    want = alone(explainer, model_input(encoded), "dog", ("xgradcam",))
+    for name, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        np.testing.assert_allclose(answer.json()["explanations"][0]["maps"]["xgradcam"], want.maps["xgradcam"][0],
+                                   atol=TOLERANCE, err_msg=name)
+    unknown = httpx.post(f"{server.base}/v1/models/nope:explain", json=body, timeout=60)
+    assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
+    samples = server.metrics()
+    assert samples[("fusioncam_requests_total", (("method", "xgradcam"), ("model", "twin"), ("outcome", "ok")))] == 1
 
 
 # ----------------------------------------------------------------------------------------- Open Inference v2
