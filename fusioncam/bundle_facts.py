@@ -10,17 +10,12 @@ import onnx
 
 from .bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Manifest
 from .errors import BundleError
+from .graph_names import EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS, TARGET
 
-# The graphs' interface (export/explain_graph.py writes it): input and output names in order, element types.
-EXPLAIN_INPUTS = ("input", "target")
-EXPLAIN_OUTPUTS = ("logits", "activations", "gradients", "target_used")
-SCORER_INPUTS = ("input",)
-SCORER_OUTPUTS = ("logits",)
 # Segmentation bundles (export/segmentation_graph.py): a class and a region per image; the scorer returns P [N].
 SEGMENTATION_INTERFACE = {
-    EXPLAIN_GRAPH: (("input", "target", "region"),
-                    ("logits", "activations", "gradients", "target_used", "region_weights")),
-    "scorer": (("input", "target", "region_weights"), ("score",)),
+    EXPLAIN_GRAPH: ((*EXPLAIN_INPUTS, "region"), (*EXPLAIN_OUTPUTS, "region_weights")),
+    "scorer": ((INPUT, TARGET, "region_weights"), ("score",)),
 }
 
 
@@ -55,7 +50,7 @@ def _check_names(path: Path, graph: onnx.GraphProto, name: str, inputs: tuple[st
 
 
 def _check_image_input(path: Path, graph: onnx.GraphProto, name: str, manifest: Manifest) -> None:
-    dims = _dims(next(i for i in graph.input if i.name == "input"))
+    dims = _dims(next(i for i in graph.input if i.name == INPUT))
     if len(dims) != 4 or dims[1] != 3:
         raise _field_error(path, "input_size", list(manifest.input_size), f"{name}'s input", f"shape {dims}")
     if tuple(dims[2:]) != tuple(manifest.input_size):
