@@ -75,7 +75,10 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
     if manifest.class_names is not None and len(manifest.class_names) != manifest.num_classes:
         raise BundleError(f"bundle {path}: manifest field 'class_names' has {len(manifest.class_names)} names but "
                           f"'num_classes' is {manifest.num_classes}; re-export the bundle")
-    if len(manifest.mean) != 3 or len(manifest.std) != 3 or any(not s > 0 for s in manifest.std):
+    numbers = [*manifest.mean, *manifest.std]
+    if (len(manifest.mean) != 3 or len(manifest.std) != 3
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers)
+            or any(not s > 0 for s in manifest.std)):
         raise BundleError(f"bundle {path}: manifest fields 'mean'/'std' must be 3 numbers each (std > 0), got "
                           f"{list(manifest.mean)}/{list(manifest.std)}; re-export the bundle")
     explain = _load_interface(path, EXPLAIN_GRAPH)

@@ -81,6 +81,15 @@ def test_class_names_must_match_num_classes(copy):
         load_bundle(copy)
 
 
+@pytest.mark.parametrize("std", [["a", "b", "c"], [0.2, 0.0, 0.2], [0.2, 0.2]])
+def test_mean_and_std_must_be_three_positive_numbers(copy, std):
+    document = _manifest(copy)
+    document["std"] = std
+    _rewrite(copy, document, reseal=True)
+    with pytest.raises(BundleError, match="'std'.* must be"):
+        load_bundle(copy)
+
+
 def test_swapped_graphs_with_recomputed_hashes(copy):
     explain, scorer = (copy / "explain.onnx").read_bytes(), (copy / "scorer.onnx").read_bytes()
     (copy / "explain.onnx").write_bytes(scorer)
