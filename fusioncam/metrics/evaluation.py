@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..runtime.input_checks import check_images, resolve_targets
+from ..runtime.explanation import Explanation
 from ..runtime.methods import check_methods
-from .confidence import confidence_pair, drops, increases
-from .inputs import checked_step
-from .perturbation_batches import target_classes
-from .perturbation_curves import DEFAULT_STEP, deletion_curve, insertion_curve, trapezoid_auc
+from .confidence import drops, increases, masked_probabilities
+from .inputs import checked_images, checked_step, checked_targets, device_maps
+from .perturbation_batches import image_predictions
+from .perturbation_curves import DEFAULT_STEP, curve_probabilities, insertion_baselines, step_counts, trapezoid_auc
 
 METRICS = ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
 
@@ -39,30 +39,56 @@ class Evaluation:
 
 
 def evaluate_maps(explainer, images, maps: Mapping[str, object], targets=None, step: int = DEFAULT_STEP,
-                  names: Sequence[str] | None = None) -> Evaluation:
-    """All four metrics of each method's maps [N,H,W] for preprocessed images [N,3,H,W] (targets as the metrics take)."""
-    classes = _resolved_classes(explainer, images, targets)
-    scores = {}
-    for method, method_maps in maps.items():
-        on_image, on_masked = confidence_pair(explainer, images, method_maps, classes)
-        deletion = deletion_curve(explainer, images, method_maps, classes, step)
-        insertion = insertion_curve(explainer, images, method_maps, classes, step)
-        scores[method] = MethodScores(
-            per_image={"average_drop": drops(on_image, on_masked), "increase_in_confidence": increases(on_image, on_masked),
-                       "deletion_auc": trapezoid_auc(*deletion), "insertion_auc": trapezoid_auc(*insertion)},
-            deletion=deletion, insertion=insertion,
-        )
-    names = list(names) if names is not None else [f"image {i}" for i in range(len(classes))]
+                  names: Sequence[str] | None = None, *, explanation: Explanation | None = None) -> Evaluation:
+    """All four metrics of each method's maps [N,H,W] for preprocessed images [N,3,H,W] (targets as the metrics take).
+
+    The work every method shares is done once: the images are checked, classified (where a target is -1) and
+    scored unperturbed (Y) once, and blurred for insertion once. `explanation`, this explainer's Explanation of
+    these same images, also saves Y's forwards: its class probabilities are the scorer's own where the explain
+    pass and the scorer compute the same float32 forward (precision fp32 or tf32; with the float16 scorer Y is
+    scored again, so that Y and O come from the same graph). Without targets, its classes are the targets.
+    """
+    if targets is None and explanation is not None:
+        targets = explanation.classes
+    manifest = explainer.bundle.manifest
+    plane = manifest.input_size[0] * manifest.input_size[1]
+    with explainer.scorer.in_use("evaluate maps") as scorer:
+        images = checked_images(scorer, images, manifest.input_size)
+        n = int(images.shape[0])
+        wanted = checked_targets(explainer, targets, n)
+        counts = step_counts(plane, checked_step(step, plane))
+        reused = _reusable_probabilities(explainer, explanation, wanted)
+        if reused is not None:
+            classes, on_image = scorer.asarray(wanted), reused
+        else:
+            classes, on_image = image_predictions(scorer, images, wanted)
+            on_image = scorer.to_host(on_image)
+        baselines = insertion_baselines(scorer, images)
+        x = counts / plane
+        scores = {}
+        for method, method_maps in maps.items():
+            method_maps = device_maps(scorer, method_maps, (n, *manifest.input_size))
+            on_masked = scorer.to_host(masked_probabilities(scorer, images, method_maps, classes))
+            deletion = (x, curve_probabilities(scorer, images, method_maps, classes, counts))
+            insertion = (x, curve_probabilities(scorer, images, method_maps, classes, counts, baselines))
+            scores[method] = MethodScores(
+                per_image={"average_drop": drops(on_image, on_masked),
+                           "increase_in_confidence": increases(on_image, on_masked),
+                           "deletion_auc": trapezoid_auc(*deletion), "insertion_auc": trapezoid_auc(*insertion)},
+                deletion=deletion, insertion=insertion,
+            )
+        classes = scorer.to_host(classes).astype(np.int64)
+    names = list(names) if names is not None else [f"image {i}" for i in range(n)]
     return Evaluation(scores, names, classes, int(step))
 
 
-def _resolved_classes(explainer, images, targets) -> np.ndarray:
-    """int64 [N] host classes: the targets, with each image's arg-max class where none is given."""
-    manifest = explainer.bundle.manifest
-    with explainer.scorer.in_use("resolve the target classes") as scorer:
-        images = scorer.asarray(check_images(images, manifest.input_size))
-        wanted = resolve_targets(targets, int(images.shape[0]), manifest.num_classes, manifest.class_names)
-        return scorer.to_host(target_classes(scorer, images, wanted)).astype(np.int64)
+def _reusable_probabilities(explainer, explanation: Explanation | None, wanted: np.ndarray) -> np.ndarray | None:
+    """Y from the explanation (host float64 [N]) when it holds the scorer's own values for these classes, else None."""
+    if explanation is None or explainer.precision == "fp16":
+        return None
+    if len(explanation) != len(wanted) or not np.array_equal(explanation.classes, wanted):
+        return None
+    return np.asarray(explanation.probabilities, dtype=np.float64)
 
 
 def explain_and_evaluate(explainer, images, methods: Sequence[str], names: Sequence[str] | None = None,
@@ -72,7 +98,8 @@ def explain_and_evaluate(explainer, images, methods: Sequence[str], names: Seque
     height, width = explainer.bundle.manifest.input_size
     checked_step(step, height * width)  # fail before the explaining, not after it
     explanation = explainer.explain(images, methods=methods, names=names)
-    return evaluate_maps(explainer, images, {m: explanation.maps[m] for m in methods}, explanation.classes, step, names)
+    return evaluate_maps(explainer, images, {m: explanation.maps[m] for m in methods}, explanation.classes, step, names,
+                         explanation=explanation)
 
 
 def checked_methods(methods: Sequence[str]) -> tuple[str, ...]:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
+from ..kernels.array_math import array_module
 
 PAIR_EPS = 1e-8
 DEGENERATE_SUM = 1e-6
 
 
-def normalized_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(a, b) / (a + b + 1e-8); where a + b <= 1e-6 the pair is (0.5, 0.5) and flagged degenerate."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+def normalized_pair(a, b):
+    """(a, b) / (a + b + 1e-8); where a + b <= 1e-6 the pair is (0.5, 0.5) and flagged degenerate.
+
+    Float64 [N] NumPy or CuPy arrays (the result stays where they are): (a', b', degenerate)."""
+    xp = array_module(a, b)
+    a = xp.asarray(a, dtype=xp.float64)
+    b = xp.asarray(b, dtype=xp.float64)
     total = a + b
     degenerate = total <= DEGENERATE_SUM
-    safe = np.where(degenerate, 1.0, total + PAIR_EPS)
-    return np.where(degenerate, 0.5, a / safe), np.where(degenerate, 0.5, b / safe), degenerate
+    safe = xp.where(degenerate, 1.0, total + PAIR_EPS)
+    return xp.where(degenerate, 0.5, a / safe), xp.where(degenerate, 0.5, b / safe), degenerate
 
 
 def class_probabilities(xp, logits, classes):

@@ -213,9 +213,15 @@ class Explainer:
                 copies[key] = backend.to_host(array).astype(dtype, copy=False)
             return copies[key]
 
+        def host_facts(facts: dict) -> dict:
+            """A method's facts (device arrays, or dicts of them) on the host, each dtype kept."""
+            return {key: host_facts(value) if isinstance(value, dict) else backend.to_host(value)
+                    for key, value in facts.items()}
+
         fusion = outputs.get("fusion", MethodOutput(None))
         union = outputs.get("unioncam", MethodOutput(None))
         group = outputs.get("groupcam", MethodOutput(None))
+        fusion_facts, union_facts, group_facts = (host_facts(out.facts) for out in (fusion, union, group))
         sweep = engine.computed("sweep")
         forwards_run = host(sweep.forwards_run, np.int64) if sweep is not None else None
         forwards_skipped = host(sweep.forwards_skipped, np.int64) if sweep is not None else None
@@ -232,11 +238,11 @@ class Explainer:
             timings=timings,
             fusion=host(fusion.map), gradcam=host(engine.computed("gradcam")),
             denoised=host(fusion.maps.get("denoised")), scorecam=host(engine.computed("scorecam")),
-            combined=host(fusion.maps.get("combined")), betas=fusion.facts.get("betas"),
-            degenerate=fusion.facts.get("degenerate"),
+            combined=host(fusion.maps.get("combined")), betas=fusion_facts.get("betas"),
+            degenerate=fusion_facts.get("degenerate"),
             forwards_run=forwards_run, forwards_skipped=forwards_skipped,
-            union_betas=union.facts.get("betas"), union_kept_combined=union.facts.get("kept_combined"),
-            group_scores=group.facts.get("group_scores"), group_forwards=group.facts.get("group_forwards"),
+            union_betas=union_facts.get("betas"), union_kept_combined=union_facts.get("kept_combined"),
+            group_scores=group_facts.get("group_scores"), group_forwards=group_facts.get("group_forwards"),
             device=str(self.device), class_names=self.class_names,
         )
 

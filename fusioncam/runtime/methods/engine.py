@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-import numpy as np
-
 from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
 from ..betas import class_probabilities
 from ..channel_selection import gradcam_contributions, top_channels
@@ -17,7 +15,8 @@ from ..stage_clock import StageClock
 
 @dataclass
 class MethodOutput:
-    """One method's result: its map [N,H,W] and intermediate maps (device arrays), and per-image facts (host NumPy)."""
+    """One method's result: its map [N,H,W], intermediate maps and per-image facts (arrays or dicts of arrays), all on
+    the device; the Explainer copies them to the host once, at the end."""
 
     map: object
     maps: dict[str, object] = field(default_factory=dict)
@@ -51,16 +50,16 @@ class Engine:
         """A shared quantity if some method needed it (else None): gradcam, scorecam, sweep, ..."""
         return vars(self).get(name)
 
-    def on_device(self, host: np.ndarray):
-        """Per-image host values as a float32 device array."""
-        return self.scorer.asarray(np.asarray(host, dtype=np.float32))
+    def as_weights(self, values):
+        """Per-image values (a device array, e.g. betas) as the float32 weights the map kernels take."""
+        return self.scorer.asarray(values).astype(self.xp.float32)
 
     @cached_property
-    def b0(self) -> np.ndarray:
-        """p(z0) per image, float64 [N] on the host: the all-zeros input's class probability."""
+    def b0(self):
+        """p(z0) per image, float64 [N] on the device: the all-zeros input's class probability."""
         xp = self.xp
         logits = xp.broadcast_to(self.z0_logits, (int(self.classes.shape[0]), int(self.z0_logits.shape[0])))
-        return self.scorer.to_host(class_probabilities(xp, logits, self.classes))
+        return class_probabilities(xp, logits, self.classes)
 
     @cached_property
     def gradcam_weights(self):

@@ -22,10 +22,10 @@ def fusion(engine: Engine) -> Generator[list[Probe], list, MethodOutput]:
     denoised = kernels.percentile_denoise(engine.gradcam, engine.theta)
     p_den, p_reg = yield [MapProbe("fusion/denoised", denoised, engine.every_image), scorecam_probe(engine)]
     b_den, b_reg, degenerate_1 = normalized_pair(p_den - b0, p_reg - b0)
-    combined = kernels.weighted_pair(denoised, scorecam, engine.on_device(b_den), engine.on_device(b_reg))
+    combined = kernels.weighted_pair(denoised, scorecam, engine.as_weights(b_den), engine.as_weights(b_reg))
     (p_dr,) = yield [MapProbe("fusion/combined", combined, engine.every_image)]
     b_dr, b_reg2, degenerate_2 = normalized_pair(p_dr - b0, b_reg)
-    fused = kernels.similarity_fusion(combined, scorecam, engine.on_device(b_dr), engine.on_device(b_reg2))
+    fused = kernels.similarity_fusion(combined, scorecam, engine.as_weights(b_dr), engine.as_weights(b_reg2))
     return MethodOutput(
         fused,
         maps={"denoised": denoised, "combined": combined},

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Generator
 
-import numpy as np
-
 from .engine import Engine, MethodOutput
 from .probes import BlendProbe, Probe
 
@@ -30,10 +28,9 @@ def groupcam(engine: Engine) -> Generator[list[Probe], list, MethodOutput]:
     baseline = BlendProbe("groupcam/blurred", blurred, group_maps, mins, maxs, engine.every_image,
                           xp.full(engine.every_image.shape, -1, dtype=xp.int64))
     p_blends, p_blurred = yield [blends, baseline]
-    rows = engine.scorer.to_host(image_index)
-    scores = np.zeros(tuple(mins.shape), dtype=np.float64)
-    scores[rows, engine.scorer.to_host(group_index)] = np.maximum(p_blends - p_blurred[rows], 0.0)
-    summed = kernels.weighted_group_masks(group_maps, mins, maxs, engine.scorer.asarray(scores), engine.out_hw)
+    scores = xp.zeros(tuple(mins.shape), dtype=xp.float64)
+    scores[image_index, group_index] = xp.maximum(p_blends - p_blurred[image_index], 0.0)
+    summed = kernels.weighted_group_masks(group_maps, mins, maxs, scores, engine.out_hw)
     cam = kernels.normalize(xp.maximum(summed, xp.float32(0)))
-    forwards = engine.scorer.to_host(active.sum(axis=1)).astype(np.int64)
+    forwards = active.sum(axis=1).astype(xp.int64)
     return MethodOutput(cam, facts={"group_scores": scores, "group_forwards": forwards})

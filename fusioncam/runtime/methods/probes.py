@@ -41,14 +41,15 @@ class BlendProbe:
 Probe = MapProbe | BlendProbe
 
 
-def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
-    """Each probe's class probabilities (host float64, one per row), its rows packed with the others' into full batches."""
+def probe_probabilities(engine, probes: list[Probe]) -> dict[str, object]:
+    """Each probe's class probabilities (float64 on the device, one per row), its rows packed with the others' into
+    full batches."""
     scorer, xp = engine.scorer, engine.xp
     sizes = [int(probe.image_index.shape[0]) for probe in probes]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
     total = int(offsets[-1])
     if total == 0:
-        return {probe.key: np.empty(0) for probe in probes}
+        return {probe.key: xp.empty(0, dtype=xp.float64) for probe in probes}
     engine.probe_rows += total
     row_classes = engine.classes[xp.concatenate([probe.image_index for probe in probes])]
 
@@ -59,5 +60,5 @@ def probe_probabilities(engine, probes: list[Probe]) -> dict[str, np.ndarray]:
             if low < high:
                 probe.write(scorer.kernels, engine.images, slice(low - first, high - first), buffer, low - start)
 
-    host = scorer.to_host(scorer.class_probabilities(total, row_classes, write, engine.clock))
-    return {probe.key: host[first:last] for probe, first, last in zip(probes, offsets[:-1], offsets[1:])}
+    probabilities = scorer.class_probabilities(total, row_classes, write, engine.clock)
+    return {probe.key: probabilities[first:last] for probe, first, last in zip(probes, offsets[:-1], offsets[1:])}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Generator
 
-import numpy as np
-
 from .engine import Engine, MethodOutput
 from .fusion import scorecam_probe
 from .probes import MapProbe, Probe
@@ -19,13 +17,14 @@ def unioncam(engine: Engine) -> Generator[list[Probe], list, MethodOutput]:
     denoised = kernels.normalize(kernels.upsample(low, engine.out_hw))
     p_den, p_reg = yield [MapProbe("unioncam/denoised", denoised, engine.every_image), scorecam_probe(engine)]
     b_den, b_reg = p_den - b0, p_reg - b0
-    combined = kernels.weighted_pair(denoised, scorecam, engine.on_device(b_den), engine.on_device(b_reg))
+    combined = kernels.weighted_pair(denoised, scorecam, engine.as_weights(b_den), engine.as_weights(b_reg))
     (p_dr,) = yield [MapProbe("unioncam/combined", combined, engine.every_image)]
     b_dr = p_dr - b0
     keep_combined = b_dr > b_reg
     # norm(b * L) of the kept map: the other weight is 0, and 0 * L adds exactly nothing.
-    chosen = kernels.weighted_pair(combined, scorecam, engine.on_device(np.where(keep_combined, b_dr, 0.0)),
-                                   engine.on_device(np.where(keep_combined, 0.0, b_reg)))
+    xp = engine.xp
+    chosen = kernels.weighted_pair(combined, scorecam, engine.as_weights(xp.where(keep_combined, b_dr, 0.0)),
+                                   engine.as_weights(xp.where(keep_combined, 0.0, b_reg)))
     return MethodOutput(
         chosen,
         facts={"betas": {"b_den": b_den, "b_reg": b_reg, "b_dr": b_dr, "b0": b0}, "kept_combined": keep_combined},
