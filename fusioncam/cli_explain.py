@@ -99,8 +99,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else None
     explainer = Explainer(bundle_for(args.model, args.layer, size, notify=_say), device=args.device, batch_size=args.batch,
                           precision=args.precision, max_channels=args.fast)
+    if args.region is not None and not explainer.segmentation:
+        raise InputError("--region applies to segmentation bundles only; this model explains image classes")
+    from .report_segmentation import parse_region
+
     summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
-                                  colormap=args.colormap)
+                                  colormap=args.colormap, regions=parse_region(args.region))
     return _finish(summary)
 
 
@@ -132,6 +136,9 @@ def add_subcommands(sub) -> None:
                               f"{','.join(METHODS)} (default: fusion); the panel shows Grad-CAM, Score-CAM, "
                               f"Fusion-CAM and the others chosen")
     explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
+    explain.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
+                         help="segmentation bundles: where --target is explained: where the model predicts it "
+                              "(predicted, the default), the whole image (all), or a box in the model's input pixels")
     explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="input size for an .onnx model with a dynamic height/width")
     explain.set_defaults(run=cmd_explain)

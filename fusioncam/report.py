@@ -63,6 +63,7 @@ class ImageRecord:
     files: dict[str, str]
     fusion_stats: dict[str, object] = field(default_factory=dict)
     union_betas: dict[str, float] = field(default_factory=dict)  # when Union-CAM was chosen
+    region: dict[str, object] = field(default_factory=dict)  # segmentation bundles: the explained region
 
 
 @dataclass
@@ -163,11 +164,13 @@ def explain_into_folder(
     methods: Sequence[str] = ("fusion",),
     colormap: str = "jet",
     stream: TextIO | None = None,
+    regions=None,
 ) -> RunSummary:
     """Explain each source separately with `explainer` and write its files; bad images are reported and skipped.
 
     `target` is one class for every image (index, name or None for each image's top class). Messages about
-    skipped images, and a progress bar when `stream` is a terminal, go to `stream` (default stderr).
+    skipped images, and a progress bar when `stream` is a terminal, go to `stream` (default stderr). `regions`
+    (segmentation bundles): "predicted" (None), "all" or a box, for every image (see Explainer.explain).
 
     A stop signal (see interrupts.stop_signals) ends the run at the next scorer batch or image: the image in progress
     is dropped whole, and results.json / index.html record the finished ones, marked incomplete
@@ -196,7 +199,7 @@ def explain_into_folder(
                 report = progress.batch_reporter(source.label, started)
                 explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods),
                                                 names=[source.label], on_batch=lambda done, total: (
-                                                    stop.check(), report(done, total)))
+                                                    stop.check(), report(done, total)), regions=regions)
                 seconds = time.perf_counter() - started
             except Interrupted:
                 break
@@ -219,6 +222,10 @@ def explain_into_folder(
 def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explanation, seconds: float,
                         methods: Sequence[str], colormap: str = "jet") -> ImageRecord:
     """Encode all of one image's files in memory first, then write each atomically; return its record."""
+    if getattr(explanation, "region_weights", None) is not None:  # a segmentation bundle's explanation
+        from .report_segmentation import write_segmentation_outputs
+
+        return write_segmentation_outputs(out, source, rgb, explanation, seconds, methods, colormap)
     files = output_files(source.name, methods)
     title = f"{explanation.class_name(0)}  p={float(explanation.probabilities[0]):.3f}"
     tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in panel_methods(methods)]
