@@ -74,7 +74,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
              f"({', '.join(run.names)}), each explained and measured for its top class.")
     if run.interrupted:
         setup += (f" Incomplete: the run was interrupted ({run.interrupted}) after {done} of {len(names)} images; "
-                  f"not evaluated: {', '.join(names[done:])}.")
+                  f"not evaluated: {', '.join(run.not_evaluated)}.")
     with active().deferred():  # a signal now lets the record be written whole
         written = write_evaluation_record(out, run, setup, manifest, labels, skipped)
     if run.evaluation is not None:

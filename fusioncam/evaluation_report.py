@@ -11,7 +11,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -207,6 +207,7 @@ class EvaluationRun:
     evaluation: Evaluation | None
     names: list[str]
     interrupted: str | None = None  # SIGINT or SIGTERM
+    not_evaluated: list[str] = field(default_factory=list)  # the images an interrupted run did not reach
 
 
 def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
@@ -245,8 +246,8 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
         except Interrupted:
             pass
     evaluation = _join_images(parts) if parts else None
-    finished = list(names[: len(parts)])
-    return EvaluationRun(evaluation, finished, stop.received if len(parts) < len(names) else None)
+    finished, pending = list(names[: len(parts)]), list(names[len(parts):])
+    return EvaluationRun(evaluation, finished, stop.received if pending else None, pending)
 
 
 def _join_methods(parts: Sequence[Evaluation]) -> Evaluation:
@@ -298,6 +299,7 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
         "interrupted_by": run.interrupted,
         "images": images,
         "failed": list(skipped),
+        "not_evaluated": run.not_evaluated,
         "written_files": record_files(out, earlier, [path.name for path in written]),
     }
     _write(out / RECORD, (json.dumps(document, indent=2) + "\n").encode("utf-8"))

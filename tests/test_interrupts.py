@@ -111,7 +111,7 @@ def test_evaluate_stops_between_images_and_reports_the_finished_ones(bundle, tmp
     assert captured.err.strip().splitlines()[-1].startswith("fusioncam evaluate: interrupted (SIGINT) after 2 of 3")
     record = json.loads((out / "results.json").read_text())
     assert record["complete"] is False and record["interrupted_by"] == "SIGINT"
-    assert [r["name"] for r in record["images"]] == ["a", "b"]
+    assert [r["name"] for r in record["images"]] == ["a", "b"] and record["not_evaluated"] == ["c"]
     markdown = (out / "metrics.md").read_text()
     assert "n = 2 images" in markdown and "Incomplete: the run was interrupted (SIGINT)" in markdown
     assert sorted(p.name for p in out.iterdir()) == ["curves.png", "metrics.csv", "metrics.md", "results.json"]
