@@ -16,6 +16,7 @@ benchmarks/results/coverage-<machine>.json and docs/coverage.md.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -62,14 +63,11 @@ def torchvision_names() -> list[str]:
 
 def all_models(only: str | None) -> list[str]:
     """Model ids 'source:name' in the order they run."""
-    ids = []
-    if only in (None, "hf"):
-        ids += [f"hf:{name}" for name in HF_MODELS]
-    if only in (None, "timm"):
-        ids += [f"timm:{name}" for name in TIMM_MODELS]
-    if only in (None, "torchvision"):
-        ids += [f"torchvision:{name}" for name in torchvision_names()]
-    return ids
+    hf = [f"hf:{name}" for name in HF_MODELS] if only in (None, "hf") else []
+    timm = [f"timm:{name}" for name in TIMM_MODELS] if only in (None, "timm") else []
+    torchvision = [f"torchvision:{name}" for name in torchvision_names()] if only in (None, "torchvision") else []
+    mixed = [model for pair in itertools.zip_longest(timm, torchvision) for model in pair if model]
+    return hf + mixed  # a run stopped early still samples every source
 
 
 # ----- building one model (child process) -------------------------------------------------------------------------
@@ -96,7 +94,7 @@ def _hf_model(name: str):
                    tf.ResNetForImageClassification, 64),
         "regnet": (tf.RegNetConfig(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], embedding_size=16,
                                    groups_width=8, **small), tf.RegNetForImageClassification, 64),
-        "efficientnet": (tf.EfficientNetConfig(image_size=64, width_coefficient=0.25, depth_coefficient=0.25, **small),
+        "efficientnet": (tf.EfficientNetConfig(image_size=64, depth_coefficient=0.5, **small),
                          tf.EfficientNetForImageClassification, 64),
         "mobilevit": (tf.MobileViTConfig(image_size=64, **small), tf.MobileViTForImageClassification, 64),
     }
@@ -229,9 +227,9 @@ def _early_target(model, size: int, automatic: str) -> str | None:
     layers = [layer for layer in list_torch_layers(model, (size, size)) if min(layer.spatial) > 1]
     ends = [layer.name for layer in layers if "last block of a stage" in layer.role]
     names = {layer.name for layer in layers}
-    if len(ends) == 1:
-        first = ends[0].rpartition(".")[0] + ".0"
-        ends = [first] if first in names else []
+    if len(ends) == 1:  # one stage: its first block ("blocks.11" -> "blocks.0"; a stage named "blocks" -> "blocks.0")
+        firsts = [ends[0].rpartition(".")[0] + ".0", ends[0] + ".0"]
+        ends = [name for name in firsts if name in names]
     return next((name for name in ends if name != automatic), None)
 
 
@@ -347,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     results = RESULTS / f"coverage-{cpu_label()}.json"
     report = json.loads(results.read_text()) if results.exists() and not args.fresh else {"rows": []}
     report["machine"] = machine()
+    if args.models:  # asked for by name: measured again
+        report["rows"] = [r for r in report["rows"] if r["model"] not in args.models]
     done = {r["model"] for r in report["rows"]}
     for model_id in args.models or all_models(args.only):
         if model_id in done:

@@ -107,6 +107,16 @@ def test_onnx_swin_picks_a_map_not_attention_and_matches_autograd(tmp_path):
     assert softmaxes == []  # attention probabilities are never offered
 
 
+def test_list_layers_marks_what_a_transformer_user_picks():
+    model = CASES["vit_class_token"][0]()
+    layers = {layer.name: layer for layer in fusioncam.list_layers(model, (32, 32))}
+    assert layers["blocks.1.norm1"].role == "automatic target"
+    assert layers["blocks"].role == "last block of a stage"  # the Sequential returns its last block's tokens
+    assert layers["norm"].role == "final norm"
+    assert "1 prefix token(s) dropped + 4x4 patch grid" in layers["blocks.0"].note
+    assert layers["blocks.0.norm1"].shape == ("N", 32, 4, 4)
+
+
 # ----- a reshape function (pytorch-grad-cam's reshape_transform) ---------------------------------------------------
 
 def reshape_transform(tensor, height=4, width=4):
