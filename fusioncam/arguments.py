@@ -43,13 +43,13 @@ def _is_integer(value: Any) -> bool:
 
 
 def integer(name: str, value: Any, minimum: int | None = None, maximum: int | None = None,
-            allow_none: bool = False) -> int | None:
-    """An int within [minimum, maximum] (None passes through when allow_none)."""
+            allow_none: bool = False, accepted: str | None = None) -> int | None:
+    """An int within [minimum, maximum] (None passes through when allow_none); `accepted` words the error."""
     if value is None and allow_none:
         return None
     low = "" if minimum is None else f" >= {minimum}"
     high = "" if maximum is None else f" <= {maximum}"
-    accepted = f"an integer{low}{' and' if low and high else ''}{high}" + (" or None" if allow_none else "")
+    accepted = accepted or (f"an integer{low}{' and' if low and high else ''}{high}" + (" or None" if allow_none else ""))
     if not _is_integer(value):
         raise rejected(name, value, accepted)
     value = int(value)
@@ -215,11 +215,13 @@ def explainer_arguments(bundle: Any, device: Any, batch_size: Any, precision: An
     if not isinstance(bundle, Bundle) and not (isinstance(bundle, (str, os.PathLike)) and bundle != ""):
         raise rejected("bundle", bundle, "a bundle directory (str or pathlib.Path) or a fusioncam Bundle")
     text("device", device)
-    integer("batch_size", batch_size, minimum=1, allow_none=True)
+    integer("batch_size", batch_size, minimum=1, allow_none=True,
+            accepted="a positive number of masked images per scorer run (an integer >= 1) or None")
     text("precision", precision)
     number("theta", theta, 0.0, 100.0)
     flag("skip_constant_channels", skip_constant_channels)
-    integer("max_channels", max_channels, minimum=1, allow_none=True)
+    integer("max_channels", max_channels, minimum=1, allow_none=True,
+            accepted="a positive number of channels (an integer >= 1), or None for all")
     string_mapping("cuda_options", cuda_options)
 
 
