@@ -218,10 +218,6 @@ class Explainer:
             return {key: host_facts(value) if isinstance(value, dict) else backend.to_host(value)
                     for key, value in facts.items()}
 
-        fusion = outputs.get("fusion", MethodOutput(None))
-        union = outputs.get("unioncam", MethodOutput(None))
-        group = outputs.get("groupcam", MethodOutput(None))
-        fusion_facts, union_facts, group_facts = (host_facts(out.facts) for out in (fusion, union, group))
         sweep = engine.computed("sweep")
         forwards_run = host(sweep.forwards_run, np.int64) if sweep is not None else None
         forwards_skipped = host(sweep.forwards_skipped, np.int64) if sweep is not None else None
@@ -236,13 +232,11 @@ class Explainer:
             probabilities=host(class_probabilities(engine.xp, engine.logits, engine.classes), np.float64),
             logits=host(engine.logits),
             timings=timings,
-            fusion=host(fusion.map), gradcam=host(engine.computed("gradcam")),
-            denoised=host(fusion.maps.get("denoised")), scorecam=host(engine.computed("scorecam")),
-            combined=host(fusion.maps.get("combined")), betas=fusion_facts.get("betas"),
-            degenerate=fusion_facts.get("degenerate"),
+            method_maps={name: {key: host(m) for key, m in out.maps.items()} for name, out in outputs.items()},
+            facts={name: host_facts(out.facts) for name, out in outputs.items()},
+            shared={name: host(engine.computed(name)) for name in Engine.SHARED_MAPS
+                    if engine.computed(name) is not None},
             forwards_run=forwards_run, forwards_skipped=forwards_skipped,
-            union_betas=union_facts.get("betas"), union_kept_combined=union_facts.get("kept_combined"),
-            group_scores=group_facts.get("group_scores"), group_forwards=group_facts.get("group_forwards"),
             device=str(self.device), class_names=self.class_names,
         )
 

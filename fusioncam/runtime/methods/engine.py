@@ -26,6 +26,8 @@ class MethodOutput:
 class Engine:
     """The quantities of one explain call for N images; each shared one is computed on first use, then cached."""
 
+    SHARED_MAPS = ("gradcam", "scorecam")  # shared maps an Explanation reports when some method computed them
+
     def __init__(self, scorer: Scorer, images, graph: dict, z0_logits, theta: float, skip_constant: bool,
                  clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
