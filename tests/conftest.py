@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the real EfficientNet-Lite0 and its `_blocks.15` bundle are built once for all tests."""
+"""Session-wide fixtures (the real EfficientNet-Lite0 and its `_blocks.15` bundle, built once for all tests) and the
+`gpu` marker, which skips a test with the reason where no CUDA GPU can be used."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import pytest
 
 import fusioncam
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
+from fusioncam.runtime.device_select import cuda_unavailable_reason
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The `gpu` marker: a test marked with it is skipped, with the reason, where CUDA cannot be used here
+    (no onnxruntime-gpu, no CuPy, no visible GPU); the reason is looked up once, and only if a test asks."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    reason = cuda_unavailable_reason() if gpu_tests else None
+    if reason is not None:
+        skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {reason}")
+        for item in gpu_tests:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
