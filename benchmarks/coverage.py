@@ -196,8 +196,10 @@ def check_target(model, path, size: int, folder: Path, with_methods: bool) -> di
 
     session = ort.InferenceSession(str(bundle / "explain.onnx"), providers=["CPUExecutionProvider"])
     logits, acts, grads = session.run(["logits", "activations", "gradients"], {"input": images, "target": targets})
-    with torch.enable_grad():
-        want_logits, want_acts, want_grads = _autograd(model, row["target"], images, targets)
+    from fusioncam.export.torch_targets import inference_copy
+
+    with torch.enable_grad():  # in-place ops off, as in the export: an in-place ReLU would overwrite the hooked tensor
+        want_logits, want_acts, want_grads = _autograd(inference_copy(model), row["target"], images, targets)
     errors = {"logits": _relative(logits, want_logits), "activations": _relative(acts, rearrange(want_acts, layer.layout)),
               "gradients": _relative(grads, rearrange(want_grads, layer.layout))}
     row["relative_error"] = {k: float(f"{v:.3g}") for k, v in errors.items()}

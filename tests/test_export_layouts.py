@@ -202,3 +202,14 @@ def test_hugging_face_output_objects_and_tuple_returning_modules(tmp_path):
         np.testing.assert_allclose(logits, model(torch.from_numpy(IMAGES)).logits.numpy(), rtol=1e-4, atol=1e-5)
     assert onnx.load(str(result.bundle.path / "explain.onnx"), load_external_data=False).graph.output[1].name == \
         "activations"
+
+
+@pytest.mark.slow
+def test_a_model_holding_autograd_tensors_gets_a_clear_error(tmp_path):
+    model = CASES["levit"][0]()
+    model(torch.zeros(1, 3, 128, 128)).sum()  # timm's LeViT now caches attention biases that need gradients
+    with pytest.raises(ModelLoadError, match="cannot be copied for export.*model.train\\(\\); model.eval\\(\\)"):
+        fusioncam.export_torch(model, "stages.0", tmp_path / "b", input_size=(128, 128))
+    model.train()
+    model.eval()  # timm clears the caches: export works again
+    assert fusioncam.export_torch(model, "stages.0", tmp_path / "c", input_size=(128, 128)).layer.shape[1:] == (128, 8, 8)

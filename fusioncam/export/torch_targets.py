@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..errors import LayerError
+from ..errors import LayerError, ModelLoadError
 from .layers import Layer, automatic_candidates
 from .module_outputs import model_logits, pick_tensor
 from .target_layout import TOKENS, detect_layout
@@ -31,7 +31,14 @@ def inference_copy(model):
     """Deep copy in eval mode with every in-place op turned off (in-place ReLU would overwrite the target)."""
     import copy
 
-    clone = copy.deepcopy(model).eval()
+    try:
+        clone = copy.deepcopy(model).eval()
+    except RuntimeError as exc:  # e.g. "Only Tensors created explicitly by the user (graph leaves) support deepcopy"
+        raise ModelLoadError(
+            f"the model cannot be copied for export ({str(exc).splitlines()[0]}): a module keeps tensors computed "
+            f"with autograd (timm's LeViT caches attention biases after a forward with gradients). Clear such caches "
+            f"(for timm: model.train(); model.eval()) or export a freshly built model."
+        ) from None
     for module in clone.modules():
         if hasattr(module, "inplace") and isinstance(module.inplace, bool):
             module.inplace = False
