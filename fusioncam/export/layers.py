@@ -126,9 +126,9 @@ def auto_target(classifier: Classifier, reaches=None) -> Layer:
     Both dims must exceed 1 so that channels-last views inside a head (e.g. ConvNeXt's LayerNorm2d permute of a
     pooled [N,C,1,1] map to [N,1,1,C]) are not mistaken for feature maps. Token maps count only when a
     LayerNormalization or a residual Add makes them (a transformer block's representations, not its q/k/v
-    projections or bias additions). `reaches(layer)` (see token_reach) says whether the map's positions reach the logits: a ViT head
-    reads only the class token, so the last blocks' patch tokens get zero gradient and the choice moves back to the
-    last block's first norm."""
+    projections or bias additions). `reaches(layer)` (see map_reach) says whether the map's positions reach the
+    logits: a ViT head reads only the class token, so the last blocks' patch tokens get zero gradient and the choice
+    moves back to the last block's first norm."""
     residual = residual_sums(classifier)
     spatial = [layer for layer in automatic_candidates(candidate_layers(classifier), classifier.input_size)
                if layer.layout.kind != TOKENS or layer.op_type == "LayerNormalization" or layer.name in residual]
