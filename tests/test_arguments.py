@@ -213,3 +213,8 @@ def test_checkers_return_plain_values():
     assert arguments.number("t", np.float32(0.5), 0, 1) == 0.5
     with pytest.raises(InputError, match=r"got 'xxxxx.*\.\.\. \(str\)"):
         arguments.integer("k", "x" * 200)
+
+
+def test_gpu_batch_budget_names_the_gpu():
+    with pytest.raises(InputError, match=r"and GPU 1 has 1\.0 GiB free; the largest batch_size that fits is 668 "):
+        check_batch_fits(10**6, (224, 224), "cuda", 1, free=2**30)
