@@ -241,7 +241,7 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
                 for method in methods:
                     stop.check()
                     per_method.append(evaluate_maps(explainer, image, {method: explanation.maps[method]},
-                                                    explanation.classes, step, [name]))
+                                                    explanation.classes, step, [name], explanation=explanation))
                 parts.append(_join_methods(per_method))
         except Interrupted:
             pass

@@ -122,7 +122,7 @@ class ExplainWorker:
         if layout.evaluate:
             start = time.perf_counter()
             evaluation = evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in layout.methods},
-                                       explanation.classes, self.settings.step, names)
+                                       explanation.classes, self.settings.step, names, explanation=explanation)
             evaluate_seconds = (time.perf_counter() - start) / len(indices)
         rows = {}
         for j, index in enumerate(indices):
