@@ -19,7 +19,7 @@ from .errors import InputError
 
 __all__ = [
     "rejected", "integer", "number", "flag", "text", "size_pair", "path", "path_list", "string_list",
-    "string_mapping", "channel_stats", "host_array", "image_array", "method_names", "callable_or_none",
+    "string_mapping", "channel_stats", "host_array", "image_array", "is_torch_tensor", "method_names", "callable_or_none",
     "explainer_arguments", "export_arguments",
 ]
 
@@ -156,7 +156,7 @@ def channel_stats(name: str, value: Any, positive: bool = False) -> tuple[float,
     return items[0], items[1], items[2]
 
 
-def _is_torch_tensor(value: Any) -> bool:
+def is_torch_tensor(value: Any) -> bool:
     """A torch.Tensor, recognised without importing torch (which may not be installed)."""
     return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
@@ -164,7 +164,7 @@ def _is_torch_tensor(value: Any) -> bool:
 def host_array(name: str, value: Any) -> Any:
     """A NumPy array for a torch tensor (any device, with or without grad: .detach().cpu().numpy()); NumPy and CuPy
     arrays as given; nested lists as NumPy. Anything else (None, a string, a dict) is an InputError."""
-    if _is_torch_tensor(value):
+    if is_torch_tensor(value):
         tensor = value.detach()
         if getattr(tensor, "dtype", None) is not None and str(tensor.dtype) == "torch.bfloat16":
             tensor = tensor.float()  # NumPy has no bfloat16

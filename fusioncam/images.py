@@ -176,7 +176,10 @@ def preprocess(
 
 
 def resized_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The uint8 RGB image resized to size (H, W) with cv2.INTER_LINEAR, as preprocess sees it."""
+    """The uint8 RGB image (NumPy, or a torch tensor) resized to size (H, W) with cv2.INTER_LINEAR, as preprocess
+    sees it."""
+    if arguments.is_torch_tensor(rgb):
+        rgb = arguments.host_array("rgb", rgb)
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
         raise InputError(f"expected a uint8 RGB image of shape [H, W, 3], got {got}")

@@ -74,7 +74,10 @@ def _bounded(image: np.ndarray, max_side: int | None) -> np.ndarray:
 
 
 def _checked_rgb(image_rgb: np.ndarray) -> np.ndarray:
-    """The image as a contiguous uint8 [H, W, 3] array, or an InputError saying what it is instead."""
+    """The image as a contiguous uint8 [H, W, 3] array (a torch tensor converted), or an InputError saying what it
+    is instead."""
+    if arguments.is_torch_tensor(image_rgb):
+        image_rgb = arguments.host_array("image_rgb", image_rgb)
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
         got = f"{image_rgb.dtype} {image_rgb.shape}" if isinstance(image_rgb, np.ndarray) else type(image_rgb).__name__
         raise InputError(f"overlay needs a uint8 RGB image [H, W, 3]; got {got}")

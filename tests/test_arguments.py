@@ -218,3 +218,12 @@ def test_checkers_return_plain_values():
 def test_gpu_batch_budget_names_the_gpu():
     with pytest.raises(InputError, match=r"and GPU 1 has 1\.0 GiB free; the largest batch_size that fits is 668 "):
         check_batch_fits(10**6, (224, 224), "cuda", 1, free=2**30)
+
+
+def test_overlay_and_preprocess_take_torch_images_like_numpy():
+    from fusioncam.images import preprocess
+
+    image = np.random.default_rng(5).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    cam = np.random.default_rng(6).random((3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(fusioncam.overlay(torch.from_numpy(image), cam), fusioncam.overlay(image, cam))
+    np.testing.assert_array_equal(preprocess(torch.from_numpy(image), (4, 5)), preprocess(image, (4, 5)))
