@@ -187,21 +187,26 @@ def test_known_answer_every_method_puts_its_mass_in_the_quadrant(tmp_path) -> No
         assert share[0] >= 0.4 and share[0] >= 2 * share[1:].max(), f"{method}: quadrant shares {np.round(share, 3)}"
 
 
-def test_region_and_target_errors(lraspp_bundle) -> None:
-    _, _, path = lraspp_bundle
-    images = _images(2)
-    with Explainer(path, device="cpu") as explainer:
-        with pytest.raises(InputError, match=r"box \(0, 0, 60, 10\) for all images is empty or outside the 48x48"):
+def test_region_and_target_errors(tmp_path) -> None:
+    """Bad regions and targets are InputErrors naming the image and the fix (a tiny known-answer bundle: fast)."""
+    model = QuadrantNet().eval()
+    images = (np.abs(np.random.default_rng(1).standard_normal((2, 3, 32, 32))) + 0.5).astype(np.float32)
+    with torch.no_grad():
+        mean = float(model.top_left_mean(torch.from_numpy(images[:1])))
+    model.alpha, model.beta = 20.0 / mean, mean / 2  # class 1 predicted everywhere: class 0's predicted region is empty
+    export_torch_segmentation(model, "target", tmp_path / "q.fcam", input_size=(32, 32),
+                              class_names=["background", "top-left"])
+    with Explainer(tmp_path / "q.fcam", device="cpu") as explainer:
+        with pytest.raises(InputError, match=r"box \(0, 0, 60, 10\) for all images is empty or outside the 32x32"):
             explainer.explain(images, regions=(0, 0, 60, 10), methods="gradcam")
         with pytest.raises(InputError, match=r"region mask for image 1 has values outside \[0, 1\]"):
-            explainer.explain(images, regions=np.stack([np.ones(SIZE), 2 * np.ones(SIZE)]), methods="gradcam")
+            explainer.explain(images, regions=np.stack([np.ones((32, 32)), 2 * np.ones((32, 32))]), methods="gradcam")
         with pytest.raises(InputError, match="3 regions given for 2 images"):
             explainer.explain(images, regions=["all", "all", "all"], methods="gradcam")
         with pytest.raises(InputError, match="unknown region 'everywhere'"):
             explainer.explain(images, regions="everywhere", methods="gradcam")
-        with pytest.raises(InputError, match="unknown class name 'd'"):
-            explainer.explain(images, targets="d", methods="gradcam")
-        predicted = explainer.explain(images, methods="gradcam")
-        absent = next(c for c in range(4) if not (predicted.predicted[0] == c).any())
-        with pytest.raises(InputError, match=rf"region is empty for: image 0 \(.*\).*regions='all'"):
-            explainer.explain(images[:1], targets=absent, methods="gradcam")
+        with pytest.raises(InputError, match="unknown class name 'top'"):
+            explainer.explain(images, targets="top", methods="gradcam")
+        assert (explainer.explain(images[:1], methods="gradcam").predicted[0] == 1).all()
+        with pytest.raises(InputError, match=r"region is empty for: image 0 \(background\).*regions='all'"):
+            explainer.explain(images[:1], targets="background", methods="gradcam")
