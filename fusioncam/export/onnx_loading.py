@@ -62,14 +62,20 @@ def _read_graph(path: Path) -> onnx.ModelProto:
     if len(model.graph.node) == 0 or len(model.graph.output) == 0:
         raise ModelLoadError(f"{origin} parsed as ONNX but holds no graph (truncated, or not an ONNX model)")
     _check_external_data_paths(model, path.parent, origin)
-    _check_valid(path, origin)
+    _check_valid(path, origin, model)
     return model
 
 
-def _check_valid(path: Path, origin: str) -> None:
+def _check_valid(path: Path, origin: str, model: onnx.ModelProto) -> None:
     """onnx.checker on the file (by path: external data and models over 2 GB are fine): a node with the wrong number
     of inputs, mismatched element types or an unknown standard op is a ModelLoadError here, not an ONNX Runtime
-    traceback later (found by fuzz/onnx_export_fuzz.py). Ops of custom domains are not checked by it."""
+    traceback later (found by fuzz/onnx_export_fuzz.py). Ops of custom domains are not checked by it. An opset
+    newer than this onnx release knows (fuzzing's opset 99) is refused by name."""
+    newest = onnx.defs.onnx_opset_version()
+    declared = [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")]
+    if declared and declared[0] > newest:
+        raise ModelLoadError(f"{origin} declares ai.onnx opset {declared[0]}, newer than any this onnx {onnx.__version__} "
+                             f"knows ({newest}); re-export the model with opset {newest} or older")
     try:
         onnx.checker.check_model(str(path), full_check=True)  # full: strict type and shape inference too
     except Exception as exc:  # ValidationError, or protobuf's errors on what the first parse let through
