@@ -157,3 +157,30 @@ def test_unknown_target_layer_names_close_ones(tmp_path) -> None:
     with pytest.raises(LayerError, match=r"unknown target layer 'backbone\.17'.*Closest module paths: .*backbone\.16"):
         export_torch_segmentation(model, "backbone.17", tmp_path / "s.fcam", input_size=(32, 32))
     assert not (tmp_path / "s.fcam").exists()
+
+
+@pytest.mark.slow
+def test_plain_onnx_file_gradients_match_autograd(tmp_path) -> None:
+    """An .onnx file whose first output is the scores and whose second is a backbone feature map: that tensor, named
+    as the target layer, gets activations and dS/dA equal to autograd's."""
+    model = _torchvision("deeplabv3_mobilenet_v3_large", classes=3)
+    layer = model.get_submodule("backbone.13")
+
+    class ScoresAndFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.kept = []
+            layer.register_forward_hook(lambda _m, _i, out: self.kept.append(out))
+
+        def forward(self, x):
+            self.kept.clear()
+            return self.model(x)["out"], self.kept[0]
+
+    buffer = io.BytesIO()
+    torch.onnx.export(ScoresAndFeatures().eval(), (torch.zeros(1, 3, *SIZE),), buffer, dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores", "features"],
+                      dynamic_axes={"image": {0: "batch"}})
+    (tmp_path / "deeplab.onnx").write_bytes(buffer.getvalue())
+    result = export_onnx_segmentation(tmp_path / "deeplab.onnx", tmp_path / "deeplab.fcam", target_layer="features")
+    _parity(model, "backbone.13", result.bundle)
