@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from fusioncam.bundle import load_bundle
 from fusioncam.errors import LayerError, ModelLoadError
+from fusioncam.export import export_onnx
 from fusioncam.export.segmentation_export import export_onnx_segmentation, export_torch_segmentation
 from fusioncam.export.segmentation_graph import area_matrix
 from onnx_graphs import assert_close
@@ -117,6 +118,8 @@ def test_plain_onnx_segmentation_file(tmp_path) -> None:
     """An .onnx file of shape [N, C, H, W]: the automatic target is the last feature map before the per-pixel
     classifier, the bundle loads, and its gradients match autograd at that layer."""
     model, path = _lraspp_onnx(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"\[N, C, H, W\] are a segmentation model"):
+        export_onnx(path, tmp_path / "as_classifier.fcam")  # the classifier export says which export to use
     result = export_onnx_segmentation(path, tmp_path / "lraspp.fcam")
     assert result.picked_automatically and result.layer.channels != 3 and min(result.layer.spatial) > 1
     bundle = load_bundle(result.bundle.path)
@@ -184,3 +187,13 @@ def test_plain_onnx_file_gradients_match_autograd(tmp_path) -> None:
     (tmp_path / "deeplab.onnx").write_bytes(buffer.getvalue())
     result = export_onnx_segmentation(tmp_path / "deeplab.onnx", tmp_path / "deeplab.fcam", target_layer="features")
     _parity(model, "backbone.13", result.bundle)
+
+
+def test_classifier_export_of_a_segmentation_model_points_to_the_segmentation_export(tmp_path) -> None:
+    from fusioncam import export_torch
+
+    torch.manual_seed(0)
+    per_pixel = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    with pytest.raises(ModelLoadError, match=r"\[N, C, H, W\] are a segmentation model: export it with "
+                                             r"fusioncam.export_onnx_segmentation"):
+        export_torch(per_pixel, "1", tmp_path / "c.fcam", input_size=(16, 16))

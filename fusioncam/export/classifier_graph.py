@@ -16,6 +16,8 @@ from .weight_stash import WeightStash
 
 BATCH_DIM = "N"
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
+SEGMENTATION_HINT = ("; per-pixel class scores [N, C, H, W] are a segmentation model: export it with "
+                     "fusioncam.export_onnx_segmentation / export_torch_segmentation")
 KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")  # ops ONNX and ONNX Runtime define
 
 
@@ -183,6 +185,7 @@ def prepare_classifier(model: onnx.ModelProto, origin: str, input_size: tuple[in
     if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
         raise ModelLoadError(
             f"{origin}: output '{logits}' has shape {shape}; expected class scores [N, C] with a static C"
+            + (SEGMENTATION_HINT if shape is not None and len(shape) == 4 else "")
         )
     return Classifier(model=model, input_name=input_name, logits_name=logits, input_size=size, num_classes=shape[1],
                       weights=weights, output_note=output_note)

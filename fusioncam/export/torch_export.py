@@ -15,7 +15,7 @@ from ..errors import LayerError, ModelLoadError
 from ..graph_names import INPUT, LOGITS
 from ..bundle import check_bundle_destination
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult, write_classifier_bundle
-from .classifier_graph import prepare_classifier, tensor_shapes
+from .classifier_graph import SEGMENTATION_HINT, prepare_classifier, tensor_shapes
 from .layers import Layer, resolve_target
 from .module_outputs import model_logits, output_note, pick_tensor
 from .target_layout import LayoutRequest, gathered_layout
@@ -75,7 +75,8 @@ class _WithFeatures:
                                      f"output a 4-D feature map [N,K,h,w], channels-last [N,h,w,C] or tokens [N,T,C]. "
                                      f"Pick one from fusioncam.list_layers(model).")
                 if logits.dim() != 2:
-                    raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}")
+                    raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}"
+                                         + (SEGMENTATION_HINT if logits.dim() == 4 else ""))
                 return logits, feats
 
         return Wrapper().eval()
