@@ -13,7 +13,7 @@ def test_layers_lists_candidates_in_graph_order(tmp_path, capsys):
     path = save(tiny_classifier(), tmp_path / "m.onnx")
     assert main(["layers", path]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["layer", "op", "shape"]
+    assert lines[0].split() == ["layer", "op", "shape", "note"]
     assert [line.split()[0] for line in lines[1:]] == ["conv", "feat", "pool"]
     assert lines[2].split() == ["feat", "Relu", "Nx4x8x8"]
 
