@@ -99,3 +99,21 @@ def test_regions_on_a_classifier_bundle_are_refused(tmp_path) -> None:
     with Explainer(tmp_path / "c.fcam", device="cpu") as explainer:
         with pytest.raises(InputError, match="regions= applies to segmentation bundles only"):
             explainer.explain(np.zeros((1, 3, 16, 16), np.float32), regions="all", methods="gradcam")
+
+
+def test_more_images_than_classes_in_one_call_equal_each_alone(tmp_path) -> None:
+    """Three images of a two-class model in one call (mixed regions): every map and P as when explained alone."""
+    model = QuadrantNet().eval()
+    images = (np.abs(np.random.default_rng(3).standard_normal((3, 3, 32, 32))) + 0.5).astype(np.float32)
+    with torch.no_grad():
+        mean = float(model.top_left_mean(torch.from_numpy(images[:1])))
+    model.alpha, model.beta = 8.0 / mean, mean / 2
+    export_torch_segmentation(model, "target", tmp_path / "q.fcam", input_size=(32, 32))
+    regions = ["all", (0, 0, 20, 12), "predicted"]
+    with Explainer(tmp_path / "q.fcam", device="cpu", batch_size=5) as explainer:
+        together = explainer.explain(images, targets=1, regions=regions, methods=METHODS)
+        for i in range(3):
+            alone = explainer.explain(images[i : i + 1], targets=1, regions=[regions[i]], methods=METHODS)
+            assert abs(float(together.probabilities[i]) - float(alone.probabilities[0])) <= 1e-7
+            for method in METHODS:
+                assert np.abs(together.maps[method][i] - alone.maps[method][0]).max() <= 1e-6, (i, method)

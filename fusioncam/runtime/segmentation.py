@@ -79,6 +79,11 @@ class SegmentationEngine(Engine):
         super().__init__(scorer, images, image_targets, z0_probabilities, *args, **kwargs)
         self.target_classes = graph[TARGET_USED]  # the explained class of each image
         self.region_weights = graph[REGION_WEIGHTS]
+        self.class_scores = graph[LOGITS]  # [N, C, H', W']
+        # What the classifier Explanation reads as logits [N, targets]: here the targets are the N images, and the
+        # per-class probabilities it derives do not apply (the segmentation explanation replaces them with P(x)).
+        n = int(images.shape[0])
+        self.logits = self.xp.zeros((n, n), dtype=self.xp.float32)
 
     @cached_property
     def b0(self):
@@ -158,7 +163,7 @@ def _segmentation_explanation(explainer, engine: SegmentationEngine,
     to_host = engine.scorer.to_host
     classes = to_host(engine.target_classes).astype(np.int64)
     weights = to_host(engine.region_weights).astype(np.float32)
-    logits = to_host(engine.logits).astype(np.float32)
+    logits = to_host(engine.class_scores).astype(np.float32)
     fields = {name: getattr(base, name) for name in base.__dataclass_fields__}
     fields.update(classes=classes, logits=logits, region_weights=weights,
                   probabilities=region_probability_of_logits(logits, classes, weights))
