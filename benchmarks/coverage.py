@@ -53,6 +53,9 @@ TIMM_MODELS = {
 HF_MODELS = ("vit", "deit", "beit", "swin", "swinv2", "convnext", "resnet", "regnet", "efficientnet", "mobilevit",
              "dinov2")
 TORCHVISION_SIZES = {"maxvit_t": 224, "inception_v3": 160}
+BIG_TORCHVISION = ("large", "_l_", "_h_", "_b_", "vgg", "wide", "32gf", "16gf", "128gf", "x_32", "x_64", "_base",
+                   "efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_v2_m", "efficientnet_v2_l",
+                   "resnet152", "resnext101")  # hundreds of MB: measured after the others
 
 
 def torchvision_names() -> list[str]:
@@ -66,8 +69,10 @@ def all_models(only: str | None) -> list[str]:
     hf = [f"hf:{name}" for name in HF_MODELS] if only in (None, "hf") else []
     timm = [f"timm:{name}" for name in TIMM_MODELS] if only in (None, "timm") else []
     torchvision = [f"torchvision:{name}" for name in torchvision_names()] if only in (None, "torchvision") else []
-    mixed = [model for pair in itertools.zip_longest(timm, torchvision) for model in pair if model]
-    return hf + mixed  # a run stopped early still samples every source
+    big = [model for model in torchvision if any(word in model for word in BIG_TORCHVISION)]
+    small = [model for model in torchvision if model not in big]
+    mixed = [model for pair in itertools.zip_longest(timm, small) for model in pair if model]
+    return hf + mixed + big  # a run stopped early still samples every source; the largest models come last
 
 
 # ----- building one model (child process) -------------------------------------------------------------------------
