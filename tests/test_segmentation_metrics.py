@@ -70,3 +70,17 @@ def test_metrics_match_an_eager_computation(tmp_path) -> None:
     # The known answer: deleting the top-left quadrant first (Grad-CAM's mass) drops P sooner than deleting it last.
     # (Insertion cannot tell them apart here: this network reads a quadrant's mean, which the blurred start keeps.)
     assert scores["gradcam"].deletion_auc[0] < scores["inverted_gradcam"].deletion_auc[0] - 0.1
+
+
+def test_classifier_metrics_on_a_segmentation_bundle_say_which_to_use(tmp_path) -> None:
+    from fusioncam.errors import InputError
+    from fusioncam.metrics import average_drop
+
+    export_torch_segmentation(QuadrantNet().eval(), "target", tmp_path / "q.fcam", input_size=(32, 32))
+    image = np.ones((1, 3, 32, 32), np.float32)
+    with Explainer(tmp_path / "q.fcam", device="cpu") as explainer:
+        with pytest.raises(InputError, match="evaluate_segmentation_maps"):
+            average_drop(explainer, image, np.ones((1, 32, 32), np.float32))
+        explanation = explainer.explain(image, targets=1, regions="all", methods="gradcam")
+        with pytest.raises(InputError, match="2 images given for an explanation of 1"):
+            evaluate_segmentation_maps(explainer, np.concatenate([image, image]), explanation)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import DeviceError
+from ..errors import DeviceError, InputError
 from ..export.segmentation_graph import PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE
 from ..graph_names import INPUT, TARGET
 from .cpu_backend import CpuBackend
@@ -44,14 +44,17 @@ class SegmentationCpuBackend(CpuBackend):
         """float32 [count]: P of the input buffer's first `count` rows for the classes and region weights given to
         set_row_targets (a segmentation scorer returns one region probability per row, not class logits)."""
         if self._row_classes is None or len(self._row_classes) != count:
-            raise RuntimeError(f"score_rows({count}) without set_row_targets for those {count} rows")
+            raise InputError("a segmentation bundle's scorer scores each row for an image's class and region: explain "
+                             "with Explainer.explain(targets=..., regions=...) and score maps with fusioncam.runtime."
+                             "segmentation_metrics.evaluate_segmentation_maps (the classifier metrics do not apply)")
         feed = {INPUT: self._buffer[:count], TARGET: self._row_classes, REGION_WEIGHTS: self._row_weights}
         self._row_classes = self._row_weights = None
         return self._scorer.run([SCORE], feed)[0].astype(np.float32, copy=False)
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        raise TypeError("a segmentation scorer needs each row's class and region weights: use set_row_targets and "
-                        "score_rows (runtime/segmentation.py)")
+        """Class logits of a classifier scorer: a segmentation scorer has none (see score_rows)."""
+        raise InputError("a segmentation bundle's scorer returns region probabilities, not class logits: use "
+                         "Explainer.explain(targets=..., regions=...) (runtime/segmentation.py)")
 
     def warm_up(self) -> None:
         """One full scorer batch of zeros for class 0 over the whole output."""
