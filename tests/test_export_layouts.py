@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import fusioncam
 from autograd_reference import assert_parity, autograd_layer_gradients, run_explain_graph
 from fusioncam.cli import main
-from fusioncam.errors import LayerError, ModelLoadError
+from fusioncam.errors import InputError, LayerError, ModelLoadError
 from fusioncam.export.target_layout import NCHW, NHWC, TOKENS, LayoutRequest, detect_layout, token_grids
 from tiny_models import save, tiny_classifier
 
@@ -51,6 +51,15 @@ def test_explicit_layouts_are_checked_against_the_shape():
         detect_layout(("N", 17, 32), (32, 32), LayoutRequest(channels_last=True))
     with pytest.raises(LayerError, match="token_grid/prefix_tokens apply to token"):
         detect_layout(("N", 7, 7, 7), (32, 32), LayoutRequest(prefix_tokens=1))
+
+
+def test_layout_arguments_of_the_wrong_type_are_named(tmp_path):
+    path = save(tiny_classifier(), tmp_path / "m.onnx")
+    for kwargs, name in (({"token_grid": "4x4"}, "token_grid"), ({"prefix_tokens": -1}, "prefix_tokens"),
+                         ({"channels_last": "yes"}, "channels_last"), ({"output": 3}, "output")):
+        with pytest.raises(InputError, match=name):
+            fusioncam.export_onnx(path, tmp_path / "b", "feat", **kwargs)
+    assert not (tmp_path / "b").exists()
 
 
 # ----- ONNX transformers ------------------------------------------------------------------------------------------

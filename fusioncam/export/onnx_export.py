@@ -49,7 +49,8 @@ def export_onnx(
     arguments.text("target_layer", target_layer, allow_none=True)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer, input_size_optional=True)
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
-    request = LayoutRequest(token_grid, prefix_tokens, channels_last)
+    arguments.text("output", output, allow_none=True)
+    request = LayoutRequest.checked(token_grid, prefix_tokens, channels_last)
     if target_layer is None and request.given():
         raise LayerError("token_grid, prefix_tokens and channels_last describe an explicit target_layer; "
                          "pass target_layer too (see `fusioncam layers MODEL`)")

@@ -68,6 +68,15 @@ class LayoutRequest:
     def given(self) -> bool:
         return self.token_grid is not None or self.prefix_tokens is not None or self.channels_last is not None
 
+    @classmethod
+    def checked(cls, token_grid, prefix_tokens, channels_last) -> "LayoutRequest":
+        """The request from public arguments, each checked (an InputError names a wrong type or value)."""
+        from .. import arguments
+
+        return cls(arguments.size_pair("token_grid", token_grid, allow_none=True),
+                   arguments.integer("prefix_tokens", prefix_tokens, minimum=0, allow_none=True),
+                   None if channels_last is None else arguments.flag("channels_last", channels_last))
+
 
 def _grid_fits(h: int, w: int, input_size: tuple[int, int]) -> bool:
     """True when an h x w grid is what a square stride (patch size) makes of the input, exactly or rounded."""

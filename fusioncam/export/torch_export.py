@@ -172,11 +172,12 @@ def export_torch(
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch needs a torch.nn.Module, got {type(model).__name__}")
     arguments.text("target_layer", target_layer, allow_none=True)
+    arguments.callable_or_none("reshape", reshape)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer)
     check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
     source = f"{type(model).__name__} (PyTorch)"
     size = tuple(input_size)
-    request = LayoutRequest(token_grid, prefix_tokens, channels_last)
+    request = LayoutRequest.checked(token_grid, prefix_tokens, channels_last)
     picked = target_layer is None
     if picked:
         if request.given() or reshape is not None:
