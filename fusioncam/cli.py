@@ -26,7 +26,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else None
     layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
               "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
-    if _model_source(args.model) == "onnx":
+    if args.segmentation:
+        result = _export_segmentation(args, size)
+    elif _model_source(args.model) == "onnx":
         result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer, **layout)
     else:
         named = named_model(args.model, args.weights)
@@ -35,6 +37,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                                fp16_scorer=args.fp16_scorer, **layout)
     print(result.describe())
     return 0
+
+
+def _export_segmentation(args: argparse.Namespace, size):
+    """fusioncam export MODEL.onnx --segmentation: a segmentation bundle (docs/segmentation.md)."""
+    from .errors import InputError
+    from .export import export_onnx_segmentation
+
+    if _model_source(args.model) != "onnx":
+        raise InputError("--segmentation exports .onnx files; export a PyTorch segmentation model from Python with "
+                         "fusioncam.export_torch_segmentation(model, layer, out)")
+    return export_onnx_segmentation(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -69,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
     export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
+    export.add_argument("--segmentation", action="store_true",
+                        help="the .onnx model outputs per-pixel class scores [N,C,H,W]: a segmentation bundle (explain "
+                             "a class over a region: fusioncam explain --target CLASS --region ...)")
     export.add_argument("--output", help="the model output holding the class scores, when it has several (default: the first)")
     export.add_argument("--token-grid", type=int, nargs=2, metavar=("H", "W"), help="the target's tokens form an HxW grid")
     export.add_argument("--prefix-tokens", type=int, metavar="K", help="the target's first K tokens are not patches (class, registers)")

@@ -59,3 +59,25 @@ def test_region_option_is_refused_for_a_classifier(tmp_path, capsys) -> None:
     code = main(["explain", str(photo), "--model", str(tmp_path / "c.fcam"), "--out", str(tmp_path / "o"),
                  "--device", "cpu", "--region", "all"])
     assert code == 2 and "--region applies to segmentation bundles only" in capsys.readouterr().err
+
+
+def test_export_segmentation_onnx_from_the_command_line(tmp_path, capsys) -> None:
+    import io
+
+    from fusioncam.bundle import load_bundle
+
+    model = QuadrantNet().eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False, opset_version=17,
+                      input_names=["image"], output_names=["scores"], dynamic_axes={"image": {0: "n"}})
+    (tmp_path / "q.onnx").write_bytes(buffer.getvalue())
+    assert main(["export", str(tmp_path / "q.onnx"), "--out", str(tmp_path / "q.fcam"), "--segmentation"]) == 0
+    bundle = load_bundle(tmp_path / "q.fcam")
+    assert bundle.manifest.task == "segmentation" and bundle.manifest.channels == 4  # automatic: the top-left slice
+    image = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with Explainer(bundle, device="cpu") as explainer:
+        result = explainer.explain(image, targets=1, regions="all", methods="gradcam")
+    with torch.no_grad():
+        np.testing.assert_allclose(result.logits, model(torch.from_numpy(image)).numpy(), atol=1e-5)
+    code = main(["export", "resnet18", "--out", str(tmp_path / "r.fcam"), "--segmentation"])
+    assert code == 2 and "--segmentation exports .onnx files" in capsys.readouterr().err
