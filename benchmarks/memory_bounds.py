@@ -11,12 +11,14 @@ Results: benchmarks/results/memory-bounds-<cpu>.{json,md}.
 
 from __future__ import annotations
 
-import struct
+import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 from .report import RESULTS, cpu_label, run_json_child, save_report
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from huge_images import write_huge_jpeg, write_png_bomb  # noqa: E402  (shared with tests/test_memory_bounds.py)
 
 CHILD_PRELUDE = """
 import json, sys
@@ -56,30 +58,11 @@ print(json.dumps(row))
 """
 
 
-def _png_bomb(path: Path, side: int) -> None:
-    """A valid side x side grayscale PNG of zeros (side^2 bytes decoded, a few hundred KB on disk)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(bytes(side + 1)) for _ in range(side)) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-
-
-def _huge_jpeg(path: Path, side: int) -> None:
-    import cv2
-    import numpy as np
-
-    ramp = (np.arange(side, dtype=np.uint32)[None, :] % 251).astype(np.uint8).repeat(side, axis=0)
-    cv2.imwrite(str(path), cv2.merge([ramp, np.ascontiguousarray(ramp.T), ramp]))
-
-
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="fusioncam-memory-"))
     bomb, jpeg = folder / "bomb.png", folder / "huge.jpg"
-    _png_bomb(bomb, 20000)
-    _huge_jpeg(jpeg, 9000)
+    write_png_bomb(bomb, 20000)
+    write_huge_jpeg(jpeg, 9000)
     cases = [
         ("20000x20000 PNG bomb (400 MP, %d KB on disk): read_rgb" % (bomb.stat().st_size // 1024), bomb, "read"),
         ("9000x9000 JPEG: read_rgb, full size", jpeg, "read"),

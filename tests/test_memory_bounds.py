@@ -6,11 +6,9 @@ process's size (Linux keeps the maximum across fork and exec), VmHWM belongs to 
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import cv2
@@ -19,23 +17,9 @@ import pytest
 
 from fusioncam.errors import InputError
 from fusioncam.images import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, decode_rgb, max_image_pixels, read_rgb
+from huge_images import write_huge_jpeg, write_png_bomb
 
 MIB = 2**20
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def write_png_bomb(path: Path, side: int) -> None:
-    """A valid side x side 8-bit grayscale PNG of zeros: a few hundred KB on disk, side^2 bytes (x3 as RGB) decoded."""
-    compressor = zlib.compressobj(9)
-    row = bytes(side + 1)  # filter byte 0, then zeros
-    chunks = [compressor.compress(row) for _ in range(side)]
-    data = b"".join(chunks) + compressor.flush()
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
-                     + _png_chunk(b"IEND", b""))
 
 
 def peak_rss_of(code: str, env: dict | None = None) -> dict:
@@ -109,9 +93,8 @@ def test_the_cli_skips_the_bomb_with_one_line_within_its_normal_footprint(png_bo
 
 @pytest.mark.slow
 def test_a_9000x9000_jpeg_is_decoded_at_half_size_in_a_quarter_of_the_memory(tmp_path):
-    ramp = np.tile(np.arange(9000, dtype=np.uint16)[None, :] % 251, (9000, 1)).astype(np.uint8)
     path = tmp_path / "huge.jpg"
-    assert cv2.imwrite(str(path), cv2.merge([ramp, ramp.T.copy(), ramp]))
+    write_huge_jpeg(path, 9000)
     reduced = peak_rss_of(f"""
         image = read_rgb({str(path)!r}, max_side=4096)
         result["shape"] = list(image.shape)
