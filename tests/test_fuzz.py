@@ -3,6 +3,7 @@ each finds nothing: only fusioncam's own errors come out of image decoding, bund
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,7 +16,8 @@ import fusioncam
 from fusioncam.errors import ModelLoadError, InputError
 from fusioncam.images import decode_rgb
 
-pytest.importorskip("atheris", reason="the fuzz harnesses need atheris (pip install -e '.[fuzz]')")
+needs_atheris = pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
+                                   reason="the fuzz harnesses need atheris (pip install -e '.[fuzz]')")
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 REGRESSIONS = Path(__file__).resolve().parent / "fuzz_regressions"
@@ -55,6 +57,7 @@ def test_invalid_onnx_models_found_by_fuzzing_are_model_load_errors(tmp_path, na
 
 
 @pytest.mark.slow
+@needs_atheris
 @pytest.mark.parametrize("harness", HARNESSES)
 def test_every_input_that_once_crashed_a_harness_now_passes_it(harness):
     files = sorted(str(p) for p in (REGRESSIONS / FOLDERS[harness]).iterdir())
@@ -64,6 +67,7 @@ def test_every_input_that_once_crashed_a_harness_now_passes_it(harness):
 
 
 @pytest.mark.slow
+@needs_atheris
 @pytest.mark.parametrize("harness, runs", [("images_fuzz", 3000), ("bundle_fuzz", 150), ("onnx_export_fuzz", 100)])
 def test_a_short_fuzzing_run_finds_nothing(harness, runs, tmp_path):
     """A few seconds of coverage-guided fuzzing from the harness's seeds: no exception but FusionCamError, no crash,
