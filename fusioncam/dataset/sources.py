@@ -39,9 +39,10 @@ def is_uri(text: str) -> bool:
     return "://" in text
 
 
-def plan_inputs(inputs: Sequence[str]) -> InputPlan:
+def plan_inputs(inputs: Sequence[str], output: str | os.PathLike | None = None) -> InputPlan:
     """Expand each INPUT: a folder (recursively, its image files), a glob, a .txt/.lst/.csv list of paths, a Parquet
-    table (or a folder given with a `.parquet` suffix), or one image file. Paths repeat only once."""
+    table (or a folder given with a `.parquet` suffix), or one image file. Paths repeat only once; files under the
+    `output` folder (a run's own curves.png, when OUT lies inside an input folder) are left out."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
     plan = InputPlan()
@@ -63,6 +64,9 @@ def plan_inputs(inputs: Sequence[str]) -> InputPlan:
         else:
             plan.paths.append(os.path.abspath(_existing(item)))
     plan.paths = list(dict.fromkeys(plan.paths))
+    if output is not None:
+        inside = os.path.join(os.path.realpath(output), "")
+        plan.paths = [p for p in plan.paths if is_uri(p) or not os.path.realpath(p).startswith(inside)]
     if not plan.paths and not plan.tables:
         raise InputError(f"no images found in {', '.join(inputs)} (folders are searched recursively for "
                          f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
