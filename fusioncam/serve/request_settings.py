@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from ..bundle import Manifest
 from ..errors import InputError
 from ..runtime.input_checks import _one_target
-from ..runtime.methods import METHODS, check_methods
+from ..runtime.methods import check_methods
 from ..visualize import colormap_code
 from .request_errors import BadRequest
 
@@ -90,5 +90,4 @@ def settings_of(parameters: Mapping[str, Any] | None, default_methods: tuple[str
                            returns=returns_of(parameters.get("return")), colormap=str(colormap), alpha=float(alpha))
 
 
-__all__ = ["METHODS", "RETURN_KINDS", "RequestSettings", "methods_of", "returns_of", "settings_of", "target_of",
-           "top_k_of"]
+__all__ = ["RETURN_KINDS", "RequestSettings", "methods_of", "returns_of", "settings_of", "target_of", "top_k_of"]
