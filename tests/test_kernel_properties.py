@@ -33,8 +33,10 @@ from test_kernels import (  # noqa: E402
 # FUSIONCAM_HYPOTHESIS_EXAMPLES=1000 explores more, with fresh random examples.
 EXPLORE = int(os.environ.get("FUSIONCAM_HYPOTHESIS_EXAMPLES", "0"))
 SETTINGS = settings(max_examples=EXPLORE or 40, deadline=None, derandomize=not EXPLORE, database=None)
-FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
-UNIT = st.floats(0, 1, allow_nan=False, width=32)
+# No subnormal floats: a map spanning [0, 1e-45] upsamples in float32 to values that round to 0 or 1e-45, and
+# normalising amplifies that rounding to 0.5 (hypothesis found it); the kernels' contract is float32 arithmetic.
+FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=32)
+UNIT = st.floats(0, 1, allow_nan=False, allow_subnormal=False, width=32)
 SIDE = st.integers(1, 6)
 OUT_SIDE = st.integers(1, 13)
 
@@ -64,7 +66,7 @@ def test_upsample_is_the_loop_bilinear(case):
 
 
 @SETTINGS
-@given(low_maps(), st.floats(-50, 50, allow_nan=False, width=32))
+@given(low_maps(), st.floats(-50, 50, allow_nan=False, allow_subnormal=False, width=32))
 def test_upsample_keeps_a_constant_map_exactly_constant(case, value):
     maps, out_hw = case
     constant = np.full_like(maps, np.float32(value))
@@ -206,7 +208,7 @@ def test_weighted_pair_is_the_loop_norm_of_the_weighted_sum(data):
 
 @SETTINGS
 @given(hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 9)),
-                  elements=st.floats(-80, 80, allow_nan=False, width=32)))
+                  elements=st.floats(-80, 80, allow_nan=False, allow_subnormal=False, width=32)))
 def test_softmax_is_the_loop_exp_over_sum(scores):
     expected = []
     for row in scores.astype(np.float64):
@@ -220,7 +222,7 @@ def test_softmax_is_the_loop_exp_over_sum(scores):
 @st.composite
 def acts_and_grads(draw):
     n, k, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 4)), draw(SIDE), draw(SIDE)
-    values = st.floats(-10, 10, allow_nan=False, width=32)
+    values = st.floats(-10, 10, allow_nan=False, allow_subnormal=False, width=32)
     return draw(maps_of((n, k, h, w), values)), draw(maps_of((n, k, h, w), values))
 
 
