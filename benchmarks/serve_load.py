@@ -323,6 +323,31 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def steady_run(args, base: str, pid: int, pool: list[bytes], references: dict, size: tuple[int, int], manifest) -> None:
+    """Is the server's memory flat at a steady load? The same request mix in 8 chunks; RSS after each one."""
+    name, clients = args.methods[0], args.clients[-1]
+    chunks = []
+    for _ in range(8):
+        row = asyncio.run(run_phase(base, pid, pool, references[name], METHOD_SETS[name], clients, args.steady // 8,
+                                    size, []))
+        chunks.append({key: row[key] for key in ("requests", "good_ok", "malformed_400", "lost", "wrong", "crossed",
+                                                 "unexpected_status", "throughput_images_per_s", "rss_mib_end")})
+        print(json.dumps(chunks[-1]), flush=True)
+    report = {"model": "seeded random 3-conv CNN" if args.model == "small" else args.model, "methods": list(METHOD_SETS[name]),
+              "clients": clients, "chunks": chunks, "machine": machine_facts(),
+              "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])}
+    rss = [chunk["rss_mib_end"] for chunk in chunks]
+    text = (f"# fusioncam serve: server RSS at a steady load ({report['model']}, {'+'.join(report['methods'])}, "
+            f"{clients} clients)\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; commit "
+            f"{report['machine']['commit']}; {report['machine']['date']}. {report['machine']['note']}.\n\n"
+            f"RSS MiB after each of 8 chunks of {args.steady // 8} requests (after a warm-up): "
+            + ", ".join(f"{value:.1f}" for value in rss)
+            + f"\n\nLost {sum(c['lost'] for c in chunks)}, wrong {sum(c['wrong'] for c in chunks)}, crossed "
+              f"{sum(c['crossed'] for c in chunks)}, unexpected status {sum(c['unexpected_status'] for c in chunks)}.\n")
+    model = "small-cnn" if args.model == "small" else args.model
+    save_report(RESULTS, f"serve-steady-rss-{model}-{cpu_label()}", report, text)
+
+
 def parse_counts(text: str | None, model: str) -> dict:
     counts = dict(DEFAULT_REQUESTS[model])
     if text:
@@ -341,6 +366,8 @@ def main() -> None:
     parser.add_argument("--max-latency-ms", type=float, default=10.0)
     parser.add_argument("--pool", type=int, default=32, help="distinct images (each checked against its own map)")
     parser.add_argument("--server-lifetime", type=int, default=3600, help="the server stops by itself after this")
+    parser.add_argument("--steady", type=int, metavar="N", help="instead of the phases: after warm-up, N requests of "
+                        "the first method set at the last client count, in 8 chunks, the server's RSS after each")
     args = parser.parse_args()
 
     bundle = small_bundle() if args.model == "small" else default_bundle()
@@ -380,6 +407,9 @@ def main() -> None:
             asyncio.run(run_phase(base, server.pid, pool, references[name], METHOD_SETS[name], 2, MALFORMED_EVERY,
                                   size, []))
         rss_after_warm_up = rss_mib(server.pid)
+        if args.steady:
+            steady_run(args, base, server.pid, pool, references, size, manifest)
+            return
         for name in args.methods:
             for clients in args.clients:
                 total = counts[(name, clients)]
