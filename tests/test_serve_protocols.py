@@ -473,6 +473,31 @@ def test_a_bad_request_never_touches_the_good_requests_batched_with_it(server, e
             assert response.status_code == 400 and "instance 0" in response.json()["error"]
 
 
+def test_an_image_that_fails_inside_a_batch_fails_alone(server, explainer):
+    # Finite input whose logits overflow to infinity passes every check before the batch and fails inside
+    # Explainer.explain: the batch is explained again request by request, and only that request gets the error.
+    seeds = [80, 81, 82]
+    encoded = {seed: png(picture(seed)) for seed in seeds}
+    overflowing = np.full((3, SIZE, SIZE), 3e38, dtype=np.float32).tolist()
+
+    def send(instance):
+        body = {"instances": [instance], "parameters": {"methods": ["gradcam++"]}}
+        return httpx.post(f"{server.base}/v1/models/tiny:explain", json=body, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        good = {seed: pool.submit(send, {"data": b64(encoded[seed])}) for seed in seeds}
+        bad = pool.submit(send, overflowing)
+        answers = {seed: future.result(timeout=60) for seed, future in good.items()}
+        refused = bad.result(timeout=60)
+    assert refused.status_code == 400, refused.text
+    assert "non-finite" in refused.json()["error"]
+    for seed, answer in answers.items():
+        assert answer.status_code == 200, answer.text
+        want = alone(explainer, model_input(encoded[seed]), None, ("gradcam++",))
+        np.testing.assert_allclose(answer.json()["explanations"][0]["maps"]["gradcam++"], want.maps["gradcam++"][0],
+                                   atol=TOLERANCE)
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_v2_bad_input_gets_invalid_argument_and_the_server_keeps_answering(server, explainer, protocol):
     client, module = (server.http(), tritonhttp) if protocol == "http" else (server.grpc(), tritongrpc)
