@@ -131,9 +131,12 @@ def build(model_id: str):
         import timm
 
         kwargs = dict(TIMM_MODELS[name])
-        model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
-        size = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[1]) if "img_size" not in kwargs else kwargs["img_size"]
-        if "img_size" in kwargs and not _accepts(model, size):
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+        except TypeError:  # convolutional families take no img_size: they run at any size
+            model = timm.create_model(name, pretrained=False, num_classes=10)
+        size = kwargs.get("img_size") or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[1])
+        if not _accepts(model, size):
             model = timm.create_model(name, pretrained=False, num_classes=10)
             size = int(model.pretrained_cfg["input_size"][1])
     else:
