@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,10 +26,20 @@ HARNESSES = ("images_fuzz", "bundle_fuzz", "onnx_export_fuzz")
 FOLDERS = {"images_fuzz": "images", "bundle_fuzz": "bundle", "onnx_export_fuzz": "onnx_export"}
 
 
+HARNESS_MEMORY_MB = 3072
+
+
+def _rss_limit_mb() -> int:
+    """libFuzzer's -rss_limit_mb for a child: 3 GB above this process's peak RSS. Linux carries a process's peak RSS
+    across fork and exec (getrusage's ru_maxrss), so a child of a test process that has grown to 7 GB starts at 7 GB
+    by libFuzzer's reckoning."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024 + HARNESS_MEMORY_MB
+
+
 def _run_harness(harness: str, *arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """The harness under libFuzzer in a child process (its own memory limit, a bounded time)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(REPOSITORY / "fuzz" / f"{harness}.py"), "-rss_limit_mb=3072",
+    return subprocess.run([sys.executable, str(REPOSITORY / "fuzz" / f"{harness}.py"), f"-rss_limit_mb={_rss_limit_mb()}",
                            "-timeout=60", *arguments], capture_output=True, text=True, cwd=REPOSITORY, env=env,
                           timeout=timeout)
 
