@@ -8,8 +8,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .visualize import BACKGROUND, LABEL_SCALE, MARGIN, TITLE_HEIGHT, TITLE_SCALE, PanelLayout, _draw_text, overlay
-from .visualize import tile_size
+from .visualize import overlay, tile_size, tiled_panel
 
 OUTLINE_COLOR = (255, 255, 255)
 
@@ -62,13 +61,6 @@ def segmentation_panel(image_rgb: np.ndarray, explanation, index: int, methods: 
     for method in methods:
         tiles.append(((labels or {}).get(method, method),
                       outline_region(overlay(image, explanation.maps[method][index], colormap, alpha), weights)))
-    layout = PanelLayout(height, width, len(tiles))
-    canvas = np.full((*layout.size, 3), BACKGROUND, dtype=np.uint8)
     title = (f"{explanation.class_name(index)} over the outlined region: region probability "
              f"{float(explanation.probabilities[index]):.3f}")
-    _draw_text(canvas, title, (MARGIN, TITLE_HEIGHT - 9), TITLE_SCALE, layout.size[1] - 2 * MARGIN)
-    for position, (label, tile) in enumerate(tiles):
-        y, x = layout.tile_origin(position)
-        canvas[y : y + height, x : x + width] = tile
-        _draw_text(canvas, label, (x, y - 6), LABEL_SCALE, width)
-    return canvas
+    return tiled_panel(tiles, title, height, width)

@@ -148,6 +148,11 @@ def panel(
         shrink = height < image.shape[0]
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     tiles = [(image_label, image)] + [(label, overlay(image, cam, colormap, alpha)) for label, cam in maps]
+    return tiled_panel(tiles, title, height, width)
+
+
+def tiled_panel(tiles: Sequence[tuple[str, np.ndarray]], title: str, height: int, width: int) -> np.ndarray:
+    """uint8 RGB canvas: the (label, height x width tile) pairs side by side under a title line."""
     layout = PanelLayout(height, width, len(tiles))
     canvas = np.full((*layout.size, 3), BACKGROUND, dtype=np.uint8)
     _draw_text(canvas, title, (MARGIN, TITLE_HEIGHT - 9), TITLE_SCALE, layout.size[1] - 2 * MARGIN)
