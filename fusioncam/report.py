@@ -229,12 +229,25 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
     files = output_files(source.name, methods)
     title = f"{explanation.class_name(0)}  p={float(explanation.probabilities[0]):.3f}"
     tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in panel_methods(methods)]
-    encoded = {files["panel"]: _png_bytes(panel(rgb, tiles, title, colormap=colormap))}
+    write_map_files(out, files, panel(rgb, tiles, title, colormap=colormap), rgb, explanation, methods, colormap)
+    return image_record(source, explanation, seconds, files)
+
+
+def write_map_files(out: Path, files: dict, panel_rgb: np.ndarray, rgb: np.ndarray, explanation,
+                    methods: Sequence[str], colormap: str, outline=None) -> None:
+    """Encode the panel and each method's overlay PNG (passed through `outline` when given) and raw .npy map in
+    memory, then write them all (or none)."""
+    encoded = {files["panel"]: _png_bytes(panel_rgb)}
     for method in methods:
         cam = explanation.maps[method][0]
-        encoded[files[f"{method}_overlay"]] = _png_bytes(overlay(rgb, cam, colormap))
+        picture = overlay(rgb, cam, colormap)
+        encoded[files[f"{method}_overlay"]] = _png_bytes(outline(picture) if outline is not None else picture)
         encoded[files[f"{method}_npy"]] = _npy_bytes(cam.astype(np.float32))
     _write_all(out, encoded)
+
+
+def image_record(source: ImageSource, explanation, seconds: float, files: dict, **extra) -> ImageRecord:
+    """The results.json record of an explanation's first image (`extra`: more ImageRecord fields)."""
     fusion = explanation.fusion[0]
     peak = np.unravel_index(int(np.argmax(fusion)), fusion.shape)
     return ImageRecord(
@@ -244,7 +257,7 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
         forwards_run=int(explanation.forwards_run[0]), files=files,
         fusion_stats={"shape": list(fusion.shape), "min": float(fusion.min()), "max": float(fusion.max()),
                       "mean": float(fusion.mean()), "peak_yx": [int(peak[0]), int(peak[1])]},
-        union_betas=explanation.union_beta_row(0),
+        union_betas=explanation.union_beta_row(0), **extra,
     )
 
 

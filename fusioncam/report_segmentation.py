@@ -13,10 +13,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .report import ImageRecord, ImageSource, _npy_bytes, _png_bytes, _write_all, output_files, panel_methods
+from .report import ImageRecord, ImageSource, image_record, output_files, panel_methods, write_map_files
 from .runtime.methods import METHOD_TITLES
 from .segmentation_pictures import outline_region, segmentation_panel
-from .visualize import overlay
 
 
 def _class_name(names: list[str] | None, index: int) -> str:
@@ -42,25 +41,12 @@ def write_segmentation_outputs(out: Path, source: ImageSource, rgb: np.ndarray, 
     files = output_files(source.name, methods)
     weights = explanation.region_weights[0]
     shown = panel_methods(methods)
-    encoded = {files["panel"]: _png_bytes(segmentation_panel(rgb, explanation, 0, shown, colormap=colormap,
-                                                             labels=METHOD_TITLES))}
-    for method in methods:
-        cam = explanation.maps[method][0]
-        encoded[files[f"{method}_overlay"]] = _png_bytes(outline_region(overlay(rgb, cam, colormap), weights))
-        encoded[files[f"{method}_npy"]] = _npy_bytes(cam.astype(np.float32))
-    _write_all(out, encoded)
-    fusion = explanation.fusion[0]
-    peak = np.unravel_index(int(np.argmax(fusion)), fusion.shape)
+    write_map_files(out, files, segmentation_panel(rgb, explanation, 0, shown, colormap=colormap, labels=METHOD_TITLES),
+                    rgb, explanation, methods, colormap, outline=lambda picture: outline_region(picture, weights))
     predicted = explanation.predicted[0]
     counts = np.bincount(predicted.ravel(), minlength=explanation.logits.shape[1])
-    return ImageRecord(
-        name=source.name, input=source.label, class_index=int(explanation.classes[0]),
-        class_name=explanation.class_name(0), probability=float(explanation.probabilities[0]),
-        betas=explanation.beta_row(0), degenerate=bool(explanation.degenerate[0]), seconds=float(seconds),
-        forwards_run=int(explanation.forwards_run[0]), files=files,
-        fusion_stats={"shape": list(fusion.shape), "min": float(fusion.min()), "max": float(fusion.max()),
-                      "mean": float(fusion.mean()), "peak_yx": [int(peak[0]), int(peak[1])]},
-        union_betas=explanation.union_beta_row(0),
+    return image_record(
+        source, explanation, seconds, files,
         region={"output_size": list(weights.shape), "area": float(weights.sum()),
                 "predicted_pixels": {_class_name(explanation.class_names, c): int(n)
                                      for c, n in enumerate(counts) if n}},
