@@ -18,10 +18,12 @@ TARGET_GRADIENT = "explain/target_gradient"  # dy_c / d(target tensor), before a
 RESERVED = [INPUT, TARGET, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, "explain/seed", TARGET_GRADIENT]
 
 
-def _standard_names(classifier: Classifier, target: str | None) -> tuple[onnx.ModelProto, str, str | None]:
-    """Copy the model with its image input called `input`; return (model, logits tensor, target tensor)."""
+def _standard_names(classifier: Classifier, target: str | None,
+                    reserved: list[str] = RESERVED) -> tuple[onnx.ModelProto, str, str | None]:
+    """Copy the model (a Classifier's, or a Segmenter's) with its image input called `input` and the `reserved`
+    names freed; return (model, logits/scores tensor, target tensor)."""
     model = onnx.ModelProto.FromString(classifier.model.SerializeToString())
-    moved = free_names(model, [name for name in RESERVED if name != classifier.input_name])
+    moved = free_names(model, [name for name in reserved if name != classifier.input_name])
     logits = moved.get(classifier.logits_name, classifier.logits_name)
     target = moved.get(target, target) if target is not None else None
     if classifier.input_name != INPUT:

@@ -24,8 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import LayerError, ModelLoadError
 from .classifier_graph import BATCH_DIM, Classifier, prepare_scores_graph, tensor_shapes
 from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
-from .explain_graph import TARGET_GRADIENT, _set_outputs, target_maps
-from .graph_surgery import free_names, prune_to_outputs, rename_tensor
+from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, target_maps
+from .graph_surgery import prune_to_outputs
 from .layers import Layer, candidate_layers
 
 REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted
@@ -80,17 +80,6 @@ def area_matrix(out_size: int, in_size: int) -> np.ndarray:
         stop = -((-(i + 1) * in_size) // out_size)
         matrix[i, start:stop] = 1.0 / (stop - start)
     return matrix
-
-
-def _standard_names(segmenter: Segmenter, target: str | None) -> tuple[onnx.ModelProto, str, str | None]:
-    """Copy the model with its image input called `input`; return (model, scores tensor, target tensor)."""
-    model = onnx.ModelProto.FromString(segmenter.model.SerializeToString())
-    moved = free_names(model, [name for name in SEGMENTATION_RESERVED if name != segmenter.input_name])
-    logits = moved.get(segmenter.logits_name, segmenter.logits_name)
-    target = moved.get(target, target) if target is not None else None
-    if segmenter.input_name != INPUT:
-        rename_tensor(model, segmenter.input_name, INPUT)
-    return model, logits, target
 
 
 class _Nodes:
@@ -156,7 +145,7 @@ def _target_and_region(nodes: _Nodes, logits: str, segmenter: Segmenter) -> tupl
 def build_segmentation_explain(segmenter: Segmenter, layer: Layer) -> onnx.ModelProto:
     """Inputs `input`, `target` [N], `region` [N, H, W]; outputs logits [N, C, H', W'], activations, gradients (of S),
     target_used [N] and region_weights [N, H', W']."""
-    model, logits, target = _standard_names(segmenter, layer.name)
+    model, logits, target = _standard_names(segmenter, layer.name, SEGMENTATION_RESERVED)
     if target == INPUT:
         raise LayerError("the target layer cannot be the image input itself; pick a feature map")
     graph = model.graph
@@ -190,7 +179,7 @@ def build_segmentation_explain(segmenter: Segmenter, layer: Layer) -> onnx.Model
 def build_segmentation_scorer(segmenter: Segmenter) -> onnx.ModelProto:
     """Inputs `input`, `target` [N] (class per row), `region_weights` [N, H', W']; output `score` [N], the region
     probability P of each row."""
-    model, logits, _ = _standard_names(segmenter, None)
+    model, logits, _ = _standard_names(segmenter, None, SEGMENTATION_RESERVED)
     graph = model.graph
     out_h, out_w = segmenter.output_size
     graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH_DIM]))
