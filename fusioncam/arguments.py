@@ -188,12 +188,14 @@ def image_array(name: str, value: Any) -> Any:
 
 
 def method_names(name: str, value: Any) -> str | list[str]:
-    """A method name or a non-empty sequence of names (their validity is checked by the method registry)."""
+    """A method name or a sequence of names (their validity, and that there is one, is checked by the method
+    registry, which names the valid ones)."""
     if isinstance(value, str):
         return value
-    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence) or len(value) == 0:
-        raise rejected(name, value, "a method name or a list of them (gradcam, gradcam++, xgradcam, scorecam, "
-                                    "groupcam, unioncam, fusion)")
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):
+        from .runtime.methods.registry import METHODS
+
+        raise rejected(name, value, f"a method name or a list of them ({', '.join(METHODS)})")
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise rejected(f"{name}[{i}]", item, "a method name (str)")

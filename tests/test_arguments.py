@@ -68,7 +68,7 @@ def test_explainer_needs_a_bundle_path(bundle):
     ({"methods": None}, ["methods", "None", "method name"]),
     ({"methods": 3}, ["methods", "3 (int)"]),
     ({"methods": [None]}, ["methods[0]", "None"]),
-    ({"methods": []}, ["methods", "[]"]),
+    ({"methods": []}, ["methods", "none given"]),
     ({"on_batch": "print"}, ["on_batch", "callable"]),
 ])
 def test_explain_names_the_bad_argument(explainer, kwargs, words):

@@ -39,7 +39,9 @@ METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     """The methods in canonical order without repeats, or an InputError naming the valid ones."""
     methods = [methods] if isinstance(methods, str) else list(methods)
+    if not methods:
+        raise InputError(f"methods: none given; choose one or more of {', '.join(METHODS)}")
     unknown = [str(m) for m in methods if m not in REGISTRY]
-    if unknown or not methods:
-        raise InputError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METHODS)}")
+    if unknown:
+        raise InputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     return tuple(m for m in METHODS if m in methods)
