@@ -256,7 +256,7 @@ class Explainer:
         """Read, convert and preprocess image files with the bundle's size/mean/std, then explain them."""
         from ..images import load_batch
 
-        manifest = self.bundle.manifest
         paths = arguments.path_list("paths", paths)
+        manifest = self.bundle.manifest
         images, _ = load_batch(list(paths), manifest.input_size, manifest.mean, manifest.std)
         return self.explain(images, targets, methods=methods, names=[str(p) for p in paths], regions=regions)
