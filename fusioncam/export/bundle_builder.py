@@ -118,41 +118,66 @@ def write_classifier_bundle(
     fp16_scorer: bool = False,
 ) -> ExportResult:
     """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer), check them, write the bundle atomically."""
-    if class_names is not None and len(class_names) != classifier.num_classes:
+    manifest = bundle_manifest(classifier, layer, target_label=target_label, source=source,
+                               source_sha256=source_sha256, mean=mean, std=std, class_names=class_names)
+    size = classifier.input_size
+    write_checked_graphs(
+        out, manifest, classifier.weights, fp16_scorer,
+        build_scorer_model=lambda: build_scorer(classifier),
+        check_scorer=lambda path: _check_scorer(path, size, source),
+        check_fp16_scorer=lambda session, path: _check_fp16_scorer(session, path, size, source),
+        build_explain_model=lambda: build_explain(classifier, layer),
+        check_explain=lambda path: _check_explain(path, size, source),
+    )
+    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
+                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+
+
+def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source_sha256: str, mean, std,
+                    class_names: list[str] | None, **extra) -> Manifest:
+    """The manifest of a bundle of `net` (a Classifier or a Segmenter) explaining `layer`, after checking the class
+    names against the model and the normalization; `extra` are further Manifest fields (task, output_size)."""
+    if class_names is not None and len(class_names) != net.num_classes:
         raise ModelLoadError(
-            f"{source}: {len(class_names)} class names given but the model has {classifier.num_classes} classes"
+            f"{source}: {len(class_names)} class names given but the model has {net.num_classes} classes"
         )
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    manifest = Manifest(
-        input_size=tuple(classifier.input_size),
+    return Manifest(
+        input_size=tuple(net.input_size),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
         target_layer=target_label,
         target_tensor=layer.name,
         channels=layer.shape[1],
         feature_size=tuple(layer.shape[2:]),
-        num_classes=classifier.num_classes,
-        opset=model_opset(classifier.model),
+        num_classes=net.num_classes,
+        opset=model_opset(net.model),
         source_sha256=source_sha256,
         source=source,
         class_names=list(class_names) if class_names is not None else None,
+        **extra,
     )
-    size = classifier.input_size
+
+
+def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, weights: WeightStash, fp16_scorer: bool, *,
+                         build_scorer_model, check_scorer, check_fp16_scorer, build_explain_model,
+                         check_explain) -> None:
+    """Write a bundle atomically: the scorer (built, its weights moved to the weights file, written, then checked by
+    `check_scorer(path)`, which returns its session), with `fp16_scorer` its float16 copy (checked by
+    `check_fp16_scorer(session, path)`), then the explain graph (`check_explain(path)`); one graph in memory at a time."""
     with staged_bundle(out, manifest) as staged:
-        weights = classifier.weights.file(staged.path(WEIGHTS_FILE))
-        scorer_model = build_scorer(classifier)
-        half = _float16_graph(scorer_model, classifier.weights) if fp16_scorer else None
-        weights.store(scorer_model)
-        scorer_session = _check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), size, source)
+        weights_file = weights.file(staged.path(WEIGHTS_FILE))
+        scorer_model = build_scorer_model()
+        half = _float16_graph(scorer_model, weights) if fp16_scorer else None
+        weights_file.store(scorer_model)
+        scorer_session = check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()))
         if half is not None:
-            _check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), size, source)
+            check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half))
         del scorer_model, scorer_session, half
-        explain_model = build_explain(classifier, layer)
-        weights.store(explain_model)
-        _check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), size, source)
-    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
-                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+        explain_model = build_explain_model()
+        weights_file.store(explain_model)
+        check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()))
 
 
 def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:

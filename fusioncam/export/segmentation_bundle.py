@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, WEIGHTS_FILE, Bundle, Manifest, staged_bundle
+from ..bundle import Bundle
 from ..errors import ModelLoadError
 from ..images import IMAGENET_MEAN, IMAGENET_STD
-from .bundle_builder import FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, _float16_graph
+from .bundle_builder import FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, write_checked_graphs
 from .layers import Layer
-from .onnx_loading import model_opset
 from .segmentation_graph import (PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE, Segmenter,
                                  build_segmentation_explain, build_segmentation_scorer)
 
@@ -98,31 +97,17 @@ def write_segmentation_bundle(
 ) -> ExportResult:
     """Build the segmentation explain graph and scorer (and with `fp16_scorer` a float16 scorer), check them, and
     write the bundle atomically."""
-    if class_names is not None and len(class_names) != segmenter.num_classes:
-        raise ModelLoadError(
-            f"{source}: {len(class_names)} class names given but the model has {segmenter.num_classes} classes"
-        )
-    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-        raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    manifest = Manifest(
-        input_size=tuple(segmenter.input_size), mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-        target_layer=target_label, target_tensor=layer.name, channels=layer.shape[1],
-        feature_size=tuple(layer.shape[2:]), num_classes=segmenter.num_classes, opset=model_opset(segmenter.model),
-        source_sha256=source_sha256, source=source, class_names=list(class_names) if class_names is not None else None,
-        task=SEGMENTATION, output_size=tuple(segmenter.output_size),
+    manifest = bundle_manifest(segmenter, layer, target_label=target_label, source=source,
+                               source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
+                               task=SEGMENTATION, output_size=tuple(segmenter.output_size))
+    write_checked_graphs(
+        out, manifest, segmenter.weights, fp16_scorer,
+        build_scorer_model=lambda: build_segmentation_scorer(segmenter),
+        check_scorer=lambda path: _check_scorer(path, segmenter, source),
+        check_fp16_scorer=lambda session, path: _check_fp16_scorer(session, path, segmenter, source),
+        build_explain_model=lambda: build_segmentation_explain(segmenter, layer),
+        check_explain=lambda path: _check_explain(path, segmenter, source),
     )
-    with staged_bundle(out, manifest) as staged:
-        weights = segmenter.weights.file(staged.path(WEIGHTS_FILE))
-        scorer_model = build_segmentation_scorer(segmenter)
-        half = _float16_graph(scorer_model, segmenter.weights) if fp16_scorer else None
-        weights.store(scorer_model)
-        scorer_session = _check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), segmenter, source)
-        if half is not None:
-            _check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), segmenter, source)
-        del scorer_model, scorer_session, half
-        explain_model = build_segmentation_explain(segmenter, layer)
-        weights.store(explain_model)
-        _check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), segmenter, source)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically)
 
