@@ -42,57 +42,29 @@ def _segmentation_wrapper(model, layer_path: str):
     """A module returning (class scores, target module output), the target captured by a forward hook."""
     import torch
 
-    from .torch_export import module_by_path
+    from .torch_export import features_wrapper
 
-    target = module_by_path(model, layer_path)
+    def features(feats, _scores):
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
+            what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise LayerError(f"target layer '{layer_path}' outputs {what}; a CAM target must output a 4-D "
+                             f"feature map [N,K,h,w]. Pick one from fusioncam.list_layers(model).")
+        return feats
 
-    class SegmentationWithFeatures(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-            self.captured = []
-            target.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
-
-        def forward(self, x):
-            self.captured.clear()
-            scores = class_scores(self.model(x))
-            if len(self.captured) != 1:
-                raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
-                                 f"pick a module that runs exactly once")
-            feats = self.captured[0]
-            if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
-                what = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
-                raise LayerError(f"target layer '{layer_path}' outputs {what}; a CAM target must output a 4-D "
-                                 f"feature map [N,K,h,w]. Pick one from fusioncam.list_layers(model).")
-            return scores, feats
-
-    return SegmentationWithFeatures().eval()
+    return features_wrapper(model, layer_path, class_scores, features)
 
 
 def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int]):
     """Export (class scores, target features) with the classifier path's exporters (TorchScript, then dynamo)."""
     import torch
 
-    from .torch_export import FEATURES_OUTPUT, _export_dynamo, _export_torchscript, _inference_copy
+    from .torch_export import _inference_copy, export_features_wrapper
 
     wrapper = _segmentation_wrapper(_inference_copy(model), layer_path)
     example = torch.zeros(2, 3, *input_size)
     with torch.no_grad():
         wrapper(example)  # raises the LayerError/ModelLoadError above with a clear message before exporting
-    try:
-        exported = _export_torchscript(wrapper, example)
-    except Exception as first:
-        try:
-            exported = _export_dynamo(wrapper, example)
-        except Exception as second:
-            raise ModelLoadError(
-                f"PyTorch could not export the segmentation model to ONNX: TorchScript exporter: "
-                f"{str(first).splitlines()[0]}; dynamo exporter: {str(second).splitlines()[0]}"
-            ) from None
-    kept = [out for out in exported.graph.output if out.name != FEATURES_OUTPUT]
-    del exported.graph.output[:]
-    exported.graph.output.extend(kept)
-    return exported
+    return export_features_wrapper(wrapper, example, "segmentation model")
 
 
 def export_torch_segmentation(

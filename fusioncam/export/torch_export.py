@@ -47,39 +47,48 @@ def state_sha256(model) -> str:
     return digest.hexdigest()
 
 
+def features_wrapper(model, layer_path: str, scores, features):
+    """A torch module returning (scores(model output), features(target module output, those scores)), the target's
+    output captured by a forward hook; a target that does not run exactly once is a LayerError."""
+    import torch
+
+    target = module_by_path(model, layer_path)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.captured = []
+            target.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+
+        def forward(self, x):
+            self.captured.clear()
+            head = scores(self.model(x))
+            if len(self.captured) != 1:
+                raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
+                                 f"pick a module that runs exactly once")
+            return head, features(self.captured[0], head)
+
+    return Wrapper().eval()
+
+
 class _WithFeatures:
     """Builds a torch module returning (logits, target tensor) via a forward hook."""
 
     @staticmethod
     def wrap(model, layer_path: str, target_output=None, output=None):
-        import torch
+        def features(captured, logits):
+            feats = pick_tensor(captured, target_output, f"target layer '{layer_path}'")
+            if feats.dim() not in (3, 4):
+                raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
+                                 f"output a 4-D feature map [N,K,h,w], channels-last [N,h,w,C] or tokens [N,T,C]. "
+                                 f"Pick one from fusioncam.list_layers(model).")
+            if logits.dim() != 2:
+                raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}"
+                                     + (SEGMENTATION_HINT if logits.dim() == 4 else ""))
+            return feats
 
-        target = module_by_path(model, layer_path)
-
-        class Wrapper(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
-                self.captured = []
-                target.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
-
-            def forward(self, x):
-                self.captured.clear()
-                logits = model_logits(self.model(x), output)
-                if len(self.captured) != 1:
-                    raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
-                                     f"pick a module that runs exactly once")
-                feats = pick_tensor(self.captured[0], target_output, f"target layer '{layer_path}'")
-                if feats.dim() not in (3, 4):
-                    raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
-                                     f"output a 4-D feature map [N,K,h,w], channels-last [N,h,w,C] or tokens [N,T,C]. "
-                                     f"Pick one from fusioncam.list_layers(model).")
-                if logits.dim() != 2:
-                    raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}"
-                                         + (SEGMENTATION_HINT if logits.dim() == 4 else ""))
-                return logits, feats
-
-        return Wrapper().eval()
+        return features_wrapper(model, layer_path, lambda out: model_logits(out, output), features)
 
 
 def _export_torchscript(wrapper, example) -> onnx.ModelProto:
@@ -125,6 +134,12 @@ def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int], target_o
     with torch.no_grad():
         wrapper(example)  # raises the LayerError/ModelLoadError above with a clear message before exporting
         note = output_note(wrapper.model(example), output)
+    return export_features_wrapper(wrapper, example), note
+
+
+def export_features_wrapper(wrapper, example, what: str = "model") -> onnx.ModelProto:
+    """Export a features_wrapper module: TorchScript exporter first (fast), dynamo exporter when it refuses; the
+    returned graph keeps the target features as an inner tensor, not an output."""
     try:
         exported = _export_torchscript(wrapper, example)
     except Exception as first:  # e.g. adaptive pooling to a non-divisor size: the dynamo exporter handles it
@@ -132,13 +147,13 @@ def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int], target_o
             exported = _export_dynamo(wrapper, example)
         except Exception as second:
             raise ModelLoadError(
-                f"PyTorch could not export the model to ONNX: TorchScript exporter: {str(first).splitlines()[0]}; "
+                f"PyTorch could not export the {what} to ONNX: TorchScript exporter: {str(first).splitlines()[0]}; "
                 f"dynamo exporter: {str(second).splitlines()[0]}"
             ) from None
     kept = [out for out in exported.graph.output if out.name != FEATURES_OUTPUT]
     del exported.graph.output[:]
     exported.graph.output.extend(kept)
-    return exported, note
+    return exported
 
 
 def export_torch(
