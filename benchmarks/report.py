@@ -40,7 +40,7 @@ def _first_line(command: list[str], cwd: Path | None = None) -> str | None:
     return lines[0].strip() if done.returncode == 0 and lines else None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's model name (Linux /proc/cpuinfo, else what platform reports)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -87,7 +87,7 @@ def machine_record() -> dict:
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                             check=False, cwd=root).stdout if commit else ""
     return {
-        "cpu_model": _cpu_model(), "cpu_cores": os.cpu_count(), "gpus": _gpus(), "cuda_runtime": _cuda_runtime(),
+        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "gpus": _gpus(), "cuda_runtime": _cuda_runtime(),
         "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__,
         "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
         "fusioncam": getattr(fusioncam, "__version__", None), "commit": commit, "tree_modified": bool(status.strip()),

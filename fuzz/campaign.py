@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository: benchmarks.report describes the machine
+
+from benchmarks.report import cpu_model  # noqa: E402
+
 RUNS_DONE = re.compile(r"^Done (\d+) runs in", re.MULTILINE)
 PROGRESS = re.compile(r"^#(\d+)\s", re.MULTILINE)
 ARTIFACT = re.compile(r"Test unit written to (\S+)")
@@ -43,17 +47,6 @@ def fuzz(harness: str, seconds: float, corpus: Path, artifacts: Path, rss_limit_
                              "artifact": (ARTIFACT.findall(log) or [None])[-1]})
     return {"harness": harness, "seconds": seconds, "libfuzzer_sessions": sessions, "inputs_tried": inputs,
             "findings": findings, "corpus_files": sum(1 for _ in corpus.iterdir())}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
