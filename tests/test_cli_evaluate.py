@@ -15,7 +15,7 @@ from fusioncam.cli import main
 from fusioncam.evaluation_report import mean_interval
 from fusioncam.images import preprocess, read_rgb, sample_images
 from fusioncam.metrics import average_drop, deletion_auc, increase_in_confidence, insertion_auc
-from tiny_models import save, tiny_classifier
+from tiny_models import tiny_bundle_at
 
 SIZE = 16
 STEP = 40  # 256 pixels: 7 steps, the last one shorter
@@ -27,10 +27,8 @@ TITLES = {"gradcam": "Grad-CAM", "scorecam": "Score-CAM", "fusion": "Fusion-CAM"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    model = save(tiny_classifier(size=SIZE, classes=len(CLASS_NAMES), seed=4), folder / "tiny.onnx")
-    fusioncam.export_onnx(model, folder / "tiny.bundle", "feat", class_names=CLASS_NAMES)
-    return folder / "tiny.bundle"
+    return tiny_bundle_at(tmp_path_factory.mktemp("tiny"), size=SIZE, classes=len(CLASS_NAMES), seed=4,
+                          class_names=CLASS_NAMES)
 
 
 def expected_metrics(bundle: Path, images: np.ndarray, methods) -> dict[str, dict[str, object]]:

@@ -29,7 +29,7 @@ from fusioncam.dataset.rows import map_column, metric_column, tensor_maps  # noq
 from fusioncam.metrics.evaluation import METRICS, explain_and_evaluate  # noqa: E402
 from fusioncam.runtime.explanation import BETA_NAMES  # noqa: E402
 from fusioncam.runtime.methods import METHODS  # noqa: E402
-from tiny_models import save, tiny_classifier  # noqa: E402
+from tiny_models import tiny_bundle_at  # noqa: E402
 
 pytestmark = pytest.mark.slow  # each run starts Ray actors (about 10-20 s on 2 busy cores)
 
@@ -50,10 +50,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    model = save(tiny_classifier(size=SIZE, classes=len(CLASS_NAMES), seed=4), folder / "tiny.onnx")
-    fusioncam.export_onnx(model, folder / "tiny.bundle", "feat", class_names=CLASS_NAMES)
-    return folder / "tiny.bundle"
+    return tiny_bundle_at(tmp_path_factory.mktemp("tiny"), size=SIZE, classes=len(CLASS_NAMES), seed=4,
+                          class_names=CLASS_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from fusioncam.kernels import numpy_kernels
 from fusioncam.metrics import average_drop, deletion_curve, increase_in_confidence, insertion_curve
 from fusioncam.metrics.evaluation import evaluate_maps, explain_and_evaluate
 from fusioncam.metrics.perturbation_curves import step_counts
-from tiny_models import save, tiny_classifier
+from tiny_models import tiny_bundle_at
 
 SIZE, STEP = 12, 20
 METHODS = ("gradcam", "scorecam", "fusion")
@@ -18,10 +18,7 @@ METHODS = ("gradcam", "scorecam", "fusion")
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model = save(tiny_classifier(size=SIZE, classes=5, seed=6), folder / "tiny.onnx")
-    fusioncam.export_onnx(model, folder / "tiny.bundle", "feat")
-    return folder / "tiny.bundle"
+    return tiny_bundle_at(tmp_path_factory.mktemp("tiny"), size=SIZE, seed=6)
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,14 @@ import pytest
 import fusioncam
 from fusioncam.errors import InputError
 from fusioncam.runtime.methods import METHODS, MethodOutput, registry
-from tiny_models import save, tiny_classifier
+from tiny_models import tiny_bundle_at
 
 SIZE = 12
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    model = save(tiny_classifier(size=SIZE, classes=5, seed=7), folder / "tiny.onnx")
-    fusioncam.export_onnx(model, folder / "tiny.bundle", "feat")
-    return folder / "tiny.bundle"
+    return tiny_bundle_at(tmp_path_factory.mktemp("tiny"), size=SIZE, seed=7)
 
 
 @pytest.fixture(scope="module")

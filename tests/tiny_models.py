@@ -45,3 +45,13 @@ def save(model: onnx.ModelProto, path) -> str:
     """Write a model and return its path as text."""
     onnx.save(model, str(path))
     return str(path)
+
+
+def tiny_bundle_at(folder, *, size: int, classes: int = 5, seed: int, class_names=None):
+    """tiny_classifier(size, classes, seed) saved as folder/tiny.onnx and exported at 'feat' into folder/tiny.bundle
+    (its path returned)."""
+    import fusioncam
+
+    model = save(tiny_classifier(size=size, classes=classes, seed=seed), folder / "tiny.onnx")
+    fusioncam.export_onnx(model, folder / "tiny.bundle", "feat", class_names=class_names)
+    return folder / "tiny.bundle"
