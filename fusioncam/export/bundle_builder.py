@@ -120,15 +120,9 @@ def write_classifier_bundle(
     """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer), check them, write the bundle atomically."""
     manifest = bundle_manifest(classifier, layer, target_label=target_label, source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names)
-    size = classifier.input_size
-    write_checked_graphs(
-        out, manifest, classifier.weights, fp16_scorer,
-        build_scorer_model=lambda: build_scorer(classifier),
-        check_scorer=lambda path: _check_scorer(path, size, source),
-        check_fp16_scorer=lambda session, path: _check_fp16_scorer(session, path, size, source),
-        build_explain_model=lambda: build_explain(classifier, layer),
-        check_explain=lambda path: _check_explain(path, size, source),
-    )
+    write_checked_graphs(out, manifest, classifier, layer, fp16_scorer, source, classifier.input_size,
+                         builders=(build_scorer, build_explain),
+                         checks=(_check_scorer, _check_fp16_scorer, _check_explain))
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
 
@@ -160,24 +154,28 @@ def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source
     )
 
 
-def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, weights: WeightStash, fp16_scorer: bool, *,
-                         build_scorer_model, check_scorer, check_fp16_scorer, build_explain_model,
-                         check_explain) -> None:
-    """Write a bundle atomically: the scorer (built, its weights moved to the weights file, written, then checked by
-    `check_scorer(path)`, which returns its session), with `fp16_scorer` its float16 copy (checked by
-    `check_fp16_scorer(session, path)`), then the explain graph (`check_explain(path)`); one graph in memory at a time."""
+def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer: Layer, fp16_scorer: bool,
+                         source: str, subject, *, builders, checks) -> None:
+    """Write the bundle of `net` (a Classifier or a Segmenter) atomically, one graph in memory at a time.
+
+    `builders` are (scorer(net), explain(net, layer)); `checks` are (scorer(path, subject, source), returning its
+    session, float16 scorer(session, path, subject, source), explain(path, subject, source)). The scorer is built, its
+    weights moved to the weights file, written and checked, then with `fp16_scorer` its float16 copy, then the
+    explain graph."""
+    build_scorer_model, build_explain_model = builders
+    check_scorer, check_fp16_scorer, check_explain = checks
     with staged_bundle(out, manifest) as staged:
-        weights_file = weights.file(staged.path(WEIGHTS_FILE))
-        scorer_model = build_scorer_model()
-        half = _float16_graph(scorer_model, weights) if fp16_scorer else None
-        weights_file.store(scorer_model)
-        scorer_session = check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()))
+        weights = net.weights.file(staged.path(WEIGHTS_FILE))
+        scorer_model = build_scorer_model(net)
+        half = _float16_graph(scorer_model, net.weights) if fp16_scorer else None
+        weights.store(scorer_model)
+        scorer_session = check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), subject, source)
         if half is not None:
-            check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half))
+            check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), subject, source)
         del scorer_model, scorer_session, half
-        explain_model = build_explain_model()
-        weights_file.store(explain_model)
-        check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()))
+        explain_model = build_explain_model(net, layer)
+        weights.store(explain_model)
+        check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), subject, source)
 
 
 def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:

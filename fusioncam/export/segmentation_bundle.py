@@ -100,14 +100,9 @@ def write_segmentation_bundle(
     manifest = bundle_manifest(segmenter, layer, target_label=target_label, source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
                                task=SEGMENTATION, output_size=tuple(segmenter.output_size))
-    write_checked_graphs(
-        out, manifest, segmenter.weights, fp16_scorer,
-        build_scorer_model=lambda: build_segmentation_scorer(segmenter),
-        check_scorer=lambda path: _check_scorer(path, segmenter, source),
-        check_fp16_scorer=lambda session, path: _check_fp16_scorer(session, path, segmenter, source),
-        build_explain_model=lambda: build_segmentation_explain(segmenter, layer),
-        check_explain=lambda path: _check_explain(path, segmenter, source),
-    )
+    write_checked_graphs(out, manifest, segmenter, layer, fp16_scorer, source, segmenter,
+                         builders=(build_segmentation_scorer, build_segmentation_explain),
+                         checks=(_check_scorer, _check_fp16_scorer, _check_explain))
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically)
 
