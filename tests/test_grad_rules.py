@@ -166,6 +166,22 @@ def test_average_pool_against_ort_jacobian(attrs: dict) -> None:
     assert_close(grad, linear_jacobian_gradient(model, x, seed, {"head_w": head_w}))
 
 
+@pytest.mark.parametrize("include_pad", [0, 1])
+def test_average_pool_window_larger_than_map(include_pad: int) -> None:
+    """A ceil-mode window far larger than the map (Hugging Face EfficientNet pools 2x2 with a 2560 kernel): torch's
+    gradient, from a backward kernel of only the taps that reach the input (not a [C, 1, 1000, 1000] ones kernel)."""
+    from fusioncam.export.autodiff import differentiate
+
+    x, kernel = randn(3, 2, 3, 2), 1000
+    nodes = [node("AveragePool", ["x"], ["y"], kernel_shape=[kernel, kernel], strides=[kernel, kernel], ceil_mode=1,
+                  count_include_pad=include_pad)]
+    check_against_torch(nodes, x, lambda t: F.avg_pool2d(t, kernel, ceil_mode=True,
+                                                         count_include_pad=bool(include_pad)))
+    model = make_model([*nodes, *head_nodes("y")], x.shape[1:], {"head_w": randn(2, CLASSES)})
+    grad_model = differentiate(model, wrt="x", of="logits", seed="seed", grad_name="grad_out")
+    assert max(int(np.prod(init.dims)) for init in grad_model.graph.initializer) <= 2 * 3 * 2
+
+
 def test_global_average_pool() -> None:
     check_against_torch([node("GlobalAveragePool", ["x"], ["y"])], randn(3, 4, 5, 6),
                         lambda t: t.mean(dim=(2, 3), keepdim=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 
@@ -66,8 +68,19 @@ def average_pool(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: froze
         divisor = np.multiply.outer(divisor, counts).reshape(divisor.shape + counts.shape)
     dtype = ctx.np_dtype(x)
     scaled = ctx.node("Mul", [dy, ctx.const((1.0 / divisor).astype(dtype), hint="avgpool_inv_count")])
+    window = _taps_reaching_input(window)
     kernel = ctx.const(np.ones([channels, 1, *window.kernel], dtype=dtype), hint="avgpool_ones")
     return {0: scatter_windows(ctx, scaled, kernel, channels, window, x)}
+
+
+def _taps_reaching_input(window: Window) -> Window:
+    """`window` with each kernel cut to the taps that can land on the input: every window starts at or after the
+    begin padding, so no tap past (size - 1 + pads_begin) // dilation reaches an input element. A kernel far larger
+    than the map (Hugging Face EfficientNet pools a 2x2 map with a 2560x2560 ceil-mode window) would otherwise make
+    a ones kernel of [C, 1, 2560, 2560] (62.5 GiB); the divisors are counted on the full window before this."""
+    kernel = [min(k, (size - 1 + begin) // d + 1)
+              for k, size, begin, d in zip(window.kernel, window.in_sizes, window.pads_begin, window.dilations)]
+    return window if kernel == window.kernel else replace(window, kernel=kernel)
 
 
 @grad_rule("GlobalAveragePool")
