@@ -61,8 +61,7 @@ def machine_facts() -> dict:
                            capture_output=True, text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
             "load_average_1_5_15_min_at_end": [round(v, 1) for v in os.getloadavg()],
-            "commit": commit + ("+uncommitted changes" if dirty else ""), "date": datetime.date.today().isoformat(),
-            "note": "shared machine: other engineers' builds and tests ran at the same time; numbers are noisy"}
+            "commit": commit + ("+uncommitted changes" if dirty else ""), "date": datetime.date.today().isoformat()}
 
 
 # ------------------------------------------------------------------------------------------------ the model
@@ -296,8 +295,8 @@ def markdown(report: dict) -> str:
         "",
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['commit']}; {m['date']}. "
-        f"{m['note']} (load average {m.get('load_average_1_5_15_min_at_end', ['?'])[0]} on {m['cores']} cores at the "
-        f"end of the run).",
+        f"Load average {m.get('load_average_1_5_15_min_at_end', ['?'])[0]} on {m['cores']} cores at the end of the "
+        f"run.",
         "",
         f"Server: `fusioncam serve --max-batch-size {report['max_batch_size']} --max-latency-ms {report['max_latency_ms']}`, "
         f"one inference worker; clients: httpx asyncio on the same machine (127.0.0.1), v2 REST, single images, "
@@ -339,7 +338,7 @@ def steady_run(args, base: str, pid: int, pool: list[bytes], references: dict, s
     rss = [chunk["rss_mib_end"] for chunk in chunks]
     text = (f"# fusioncam serve: server RSS at a steady load ({report['model']}, {'+'.join(report['methods'])}, "
             f"{clients} clients)\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; commit "
-            f"{report['machine']['commit']}; {report['machine']['date']}. {report['machine']['note']}.\n\n"
+            f"{report['machine']['commit']}; {report['machine']['date']}; load average {report['machine']['load_average_1_5_15_min_at_end'][0]} at the end.\n\n"
             f"RSS MiB after each of 8 chunks of {args.steady // 8} requests (after a warm-up): "
             + ", ".join(f"{value:.1f}" for value in rss)
             + f"\n\nLost {sum(c['lost'] for c in chunks)}, wrong {sum(c['wrong'] for c in chunks)}, crossed "
