@@ -71,6 +71,7 @@ def _leftovers(out: Path) -> list[str]:
     return [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".partial", ".old")) or p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_folder_with_a_corrupt_file_explains_the_good_ones(folder, bundle, tmp_path, capsys):
     before = _hashes(folder)
     out = tmp_path / "out" / "nested"  # created if missing
@@ -106,6 +107,7 @@ def test_folder_with_a_corrupt_file_explains_the_good_ones(folder, bundle, tmp_p
     assert "http" not in page  # no external assets
 
 
+@pytest.mark.slow
 def test_globs_targets_by_name_and_index(folder, bundle, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["explain", str(folder / "g*.png"), str(folder / "rgba.png"), "--model", str(bundle),
@@ -116,6 +118,7 @@ def test_globs_targets_by_name_and_index(folder, bundle, tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["images"][0]["class_name"] == "horse"
 
 
+@pytest.mark.slow
 def test_onnx_model_is_exported_into_the_cache_once(folder, onnx_file, tmp_path, cache, capsys):
     args = ["explain", str(folder / "gray.png"), "--model", str(onnx_file), "--out", str(tmp_path / "out")]
     assert main(args) == 0
@@ -231,6 +234,7 @@ def test_progress_bar_only_on_a_terminal():
     assert "[" + "#" * 12 + "." * 12 + "] 1/2 a.png" in tty.getvalue()
 
 
+@pytest.mark.slow
 def test_fast_mode_flag_writes_the_fast_map_and_records_k(folder, bundle, tmp_path, capsys):
     """--fast 8 gives exactly the map of Explainer(max_channels=8) (not the exact one) and says so in results.json."""
     from fusioncam.images import load_batch
@@ -250,6 +254,7 @@ def test_fast_mode_flag_writes_the_fast_map_and_records_k(folder, bundle, tmp_pa
     assert int(fast.forwards_run[0]) <= 8
 
 
+@pytest.mark.slow
 def test_fast_without_k_uses_the_documented_default(monkeypatch, folder, bundle, tmp_path, capsys):
     from fusioncam.runtime.channel_selection import DEFAULT_FAST_CHANNELS
 

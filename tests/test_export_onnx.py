@@ -35,6 +35,7 @@ def plain_onnx(model: torch.nn.Module, size: int, path, exporter: str) -> None:
                               output_names=["scores"], dynamic_axes={"pixels": {0: "n"}, "scores": {0: "n"}})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,module_path,size,exporter", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
 def test_export_onnx_auto_and_named_target(tmp_path, name, module_path, size, exporter):
     model = non_inplace(model_named(name))
@@ -50,6 +51,7 @@ def test_export_onnx_auto_and_named_target(tmp_path, name, module_path, size, ex
         assert_parity(run_explain_graph(result.bundle.path, images, targets), want)
 
 
+@pytest.mark.slow
 def test_final_softmax_is_stripped(tmp_path):
     """A graph ending in Softmax is explained through its input: the logits, not probabilities."""
     base = non_inplace(model_named("resnet18"))

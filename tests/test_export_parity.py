@@ -39,6 +39,7 @@ def images_for(size: int, n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,layer,size", CASES, ids=[f"{m}-{l}" for m, l, _ in CASES])
 def test_export_torch_matches_autograd(tmp_path, name, layer, size):
     model = model_named(name)

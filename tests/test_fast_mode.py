@@ -62,6 +62,7 @@ def reference_scorecam(bundle, images, acts, classes, selected) -> np.ndarray:
     return np.stack(maps)
 
 
+@pytest.mark.slow
 def test_max_channels_at_least_k_is_exact_mode(bundle):
     images = random_images(2)
     exact = fusioncam.Explainer(bundle, device="cpu", batch_size=64).explain(images)
@@ -74,6 +75,7 @@ def test_max_channels_at_least_k_is_exact_mode(bundle):
             np.testing.assert_array_equal(fast.betas[key], exact.betas[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [24, 508])  # 508 of 512 must take some of the ~16 constant channels: they stay skipped
 def test_small_k_scores_exactly_the_selected_channels(bundle, k):
     images = random_images(2)

@@ -49,6 +49,7 @@ def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(got.astype(np.float64) - expected).max() / np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_bundle_lists_the_fp16_scorer_with_its_hash(bundles):
     with_fp16, without = bundles
     assert with_fp16.manifest.files[SCORER_GRAPH_FP16] == file_sha256(with_fp16.scorer_fp16_path)
@@ -121,6 +122,7 @@ def test_converter_handles_every_listed_op_and_keeps_resize_scales_float32():
     assert relative_error(got, expected) < LOGIT_RELATIVE_ERROR
 
 
+@pytest.mark.slow
 def test_explainer_fp16_maps_are_close_to_fp32(bundles):
     bundle = bundles[0]
     images = random_images(3)

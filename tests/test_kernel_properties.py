@@ -58,6 +58,7 @@ def assert_close(actual, expected, scale: float = 1.0) -> None:
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * max(scale, 1e-30))
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(low_maps())
 def test_upsample_is_the_loop_bilinear(case):

@@ -54,6 +54,7 @@ def efficientnet(efficientnet_model, efficientnet_bundle):
     return efficientnet_model, layer, fusioncam.Explainer(efficientnet_bundle, device="cpu", batch_size=64)
 
 
+@pytest.mark.slow
 def test_gradient_weight_methods_on_efficientnet_lite0(efficientnet, sample_batch):
     model, layer, explainer = efficientnet
     names, images = sample_batch
@@ -75,6 +76,7 @@ def test_gradient_weight_methods_on_efficientnet_lite0(efficientnet, sample_batc
         assert int(explanation.classes[i]) == reference["class"]
 
 
+@pytest.mark.slow
 def test_sweep_methods_on_efficientnet_lite0_two_samples(efficientnet, sample_batch):
     model, layer, explainer = efficientnet
     names, images = sample_batch
@@ -86,6 +88,7 @@ def test_sweep_methods_on_efficientnet_lite0_two_samples(efficientnet, sample_ba
     assert explanation.group_scores.shape == (2, 32)  # K = 320: 32 groups of 10
 
 
+@pytest.mark.slow
 def test_all_methods_on_random_resnet18(tmp_path):
     model = sample_model("resnet18", seed=0)
     with torch.no_grad():  # sharper logits: well-conditioned betas (see test_runtime_parity)

@@ -57,6 +57,7 @@ def batches(rows: int) -> int:
     return math.ceil(rows / BATCH)
 
 
+@pytest.mark.slow
 def test_all_methods_cost_one_explain_pass_one_sweep_and_shared_batches(bundle, images):
     explainer, calls = counting_explainer(bundle)
     explanation = explainer.explain(images, [-1, 3], methods=METHODS)
@@ -76,6 +77,7 @@ def test_all_methods_cost_one_explain_pass_one_sweep_and_shared_batches(bundle, 
     assert sum(fusion_calls["rows"]) == sweep + 4 + 2
 
 
+@pytest.mark.slow
 def test_each_method_alone_equals_it_among_all(bundle, images):
     together = fusioncam.Explainer(bundle, device="cpu", batch_size=BATCH).explain(images, [-1, 3], methods=METHODS)
     separate = fusioncam.Explainer(bundle, device="cpu", batch_size=7)

@@ -31,6 +31,7 @@ def random_images(n: int, seed: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, *SIZE)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 7, 100])
 def test_batch_invariance(resnet_bundle, batch_size):
     _, bundle = resnet_bundle
@@ -94,6 +95,7 @@ def test_overflowing_scores_use_the_stable_softmax(tmp_path):
     assert explanation.scorecam.max() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_skipping_constant_channels_is_exact(resnet_bundle):
     _, bundle = resnet_bundle
     images = random_images(2, seed=11)
@@ -120,6 +122,7 @@ def test_nonfinite_input_names_the_image(resnet_bundle):
     (np.zeros((1, *SIZE, 3), np.float32), "NHWC"),
     (np.zeros((1, 3, 32, 32), np.float32), "32x32 but the bundle was exported for 64x64"),
 ])
+@pytest.mark.slow
 def test_bad_images(resnet_bundle, images, message):
     with pytest.raises(InputError, match=message):
         fusioncam.Explainer(resnet_bundle[1], device="cpu").explain(images)
@@ -161,6 +164,7 @@ def test_cuda_without_gpu_is_a_clear_error(resnet_bundle):
     assert fusioncam.Explainer(resnet_bundle[1], device="auto").device.kind == "cpu"
 
 
+@pytest.mark.slow
 def test_on_batch_reports_every_scorer_batch_of_the_sweep(resnet_bundle):
     images = random_images(2)
     # The sweep's rows, counted here: one per (image, non-constant channel) of the explain graph's activations
@@ -209,6 +213,7 @@ def test_progress_bar_shows_scorer_batches_of_a_slow_image():
     assert quiet.getvalue() == ""
 
 
+@pytest.mark.slow
 def test_warm_up_leaves_explanations_unchanged(resnet_bundle):
     """warm_up writes the scorer buffer and runs both graphs; a later explanation must not see any of it."""
     _, bundle = resnet_bundle

@@ -27,6 +27,7 @@ def assert_matches_reference(explanation, index: int, reference: dict) -> None:
     assert abs(float(explanation.probabilities[index]) - float(reference["probability"])) <= BETA_TOLERANCE
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sample_batch, efficientnet_explanation):
     names, images = sample_batch
     layer = module_by_path(efficientnet_model, "_blocks.15")
@@ -37,6 +38,7 @@ def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sa
     assert int(efficientnet_explanation.classes[names.index("chelsea")]) == 285
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("vgg16", "features.29")])
 def test_random_torchvision_models_match_reference(tmp_path, name, layer):
     model = sample_model(name, seed=0)

@@ -42,6 +42,7 @@ def conv_head_bundle(tmp_path_factory):
     return result.bundle.path
 
 
+@pytest.mark.slow
 def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
     on = assert_skip_is_exact(conv_head_bundle, sample_batch[1])
     # anchors.md: 19-59% of this layer's channels are constant (all zero) on these images.
@@ -49,10 +50,12 @@ def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
     assert (fractions > 0.1).all() and (fractions < 0.7).all()
 
 
+@pytest.mark.slow
 def test_blocks_15_sample_images(efficientnet_bundle, sample_batch, efficientnet_explanation):
     assert_skip_is_exact(efficientnet_bundle, sample_batch[1], on=efficientnet_explanation)
 
 
+@pytest.mark.slow
 def test_random_resnet18_layer4(tmp_path):
     fusioncam.export_torch(model_named("resnet18"), "layer4", tmp_path / "r.fcam", input_size=(64, 64))
     images = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
@@ -60,6 +63,7 @@ def test_random_resnet18_layer4(tmp_path):
     assert on.forwards_skipped.sum() > 0  # a ReLU-ended layer at 2x2 has dead channels even with random weights
 
 
+@pytest.mark.slow
 def test_no_constant_channel_runs_every_forward(tmp_path):
     """A layer before any ReLU (a conv output) has no constant channel: nothing may be skipped."""
     fusioncam.export_torch(model_named("resnet18"), "layer4.1.conv2", tmp_path / "c.fcam", input_size=(64, 64))

@@ -247,6 +247,7 @@ def test_constant_channel_gives_zero_mask():
     assert np.isfinite(r["fusion"]).all()
 
 
+@pytest.mark.slow
 def test_grad_cam_matches_direct_formula_on_resnet18():
     model = sample_model("resnet18", seed=3)
     x = torch.randn(3, 64, 80, generator=torch.Generator().manual_seed(0))
@@ -310,6 +311,7 @@ def test_layer_outside_model_is_rejected():
         reference_fusion_cam(model, nn.Conv2d(3, 4, 2), torch.from_numpy(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SAMPLE_MODELS)
 def test_sample_model_is_seeded_and_in_eval_mode(name):
     a, b = sample_model(name, seed=1), sample_model(name, seed=1)
@@ -320,6 +322,7 @@ def test_sample_model_is_seeded_and_in_eval_mode(name):
     assert not torch.equal(next(other.parameters()), pa[0])
 
 
+@pytest.mark.slow
 def test_module_by_path():
     resnet = sample_model("resnet18")
     assert module_by_path(resnet, "layer4") is resnet.layer4

@@ -83,6 +83,7 @@ def test_onnx_export_is_byte_identical_with_weights_aside(tmp_path, monkeypatch,
     assert np.ptp(maps[0]) > 0
 
 
+@pytest.mark.slow
 def test_torch_export_is_byte_identical_with_weights_aside(tmp_path, monkeypatch):
     model = model_named("resnet18")
     monkeypatch.setattr(weight_stash, "MIN_ELEMENTS", NOTHING_ASIDE)
