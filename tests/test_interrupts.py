@@ -189,8 +189,8 @@ def test_a_real_signal_to_a_running_explain(bundle, tmp_path, signum):
 
 @pytest.mark.slow  # a real subprocess over 150 images, signalled mid-run (about 5 s on 2 cores)
 def test_a_real_signal_to_a_running_evaluate(bundle, tmp_path):
-    count = 150
-    write_images(tmp_path / "in", [f"im{i:03d}.png" for i in range(count)])
+    count = 1500
+    write_images(tmp_path / "in", [f"im{i:04d}.png" for i in range(count)])
     out = tmp_path / "evaluation"
     log = tmp_path / "progress.log"
     started = []
@@ -211,7 +211,7 @@ def test_a_real_signal_to_a_running_evaluate(bundle, tmp_path):
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fusioncam evaluate: interrupted (SIGTERM)")
     record = json.loads((out / "results.json").read_text())
     done = [r["name"] for r in record["images"]]
-    assert record["complete"] is False and 1 <= len(done) < count and done == [f"im{i:03d}" for i in range(len(done))]
+    assert record["complete"] is False and 1 <= len(done) < count and done == [f"im{i:04d}" for i in range(len(done))]
     assert f"n = {len(done)} images" in (out / "metrics.md").read_text()
     assert leftovers(tmp_path) == []
 
