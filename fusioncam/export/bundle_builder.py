@@ -91,15 +91,21 @@ def _check_fp16_scorer(scorer_session, scorer_fp16: Path, size: tuple[int, int],
         )
 
 
-def _check_explain(explain: Path, size: tuple[int, int], origin: str) -> None:
-    """Run the explain graph once (arg-max and an explicit target) so run-time failures surface at export."""
+def run_explain_once(explain: Path, feed: dict[str, np.ndarray], origin: str) -> None:
+    """Run a freshly written explain graph once on `feed`, so run-time failures surface at export as a
+    ModelLoadError naming the source."""
     session = _cpu_session(explain, origin, "explain")
-    batch = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
     try:
-        session.run(None, {INPUT: batch, TARGET: np.array([-1, 0], dtype=np.int64)})
+        session.run(None, feed)
     except Exception as exc:
         raise ModelLoadError(f"{origin}: the explain graph built from it fails in ONNX Runtime: "
                              f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_explain(explain: Path, size: tuple[int, int], origin: str) -> None:
+    """Run the explain graph once (arg-max and an explicit target) so run-time failures surface at export."""
+    batch = np.random.default_rng(1).standard_normal((2, 3, *size)).astype(np.float32)
+    run_explain_once(explain, {INPUT: batch, TARGET: np.array([-1, 0], dtype=np.int64)}, origin)
 
 
 def write_classifier_bundle(

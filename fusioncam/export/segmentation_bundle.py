@@ -9,8 +9,10 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import ModelLoadError
+from ..graph_names import INPUT, TARGET
 from ..images import IMAGENET_MEAN, IMAGENET_STD
-from .bundle_builder import FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, write_checked_graphs
+from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
+                             write_checked_graphs)
 from .layers import Layer
 from .segmentation_graph import (PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE, Segmenter,
                                  build_segmentation_explain, build_segmentation_scorer)
@@ -68,17 +70,12 @@ def _check_fp16_scorer(scorer_session, scorer_fp16: Path, segmenter: Segmenter, 
 
 def _check_explain(explain: Path, segmenter: Segmenter, origin: str) -> None:
     """Run the explain graph once (largest class over the predicted region, and class 0 over the whole image)."""
-    session = _cpu_session(explain, origin, "explain")
     rng = np.random.default_rng(1)
     region = np.ones((2, *segmenter.input_size), dtype=np.float32)
     region[0] = PREDICTED_REGION
-    feed = {"input": rng.standard_normal((2, 3, *segmenter.input_size)).astype(np.float32),
-            "target": np.array([-1, 0], dtype=np.int64), REGION: region}
-    try:
-        session.run(None, feed)
-    except Exception as exc:
-        raise ModelLoadError(f"{origin}: the explain graph built from it fails in ONNX Runtime: "
-                             f"{str(exc).splitlines()[0]}") from None
+    feed = {INPUT: rng.standard_normal((2, 3, *segmenter.input_size)).astype(np.float32),
+            TARGET: np.array([-1, 0], dtype=np.int64), REGION: region}
+    run_explain_once(explain, feed, origin)
 
 
 def write_segmentation_bundle(
