@@ -149,13 +149,6 @@ def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], met
     return check_output_folder(out, planned_files(sources, methods), inputs)
 
 
-def prepare_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]) -> Path:
-    """check_output_dir, then create the folder."""
-    check_output_dir(out, sources, methods)
-    create_folder(Path(out))
-    return Path(out)
-
-
 def explain_into_folder(
     explainer,
     sources: Sequence[ImageSource],
