@@ -218,13 +218,6 @@ def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.Pa
     return Path(out)
 
 
-def output_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """check_evaluation_folder, then create the folder."""
-    check_evaluation_folder(out, inputs)
-    create_folder(Path(out))
-    return Path(out)
-
-
 def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names: Sequence[str],
                     step: int) -> EvaluationRun:
     """Explain and evaluate the images one at a time (the metrics are per image), so a stop signal ends the run at the
