@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from .timing import median_seconds
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
 def grad_cam_version(module) -> str:
@@ -77,9 +74,7 @@ def time_eager_reference(model, layer_module, image: np.ndarray, target: int, re
     channel (chunk 1); on the GPU with cuda."""
     import torch
 
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from torch_reference import reference_fusion_cam
+    from tests.support.torch_reference import reference_fusion_cam
 
     device = "cuda" if cuda else "cpu"
 

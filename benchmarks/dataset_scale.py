@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="context for the numbers (e.g. that the machine was shared)")
     args = parser.parse_args(argv)
     from fusioncam.dataset.ray_support import import_ray
-    from fusioncam.default_model import bundle_for
+    from fusioncam.bundle_cache import bundle_for
 
     ray = import_ray(local=True)  # listening on 127.0.0.1 only
 

@@ -14,8 +14,8 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime as o, cupy; print(o.__version__, o.get_available_providers(), cupy.cuda.runtime.getDeviceCount())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/test_kernels_cuda.py tests/test_runtime_cuda.py \
-  tests/test_metrics_cuda.py tests/test_methods_cuda.py tests/test_batch_plan.py 2>&1 | tee "$OUT/gpu-tests.log"
+timeout 200 python3 -m pytest -q -p no:cacheprovider -rs tests/kernels/test_kernels_cuda.py tests/runtime/test_runtime_cuda.py \
+  tests/metrics/test_metrics_cuda.py tests/runtime/test_methods_cuda.py tests/runtime/test_batch_plan.py 2>&1 | tee "$OUT/gpu-tests.log"
 # The benchmark includes the eager reference on the GPU (one masked forward per channel: ~10 s for K=2048).
 timeout 280 python3 -m benchmarks.run --device cuda --throughput-n 8 32 --out "$OUT" 2>&1 \
   | grep -v "it/s\]" | tee "$OUT/bench.log"

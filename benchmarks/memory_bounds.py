@@ -11,21 +11,19 @@ Results: benchmarks/results/memory-bounds-<cpu>.{json,md}.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 from .report import RESULTS, cpu_label, run_json_child, save_report
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from huge_images import write_huge_jpeg, write_png_bomb  # noqa: E402  (shared with tests/test_memory_bounds.py)
+from tests.support.huge_images import write_huge_jpeg, write_png_bomb
 
 CHILD_PRELUDE = """
 import json, sys
 import cv2, numpy as np
 from fusioncam.errors import FusionCamError
 from fusioncam.images import read_rgb
-from fusioncam.visualize import overlay
+from fusioncam.report.pictures import overlay
 def high_water():
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))

@@ -134,7 +134,7 @@ def markdown_report(r: dict) -> str:
     eager = r.get("eager_reference", {}).get("fusion_cam_s")
     if eager is not None:
         lines.append(f"| eager PyTorch Fusion-CAM, one masked forward per channel (authors' style, "
-                     f"tests/torch_reference.py, {r['eager_reference'].get('device', 'cpu')}) | {eager:.3f} | "
+                     f"tests/support/torch_reference.py, {r['eager_reference'].get('device', 'cpu')}) | {eager:.3f} | "
                      f"{eager / fc['seconds']:.2f}x |")
     variants = r.get("fusioncam_variants")
     if variants:

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 import fusioncam
-from fusioncam.default_model import default_bundle
+from fusioncam.bundle_cache import default_bundle
 from fusioncam.images import decode_rgb, preprocess, resized_rgb, sample_images
 
 from .report import RESULTS, cpu_label, save_report
@@ -71,7 +71,7 @@ def small_bundle():
     """A seeded random 3-conv CNN at 64x64 (K = 64 at 8x8, 10 classes), exported once into the cache."""
     import torch
 
-    from fusioncam.default_model import module_bundle
+    from fusioncam.bundle_cache import module_bundle
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -19,7 +19,7 @@ import torch
 import fusioncam
 from fusioncam.atomic import write_bytes_atomic
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
-from fusioncam.segmentation_pictures import segmentation_panel
+from fusioncam.report.segmentation_pictures import segmentation_panel
 
 SIZE = 224
 METHODS = ("gradcam", "gradcam++", "xgradcam", "scorecam", "groupcam", "unioncam", "fusion")

@@ -13,8 +13,8 @@ __all__ = [
     "__version__",
     "FusionCAM", "overlay",
 ]
-from .grad_cam_api import FusionCAM  # noqa: E402
-from .visualize import overlay  # noqa: E402
+from .adapters.pytorch_grad_cam import FusionCAM  # noqa: E402
+from .report.pictures import overlay  # noqa: E402
 
 
 def __getattr__(name: str):

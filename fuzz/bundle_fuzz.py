@@ -28,8 +28,8 @@ with instrumented_imports():
     from fusioncam.bundle import EXPLAIN_GRAPH, MANIFEST, SCORER_GRAPH, Manifest
     from fusioncam.hashing import file_sha256
 
-sys.path.insert(0, str(REPOSITORY / "tests"))
-from tiny_models import save, tiny_classifier  # noqa: E402
+sys.path.insert(0, str(REPOSITORY))  # the repository: tests.support holds the seed models
+from tests.support.tiny_models import save, tiny_classifier  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="fusioncam-bundle-fuzz-"))
 PRISTINE = WORK / "pristine.fcam"

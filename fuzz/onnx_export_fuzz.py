@@ -1,7 +1,7 @@
 """Fuzz ONNX loading and export: the input is an .onnx file given to fusioncam.export_onnx, and a bundle that exports
 is loaded by an Explainer and explains one image.
 
-Seeds are small hand-built classifiers (tests/tiny_models.py) with different heads, sizes and opsets; half of the
+Seeds are small hand-built classifiers (tests/support/tiny_models.py) with different heads, sizes and opsets; half of the
 mutations change one field of the parsed model (mutators.mutate_onnx), the rest are libFuzzer's byte mutations.
 """
 
@@ -24,8 +24,8 @@ from mutators import mutate_onnx, structured  # noqa: E402
 with instrumented_imports():
     import fusioncam
 
-sys.path.insert(0, str(REPOSITORY / "tests"))
-from tiny_models import tiny_classifier  # noqa: E402
+sys.path.insert(0, str(REPOSITORY))  # the repository: tests.support holds the seed models
+from tests.support.tiny_models import tiny_classifier  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix="fusioncam-onnx-fuzz-"))
 

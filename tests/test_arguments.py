@@ -11,10 +11,10 @@ import torch
 
 import fusioncam
 from fusioncam import arguments
-from fusioncam.cli import main
+from fusioncam.cli.main import main
 from fusioncam.errors import InputError
 from fusioncam.memory_budget import check_batch_fits, check_input_size_fits
-from tiny_models import save, tiny_classifier
+from tests.support.tiny_models import save, tiny_classifier
 
 SIZE = 8
 

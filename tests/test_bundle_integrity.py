@@ -13,11 +13,11 @@ import pytest
 
 import fusioncam
 from fusioncam.bundle import MANIFEST, Manifest, load_bundle
-from fusioncam.cli import main
-from fusioncam.default_model import onnx_bundle
+from fusioncam.cli.main import main
+from fusioncam.bundle_cache import onnx_bundle
 from fusioncam.errors import BundleError
 from fusioncam.hashing import file_sha256
-from safety_helpers import leftovers, one_error_line, tiny_bundle, tiny_onnx, write_images
+from tests.support.safety_helpers import leftovers, one_error_line, tiny_bundle, tiny_onnx, write_images
 
 
 @pytest.fixture(scope="module")

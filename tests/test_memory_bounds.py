@@ -17,7 +17,7 @@ import pytest
 
 from fusioncam.errors import InputError
 from fusioncam.images import DEFAULT_MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, decode_rgb, max_image_pixels, read_rgb
-from huge_images import write_huge_jpeg, write_png_bomb
+from tests.support.huge_images import write_huge_jpeg, write_png_bomb
 
 MIB = 2**20
 
@@ -70,13 +70,12 @@ def test_a_20000x20000_png_is_refused_from_its_header_within_20_mib(png_bomb):
 def test_the_cli_skips_the_bomb_with_one_line_within_its_normal_footprint(png_bomb, tmp_path):
     """fusioncam explain on the bomb and a normal image: the bomb is skipped by name (exit 1), the other explained;
     the whole CLI process peaks far below the 1.2 GB the bomb would decode to."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from tiny_models import save, tiny_classifier
+    from tests.support.tiny_models import save, tiny_classifier
 
     model = save(tiny_classifier(size=8), tmp_path / "tiny.onnx")
     cv2.imwrite(str(tmp_path / "fine.png"), np.full((20, 30, 3), 90, np.uint8))
     measured = peak_rss_of(f"""
-        from fusioncam.cli import main
+        from fusioncam.cli.main import main
         import contextlib, io
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -154,7 +153,7 @@ def test_every_format_is_limited_before_decoding(tmp_path, suffix, monkeypatch):
 
 
 def test_overlay_of_a_large_image_is_capped_and_equals_the_overlay_of_the_shrunk_image():
-    from fusioncam.visualize import OVERLAY_MAX_SIDE, overlay
+    from fusioncam.report.pictures import OVERLAY_MAX_SIDE, overlay
 
     image = np.random.default_rng(1).integers(0, 256, (5000, 300, 3), dtype=np.uint8)
     cam = np.random.default_rng(2).random((7, 7)).astype(np.float32)
@@ -170,7 +169,7 @@ def test_overlay_peak_memory_per_pixel_is_bounded():
     """The banded overlay of a 4096 x 4096 image peaks at under 16 bytes per pixel over the image itself (it was
     about 80: three float64 copies of the whole image)."""
     measured = peak_rss_of("""
-        from fusioncam.visualize import overlay
+        from fusioncam.report.pictures import overlay
         image = np.random.default_rng(0).integers(0, 256, (4096, 4096, 3), dtype=np.uint8)
         cam = np.random.default_rng(1).random((7, 7)).astype(np.float32)
         before = high_water_kib()

@@ -12,9 +12,9 @@ import pytest
 import fusioncam
 from fusioncam.atomic import atomic_directory
 from fusioncam.bundle import check_bundle_destination, load_bundle
-from fusioncam.cli import main
+from fusioncam.cli.main import main
 from fusioncam.errors import OutputError
-from safety_helpers import leftovers, one_error_line, snapshot, tiny_bundle, tiny_onnx, write_images
+from tests.support.safety_helpers import leftovers, one_error_line, snapshot, tiny_bundle, tiny_onnx, write_images
 
 
 @pytest.fixture(scope="module")

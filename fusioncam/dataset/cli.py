@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_explain import _methods, _positive, _say
+from ..cli.shared import method_list, positive_int, say
 from ..interrupts import EXIT_INTERRUPTED
 from ..metrics.perturbation_curves import DEFAULT_STEP
 from ..runtime.methods import METHODS
@@ -35,14 +35,14 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
                               batch_images=args.batch_images, address=args.address, layer=args.layer,
                               scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
                               map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
-                              notify=_say)
+                              notify=say)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
-        _say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
+        say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
              f"blocks are in {args.out}: run the same command again to continue")
         return EXIT_INTERRUPTED
     summary = run.summary
     print((run.out / "summary.md").read_text(encoding="utf-8"), end="")
-    _say(f"explained {summary['explained']} of {summary['images']} image(s), {summary['errors']} error row(s); "
+    say(f"explained {summary['explained']} of {summary['images']} image(s), {summary['errors']} error row(s); "
          f"results in {run.out}")
     return 0 if summary["errors"] == 0 else 1
 
@@ -56,21 +56,21 @@ def add_subcommands(sub) -> None:
     parser.add_argument("--model", required=True, help="a bundle directory, an .onnx file, or efficientnet_lite0")
     parser.add_argument("--out", required=True,
                         help="output folder: parts/*.parquet, summary.json, summary.md; a rerun resumes it")
-    parser.add_argument("--methods", type=_methods, default=("fusion",),
+    parser.add_argument("--methods", type=method_list, default=("fusion",),
                         help=f"comma-separated, any of {','.join(METHODS)} (default: fusion)")
     parser.add_argument("--evaluate", action="store_true",
                         help="also each method's Average Drop, Increase in Confidence, deletion and insertion AUC")
-    parser.add_argument("--workers", type=_positive, default=1, help="Ray actors, one Explainer each (default: 1)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="Ray actors, one Explainer each (default: 1)")
     parser.add_argument("--gpus-per-worker", type=_gpus, default=0,
                         help="GPUs per worker (default: 0, the CPU; then each worker gets cores/workers threads)")
-    parser.add_argument("--batch-images", type=_positive, default=DEFAULT_BATCH_IMAGES,
+    parser.add_argument("--batch-images", type=positive_int, default=DEFAULT_BATCH_IMAGES,
                         help=f"images per block, explained together and written as one part file "
                              f"(default: {DEFAULT_BATCH_IMAGES})")
     parser.add_argument("--address", help="Ray cluster to use: auto, or ray://HEAD:10001 (default: a local Ray)")
     parser.add_argument("--layer", help="target layer for an .onnx model (default: the bundle's, or automatic)")
-    parser.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
-    parser.add_argument("--threads-per-worker", type=_positive, help="ONNX Runtime threads per CPU worker")
-    parser.add_argument("--step", type=_positive, default=DEFAULT_STEP,
+    parser.add_argument("--batch", type=positive_int, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    parser.add_argument("--threads-per-worker", type=positive_int, help="ONNX Runtime threads per CPU worker")
+    parser.add_argument("--step", type=positive_int, default=DEFAULT_STEP,
                         help=f"pixels per deletion/insertion step with --evaluate (default: {DEFAULT_STEP})")
     parser.add_argument("--map-dtype", choices=tuple(MAP_DTYPES), default="float16",
                         help="storage type of the maps (default: float16)")

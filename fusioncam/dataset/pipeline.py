@@ -62,7 +62,7 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     _check_counts(workers, gpus_per_worker, batch_images, threads_per_worker, map_dtype)
     sources = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     plan = plan_inputs(sources, output=out)
-    from ..default_model import bundle_for
+    from ..bundle_cache import bundle_for
 
     bundle = bundle_for(model, layer, notify=notify)
     manifest = bundle.manifest

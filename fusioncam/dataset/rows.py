@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..metrics.evaluation import METRICS
-from ..report import FILE_TAGS
+from ..report.explain_folder import FILE_TAGS
 from ..runtime.explanation import BETA_NAMES, UNION_BETA_NAMES
 
 SWEEP_METHODS = ("scorecam", "unioncam", "fusion")

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli_explain import IMAGE_EXTENSIONS
+from ..cli.shared import IMAGE_EXTENSIONS
 from ..errors import InputError
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")

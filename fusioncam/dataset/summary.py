@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_bytes_atomic, write_text_atomic
-from ..evaluation_report import (CURVES_PNG, METRICS_CSV, curves_image, mean_interval, method_title, metrics_csv,
+from ..report.evaluation import (CURVES_PNG, METRICS_CSV, curves_image, mean_interval, method_title, metrics_csv,
                                  metrics_table)
 from ..metrics.evaluation import METRICS, Evaluation, MethodScores
 from ..metrics.perturbation_curves import step_counts
-from ..report import _png_bytes
+from ..report.explain_folder import _png_bytes
 from .output import part_files, read_part, read_results
 from .rows import RowLayout, curve_column, metric_column
 

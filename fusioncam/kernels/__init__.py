@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 from fusioncam.errors import DeviceError
 from fusioncam.kernels import maps_numpy, masks_numpy, upsample_numpy
 from fusioncam.kernels import blend_numpy
-from fusioncam.kernels import gaussian_blur_numpy, methods_numpy
+from fusioncam.kernels import gaussian_blur_numpy, channel_weights_numpy
 
 __all__ = ["Array", "KERNEL_NAMES", "KernelSet", "numpy_kernels", "cuda_kernels"]
 
@@ -111,7 +111,7 @@ def kernel_set(*modules: ModuleType) -> KernelSet:
     return SimpleNamespace(**{name: found[name] for name in KERNEL_NAMES})
 
 
-numpy_kernels: KernelSet = kernel_set(upsample_numpy, masks_numpy, maps_numpy, blend_numpy, methods_numpy,
+numpy_kernels: KernelSet = kernel_set(upsample_numpy, masks_numpy, maps_numpy, blend_numpy, channel_weights_numpy,
                                       gaussian_blur_numpy)
 
 
@@ -133,6 +133,6 @@ def cuda_kernels() -> KernelSet:
         raise DeviceError("CuPy sees no CUDA GPU (device count 0); run on the CPU instead")
     from fusioncam.kernels import maps_cuda, masks_cuda, upsample_cuda
     from fusioncam.kernels import blend_cuda
-    from fusioncam.kernels import gaussian_blur_cuda, methods_cuda
+    from fusioncam.kernels import gaussian_blur_cuda, channel_weights_cuda
 
-    return kernel_set(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, methods_cuda, gaussian_blur_cuda)
+    return kernel_set(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, channel_weights_cuda, gaussian_blur_cuda)

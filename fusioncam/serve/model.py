@@ -24,7 +24,7 @@ import kserve
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from ..bundle import Bundle
-from ..default_model import bundle_for
+from ..bundle_cache import bundle_for
 from ..errors import ModelLoadError
 from ..runtime import Explainer
 from . import metrics

@@ -7,7 +7,7 @@ import base64
 import cv2
 import numpy as np
 
-from ..visualize import overlay
+from ..report.pictures import overlay
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from ..bundle import Manifest
 from ..errors import InputError
 from ..runtime.input_checks import _one_target
 from ..runtime.methods import check_methods
-from ..visualize import colormap_code
+from ..report.pictures import colormap_code
 from .request_errors import BadRequest
 
 RETURN_KINDS = ("maps", "overlays")

@@ -2,6 +2,6 @@
 
 from .engine import Engine, MethodOutput
 from .registry import METHOD_TITLES, METHODS, check_methods
-from .rounds import run_methods
+from .scheduler import run_methods
 
 __all__ = ["Engine", "MethodOutput", "METHODS", "METHOD_TITLES", "check_methods", "run_methods"]

@@ -8,7 +8,7 @@ from functools import cached_property
 from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
 from ..betas import class_probabilities
 from ..channel_selection import gradcam_contributions, top_channels
-from ..score_cam import ScoreSweep, score_cam_sweep
+from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
 from ..stage_clock import StageClock
 

@@ -1,0 +1,60 @@
+"""The `explain` subcommand: image files, folders or globs explained with a model into an output folder."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import InputError
+from ..runtime.channel_selection import DEFAULT_FAST_CHANNELS
+from ..runtime.explainer import PRECISIONS
+from ..runtime.methods import METHODS
+from .shared import DEVICES, expand_inputs, finish, method_list, positive_int, say
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """fusioncam explain INPUTS... --model MODEL: explain image files into an output folder."""
+    from ..bundle_cache import bundle_for
+    from ..report.explain_folder import check_output_dir, explain_into_folder, file_sources
+    from ..runtime import Explainer
+
+    sources = file_sources(expand_inputs(args.inputs))
+    check_output_dir(args.out, sources, args.methods)  # before the model loads; the folder is made only then
+    size = tuple(args.input_size) if args.input_size else None
+    explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device, batch_size=args.batch,
+                          precision=args.precision, max_channels=args.fast)
+    if args.region is not None and not explainer.segmentation:
+        raise InputError("--region applies to segmentation bundles only; this model explains image classes")
+    from ..report.segmentation import parse_region
+
+    summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
+                                  colormap=args.colormap, regions=parse_region(args.region))
+    return finish(summary)
+
+
+def add_subcommands(sub) -> None:
+    """Register `explain`."""
+    explain = sub.add_parser("explain", help="explain image files, folders or globs with a model")
+    explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive) or globs")
+    explain.add_argument("--model", required=True, help="a bundle directory, an .onnx file, or efficientnet_lite0")
+    explain.add_argument("--layer", help="target layer (default: the bundle's, or picked automatically for .onnx)")
+    explain.add_argument("--target", help="class index or class name to explain (default: each image's top class)")
+    explain.add_argument("--out", default="fusioncam-out", help="output folder (default: fusioncam-out)")
+    explain.add_argument("--device", choices=DEVICES, default="auto")
+    explain.add_argument("--batch", type=positive_int, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    explain.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="fp32 (exact, default); tf32 (CUDA: TF32 convolutions); fp16 (the bundle's float16 "
+                              "scorer: export it with --fp16-scorer)")
+    explain.add_argument("--fast", nargs="?", type=positive_int, const=DEFAULT_FAST_CHANNELS, metavar="K",
+                         help="fast mode, beyond the paper: Score-CAM scores only the K channels with the largest "
+                              f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")
+    explain.add_argument("--methods", type=method_list, default=("fusion",),
+                         help=f"methods to write an overlay and a .npy map for, comma-separated: any of "
+                              f"{','.join(METHODS)} (default: fusion); the panel shows Grad-CAM, Score-CAM, "
+                              f"Fusion-CAM and the others chosen")
+    explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
+    explain.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
+                         help="segmentation bundles: where --target is explained: where the model predicts it "
+                              "(predicted, the default), the whole image (all), or a box in the model's input pixels")
+    explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                         help="input size for an .onnx model with a dynamic height/width")
+    explain.set_defaults(run=cmd_explain)

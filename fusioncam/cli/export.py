@@ -1,0 +1,65 @@
+"""The `export` subcommand: a bundle (explain graph + scorer) from an ONNX file or a named PyTorch model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _model_source(model: str) -> str:
+    """'onnx' for a .onnx path, 'named' for efficientnet_lite0 or a torchvision name."""
+    return "onnx" if model.lower().endswith(".onnx") or Path(model).is_file() else "named"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """fusioncam export MODEL --layer NAME --out DIR"""
+    from ..export import export_onnx, export_torch
+    from ..export.model_zoo import named_model
+
+    from ..bundle import check_bundle_destination
+
+    check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
+    size = tuple(args.input_size) if args.input_size else None
+    layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
+              "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
+    if args.segmentation:
+        result = _export_segmentation(args, size)
+    elif _model_source(args.model) == "onnx":
+        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer, **layout)
+    else:
+        named = named_model(args.model, args.weights)
+        layer = args.layer or named.default_layer  # None: the automatic target (describe() says which)
+        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
+                               fp16_scorer=args.fp16_scorer, **layout)
+    print(result.describe())
+    return 0
+
+
+def _export_segmentation(args: argparse.Namespace, size):
+    """fusioncam export MODEL.onnx --segmentation: a segmentation bundle (docs/segmentation.md)."""
+    from ..errors import InputError
+    from ..export import export_onnx_segmentation
+
+    if _model_source(args.model) != "onnx":
+        raise InputError("--segmentation exports .onnx files; export a PyTorch segmentation model from Python with "
+                         "fusioncam.export_torch_segmentation(model, layer, out)")
+    return export_onnx_segmentation(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
+
+
+def add_subcommands(sub) -> None:
+    """Register `export`."""
+    export = sub.add_parser("export", help="make a bundle (explain graph + scorer) from a model")
+    export.add_argument("model", help="a .onnx file, 'efficientnet_lite0', or a torchvision model name (with --weights)")
+    export.add_argument("--layer", help="target layer: a module path (PyTorch) or tensor name (ONNX); ONNX default: automatic")
+    export.add_argument("--out", required=True, help="bundle directory to write")
+    export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
+    export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
+    export.add_argument("--segmentation", action="store_true",
+                        help="the .onnx model outputs per-pixel class scores [N,C,H,W]: a segmentation bundle (explain "
+                             "a class over a region: fusioncam explain --target CLASS --region ...)")
+    export.add_argument("--output", help="the model output holding the class scores, when it has several (default: the first)")
+    export.add_argument("--token-grid", type=int, nargs=2, metavar=("H", "W"), help="the target's tokens form an HxW grid")
+    export.add_argument("--prefix-tokens", type=int, metavar="K", help="the target's first K tokens are not patches (class, registers)")
+    export.add_argument("--channels-last", action="store_true", help="the target tensor is [N,h,w,C]")
+    export.set_defaults(run=cmd_export)

@@ -1,0 +1,47 @@
+"""Explainer (ONNX Runtime, CPU provider, NumPy kernels) against the independent eager PyTorch reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fusioncam
+from tests.support.torch_reference import module_by_path, reference_fusion_cam, sample_model
+from tests.support.parity import assert_matches_reference
+
+
+
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sample_batch, efficientnet_explanation):
+    names, images = sample_batch
+    layer = module_by_path(efficientnet_model, "_blocks.15")
+    for i, name in enumerate(names):
+        reference = reference_fusion_cam(efficientnet_model, layer, torch.from_numpy(images[i]))
+        assert_matches_reference(efficientnet_explanation, i, reference)
+    # The anchors' top-1 predictions of this model (shared/reference/anchors.md): chelsea is an Egyptian cat (285).
+    assert int(efficientnet_explanation.classes[names.index("chelsea")]) == 285
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("vgg16", "features.29")])
+def test_random_torchvision_models_match_reference(tmp_path, name, layer):
+    model = sample_model(name, seed=0)
+    # Seeded random heads give nearly flat logits: every probability sits near 1/1000, and the betas, ratios of
+    # probability differences of ~1e-6, would amplify float32 rounding far beyond 1e-5. A sharper head (logits x20)
+    # makes the betas well conditioned, as they are for trained models.
+    head = model.fc if name == "resnet18" else model.classifier[-1]
+    with torch.no_grad():
+        head.weight.mul_(20.0)
+        head.bias.mul_(20.0)
+    size = (64, 64)
+    fusioncam.export_torch(model, layer, tmp_path / "b.fcam", input_size=size)
+    images = np.random.default_rng(3).standard_normal((2, 3, *size)).astype(np.float32)
+    targets = [-1, 7]
+    explanation = fusioncam.Explainer(tmp_path / "b.fcam", device="cpu", batch_size=100).explain(images, targets)
+    module = module_by_path(model, layer)
+    for i, target in enumerate(targets):
+        reference = reference_fusion_cam(model, module, torch.from_numpy(images[i]), None if target < 0 else target)
+        assert_matches_reference(explanation, i, reference)
