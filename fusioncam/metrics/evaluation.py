@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,8 @@ class Evaluation:
 
 
 def evaluate_maps(explainer, images, maps: Mapping[str, object], targets=None, step: int = DEFAULT_STEP,
-                  names: Sequence[str] | None = None, *, explanation: Explanation | None = None) -> Evaluation:
+                  names: Sequence[str] | None = None, *, explanation: Explanation | None = None,
+                  before_method: Callable[[], None] | None = None) -> Evaluation:
     """All four metrics of each method's maps [N,H,W] for preprocessed images [N,3,H,W] (targets as the metrics take).
 
     The work every method shares is done once: the images are checked, classified (where a target is -1) and
@@ -48,7 +49,8 @@ def evaluate_maps(explainer, images, maps: Mapping[str, object], targets=None, s
     float32 forward as the scorer's, though not always bit for bit: equal on the tests' small models, about 1e-7
     relative apart on EfficientNet-Lite0 on the CPU (Average Drop moves in its 8th digit), and on a GPU the two
     graphs may pick other convolution algorithms. With the float16 scorer Y is scored again, so that Y and O come
-    from one graph. Without targets, the explanation's classes are the targets.
+    from one graph. Without targets, the explanation's classes are the targets. `before_method` is called before
+    each method's perturbations (the CLI checks for a stop signal there).
     """
     if targets is None and explanation is not None:
         targets = explanation.classes
@@ -69,6 +71,8 @@ def evaluate_maps(explainer, images, maps: Mapping[str, object], targets=None, s
         x = counts / plane
         scores = {}
         for method, method_maps in maps.items():
+            if before_method is not None:
+                before_method()
             method_maps = device_maps(scorer, method_maps, (n, *manifest.input_size))
             on_masked = scorer.to_host(masked_probabilities(scorer, images, method_maps, classes))
             deletion = (x, curve_probabilities(scorer, images, method_maps, classes, counts))

@@ -230,23 +230,14 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
                 stop.check()
                 image = images[index : index + 1]
                 explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=stop.check)
-                per_method = []
-                for method in methods:
-                    stop.check()
-                    per_method.append(evaluate_maps(explainer, image, {method: explanation.maps[method]},
-                                                    explanation.classes, step, [name], explanation=explanation))
-                parts.append(_join_methods(per_method))
+                maps = {method: explanation.maps[method] for method in methods}
+                parts.append(evaluate_maps(explainer, image, maps, explanation.classes, step, [name],
+                                           explanation=explanation, before_method=stop.check))
         except Interrupted:
             pass
     evaluation = _join_images(parts) if parts else None
     finished, pending = list(names[: len(parts)]), list(names[len(parts):])
     return EvaluationRun(evaluation, finished, stop.received if pending else None, pending)
-
-
-def _join_methods(parts: Sequence[Evaluation]) -> Evaluation:
-    """One image's evaluations of single methods as one evaluation of all of them."""
-    scores = {method: method_scores for part in parts for method, method_scores in part.scores.items()}
-    return Evaluation(scores, parts[0].names, parts[0].classes, parts[0].step)
 
 
 def _join_images(parts: Sequence[Evaluation]) -> Evaluation:
