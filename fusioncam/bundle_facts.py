@@ -10,12 +10,14 @@ import onnx
 
 from .bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Manifest
 from .errors import BundleError
-from .graph_names import EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS, TARGET
+from .graph_names import (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS,
+                          SEGMENTATION_EXPLAIN_INPUTS, SEGMENTATION_EXPLAIN_OUTPUTS, SEGMENTATION_SCORER_INPUTS,
+                          SEGMENTATION_SCORER_OUTPUTS)
 
 # Segmentation bundles (export/segmentation_graph.py): a class and a region per image; the scorer returns P [N].
 SEGMENTATION_INTERFACE = {
-    EXPLAIN_GRAPH: ((*EXPLAIN_INPUTS, "region"), (*EXPLAIN_OUTPUTS, "region_weights")),
-    "scorer": ((INPUT, TARGET, "region_weights"), ("score",)),
+    EXPLAIN_GRAPH: (SEGMENTATION_EXPLAIN_INPUTS, SEGMENTATION_EXPLAIN_OUTPUTS),
+    "scorer": (SEGMENTATION_SCORER_INPUTS, SEGMENTATION_SCORER_OUTPUTS),
 }
 
 

@@ -14,3 +14,13 @@ EXPLAIN_INPUTS = (INPUT, TARGET)
 EXPLAIN_OUTPUTS = (LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED)
 SCORER_INPUTS = (INPUT,)
 SCORER_OUTPUTS = (LOGITS,)
+
+# Segmentation bundles (docs/segmentation.md): a class and a region per image; the scorer returns the region's score.
+REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted
+REGION_WEIGHTS = "region_weights"  # explain output and scorer input: float [N, H', W'] (the w of S and P)
+SCORE = "score"  # scorer output: float [N], the region probability P
+
+SEGMENTATION_EXPLAIN_INPUTS = (*EXPLAIN_INPUTS, REGION)
+SEGMENTATION_EXPLAIN_OUTPUTS = (*EXPLAIN_OUTPUTS, REGION_WEIGHTS)
+SEGMENTATION_SCORER_INPUTS = (INPUT, TARGET, REGION_WEIGHTS)
+SEGMENTATION_SCORER_OUTPUTS = (SCORE,)

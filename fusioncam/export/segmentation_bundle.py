@@ -9,12 +9,12 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import ModelLoadError
-from ..graph_names import INPUT, TARGET
+from ..graph_names import INPUT, REGION, REGION_WEIGHTS, SCORE, TARGET
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
                              write_checked_graphs)
 from .layers import Layer
-from .segmentation_graph import (PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE, Segmenter,
+from .segmentation_graph import (PREDICTED_REGION, Segmenter,
                                  build_segmentation_explain, build_segmentation_scorer)
 
 SEGMENTATION = "segmentation"
@@ -23,15 +23,15 @@ SEGMENTATION = "segmentation"
 def _scorer_feed(size: tuple[int, int], output_size: tuple[int, int], seed: int, batch: int = 2) -> dict:
     """A random scorer input: images, classes 0 and 1 (mod C is the caller's), random region weights in [0, 1]."""
     rng = np.random.default_rng(seed)
-    return {"input": rng.standard_normal((batch, 3, *size)).astype(np.float32),
-            "region_weights": rng.random((batch, *output_size)).astype(np.float32)}
+    return {INPUT: rng.standard_normal((batch, 3, *size)).astype(np.float32),
+            REGION_WEIGHTS: rng.random((batch, *output_size)).astype(np.float32)}
 
 
 def _check_scorer(scorer: Path, segmenter: Segmenter, origin: str):
     """Run the scorer at N=2 and N=1: a graph that hard-codes batch 1 or mixes images is refused. Returns the session."""
     session = _cpu_session(scorer, origin, "scorer")
     feed = _scorer_feed(segmenter.input_size, segmenter.output_size, 0)
-    feed["target"] = np.arange(2, dtype=np.int64) % segmenter.num_classes
+    feed[TARGET] = np.arange(2, dtype=np.int64) % segmenter.num_classes
     try:
         together = session.run([SCORE], feed)[0]
         alone = np.concatenate([session.run([SCORE], {k: v[i : i + 1] for k, v in feed.items()})[0] for i in range(2)])
@@ -51,11 +51,11 @@ def _check_scorer(scorer: Path, segmenter: Segmenter, origin: str):
 def _check_fp16_scorer(scorer_session, scorer_fp16: Path, segmenter: Segmenter, origin: str) -> None:
     """The float16 scorer must load, run and give region probabilities within the fp16 tolerance of float32's."""
     feed = _scorer_feed(segmenter.input_size, segmenter.output_size, 2)
-    feed["target"] = np.zeros(2, dtype=np.int64)
+    feed[TARGET] = np.zeros(2, dtype=np.int64)
     expected = scorer_session.run([SCORE], feed)[0]
     session = _cpu_session(scorer_fp16, origin, "float16 scorer")
-    half = {"input": feed["input"].astype(np.float16), "region_weights": feed["region_weights"].astype(np.float16),
-            "target": feed["target"]}
+    half = {INPUT: feed[INPUT].astype(np.float16), REGION_WEIGHTS: feed[REGION_WEIGHTS].astype(np.float16),
+            TARGET: feed[TARGET]}
     try:
         got = session.run([SCORE], half)[0].astype(np.float32)
     except Exception as exc:
@@ -104,4 +104,4 @@ def write_segmentation_bundle(
                         picked_automatically=picked_automatically)
 
 
-__all__ = ["REGION", "REGION_WEIGHTS", "SCORE", "SEGMENTATION", "write_segmentation_bundle"]
+__all__ = ["SEGMENTATION", "write_segmentation_bundle"]

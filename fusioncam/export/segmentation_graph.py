@@ -23,14 +23,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import LayerError, ModelLoadError
 from .classifier_graph import BATCH_DIM, Classifier, prepare_scores_graph, tensor_shapes
-from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
+from ..graph_names import (ACTIVATIONS, GRADIENTS, INPUT, LOGITS, REGION, REGION_WEIGHTS, SCORE, TARGET,
+                           TARGET_USED)
 from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, target_maps
 from .graph_surgery import prune_to_outputs
 from .layers import Layer, candidate_layers
 
-REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted
-REGION_WEIGHTS = "region_weights"  # explain output and scorer input: float [N, H', W'] (the w of S and P)
-SCORE = "score"  # scorer output: the region probability P [N]
 SEGMENTATION_RESERVED = [INPUT, TARGET, REGION, REGION_WEIGHTS, SCORE, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED]
 PREDICTED_REGION = -1.0  # fill value of a region row that asks for "where the model predicts c"
 EMPTY_REGION_FLOOR = 1e-12  # P's denominator floor: an empty region scores 0 instead of NaN

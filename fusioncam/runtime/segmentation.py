@@ -14,8 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from ..errors import InputError
-from ..export.segmentation_graph import REGION_WEIGHTS
-from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
+from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS, REGION_WEIGHTS, TARGET_USED
 from .explanation import Explanation
 from .methods import Engine, MethodOutput, run_methods
 from .scorer import ProgressCallback, RowWriter, Scorer

@@ -7,12 +7,11 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import DeviceError, InputError
-from ..export.segmentation_graph import PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE
-from ..graph_names import INPUT, TARGET
+from ..export.segmentation_graph import PREDICTED_REGION
+from ..graph_names import INPUT, REGION, REGION_WEIGHTS, SCORE, SEGMENTATION_EXPLAIN_OUTPUTS, TARGET
 from .cpu_backend import CpuBackend
 from .device_select import Device
 
-SEGMENTATION_EXPLAIN_OUTPUTS = ("logits", "activations", "gradients", "target_used", REGION_WEIGHTS)
 
 
 class SegmentationCpuBackend(CpuBackend):
