@@ -16,9 +16,10 @@ executor and inference in the batcher's worker threads, so the event loop only r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import kserve
 from kserve.protocol.infer_type import InferRequest, InferResponse
@@ -111,17 +112,15 @@ class FusionCamModel(kserve.Model):
         parsed, result = await self._run(parse)
         return v2_response(request, parsed, result, tuple(outputs), manifest, self.name)
 
-    async def _run(self, parse) -> tuple[ParsedRequest, JobResult]:
-        """Decode and check off the event loop, queue, wait for the batch; count the outcome and latency."""
+    async def _run(self, parse: Callable[[], ParsedRequest]) -> tuple[ParsedRequest, JobResult]:
+        """Decode, check, stack and queue in a thread of the loop's executor (not on the event loop), then wait for
+        the batch; count the outcome and latency."""
         started = time.monotonic()
         methods: tuple[str, ...] = ()
         try:
-            parsed = await asyncio.to_thread(parse)
+            parsed, queued = await asyncio.get_running_loop().run_in_executor(None, self._parse_and_queue, parse)
             methods = parsed.settings.methods
-            if self.batcher is None:
-                raise ServerBusy(f"model {self.name} is not loaded (call load(), or it is stopping)")
-            job = Job(images=parsed.stacked(), targets=parsed.targets, methods=methods)
-            result = await asyncio.wrap_future(self.batcher.submit(job))
+            result = await asyncio.wrap_future(queued)
         except BadRequest:
             metrics.count_request(self.name, methods, "bad_request")
             raise
@@ -133,3 +132,12 @@ class FusionCamModel(kserve.Model):
             raise
         metrics.count_request(self.name, methods, "ok", time.monotonic() - started)
         return parsed, result
+
+    def _parse_and_queue(self, parse: Callable[[], ParsedRequest]) -> tuple[ParsedRequest, concurrent.futures.Future]:
+        """The request parsed into one job and submitted to the batcher: all of it in the calling (pool) thread."""
+        parsed = parse()
+        batcher = self.batcher
+        if batcher is None:
+            raise ServerBusy(f"model {self.name} is not loaded (call load(), or it is stopping)")
+        return parsed, batcher.submit(Job(images=parsed.stacked(), targets=parsed.targets,
+                                          methods=parsed.settings.methods))

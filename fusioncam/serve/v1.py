@@ -121,7 +121,9 @@ def v1_response(request: ParsedRequest, result: JobResult, manifest: Manifest, v
         entry: dict[str, Any] = {"target": {"class": explained, "class_name": class_label(names, explained),
                                             "probability": float(result.probabilities[i])}}
         if "maps" in settings.returns:
-            entry["maps"] = {method: result.maps[method][i].tolist() for method in settings.methods}
+            # float32 arrays as they are: KServe answers v1 with ORJSONResponse, which writes NumPy arrays natively
+            # (each value's shortest float32 spelling, read back exactly) and ten times faster than .tolist() and json
+            entry["maps"] = {method: np.ascontiguousarray(result.maps[method][i]) for method in settings.methods}
         if "overlays" in settings.returns:
             entry["overlays"] = {method: overlay_png_base64(image.picture, result.maps[method][i], settings.colormap,
                                                             settings.alpha) for method in settings.methods}
