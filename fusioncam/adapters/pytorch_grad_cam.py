@@ -14,13 +14,19 @@ from .. import arguments
 from ..bundle import Bundle, load_bundle
 from ..errors import InputError, LayerError, ModelLoadError
 from ..runtime import Explainer, Explanation
+from ..runtime.methods.compat import check_compat
 
 
 class FusionCAM:
-    """Fusion-CAM for a bundle directory, an `.onnx` file or a `torch.nn.Module` (which needs `target_layer`)."""
+    """Fusion-CAM for a bundle directory, an `.onnx` file or a `torch.nn.Module` (which needs `target_layer`).
+
+    compat="pytorch-grad-cam" builds Fusion-CAM on pytorch-grad-cam's Score-CAM (see Explainer's compat), which
+    `last_explanation.scorecam` then holds.
+    """
 
     def __init__(self, model, target_layer=None, device: str = "auto", batch_size: int | None = None,
-                 class_names: list[str] | None = None) -> None:
+                 class_names: list[str] | None = None, compat: str | None = None) -> None:
+        self.compat = check_compat(compat)
         arguments.text("device", device)
         arguments.integer("batch_size", batch_size, minimum=1, allow_none=True)
         arguments.string_list("class_names", class_names)
@@ -61,7 +67,8 @@ class FusionCAM:
         """The Explainer for inputs of size (H, W); reused while the model's weights and the size stay the same."""
         key = (tuple(input_size), self._fingerprint())
         if key not in self._explainers:
-            self._explainers[key] = Explainer(self.bundle(input_size), device=self.device, batch_size=self.batch_size)
+            self._explainers[key] = Explainer(self.bundle(input_size), device=self.device, batch_size=self.batch_size,
+                                              compat=self.compat)
         return self._explainers[key]
 
     def _fingerprint(self) -> str:

@@ -8,6 +8,7 @@ from ..errors import InputError
 from ..runtime.channel_selection import DEFAULT_FAST_CHANNELS
 from ..runtime.explainer import PRECISIONS
 from ..runtime.methods import METHODS
+from ..runtime.methods.compat import COMPAT_MODES
 from .shared import DEVICES, expand_inputs, finish, method_list, positive_int, say
 
 
@@ -21,7 +22,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     check_output_dir(args.out, sources, args.methods)  # before the model loads; the folder is made only then
     size = tuple(args.input_size) if args.input_size else None
     explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device, batch_size=args.batch,
-                          precision=args.precision, max_channels=args.fast)
+                          precision=args.precision, max_channels=args.fast, compat=args.compat)
     if args.region is not None and not explainer.segmentation:
         raise InputError("--region applies to segmentation bundles only; this model explains image classes")
     from ..report.segmentation import parse_region
@@ -51,6 +52,10 @@ def add_subcommands(sub) -> None:
                          help=f"methods to write an overlay and a .npy map for, comma-separated: any of "
                               f"{','.join(METHODS)} (default: fusion); the panel shows Grad-CAM, Score-CAM, "
                               f"Fusion-CAM and the others chosen")
+    explain.add_argument("--compat", choices=COMPAT_MODES,
+                         help="pytorch-grad-cam: its Grad-CAM++ (1e-6 in alpha's denominator) and Score-CAM "
+                              "(align_corners=True masks, ReLU before upsampling) instead of the authors' "
+                              "arithmetic; Fusion-CAM and Union-CAM then build on that Score-CAM")
     explain.add_argument("--colormap", default="jet", help="OpenCV colormap name (jet, turbo, inferno, viridis, ...)")
     explain.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
                          help="segmentation bundles: where --target is explained: where the model predicts it "

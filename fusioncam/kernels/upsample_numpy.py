@@ -30,15 +30,20 @@ class AxisTable:
 
 
 @functools.lru_cache(maxsize=64)
-def axis_table(in_size: int, out_size: int) -> AxisTable:
+def axis_table(in_size: int, out_size: int, align_corners: bool = False) -> AxisTable:
     """PyTorch's half-pixel source indices for one axis: src = max(scale * (dst + 0.5) - 0.5, 0).
 
     `scale` is float32 in/out and src is rounded once to float32, as PyTorch's fused multiply-add does.
+    align_corners=True gives PyTorch's corner-aligned indices instead, src = dst * float32((in - 1) / (out - 1))
+    (`nn.UpsamplingBilinear2d`, which pytorch-grad-cam's Score-CAM masks use).
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}")
     if in_size == out_size:  # PyTorch copies an axis that keeps its size
         src = np.arange(out_size, dtype=np.float32)
+    elif align_corners:
+        scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+        src = np.arange(out_size, dtype=np.float32) * scale
     else:
         scale = np.float64(np.float32(in_size) / np.float32(out_size))
         centres = np.arange(out_size, dtype=np.float64) + 0.5

@@ -19,6 +19,7 @@ from .device_select import Device, select_device
 from .explanation import Explanation
 from .input_checks import check_images, resolve_targets
 from .methods import Engine, MethodOutput, check_methods, run_methods
+from .methods.compat import check_compat
 from .scorer import Scorer
 
 log = logging.getLogger("fusioncam")
@@ -45,7 +46,8 @@ class Explainer:
 
     def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
-                 max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None) -> None:
+                 max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None,
+                 compat: str | None = None) -> None:
         """precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
 
         max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
@@ -54,9 +56,15 @@ class Explainer:
 
         cuda_options: extra ONNX Runtime CUDA provider options (e.g. {"prefer_nhwc": "1"}, {"gpu_mem_limit": ...}),
         over fusioncam's own; ignored on the CPU.
+
+        compat: None (default) follows the methods' authors' code; "pytorch-grad-cam" gives pytorch-grad-cam's
+        Grad-CAM++ and Score-CAM maps (1e-6 in Grad-CAM++'s alpha denominator; Score-CAM masks upsampled with
+        align_corners=True, and its map's ReLU before the upsampling), on which Fusion-CAM and Union-CAM then
+        build; see runtime/methods/compat.py.
         """
         arguments.explainer_arguments(bundle, device, batch_size, precision, theta, skip_constant_channels,
                                       max_channels, cuda_options)
+        self.compat = check_compat(compat)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not available; choose one of {', '.join(PRECISIONS)}")
@@ -192,7 +200,7 @@ class Explainer:
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
         engine = Engine(self.scorer, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,
-                        on_batch, self.max_channels)
+                        on_batch, self.max_channels, compat=self.compat)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():

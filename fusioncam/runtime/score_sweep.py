@@ -18,13 +18,16 @@ class ScoreSweep:
 
 
 def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits, clock: StageClock,
-                    skip_constant: bool = True, on_batch: ProgressCallback | None = None, selected=None) -> ScoreSweep:
+                    skip_constant: bool = True, on_batch: ProgressCallback | None = None, selected=None,
+                    masked_inputs=None) -> ScoreSweep:
     """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
     is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it.
     `on_batch(done, total)`, if given, is called after each scorer batch (for progress bars).
     `selected` [N, K] bool (fast mode): only those channels are scored; the others get score -inf, which is
-    weight 0 in Score-CAM's softmax."""
+    weight 0 in Score-CAM's softmax. `masked_inputs` writes the rows (the arguments of the kernels'
+    write_channel_masked_inputs, the default; compat="pytorch-grad-cam" gives its corner-aligned masks)."""
     xp, kernels = scorer.xp, scorer.kernels
+    masked_inputs = masked_inputs or kernels.write_channel_masked_inputs
     n, k = mins.shape
     scores = xp.repeat(z0_logits[classes][:, None], k, axis=1).astype(xp.float32)
     active = (maxs > mins) if skip_constant else xp.ones((n, k), dtype=bool)
@@ -35,8 +38,7 @@ def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits
     channel_index = channel_index.astype(xp.int64)
 
     def write(start: int, stop: int, buffer) -> None:
-        kernels.write_channel_masked_inputs(images, acts, mins, maxs, image_index[start:stop],
-                                            channel_index[start:stop], buffer, 0)
+        masked_inputs(images, acts, mins, maxs, image_index[start:stop], channel_index[start:stop], buffer, 0)
 
     total = int(image_index.shape[0])
     scores[image_index, channel_index] = scorer.target_logits(total, classes[image_index], write, clock, on_batch)

@@ -11,6 +11,7 @@ from ..channel_selection import gradcam_contributions, top_channels
 from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
 from ..stage_clock import StageClock
+from .compat import arithmetic
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Engine:
     SHARED_MAPS = ("gradcam", "scorecam")  # shared maps an Explanation reports when some method computed them
 
     def __init__(self, scorer: Scorer, images, graph: dict, z0_logits, theta: float, skip_constant: bool,
-                 clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None) -> None:
+                 clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None,
+                 compat: str | None = None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
         self.xp = scorer.xp
         self.kernels = scorer.kernels
@@ -47,6 +49,8 @@ class Engine:
         self.out_hw = (int(images.shape[2]), int(images.shape[3]))
         self.every_image = self.xp.arange(int(images.shape[0]), dtype=self.xp.int64)
         self.probe_rows = 0  # masked forwards run for the methods' probes (the Score-CAM sweep not counted)
+        # Grad-CAM++'s and Score-CAM's: the authors' (compat=None) or pytorch-grad-cam's (runtime/methods/compat.py)
+        self.arithmetic = arithmetic(self.kernels, compat)
 
     def computed(self, name: str):
         """A shared quantity if some method needed it (else None): gradcam, scorecam, sweep, ..."""
@@ -69,6 +73,11 @@ class Engine:
         return self.kernels.gradcam_weights(self.grads)
 
     @cached_property
+    def gradcam_plus_plus_weights(self):
+        """Grad-CAM++'s channel weights [N, K] float64 (device), by the compat option's arithmetic."""
+        return self.arithmetic.plus_plus_weights(self.acts, self.grads)
+
+    @cached_property
     def gradcam(self):
         """L_grad = norm(up(relu(sum_k w_k A_k))), [N, H, W] (device)."""
         weights = self.gradcam_weights
@@ -85,12 +94,12 @@ class Engine:
     def sweep(self) -> ScoreSweep:
         """The Score-CAM sweep, run once for every method that needs it (constant channels skipped exactly)."""
         self.clock.start("shared_maps")
-        mins, maxs = self.kernels.upsampled_min_max(self.acts, self.out_hw)
+        mins, maxs = self.arithmetic.mask_min_max(self.acts, self.out_hw)
         selected = self.selected_channels
         self.clock.stop("shared_maps")
         return score_cam_sweep(self.scorer, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
                                self.clock, skip_constant=self.skip_constant, on_batch=self.on_batch,
-                               selected=selected)
+                               selected=selected, masked_inputs=self.arithmetic.write_masked_inputs)
 
     @property
     def selected_channels(self):
@@ -102,12 +111,13 @@ class Engine:
 
     @cached_property
     def scorecam(self):
-        """L_reg = norm(relu(sum_k a_k up(A_k))), a = softmax of the sweep's scores, [N, H, W] (device)."""
+        """L_reg = norm(relu(sum_k a_k up(A_k))), a = softmax of the sweep's scores, [N, H, W] (device); with
+        compat="pytorch-grad-cam", norm(up(relu(sum_k a_k A_k))) over its corner-aligned masks' scores."""
         sweep = self.sweep
         kernels, xp = self.kernels, self.xp
         self.clock.start("shared_maps")
         weights = kernels.softmax(sweep.scores).astype(xp.float32)
         low = kernels.weighted_channel_sum(self.acts, weights)
-        result = kernels.normalize(xp.maximum(kernels.upsample(low, self.out_hw), 0))
+        result = self.arithmetic.score_map(low, self.out_hw)
         self.clock.stop("shared_maps")
         return result

@@ -11,8 +11,9 @@ def gradcam(engine: Engine) -> MethodOutput:
 
 
 def gradcam_plus_plus(engine: Engine) -> MethodOutput:
-    """Grad-CAM++: w_k = sum_ij alpha_k[i,j] * relu(G_k[i,j]), alpha 0 where its denominator is 0."""
-    return MethodOutput(engine.channel_weighted_map(engine.kernels.gradcam_plus_plus_weights(engine.acts, engine.grads)))
+    """Grad-CAM++: w_k = sum_ij alpha_k[i,j] * relu(G_k[i,j]), alpha 0 where its denominator is 0 (or, with
+    compat="pytorch-grad-cam", 1e-6 added to that denominator)."""
+    return MethodOutput(engine.channel_weighted_map(engine.gradcam_plus_plus_weights))
 
 
 def xgradcam(engine: Engine) -> MethodOutput:
