@@ -1,14 +1,17 @@
 """`python -m benchmarks.serve_load`: `fusioncam serve` under load, against offline Explainer.explain, in one run.
 
-A bounded asyncio load generator (httpx, 127.0.0.1 only) drives a real `fusioncam serve` subprocess with 1, 4, 16
-and 64 concurrent clients, each sending single images over Open Inference Protocol v2 REST (base64 image in JSON,
-the map back as a binary tensor), Grad-CAM only and Fusion-CAM, every tenth request malformed (a corrupt image, a
-tensor of the wrong shape, an unknown output), which must be answered 400. Every good answer is checked against
-the map Explainer.explain gives for the same image alone (1e-5): a map equal to another pool image's map counts as
-crossed, any other mismatch as wrong; a request without an answer is lost. Reported per phase: throughput (good
-answers per second), p50/p99 latency, the batch sizes the server formed (its Prometheus histogram), the server's
-RSS over time, and the offline Explainer.explain throughput at the same batch size measured in the same run while
-the server is idle. JSON and markdown land in benchmarks/results/serve-<model>-<machine>.{json,md}.
+A bounded asyncio load generator (aiohttp, 127.0.0.1 only) drives a real `fusioncam serve` subprocess with 1, 4,
+16 and 64 concurrent clients, each sending single images over Open Inference Protocol v2 REST (a base64 PNG in
+JSON, or with --input tensor-binary a preprocessed FP32 tensor in the binary-tensor extension; every body is built
+before the load starts, so the clients cost little) and getting the map back as a binary tensor, Grad-CAM only and
+Fusion-CAM, every tenth request malformed (a corrupt image, a tensor of the wrong shape, an unknown output), which
+must be answered 400. Every good answer is checked against the map Explainer.explain gives for the same image
+alone (1e-5): a map equal to another pool image's map counts as crossed, any other mismatch as wrong; a request
+without an answer is lost. Reported per phase: throughput (good answers per second), p50/p99 latency, the batch
+sizes the server formed (its Prometheus histogram), the server's and the clients' CPU time per request, the load
+average, the server's RSS over time, and the offline Explainer.explain throughput measured in the same run around
+the phase (the server idle): at the batch size the server formed, and at --max-batch-size right before and right
+after the phase. JSON and markdown land in benchmarks/results/serve-<model>[-<input>]-<machine>.{json,md}.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import fusioncam
 from fusioncam.bundle_cache import default_bundle
 from fusioncam.images import decode_rgb, preprocess, resized_rgb, sample_images
 
-from .report import RESULTS, cpu_label, save_report
+from .report import RESULTS, cpu_label, cpu_model, save_report
 
 METHOD_SETS = {"gradcam": ("gradcam",), "fusion": ("fusion",)}
 TOLERANCE = 1e-5
@@ -51,15 +54,13 @@ DEFAULT_REQUESTS = {  # (method, clients) -> requests: 10,000 in all for the sma
 
 def machine_facts() -> dict:
     """CPU model and cores, the versions that matter, and the commit: what a number was measured on."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
     versions = {name: importlib.metadata.version(name)
-                for name in ("fusioncam", "onnxruntime", "numpy", "kserve", "httpx")}
+                for name in ("fusioncam", "onnxruntime", "numpy", "kserve", "aiohttp")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent, check=False).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusioncam", "benchmarks/serve_load.py"],
                            capture_output=True, text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
             "load_average_1_5_15_min_at_end": [round(v, 1) for v in os.getloadavg()],
             "commit": commit + ("+uncommitted changes" if dirty else ""), "date": datetime.date.today().isoformat()}
 
@@ -105,16 +106,19 @@ def model_inputs(pool: list[bytes], size: tuple[int, int], manifest) -> np.ndarr
                      for i, png in enumerate(pool)])
 
 
-def offline_throughput(explainer, images: np.ndarray, methods: tuple[str, ...], batch: int, budget_s: float) -> float:
-    """Images per second of Explainer.explain on batches of `batch` pool images (warm: the server's phase just ran
-    the same shapes in another process; at least one call, more while within the budget)."""
-    done, calls, start = 0, 0, time.perf_counter()
+def offline_throughput(explainer, images: np.ndarray, methods: tuple[str, ...], batch: int, budget_s: float) -> dict:
+    """Explainer.explain on batches of `batch` pool images (warm: the same shapes ran before; at least one call,
+    more while within the budget): images per second, and the CPU milliseconds per image this process used."""
+    done, calls = 0, 0
+    cpu, start = own_cpu_seconds(), time.perf_counter()
     while calls < 1 or time.perf_counter() - start < budget_s:
         rows = [(calls * batch + j) % len(images) for j in range(batch)]
         explainer.explain(images[rows], methods=methods)
         done += batch
         calls += 1
-    return done / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return {"batch": batch, "images_per_s": done / wall, "cpu_ms_per_image": 1000 * (own_cpu_seconds() - cpu) / done,
+            "load_average_1_min": round(os.getloadavg()[0], 1)}
 
 
 # ----------------------------------------------------------------------------------------------- the server
@@ -130,7 +134,7 @@ def start_server(bundle_path: str, http_port: int, grpc_port: int, args, log: Pa
     command = [sys.executable, "-m", "fusioncam", "serve", bundle_path, "--name", "m", "--host", "127.0.0.1",
                "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", "cpu",
                "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms),
-               "--max-queue", "512", "--max-instances", "4", "--stop-after", str(args.server_lifetime)]
+               "--max-queue", "512", "--max-instances", "4", "--stop-after", str(args.server_lifetime)]  # > 64 clients' images
     sink = open(log, "wb")
     return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
 
@@ -179,9 +183,19 @@ def batch_sizes_between(before: dict, after: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ the load
 
 
-def request_body(kind: str, encoded: bytes, methods: tuple[str, ...], size: tuple[int, int]) -> dict:
-    """A v2 JSON request: one base64 image (or a malformed one), the maps and the class back as binary tensors."""
-    outputs = [{"name": name, "parameters": {"binary_data": True}} for name in (*methods, "explained_class")]
+INPUT_FORMS = ("png-base64", "tensor-binary")
+MALFORMED_KINDS = ("corrupt image", "wrong shape", "unknown output")
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _outputs(methods: tuple[str, ...]) -> list[dict]:
+    return [{"name": name, "parameters": {"binary_data": True}} for name in (*methods, "explained_class")]
+
+
+def request_body(kind: str, encoded: bytes, methods: tuple[str, ...], size: tuple[int, int]) -> bytes:
+    """A v2 JSON request, serialised once: one base64 PNG (or a malformed request), the map and the class back as
+    binary tensors."""
+    outputs = _outputs(methods)
     if kind == "good":
         inputs = [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(encoded).decode()]}]
     elif kind == "corrupt image":
@@ -193,16 +207,35 @@ def request_body(kind: str, encoded: bytes, methods: tuple[str, ...], size: tupl
     else:  # unknown output
         inputs = [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(encoded).decode()]}]
         outputs = [{"name": "lime"}]
-    return {"inputs": inputs, "outputs": outputs}
+    return json.dumps({"inputs": inputs, "outputs": outputs}).encode()
 
 
-MALFORMED_KINDS = ("corrupt image", "wrong shape", "unknown output")
+def binary_tensor_body(image: np.ndarray, methods: tuple[str, ...]) -> tuple[bytes, dict]:
+    """A v2 request in the binary-tensor extension (what tritonclient sends): a JSON header naming one FP32
+    [1, 3, H, W] preprocessed image, then its raw bytes; the answer's tensors binary too."""
+    raw = np.ascontiguousarray(image[None], dtype=np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "image_tensor", "shape": [1, *image.shape], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": _outputs(methods)}).encode()
+    return header + raw, {"content-type": "application/octet-stream",
+                          "inference-header-content-length": str(len(header))}
 
 
-def binary_outputs(response) -> dict[str, np.ndarray]:
+def request_bodies(form: str, pool: list[bytes], images: np.ndarray, methods: tuple[str, ...],
+                   size: tuple[int, int]) -> tuple[list[tuple[bytes, dict]], dict[str, tuple[bytes, dict]]]:
+    """Every request body built before the load starts (the clients only send them): one good body per pool
+    image in the chosen input form, and one body per malformed kind."""
+    if form == "png-base64":
+        good = [(request_body("good", png, methods, size), JSON_HEADERS) for png in pool]
+    else:
+        good = [binary_tensor_body(image, methods) for image in images]
+    bad = {kind: (request_body(kind, pool[0], methods, size), JSON_HEADERS) for kind in MALFORMED_KINDS}
+    return good, bad
+
+
+def binary_outputs(headers, body: bytes) -> dict[str, np.ndarray]:
     """The outputs of a v2 binary-tensor response (JSON header, then each tensor's raw bytes in order)."""
-    header_length = int(response.headers["inference-header-content-length"])
-    body = response.content
+    header_length = int(headers["inference-header-content-length"])
     header = json.loads(body[:header_length])
     arrays, offset = {}, header_length
     for output in header["outputs"]:
@@ -213,16 +246,30 @@ def binary_outputs(response) -> dict[str, np.ndarray]:
     return arrays
 
 
-async def run_phase(base: str, pid: int, pool: list[bytes], references: np.ndarray, methods: tuple[str, ...],
-                    clients: int, total: int, size: tuple[int, int], rss_samples: list) -> dict:
-    """`clients` concurrent clients send `total` requests (every tenth malformed); every answer is checked."""
-    import httpx
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+def own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def run_phase(base: str, pid: int, bodies: tuple[list, dict], references: np.ndarray, methods: tuple[str, ...],
+                    clients: int, total: int, rss_samples: list) -> dict:
+    """`clients` concurrent clients (aiohttp, one keep-alive connection each) send `total` pre-built requests (every
+    tenth malformed); every answer is checked. The benchmark process's own CPU time in the phase is the clients'."""
+    import aiohttp
+
+    good_bodies, bad_bodies = bodies
     counters = {"good_ok": 0, "malformed_400": 0, "wrong": 0, "crossed": 0, "lost": 0, "unexpected_status": 0}
     latencies: list[float] = []
     next_index = 0
     method = methods[0]
     flat_refs = references.reshape(len(references), -1)
+    url = f"{base}/v2/models/m/infer"
 
     async def client(session) -> None:
         nonlocal next_index
@@ -230,24 +277,27 @@ async def run_phase(base: str, pid: int, pool: list[bytes], references: np.ndarr
             k = next_index
             next_index += 1
             malformed = k % MALFORMED_EVERY == MALFORMED_EVERY - 1
-            image = k % len(pool)
-            kind = MALFORMED_KINDS[(k // MALFORMED_EVERY) % len(MALFORMED_KINDS)] if malformed else "good"
-            body = request_body(kind, pool[image], methods, size)
+            image = k % len(good_bodies)
+            if malformed:
+                body, headers = bad_bodies[MALFORMED_KINDS[(k // MALFORMED_EVERY) % len(MALFORMED_KINDS)]]
+            else:
+                body, headers = good_bodies[image]
             started = time.perf_counter()
             try:
-                response = await session.post(f"{base}/v2/models/m/infer", json=body)
-            except httpx.HTTPError:
+                async with session.post(url, data=body, headers=headers) as response:
+                    status, answer, answer_headers = response.status, await response.read(), response.headers
+            except (aiohttp.ClientError, asyncio.TimeoutError):
                 counters["lost"] += 1
                 continue
             elapsed = time.perf_counter() - started
             if malformed:
-                counters["malformed_400" if response.status_code == 400 else "unexpected_status"] += 1
+                counters["malformed_400" if status == 400 else "unexpected_status"] += 1
                 continue
-            if response.status_code != 200:
+            if status != 200:
                 counters["unexpected_status"] += 1
                 continue
             latencies.append(elapsed)
-            got = binary_outputs(response)[method].reshape(-1)
+            got = binary_outputs(answer_headers, answer)[method].reshape(-1)
             if np.abs(got - flat_refs[image]).max() <= TOLERANCE:
                 counters["good_ok"] += 1
             elif (np.abs(flat_refs - got).max(axis=1) <= TOLERANCE).any():
@@ -263,17 +313,22 @@ async def run_phase(base: str, pid: int, pool: list[bytes], references: np.ndarr
             except asyncio.TimeoutError:
                 pass
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as session:
-        before = batch_histogram((await session.get(f"{base}/metrics")).text)
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=1200)) as session:
+        async with session.get(f"{base}/metrics") as response:
+            before = batch_histogram(await response.text())
+        load_start = os.getloadavg()[0]
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(stop))
+        client_cpu, server_cpu = own_cpu_seconds(), process_cpu_seconds(pid)
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         wall = time.perf_counter() - started
+        client_cpu, server_cpu = own_cpu_seconds() - client_cpu, process_cpu_seconds(pid) - server_cpu
         stop.set()
         await sampler
-        after = batch_histogram((await session.get(f"{base}/metrics")).text)
+        async with session.get(f"{base}/metrics") as response:
+            after = batch_histogram(await response.text())
     good = counters["good_ok"] + counters["wrong"] + counters["crossed"]
     return {
         "methods": list(methods), "clients": clients, "requests": total, "malformed": total // MALFORMED_EVERY,
@@ -281,38 +336,60 @@ async def run_phase(base: str, pid: int, pool: list[bytes], references: np.ndarr
         "p50_s": float(np.percentile(latencies, 50)) if latencies else None,
         "p99_s": float(np.percentile(latencies, 99)) if latencies else None,
         "batches": batch_sizes_between(before, after), "rss_mib_end": rss_mib(pid),
+        "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
+        "client_cpu_share_of_machine": client_cpu / (wall * (os.cpu_count() or 1)),
+        "server_cpu_ms_per_request": 1000 * server_cpu / total, "client_cpu_ms_per_request": 1000 * client_cpu / total,
+        "load_average_1_min_start_end": [round(load_start, 1), round(os.getloadavg()[0], 1)],
     }
 
 
 # ------------------------------------------------------------------------------------------------- the run
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
+    offline_max = ", ".join(report["offline_max_batch_methods"]) or "none"
     lines = [
         f"# fusioncam serve under load: {report['model']} ({report['input_size'][0]}x{report['input_size'][1]}, "
         f"K = {report['channels']}), CPU",
         "",
         f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; commit {m['commit']}; {m['date']}. "
-        f"Load average {m.get('load_average_1_5_15_min_at_end', ['?'])[0]} on {m['cores']} cores at the end of the "
-        f"run.",
+        f"Shared machine: other jobs ran beside this one; the 1-minute load average at the start and end of every "
+        f"phase is in its row (2 cores).",
         "",
-        f"Server: `fusioncam serve --max-batch-size {report['max_batch_size']} --max-latency-ms {report['max_latency_ms']}`, "
-        f"one inference worker; clients: httpx asyncio on the same machine (127.0.0.1), v2 REST, single images, "
-        f"every 10th request malformed (answered 400). Offline: Explainer.explain in the benchmark process right after "
-        f"each phase (the server idle), at the mean batch size the server formed in that phase (rounded).",
+        f"Server: `fusioncam serve --device cpu --max-batch-size {report['max_batch_size']} --max-latency-ms "
+        f"{report['max_latency_ms']}`, one inference worker. Clients: aiohttp asyncio in the benchmark process on the "
+        f"same machine (127.0.0.1, one keep-alive connection per client), request bodies built before the load "
+        f"({report['input_form']}: {INPUT_FORM_TEXT[report['input_form']]}), every 10th request malformed (must be "
+        f"answered 400), the map and class back as binary tensors. Offline: Explainer.explain(device='cpu') in the "
+        f"benchmark process on the same preprocessed pool images, the same Explainer settings as the server's (default "
+        f"batch_size, ONNX Runtime intra-op threads = {report['ort_intra_op_threads']}), measured right after each "
+        f"phase at the mean batch size the server formed (rounded) and, for {offline_max}, at --max-batch-size "
+        f"both right before and right after the phase (mean of the two). CPU columns: the server process's and the "
+        f"clients' CPU milliseconds per request (user + system) and the offline Explainer's CPU milliseconds per image.",
         "",
-        "| methods | clients | requests (malformed) | good answers / s | offline at batch b / s | ratio | p50 s | p99 s "
-        "| mean batch | lost / wrong / crossed / unexpected | server RSS MiB (end) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "| methods | clients | requests (malformed) | good answers / s | offline at formed batch b / s | ratio | "
+        "offline at max batch / s | ratio | p50 s | p99 s | mean batch | CPU ms: server / client per request, offline "
+        "per image | load avg start, end | lost / wrong / crossed / unexpected | server RSS MiB (end) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for row in report["phases"]:
+        formed, top = row["offline_at_formed_batch"], row.get("offline_at_max_batch")
         lines.append(
             f"| {'+'.join(row['methods'])} | {row['clients']} | {row['requests']} ({row['malformed']}) | "
-            f"{row['throughput_images_per_s']:.2f} | {row['offline_images_per_s']:.2f} (b = {row['offline_batch']}) | "
-            f"{row['ratio_to_offline']:.2f}x | {row['p50_s']:.3f} | {row['p99_s']:.3f} | {row['batches']['mean']:.1f} | "
-            f"{row['lost']} / {row['wrong']} / {row['crossed']} / {row['unexpected_status']} | {row['rss_mib_end']:.0f} |")
+            f"{row['throughput_images_per_s']:.2f} | {formed['images_per_s']:.2f} (b = {formed['batch']}) | "
+            f"{_ratio(row['ratio_to_offline_at_formed_batch'])} | "
+            f"{'-' if top is None else format(top['images_per_s'], '.2f') + ' (b = ' + str(top['batch']) + ')'} | "
+            f"{_ratio(row.get('ratio_to_offline_at_max_batch'))} | {row['p50_s']:.3f} | {row['p99_s']:.3f} | "
+            f"{row['batches']['mean']:.1f} | {row['server_cpu_ms_per_request']:.1f} / {row['client_cpu_ms_per_request']:.1f}"
+            f", {formed['cpu_ms_per_image']:.1f} | {row['load_average_1_min_start_end'][0]}, "
+            f"{row['load_average_1_min_start_end'][1]} | {row['lost']} / {row['wrong']} / {row['crossed']} / "
+            f"{row['unexpected_status']} | {row['rss_mib_end']:.0f} |")
     totals = report["totals"]
     lines += ["", f"Totals: {totals['requests']} requests, {totals['good_ok']} correct maps, {totals['malformed_400']} "
               f"malformed answered 400; lost {totals['lost']}, wrong {totals['wrong']}, crossed {totals['crossed']}, "
@@ -322,29 +399,46 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def steady_run(args, base: str, pid: int, pool: list[bytes], references: dict, size: tuple[int, int], manifest) -> None:
+INPUT_FORM_TEXT = {
+    "png-base64": "v2 JSON, one PNG photo crop at twice the model's input size, base64",
+    "tensor-binary": "v2 binary-tensor extension as tritonclient sends it, one preprocessed FP32 [1, 3, H, W] image",
+}
+
+
+def model_label(args) -> str:
+    return "seeded random 3-conv CNN" if args.model == "small" else args.model
+
+
+def result_stem(prefix: str, args) -> str:
+    model = "small-cnn" if args.model == "small" else args.model
+    form = "" if args.input == "png-base64" else f"-{args.input}"
+    return f"{prefix}-{model}{form}-{cpu_label()}"
+
+
+def steady_run(args, base: str, pid: int, bodies: dict, references: dict) -> None:
     """Is the server's memory flat at a steady load? The same request mix in 8 chunks; RSS after each one."""
     name, clients = args.methods[0], args.clients[-1]
     chunks = []
     for _ in range(8):
-        row = asyncio.run(run_phase(base, pid, pool, references[name], METHOD_SETS[name], clients, args.steady // 8,
-                                    size, []))
+        row = asyncio.run(run_phase(base, pid, bodies[name], references[name], METHOD_SETS[name], clients,
+                                    args.steady // 8, []))
         chunks.append({key: row[key] for key in ("requests", "good_ok", "malformed_400", "lost", "wrong", "crossed",
-                                                 "unexpected_status", "throughput_images_per_s", "rss_mib_end")})
+                                                 "unexpected_status", "throughput_images_per_s", "rss_mib_end",
+                                                 "load_average_1_min_start_end")})
         print(json.dumps(chunks[-1]), flush=True)
-    report = {"model": "seeded random 3-conv CNN" if args.model == "small" else args.model, "methods": list(METHOD_SETS[name]),
+    report = {"model": model_label(args), "methods": list(METHOD_SETS[name]), "input_form": args.input,
               "clients": clients, "chunks": chunks, "machine": machine_facts(),
               "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])}
     rss = [chunk["rss_mib_end"] for chunk in chunks]
     text = (f"# fusioncam serve: server RSS at a steady load ({report['model']}, {'+'.join(report['methods'])}, "
             f"{clients} clients)\n\n{report['machine']['cpu']}, {report['machine']['cores']} cores; commit "
-            f"{report['machine']['commit']}; {report['machine']['date']}; load average {report['machine']['load_average_1_5_15_min_at_end'][0]} at the end.\n\n"
+            f"{report['machine']['commit']}; {report['machine']['date']}; load average "
+            f"{report['machine']['load_average_1_5_15_min_at_end'][0]} at the end (shared machine).\n\n"
             f"RSS MiB after each of 8 chunks of {args.steady // 8} requests (after a warm-up): "
             + ", ".join(f"{value:.1f}" for value in rss)
             + f"\n\nLost {sum(c['lost'] for c in chunks)}, wrong {sum(c['wrong'] for c in chunks)}, crossed "
               f"{sum(c['crossed'] for c in chunks)}, unexpected status {sum(c['unexpected_status'] for c in chunks)}.\n")
-    model = "small-cnn" if args.model == "small" else args.model
-    save_report(RESULTS, f"serve-steady-rss-{model}-{cpu_label()}", report, text)
+    save_report(RESULTS, result_stem("serve-steady-rss", args), report, text)
 
 
 def parse_counts(text: str | None, model: str) -> dict:
@@ -355,16 +449,67 @@ def parse_counts(text: str | None, model: str) -> dict:
     return counts
 
 
+def wait_ready(base: str, server: subprocess.Popen, log: Path, seconds: float = 180.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.3)
+
+
+def measured_phase(args, base: str, pid: int, explainer, images: np.ndarray, bodies, references: np.ndarray,
+                   name: str, clients: int, total: int, rss_samples: list) -> dict:
+    """One phase of load, with the offline throughput measured around it: at --max-batch-size right before and
+    right after (for the methods in --offline-max-batch), and at the batch size the server formed right after."""
+    methods = METHOD_SETS[name]
+    budget = args.offline_seconds * (1.0 if name == "gradcam" else 2.0)
+    around_max = name in args.offline_max_batch
+    before = offline_throughput(explainer, images, methods, args.max_batch_size, budget) if around_max else None
+    row = asyncio.run(run_phase(base, pid, bodies, references, methods, clients, total, rss_samples))
+    formed = max(1, min(args.max_batch_size, int(round(row["batches"]["mean"]))))
+    row["offline_at_formed_batch"] = offline_throughput(explainer, images, methods, formed, budget)
+    row["ratio_to_offline_at_formed_batch"] = (row["throughput_images_per_s"]
+                                               / row["offline_at_formed_batch"]["images_per_s"])
+    if around_max:
+        after = offline_throughput(explainer, images, methods, args.max_batch_size, budget)
+        rate = (before["images_per_s"] + after["images_per_s"]) / 2
+        row["offline_at_max_batch"] = {"batch": args.max_batch_size, "images_per_s": rate, "before": before,
+                                       "after": after}
+        row["ratio_to_offline_at_max_batch"] = row["throughput_images_per_s"] / rate
+    print(json.dumps({k: row.get(k) for k in ("methods", "clients", "requests", "throughput_images_per_s",
+                                              "ratio_to_offline_at_formed_batch", "ratio_to_offline_at_max_batch",
+                                              "p50_s", "p99_s", "lost", "wrong", "crossed", "unexpected_status",
+                                              "server_cpu_ms_per_request", "client_cpu_ms_per_request",
+                                              "load_average_1_min_start_end")} | {"mean_batch": row["batches"]["mean"]}),
+          flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(DEFAULT_REQUESTS), default="small")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHOD_SETS), default=["gradcam", "fusion"])
+    parser.add_argument("--input", choices=INPUT_FORMS, default="png-base64", help="what a good request carries: "
+                        + "; ".join(f"{k}: {v}" for k, v in INPUT_FORM_TEXT.items()))
     parser.add_argument("--scale", help="multiply every phase's request count (e.g. 0.25 for a quick run)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--max-latency-ms", type=float, default=10.0)
     parser.add_argument("--pool", type=int, default=32, help="distinct images (each checked against its own map)")
-    parser.add_argument("--server-lifetime", type=int, default=3600, help="the server stops by itself after this")
+    parser.add_argument("--offline-seconds", type=float, default=4.0, help="time per offline measurement (Grad-CAM; "
+                        "twice this for Fusion-CAM; at least one Explainer.explain call)")
+    parser.add_argument("--offline-max-batch", nargs="*", choices=sorted(METHOD_SETS), default=["gradcam"],
+                        help="methods also measured offline at --max-batch-size before and after each phase")
+    parser.add_argument("--server-lifetime", type=int, default=5400, help="the server stops by itself after this")
     parser.add_argument("--steady", type=int, metavar="N", help="instead of the phases: after warm-up, N requests of "
                         "the first method set at the last client count, in 8 chunks, the server's RSS after each")
     args = parser.parse_args()
@@ -377,11 +522,12 @@ def main() -> None:
     counts = parse_counts(args.scale, args.model)
 
     explainer = fusioncam.Explainer(bundle, device="cpu")
-    references = {}
+    references, bodies = {}, {}
     for name in args.methods:  # each image alone: what every answer must equal
         methods = METHOD_SETS[name]
         references[name] = np.concatenate([explainer.explain(images[i:i + 1], methods=methods).maps[methods[0]]
                                            for i in range(len(images))])
+        bodies[name] = request_bodies(args.input, pool, images, methods, size)
     http_port, grpc_port = free_port(), free_port()
     log = Path(tempfile.mkdtemp(prefix="serve-load-")) / "server.log"
     server = start_server(str(bundle.path), http_port, grpc_port, args, log)
@@ -389,41 +535,18 @@ def main() -> None:
     rss_samples: list = []
     phases = []
     try:
-        import httpx
-
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        # warm-up: a few requests of each method set, not counted
-        for name in args.methods:
-            asyncio.run(run_phase(base, server.pid, pool, references[name], METHOD_SETS[name], 2, MALFORMED_EVERY,
-                                  size, []))
+        wait_ready(base, server, log)
+        for name in args.methods:  # warm-up: a few requests of each method set, not counted
+            asyncio.run(run_phase(base, server.pid, bodies[name], references[name], METHOD_SETS[name], 2,
+                                  MALFORMED_EVERY, []))
         rss_after_warm_up = rss_mib(server.pid)
         if args.steady:
-            steady_run(args, base, server.pid, pool, references, size, manifest)
+            steady_run(args, base, server.pid, bodies, references)
             return
         for name in args.methods:
             for clients in args.clients:
-                total = counts[(name, clients)]
-                row = asyncio.run(run_phase(base, server.pid, pool, references[name], METHOD_SETS[name], clients, total,
-                                            size, rss_samples))
-                # offline right after the phase, the server idle: the same minutes of this shared machine's load
-                batch = max(1, min(args.max_batch_size, int(round(row["batches"]["mean"]))))
-                row["offline_batch"] = batch
-                row["offline_images_per_s"] = offline_throughput(explainer, images, METHOD_SETS[name], batch,
-                                                                 5.0 if name == "gradcam" else 10.0)
-                row["ratio_to_offline"] = row["throughput_images_per_s"] / row["offline_images_per_s"]
-                print(json.dumps({k: row[k] for k in ("methods", "clients", "requests", "throughput_images_per_s",
-                                                      "offline_images_per_s", "p50_s", "p99_s", "lost", "wrong",
-                                                      "crossed", "unexpected_status")}), flush=True)
-                phases.append(row)
+                phases.append(measured_phase(args, base, server.pid, explainer, images, bodies[name], references[name],
+                                             name, clients, counts[(name, clients)], rss_samples))
         rss_end = rss_mib(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -431,21 +554,22 @@ def main() -> None:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
-    explainer.close()
+        explainer.close()
     totals = {key: sum(row[key] for row in phases)
               for key in ("requests", "good_ok", "malformed_400", "lost", "wrong", "crossed", "unexpected_status")}
     report = {
-        "model": args.model if args.model != "small" else "seeded random 3-conv CNN",
+        "model": model_label(args), "input_form": args.input,
         "input_size": list(size), "channels": manifest.channels, "target_layer": manifest.target_layer,
         "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms, "pool_images": len(pool),
+        "offline_max_batch_methods": list(args.offline_max_batch),
+        "ort_intra_op_threads": int(os.environ.get("FUSIONCAM_CPU_THREADS", "0") or 0) or os.cpu_count(),
         "machine": machine_facts(), "phases": phases, "totals": totals,
         "rss_after_warm_up_mib": rss_after_warm_up, "rss_end_mib": rss_end,
         "rss_peak_mib": max((value for _, value in rss_samples), default=float("nan")),
         "rss_over_time_mib": rss_samples[:: max(1, len(rss_samples) // 400)],
         "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:]),
     }
-    stem = f"serve-{'small-cnn' if args.model == 'small' else args.model}-{cpu_label()}"
-    save_report(RESULTS, stem, report, markdown(report))
+    save_report(RESULTS, result_stem("serve", args), report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 KServe's RESTServer and GRPCServer always listen on every interface; LoopbackModelServer starts the same two
 servers on the given host. It also adds what KServe lacks: a body size limit (413), answers for a full queue
-(429) and an oversized body (413), and gRPC messages capped at the same size.
+(429) and an oversized body (413), gRPC messages capped at the same size, and binary-extension REST inputs read
+without a per-element copy (binary_requests.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kserve.protocol.rest.server import RESTServer
 
 from ..bundle import Bundle
 from ..errors import InputError
+from .binary_requests import FusionCamDataPlane
 from .body_limit import BodySizeLimit
 from .model import FusionCamModel
 from .options import ServeOptions
@@ -81,6 +83,7 @@ class LoopbackModelServer(kserve.ModelServer):
                          enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS))
         self.host = host
         self.max_body_bytes = int(max_body_bytes)
+        self.dataplane = FusionCamDataPlane(model_registry=self.registered_models)  # binary REST inputs without copies
 
     def start(self, models: list) -> None:
         """Register the models and serve until SIGINT/SIGTERM (as kserve.ModelServer.start, on one host)."""

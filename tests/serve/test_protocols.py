@@ -12,6 +12,7 @@ import base64
 import concurrent.futures
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -269,12 +270,14 @@ def test_v2_metadata_lists_inputs_and_outputs(server):
 def test_v2_binary_tensors_equal_the_explainer_alone(server, explainer, onnx_path, protocol):
     client, module = (server.http(), tritonhttp) if protocol == "http" else (server.grpc(), tritongrpc)
     encoded = [png(picture(seed)) for seed in (10, 11)]
-    # over REST KServe carries BYTES elements as UTF-8 text, so images travel base64-encoded; gRPC takes raw bytes
-    elements = [b64(e).encode() for e in encoded] if protocol == "http" else encoded
+    # binary BYTES elements are the image files' raw bytes, over gRPC and over REST (fusioncam's binary request
+    # reader keeps them as sent); base64 text in a binary element works too
     rgb = picture(12, 40, 20)
     floats = np.stack([model_input(png(picture(13)))])
     cases = [
-        ("image_bytes", "BYTES", np.array(elements, dtype=np.object_), [model_input(e) for e in encoded]),
+        ("image_bytes", "BYTES", np.array(encoded, dtype=np.object_), [model_input(e) for e in encoded]),
+        ("image_bytes", "BYTES", np.array([b64(e).encode() for e in encoded], dtype=np.object_),
+         [model_input(e) for e in encoded]),
         ("image_rgb", "UINT8", rgb[None], [preprocess(resized_rgb(rgb, (SIZE, SIZE)), (SIZE, SIZE))]),
         ("image_tensor", "FP32", floats, list(floats)),
     ]
@@ -519,11 +522,10 @@ def test_v2_bad_input_gets_invalid_argument_and_the_server_keeps_answering(serve
         (lambda: infer("image_tensor", "FP32", np.zeros((MAX_INSTANCES + 1, 3, SIZE, SIZE), np.float32)),
          ["--max-instances"]),
     ]
-    if protocol == "grpc":
-        cases.append((lambda: infer("image_bytes", "BYTES", np.array([b"\x89PNG\r\n\x1a\n broken"], dtype=np.object_)),
-                      ["instance 0", "corrupt"]))
-        cases.append((lambda: infer("image_bytes", "BYTES", np.array([bomb_png()], dtype=np.object_)),
-                      ["instance 0", "--max-image-pixels"]))
+    cases.append((lambda: infer("image_bytes", "BYTES", np.array([b"\x89PNG\r\n\x1a\n broken"], dtype=np.object_)),
+                  ["instance 0", "corrupt"]))
+    cases.append((lambda: infer("image_bytes", "BYTES", np.array([bomb_png()], dtype=np.object_)),
+                  ["instance 0", "--max-image-pixels"]))
     for run, words in cases:
         with pytest.raises(InferenceServerException) as caught:
             run()
@@ -538,6 +540,45 @@ def test_v2_bad_input_gets_invalid_argument_and_the_server_keeps_answering(serve
     result = infer("image_tensor", "FP32", good)
     want = alone(explainer, good[0], None, ("gradcam",))
     np.testing.assert_allclose(result.as_numpy("gradcam")[0], want.maps["gradcam"][0], atol=TOLERANCE)
+
+
+def binary_request(header: dict, *parts: bytes, header_length: int | None = None) -> tuple[bytes, dict]:
+    """A body in the v2 binary-tensor extension: the JSON header, then the raw parts; and its HTTP headers."""
+    text = json.dumps(header).encode()
+    length = len(text) if header_length is None else header_length
+    return text + b"".join(parts), {"content-type": "application/octet-stream",
+                                    "inference-header-content-length": str(length)}
+
+
+def test_binary_v2_bodies_that_lie_about_their_sizes_get_400_and_the_server_keeps_answering(server, explainer):
+    image = model_input(png(picture(60)))
+    raw = image[None].astype(np.float32).tobytes()
+
+    def tensor(size: int) -> dict:
+        return {"inputs": [{"name": "image_tensor", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
+                            "parameters": {"binary_data_size": size}}],
+                "outputs": [{"name": "gradcam", "parameters": {"binary_data": True}}]}
+
+    cases = [
+        (binary_request(tensor(len(raw) + 4), raw), ["image_tensor", f"{len(raw) + 4} bytes", f"only {len(raw)}"]),
+        (binary_request(tensor(len(raw)), raw, b"tail"), ["4 bytes after"]),
+        (binary_request(tensor(len(raw)), raw, header_length=len(raw) * 2), ["inference-header-content-length"]),
+        (binary_request(tensor(len(raw)), raw, header_length=5), ["not JSON"]),
+        (binary_request({"inputs": [{"name": "image_tensor", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32"}]}, raw),
+         ["binary_data_size"]),
+        (binary_request({"outputs": []}, raw), ['"inputs"']),
+    ]
+    for (body, headers), words in cases:
+        response = httpx.post(f"{server.base}/v2/models/tiny/infer", content=body, headers=headers, timeout=60)
+        assert response.status_code == 400, (words, response.status_code, response.text)
+        for word in words:
+            assert word in response.json()["error"], f"{word!r} not in {response.text!r}"
+    body, headers = binary_request(tensor(len(raw)), raw)
+    response = httpx.post(f"{server.base}/v2/models/tiny/infer", content=body, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text
+    length = int(response.headers["inference-header-content-length"])
+    got = np.frombuffer(response.content[length:], dtype=np.float32).reshape(1, SIZE, SIZE)
+    np.testing.assert_allclose(got[0], alone(explainer, image, None, ("gradcam",)).maps["gradcam"][0], atol=TOLERANCE)
 
 
 def test_the_server_binds_only_the_loopback_address(server):
