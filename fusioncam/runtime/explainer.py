@@ -60,12 +60,16 @@ class Explainer:
         compat: None (default) follows the methods' authors' code; "pytorch-grad-cam" gives pytorch-grad-cam's
         Grad-CAM++ and Score-CAM maps (1e-6 in Grad-CAM++'s alpha denominator; Score-CAM masks upsampled with
         align_corners=True, and its map's ReLU before the upsampling), on which Fusion-CAM and Union-CAM then
-        build; see runtime/methods/compat.py.
+        build; classifier bundles only; see runtime/methods/compat.py.
         """
         arguments.explainer_arguments(bundle, device, batch_size, precision, theta, skip_constant_channels,
                                       max_channels, cuda_options)
         self.compat = check_compat(compat)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        if self.compat is not None and self.bundle.manifest.task == "segmentation":
+            raise InputError(f"compat={self.compat!r} applies to classifier bundles; {self.bundle.path} is a "
+                             f"segmentation bundle, whose Score-CAM scores the region probability P "
+                             f"(docs/segmentation.md) where pytorch-grad-cam sums class scores; leave compat=None")
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not available; choose one of {', '.join(PRECISIONS)}")
         if precision == "fp16" and self.bundle.scorer_fp16_path is None:

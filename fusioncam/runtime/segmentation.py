@@ -147,7 +147,7 @@ def explain_segmentation(explainer, images, targets, regions, methods: tuple[str
         z0 = scorer.zero_image_probabilities(int(images.shape[0]))
         clock.stop("baseline_forwards")
         engine = SegmentationEngine(scorer, images, graph, z0, explainer.theta, explainer.skip_constant_channels,
-                                    clock, on_batch, explainer.max_channels, compat=explainer.compat)
+                                    clock, on_batch, explainer.max_channels)
         outputs = run_methods(engine, methods)
         for name, out in outputs.items():
             explainer._raise_if_nonfinite(backend.to_host(kernels.nonfinite_rows(out.map)), names,

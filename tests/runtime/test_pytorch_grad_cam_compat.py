@@ -217,6 +217,14 @@ def test_invalid_compat_is_an_input_error_naming_the_choices(small_net, compat):
         FusionCAM(str(bundle), compat=compat)
 
 
+def test_compat_on_a_segmentation_bundle_is_an_input_error(tmp_path):
+    from tests.support.segmentation_models import QuadrantNet
+
+    fusioncam.export_torch_segmentation(QuadrantNet().eval(), "target", tmp_path / "quadrant.fcam", input_size=(32, 32))
+    with pytest.raises(InputError, match="segmentation bundle.*compat=None"):
+        fusioncam.Explainer(tmp_path / "quadrant.fcam", device="cpu", compat=PGC)
+
+
 def test_cli_compat_flag_writes_the_compatible_maps(small_net, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FUSIONCAM_CACHE", str(tmp_path / "cache"))
     _, bundle = small_net

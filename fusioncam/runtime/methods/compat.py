@@ -5,6 +5,8 @@ its denominator is 0), and Score-CAM upsamples its masks with align_corners=Fals
 compat="pytorch-grad-cam" gives pytorch-grad-cam's maps instead: 1e-6 in alpha's denominator, masks upsampled with
 align_corners=True and normalised by (max - min + 1e-8), and the ReLU before the map is upsampled. Grad-CAM,
 XGrad-CAM and Group-CAM are the same either way; Fusion-CAM and Union-CAM build on the chosen Score-CAM.
+Classifier bundles only: a segmentation bundle's Score-CAM scores the region probability, not the summed class
+scores pytorch-grad-cam's SemanticSegmentationTarget gives, so no arithmetic option would make the maps equal.
 """
 
 from __future__ import annotations
