@@ -34,7 +34,12 @@ from benchmarks.report import RESULTS, cpu_label
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "coverage.md"
 TOLERANCE = 1e-4
 FAST_CHANNELS = 32
-PEAK_BYTES_PER_PARAMETER = 40  # peak resident memory of a child over its parameter count (weights are 4 bytes)
+CHAOS = 1e-5  # float32 vs float64 torch logits beyond this: the random weights amplify rounding (condition_weights)
+VANISHED = 1e-6  # two images' logits closer than this (relative): the activations vanish (condition_weights)
+TINY_LOGITS = 1e-6  # largest logit below this: the activations vanish (condition_weights)
+# a child's peak resident memory: ~1 GiB of libraries plus 40-70 bytes per parameter (weights are 4 bytes), as
+# measured on the rows that record peak_rss_gib
+BASE_GIB, PEAK_BYTES_PER_PARAMETER = 1.0, 60
 METHODS = ("gradcam", "gradcam++", "xgradcam", "scorecam", "groupcam", "unioncam", "fusion")
 
 # timm: one small member per family (>= 25 families), with a small input where the family allows one.
@@ -223,6 +228,78 @@ def check_target(model, path, size: int, folder: Path, with_methods: bool) -> di
     return row
 
 
+def _float32_health(model, size: int) -> tuple[float, float, float]:
+    """On two random images: (relative max difference of float32 and float64 torch logits: how far the float32
+    reference itself is from exact; relative max difference between the two images' float64 logits: ~0 when the
+    activations vanish and only biases reach the logits; the largest float64 logit)."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    from fusioncam.export.module_outputs import model_logits
+
+    images = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, size, size)).astype(np.float32))
+    with torch.no_grad():
+        single = model_logits(model(images), None).double()
+        double = model_logits(copy.deepcopy(model).double()(images.double()), None)
+    largest = float(double.abs().max().clamp_min(1e-300))
+    return (float((single - double).abs().max()) / largest, float((double[0] - double[1]).abs().max()) / largest,
+            largest)
+
+
+def _health_words(model, size: int) -> tuple[bool, str]:
+    """(whether float32 checks mean anything with these weights, the numbers in words)."""
+    drift, spread, largest = _float32_health(model, size)
+    words = (f"float32 torch logits {drift:.2g} from float64, the two images' logits {spread:.2g} apart "
+             f"(largest {largest:.3g})")
+    return drift <= CHAOS and spread > VANISHED and largest > TINY_LOGITS, words
+
+
+def _set_batch_norm_statistics(model, norms: list, size: int) -> None:
+    """Each batch norm's running statistics: the average over 4 batches of 8 random images (train-mode forwards)."""
+    import numpy as np
+    import torch
+
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the batches
+    model.train()
+    with torch.no_grad():
+        for seed in range(4):
+            model(torch.from_numpy(np.random.default_rng(100 + seed).standard_normal((8, 3, size, size))
+                                   .astype(np.float32)))
+    model.eval()
+
+
+def condition_weights(model, size: int) -> str | None:
+    """Random weights can leave a deep network chaotic (timm's EfficientNetV2-RW-T: logits ~5e5, float32 torch 60%
+    away from float64) or dead (Hugging Face EfficientNet draws batch-norm scales ~0.02: the activations shrink
+    ~50 times a layer and the logits underflow), and then no float32 check means anything. Then, when the model has
+    batch norms, their statistics are set from 32 random images (as training would), and if that is not enough
+    their scales and shifts are reset to torch's defaults (1 and 0) too; the row says what was done.
+    None when the weights as built are fine."""
+    import torch
+
+    healthy, words = _health_words(model, size)
+    if healthy:
+        return None
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine]
+    if not norms:
+        return f"as built, {words}; no batch norm to set"
+    _set_batch_norm_statistics(model, norms, size)
+    healthy, after = _health_words(model, size)
+    done = f"as built, {words}; batch-norm statistics set from 32 random images: {after}"
+    if healthy:
+        return done
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.fill_(1.0)
+            norm.bias.zero_()
+    _set_batch_norm_statistics(model, norms, size)
+    return f"{done}; batch-norm scales 1 and shifts 0 as well: {_health_words(model, size)[1]}"
+
+
 def _early_target(model, size: int, automatic: str) -> str | None:
     """The first 'last block of a stage' list_layers marks (a map bigger than 1x1) when there are several stages,
     else the first block of the only one ('blocks.0' of a ViT); never the automatic target."""
@@ -246,10 +323,15 @@ def run_one(model_id: str) -> dict:
         return {**row, "status": "not built", "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
     row["input"] = f"{size}x{size}"
     row["parameters_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
-    needed, available = row["parameters_m"] * 1e6 * PEAK_BYTES_PER_PARAMETER / 2**30, _available_gib()
+    needed = BASE_GIB + row["parameters_m"] * 1e6 * PEAK_BYTES_PER_PARAMETER / 2**30
+    available = _available_gib()
     if needed > available:
-        return {**row, "status": "skipped", "reason": f"needs ~{needed:.0f} GiB ({PEAK_BYTES_PER_PARAMETER} bytes "
-                f"per parameter, the peak measured on the others), {available:.0f} GiB available on this machine"}
+        return {**row, "status": "skipped", "reason": f"needs ~{needed:.0f} GiB ({BASE_GIB:.0f} GiB and "
+                f"{PEAK_BYTES_PER_PARAMETER} bytes per parameter, the peak measured on smaller models), "
+                f"{available:.0f} GiB available on this machine when it started"}
+    conditioned = condition_weights(model, size)
+    if conditioned:
+        row["weights"] = conditioned
     with tempfile.TemporaryDirectory() as folder:
         try:
             row.update(check_target(model, None, size, Path(folder) / "auto", with_methods=True))
@@ -362,6 +444,11 @@ def markdown(report: dict) -> str:
              "autograd with each ReLU's on/off pattern taken from the explain graph's own float32 forward. It passes "
              "when the gradients agree with that to 1e-4 and every unit whose ReLU side differs lies within 1e-5 of "
              "zero (relative to its tensor): float32 rounding, not a wrong rule. Such rows give both numbers.", "",
+             f"Random weights can make a deep network chaotic (float32 torch logits more than {CHAOS:.0e} from "
+             f"float64 torch's) or dead (two images' logits within {VANISHED:.0e} of each other, or all below "
+             f"{TINY_LOGITS:.0e}: the activations vanish); no float32 check means anything then, so the batch-norm "
+             "statistics are set from 32 random images (as training would), and if that is not enough the batch-norm "
+             "scales and shifts are reset to 1 and 0; the row says so under 'weights'.", "",
              *_summary(rows), "",
              "| model | input | target (automatic) | K | h×w | result | export s | bundle MB | peak GiB | early target "
              "| early |",
@@ -369,6 +456,8 @@ def markdown(report: dict) -> str:
     for r in rows:
         early = r.get("early") or {}
         result, early_result = _result_words(r), _result_words(early) if early else ""
+        if r.get("weights"):
+            result += f" [weights: {r['weights']}]"
         lines.append(f"| {r['model']} | {r.get('input', '')} | {r.get('target', '')} | {r.get('K', '')} | "
                      f"{r.get('hxw', '')} | {result.replace('|', '/')} | {r.get('export_s', '')} | "
                      f"{r.get('bundle_mb', '')} | {r.get('peak_rss_gib', '')} | {early.get('target', '') or ''} "
