@@ -38,6 +38,7 @@ import numpy as np
 import fusioncam
 from fusioncam.bundle_cache import default_bundle
 from fusioncam.images import decode_rgb, preprocess, resized_rgb, sample_images
+from fusioncam.runtime.cpu_backend import CPU_SPINNING_ENV, CPU_THREADS_ENV
 
 from .report import RESULTS, cpu_label, cpu_model, save_report
 
@@ -368,7 +369,8 @@ def markdown(report: dict) -> str:
         f"({report['input_form']}: {INPUT_FORM_TEXT[report['input_form']]}), every 10th request malformed (must be "
         f"answered 400), the map and class back as binary tensors. Offline: Explainer.explain(device='cpu') in the "
         f"benchmark process on the same preprocessed pool images, the same Explainer settings as the server's (default "
-        f"batch_size, ONNX Runtime intra-op threads = {report['ort_intra_op_threads']}), measured right after each "
+        f"batch_size, ONNX Runtime intra-op threads = {report['ort_intra_op_threads']}, intra-op spinning "
+        f"{'on' if report['ort_allow_spinning'] else 'off'}), measured right after each "
         f"phase at the mean batch size the server formed (rounded) and, for {offline_max}, at --max-batch-size "
         f"both right before and right after the phase (mean of the two). CPU columns: the server process's and the "
         f"clients' CPU milliseconds per request (user + system) and the offline Explainer's CPU milliseconds per image.",
@@ -513,6 +515,8 @@ def main() -> None:
     parser.add_argument("--steady", type=int, metavar="N", help="instead of the phases: after warm-up, N requests of "
                         "the first method set at the last client count, in 8 chunks, the server's RSS after each")
     args = parser.parse_args()
+    # the server sets FUSIONCAM_CPU_SPINNING=0 for itself; the offline Explainer here runs with the same setting
+    os.environ.setdefault(CPU_SPINNING_ENV, "0")
 
     bundle = small_bundle() if args.model == "small" else default_bundle()
     manifest = bundle.manifest
@@ -562,7 +566,8 @@ def main() -> None:
         "input_size": list(size), "channels": manifest.channels, "target_layer": manifest.target_layer,
         "max_batch_size": args.max_batch_size, "max_latency_ms": args.max_latency_ms, "pool_images": len(pool),
         "offline_max_batch_methods": list(args.offline_max_batch),
-        "ort_intra_op_threads": int(os.environ.get("FUSIONCAM_CPU_THREADS", "0") or 0) or os.cpu_count(),
+        "ort_intra_op_threads": int(os.environ.get(CPU_THREADS_ENV, "0") or 0) or os.cpu_count(),
+        "ort_allow_spinning": os.environ[CPU_SPINNING_ENV] != "0",
         "machine": machine_facts(), "phases": phases, "totals": totals,
         "rss_after_warm_up_mib": rss_after_warm_up, "rss_end_mib": rss_end,
         "rss_peak_mib": max((value for _, value in rss_samples), default=float("nan")),

@@ -17,6 +17,9 @@ from .stage_clock import HostClock
 
 
 CPU_THREADS_ENV = "FUSIONCAM_CPU_THREADS"  # intra-op threads per session, for several explainers sharing one machine
+# "0": ONNX Runtime's intra-op threads sleep between ops instead of spinning, leaving the cores to other threads of
+# the process (fusioncam serve's request decoding; measured: half the server's CPU per request on 2 cores)
+CPU_SPINNING_ENV = "FUSIONCAM_CPU_SPINNING"
 
 
 def cpu_session(path, threads: int | None = None):
@@ -29,6 +32,8 @@ def cpu_session(path, threads: int | None = None):
     options.intra_op_num_threads = threads or (int(wanted) if wanted.isdigit() and int(wanted) > 0 else 0) \
         or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if os.environ.get(CPU_SPINNING_ENV, "").strip() == "0":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # found by fuzz/bundle_fuzz.py: a replaced graph (hash recomputed) ORT cannot load
