@@ -302,6 +302,7 @@ def write_results_json(summary: RunSummary, explainer, methods: Sequence[str]) -
         "device": str(explainer.device),
         "precision": explainer.precision,
         "max_channels": explainer.max_channels,  # fast mode's k; null: exact
+        "compat": explainer.compat,  # null: the authors' Grad-CAM++ and Score-CAM; "pytorch-grad-cam": its arithmetic
         "methods": list(methods),
         "complete": summary.interrupted is None,
         "interrupted_by": summary.interrupted,  # SIGINT or SIGTERM; null: the run finished

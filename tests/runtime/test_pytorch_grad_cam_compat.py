@@ -4,7 +4,7 @@ an in-place ReLU after the target (DenseNet) pytorch-grad-cam pairs post-ReLU ac
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import cv2
 import numpy as np
@@ -238,6 +238,7 @@ def test_cli_compat_flag_writes_the_compatible_maps(small_net, tmp_path, monkeyp
         want = explainer.explain_files([picture], methods=("scorecam", "gradcam++"))
     with fusioncam.Explainer(bundle, device="cpu") as explainer:
         default = explainer.explain_files([picture], methods=("scorecam", "gradcam++"))
+    assert json.loads((out / "results.json").read_text())["compat"] == PGC
     for method, stem in (("scorecam", "scorecam"), ("gradcam++", "gradcampp")):
         written = np.load(out / f"noise_{stem}.npy")
         assert max_diff(written, want.maps[method][0]) <= 1e-6, method
