@@ -301,12 +301,15 @@ def condition_weights(model, size: int) -> str | None:
 
 
 def _early_target(model, size: int, automatic: str) -> str | None:
-    """The first 'last block of a stage' list_layers marks (a map bigger than 1x1) when there are several stages,
-    else the first block of the only one ('blocks.0' of a ViT); never the automatic target."""
+    """The first 'last block of a stage' list_layers marks (a map bigger than 1x1, not inside another marked one)
+    when there are several stages, else the first block of the only one ('blocks.0' of a ViT); never the automatic
+    target."""
     from fusioncam.export.torch_targets import list_torch_layers
 
     layers = [layer for layer in list_torch_layers(model, (size, size)) if min(layer.spatial) > 1]
     ends = [layer.name for layer in layers if "last block of a stage" in layer.role]
+    # a module inside another marked one is a list within a block (Res2Net's per-scale convs), not a stage
+    ends = [name for name in ends if not any(name.startswith(other + ".") for other in ends)]
     names = {layer.name for layer in layers}
     if len(ends) == 1:  # one stage: its first block ("blocks.11" -> "blocks.0"; a stage named "blocks" -> "blocks.0")
         firsts = [ends[0].rpartition(".")[0] + ".0", ends[0] + ".0"]
