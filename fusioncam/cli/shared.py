@@ -37,6 +37,13 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_int(text: str) -> int:
+    """A count that may be 0 (retries)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return int(text)
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given, folders as their image files (not recursive), globs as their matches; none found is an error."""
     found: list[Path] = []

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli.shared import method_list, positive_int, say
+from ..cli.shared import method_list, non_negative_int, positive_int, say
 from ..interrupts import EXIT_INTERRUPTED
 from ..metrics.perturbation_curves import DEFAULT_STEP
 from ..runtime.methods import METHODS
+from .crashes import CRASH_RETRIES
 from .pipeline import DEFAULT_BATCH_IMAGES
 from .rows import MAP_DTYPES
 
@@ -35,7 +36,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
                               batch_images=args.batch_images, address=args.address, layer=args.layer,
                               scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
                               map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
-                              notify=say)
+                              crash_retries=args.crash_retries, notify=say)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
         say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
              f"blocks are in {args.out}: run the same command again to continue")
@@ -77,4 +78,7 @@ def add_subcommands(sub) -> None:
     parser.add_argument("--image-column", help="an input table's image column (default: found by name and type)")
     parser.add_argument("--id-column", help="an input table's column naming each row (default: found by name, else "
                                             "the SHA-256 of the image bytes)")
+    parser.add_argument("--crash-retries", type=non_negative_int, default=CRASH_RETRIES,
+                        help=f"retries of a block whose worker process died; images that still crash alone become "
+                             f"error rows (default: {CRASH_RETRIES})")
     parser.set_defaults(run=cmd_explain_dataset)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,11 @@ from ..metrics.evaluation import checked_methods
 from ..metrics.inputs import checked_step
 from ..metrics.perturbation_curves import DEFAULT_STEP
 from .bundle_shipping import bundle_files
+from .crashes import CRASH_RETRIES, crashed_blocks_set_aside, write_crash_rows
 from .output import done_sources, prepare_output
 from .ray_support import cluster_cpus, connect
 from .rows import MAP_DTYPES, RowLayout
-from .sources import plan_inputs, source_dataset
+from .sources import InputPlan, plan_inputs, source_dataset, table_rows
 from .summary import write_summary
 from .worker import ExplainWorker, WorkerSettings
 
@@ -44,7 +46,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                     batch_images: int = DEFAULT_BATCH_IMAGES, address: str | None = None, *,
                     layer: str | None = None, scorer_batch: int | None = None, threads_per_worker: int | None = None,
                     step: int = DEFAULT_STEP, map_dtype: str = "float16", image_column: str | None = None,
-                    id_column: str | None = None, notify: Callable[[str], None] | None = None):
+                    id_column: str | None = None, crash_retries: int = CRASH_RETRIES,
+                    notify: Callable[[str], None] | None = None):
     """Explain every image of `source` with `model` on Ray Data.
 
     source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
@@ -53,6 +56,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     with one Explainer (on `gpus_per_worker` GPUs, or on cores / workers CPU threads); batch_images: images per
     block (explained together, one part file each). address: a Ray cluster ('auto', 'ray://head:10001'); default:
     the running Ray, else a local one. evaluate: also each method's faithfulness metrics, as `fusioncam evaluate`.
+    crash_retries: how often a block whose worker process died is retried (fusioncam.dataset.crashes); with `out`,
+    images that still kill their worker when explained alone become error rows, and the run goes on.
 
     With `out`: writes OUT/parts/*.parquet (one row per image, see fusioncam.dataset.rows), skipping the images an
     earlier run with the same settings already wrote there, then summary.json / summary.md (metrics.csv,
@@ -60,6 +65,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     """
     methods = checked_methods((methods,) if isinstance(methods, str) else tuple(methods))
     _check_counts(workers, gpus_per_worker, batch_images, threads_per_worker, map_dtype)
+    if isinstance(crash_retries, bool) or not isinstance(crash_retries, int) or crash_retries < 0:
+        raise InputError(f"crash_retries must be 0 or a positive integer; got {crash_retries!r}")
     sources = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     plan = plan_inputs(sources, output=out)
     from ..bundle_cache import bundle_for
@@ -82,32 +89,75 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
         if not gpus_per_worker and workers > cluster_cpus(ray):
             raise InputError(f"--workers {workers} is more than the {cluster_cpus(ray)} CPUs Ray has; each CPU "
                              f"worker holds one")
-        rows = source_dataset(ray, plan, done, batch_images, image_column, id_column)
         shipped = ray.put(bundle_files(bundle.path)) if address else None  # workers may be on other machines
         settings = WorkerSettings(str(bundle.path), layout, device, scorer_batch, threads, int(step),
                                   str(out_dir) if out_dir is not None else None, manifest.manifest_sha256, shipped)
-        explained = None if rows is None else rows.map_batches(
-            ExplainWorker, fn_constructor_args=(settings,), batch_size=batch_images, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1, num_gpus=gpus_per_worker or None)
+
+        def explained_rows(todo: InputPlan, skip: frozenset[str], images_per_block: int, isolated: bool = False):
+            """The lazy explaining dataset; `isolated`: one task at a time per actor, so that a worker that dies
+            takes only its own image's task with it (else the tasks queued on it fail too)."""
+            rows = source_dataset(ray, todo, skip, images_per_block, image_column, id_column)
+            pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1 if isolated else None)
+            if rows is None:
+                return None
+            with warnings.catch_warnings():  # Ray 2.60 has no named parameter for max_task_retries yet (ray < 2.64)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return rows.map_batches(
+                    ExplainWorker, fn_constructor_args=(settings,), batch_size=images_per_block, batch_format="pyarrow",
+                    compute=pool, num_cpus=1, num_gpus=gpus_per_worker or None, max_task_retries=crash_retries)
+
         if out_dir is None:
+            explained = explained_rows(plan, done, batch_images)
             if explained is None:
                 raise InputError("every input image is already explained; nothing to do")
             return explained
         start = time.perf_counter()
-        count = 0
-        if explained is not None:
-            for block in explained.iter_batches(batch_size=None, batch_format="pyarrow"):
-                count += block.num_rows
+        with crashed_blocks_set_aside(ray):
+            count = _drain(explained_rows(plan, done, batch_images))
+            # The blocks set aside (a crash, or queued on a worker that crashed) again, one image per block and one
+            # task per worker at a time: only the images that crash on their own stay unexplained.
+            written = done_sources(out_dir)
+            unreached = [p for p in plan.paths if p not in written]
+            missing_rows = table_rows(ray, plan) - sum(1 for s in written if s not in set(plan.paths))
+            if unreached or missing_rows > 0:
+                todo = InputPlan(paths=unreached, tables=plan.tables if missing_rows > 0 else [])
+                count += _drain(explained_rows(todo, written, 1, isolated=True))
+                written = done_sources(out_dir)
+                unreached = [p for p in unreached if p not in written]
+                missing_rows = table_rows(ray, plan) - sum(1 for s in written if s not in set(plan.paths))
+        if unreached:
+            write_crash_rows(out_dir, layout, unreached, crash_retries + 1)
+            _say(notify, f"{len(unreached)} image(s) crashed the worker process {crash_retries + 1} times each and "
+                         f"are error rows: {', '.join(unreached[:5])}{' ...' if len(unreached) > 5 else ''}")
+        if missing_rows > 0:
+            _say(notify, f"{missing_rows} input table row(s) have no result row: rows with the same identity share one "
+                         f"(duplicates), and rows whose worker process died on every attempt are left out; run the "
+                         f"same command again to retry those")
         seconds = time.perf_counter() - start
         run = {"model": manifest.source, "bundle": str(bundle.path), "target_layer": manifest.target_layer,
                "device": device, "workers": workers, "gpus_per_worker": gpus_per_worker,
                "threads_per_worker": threads, "batch_images": batch_images, "images_this_run": count,
-               "skipped_as_done": len(done), "seconds": seconds,
+               "skipped_as_done": len(done), "crashed_workers": unreached,
+               "table_rows_without_result": max(missing_rows, 0), "seconds": seconds,
                "images_per_second": count / seconds if seconds > 0 and count else 0.0}
         return DatasetRun(out_dir, write_summary(out_dir, layout, int(step), run))
     finally:
         if started and out is not None:
             ray.shutdown()
+
+
+def _drain(explained) -> int:
+    """Run the lazy dataset to its end (each block writes its own part file); the number of rows it gave."""
+    count = 0
+    if explained is not None:
+        for block in explained.iter_batches(batch_size=None, batch_format="pyarrow"):
+            count += block.num_rows
+    return count
+
+
+def _say(notify: Callable[[str], None] | None, message: str) -> None:
+    if notify is not None:
+        notify(message)
 
 
 def _check_counts(workers, gpus_per_worker, batch_images, threads_per_worker, map_dtype) -> None:

@@ -218,6 +218,11 @@ def _content_id(data: bytes | None) -> str:
     return "sha256:" + hashlib.sha256(data or b"").hexdigest()
 
 
+def table_rows(ray, plan: InputPlan) -> int:
+    """How many rows the plan's input tables hold (from the Parquet metadata)."""
+    return sum(ray.data.read_parquet(table).count() for table in plan.tables)
+
+
 def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int, image_column: str | None = None,
                    id_column: str | None = None):
     """The Ray Dataset of (source, bytes, error) rows still to explain: listed paths minus the done ones, read in
