@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.relu_sign_flips import autograd_reference, check_with_onnx_relu_pattern, relative_error
+from benchmarks.relu_sign_flips import SignFlipCheck, autograd_reference, check_with_onnx_relu_pattern, relative_error
 from benchmarks.report import RESULTS, cpu_label
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "coverage.md"
@@ -406,11 +406,22 @@ def run_child(model_id: str, timeout: float) -> dict:
     return row
 
 
+def _flips_words(row: dict) -> str | None:
+    """The words of a row's float64 recheck (relu_sign_flips.SignFlipCheck.describe), from its stored numbers."""
+    flips = row.get("relu_sign_flips")
+    if not flips:
+        return row.get("note")
+    check = SignFlipCheck(flips["float64_onnx_relu_pattern"], flips["float64"], flips["flips"],
+                          flips["far_from_zero"], flips["unmatched_relu_calls"])
+    return check.describe(row["relative_error"]["gradients"])
+
+
 def _result_words(row: dict) -> str:
-    """'pass', 'pass (the note)' or 'fail: the reason' for the table."""
+    """'pass', 'pass (the float64 recheck)' or 'fail: the reason' for the table."""
     if row.get("reason"):
         return f"{row.get('status', '?')}: {row['reason']}"
-    return row.get("status", "?") + (f" ({row['note']})" if row.get("note") else "")
+    note = _flips_words(row)
+    return row.get("status", "?") + (f" ({note})" if note else "")
 
 
 def _summary(rows: list[dict]) -> list[str]:

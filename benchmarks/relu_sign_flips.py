@@ -148,8 +148,12 @@ class SignFlipCheck:
 
     def describe(self, float32_error: float) -> str:
         """The row's words: both numbers and what the flips were."""
-        text = f"float64 with ONNX ReLU pattern: {self.relative_error:.2g}; float32: {float32_error:.2g} "
-        text += f"from {self.flips} ReLU sign flips" if self.flips else "with no ReLU sign flip"
+        if self.flips:
+            text = (f"float64 with ONNX ReLU pattern: {self.relative_error:.2g}; float32: {float32_error:.2g} "
+                    f"from {self.flips} ReLU sign flip{'s' if self.flips > 1 else ''}")
+        else:  # the explain graph's ReLU pattern is float64's: the float32 torch reference is the one off
+            text = (f"float64: {self.relative_error:.2g}, no ReLU sign flip from float64; float32 torch: "
+                    f"{float32_error:.2g}, its own rounding")
         if self.far_flips:
             text += f" ({self.far_flips} of them at units not within rounding of zero: a different forward)"
         if self.unmatched:

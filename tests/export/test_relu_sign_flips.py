@@ -50,7 +50,7 @@ def test_sign_flips_near_zero_are_forgiven(tmp_path) -> None:
     assert check.plain_float64_error > 1e-3  # the flips matter: plain float64 autograd disagrees
     assert check.relative_error < 1e-6  # under ONNX's ReLU pattern the explain graph's gradients are exact
     assert check.passed(1e-4)
-    assert f"from {check.flips} ReLU sign flips" in check.describe(0.01)
+    assert f"float32: 0.01 from {check.flips} ReLU sign flip" in check.describe(0.01)
 
 
 def test_a_wrong_gradient_rule_still_fails(tmp_path, monkeypatch) -> None:
