@@ -308,8 +308,10 @@ def _early_target(model, size: int, automatic: str) -> str | None:
 
     layers = [layer for layer in list_torch_layers(model, (size, size)) if min(layer.spatial) > 1]
     ends = [layer.name for layer in layers if "last block of a stage" in layer.role]
-    # a module inside another marked one is a list within a block (Res2Net's per-scale convs), not a stage
-    ends = [name for name in ends if not any(name.startswith(other + ".") for other in ends)]
+    # a module inside another marked one is a list within a block (Res2Net's per-scale convs), not a stage; one that
+    # holds all the others (TResNet's 'body') is the trunk, which holds the stages
+    trunks = {end for end in ends if all(name == end or name.startswith(end + ".") for name in ends)}
+    ends = [name for name in ends if not any(name.startswith(other + ".") for other in ends if other not in trunks)]
     names = {layer.name for layer in layers}
     if len(ends) == 1:  # one stage: its first block ("blocks.11" -> "blocks.0"; a stage named "blocks" -> "blocks.0")
         firsts = [ends[0].rpartition(".")[0] + ".0", ends[0] + ".0"]
