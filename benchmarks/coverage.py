@@ -302,8 +302,8 @@ def condition_weights(model, size: int) -> str | None:
 
 def _early_target(model, size: int, automatic: str) -> str | None:
     """The first 'last block of a stage' list_layers marks (a map bigger than 1x1, not inside another marked one)
-    when there are several stages, else the first block of the only one ('blocks.0' of a ViT); never the automatic
-    target."""
+    when there are several stages, else the first block of the only one ('blocks.0' of a ViT), else the automatic
+    target's sibling two downsamplings earlier; never the automatic target."""
     from fusioncam.export.torch_targets import list_torch_layers
 
     layers = [layer for layer in list_torch_layers(model, (size, size)) if min(layer.spatial) > 1]
@@ -316,7 +316,20 @@ def _early_target(model, size: int, automatic: str) -> str | None:
     if len(ends) == 1:  # one stage: its first block ("blocks.11" -> "blocks.0"; a stage named "blocks" -> "blocks.0")
         firsts = [ends[0].rpartition(".")[0] + ".0", ends[0] + ".0"]
         ends = [name for name in firsts if name in names]
-    return next((name for name in ends if name != automatic), None)
+    early = next((name for name in ends if name != automatic), None)
+    return early if early is not None else _two_stages_before(layers, automatic)
+
+
+def _two_stages_before(layers: list, automatic: str | None) -> str | None:
+    """When list_layers marks no stages (timm's RegNet, Inception-v3): the last sibling of the automatic target
+    whose map is at least 4 times wider, i.e. about two downsamplings earlier."""
+    target = next((layer for layer in layers if layer.name == automatic), None)
+    if target is None:
+        return None
+    depth, parent = automatic.count("."), automatic.rpartition(".")[0]
+    wide = [layer.name for layer in layers if layer.name.count(".") == depth and layer.name.rpartition(".")[0] == parent
+            and layer.name != automatic and min(layer.spatial) >= 4 * min(target.spatial)]
+    return wide[-1] if wide else None
 
 
 def run_one(model_id: str) -> dict:
