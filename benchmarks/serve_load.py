@@ -58,9 +58,9 @@ def machine_facts() -> dict:
     versions = {name: importlib.metadata.version(name)
                 for name in ("fusioncam", "onnxruntime", "numpy", "kserve", "aiohttp")}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent, check=False).stdout.strip()
+                            cwd=Path(__file__).resolve().parents[1], check=False).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusioncam", "benchmarks/serve_load.py"],
-                           capture_output=True, text=True, cwd=Path(__file__).parent, check=False).stdout.strip()
+                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], check=False).stdout.strip()
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
             "load_average_1_5_15_min_at_end": [round(v, 1) for v in os.getloadavg()],
             "commit": commit + ("+uncommitted changes" if dirty else ""), "date": datetime.date.today().isoformat()}
@@ -351,6 +351,15 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def cpu_ratio(row: dict) -> float | None:
+    """Offline CPU time per image over the server's and clients' CPU time per good answer (malformed requests'
+    cost included): the throughput ratio two CPU-bound runs would have on the same cores, whatever share of the
+    machine other jobs took."""
+    good = row["good_ok"] + row["wrong"] + row["crossed"]
+    serving_ms = 1000 * (row["server_cpu_s"] + row["client_cpu_s"]) / good if good else 0.0
+    return row["offline_at_formed_batch"]["cpu_ms_per_image"] / serving_ms if serving_ms > 0 else None
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     offline_max = ", ".join(report["offline_max_batch_methods"]) or "none"
@@ -373,12 +382,14 @@ def markdown(report: dict) -> str:
         f"{'on' if report['ort_allow_spinning'] else 'off'}), measured right after each "
         f"phase at the mean batch size the server formed (rounded) and, for {offline_max}, at --max-batch-size "
         f"both right before and right after the phase (mean of the two). CPU columns: the server process's and the "
-        f"clients' CPU milliseconds per request (user + system) and the offline Explainer's CPU milliseconds per image.",
+        f"clients' CPU milliseconds per request (user + system) and the offline Explainer's CPU milliseconds per image; "
+        f"CPU ratio: offline CPU per image at the formed batch over server + client CPU per good answer (what the "
+        f"throughput ratio would be if both ran CPU-bound on the same cores, whatever share other jobs took).",
         "",
         "| methods | clients | requests (malformed) | good answers / s | offline at formed batch b / s | ratio | "
         "offline at max batch / s | ratio | p50 s | p99 s | mean batch | CPU ms: server / client per request, offline "
-        "per image | load avg start, end | lost / wrong / crossed / unexpected | server RSS MiB (end) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+        "per image | CPU ratio | load avg start, end | lost / wrong / crossed / unexpected | server RSS MiB (end) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for row in report["phases"]:
         formed, top = row["offline_at_formed_batch"], row.get("offline_at_max_batch")
@@ -389,7 +400,7 @@ def markdown(report: dict) -> str:
             f"{'-' if top is None else format(top['images_per_s'], '.2f') + ' (b = ' + str(top['batch']) + ')'} | "
             f"{_ratio(row.get('ratio_to_offline_at_max_batch'))} | {row['p50_s']:.3f} | {row['p99_s']:.3f} | "
             f"{row['batches']['mean']:.1f} | {row['server_cpu_ms_per_request']:.1f} / {row['client_cpu_ms_per_request']:.1f}"
-            f", {formed['cpu_ms_per_image']:.1f} | {row['load_average_1_min_start_end'][0]}, "
+            f", {formed['cpu_ms_per_image']:.1f} | {_ratio(cpu_ratio(row))} | {row['load_average_1_min_start_end'][0]}, "
             f"{row['load_average_1_min_start_end'][1]} | {row['lost']} / {row['wrong']} / {row['crossed']} / "
             f"{row['unexpected_status']} | {row['rss_mib_end']:.0f} |")
     totals = report["totals"]
@@ -414,7 +425,9 @@ def model_label(args) -> str:
 def result_stem(prefix: str, args) -> str:
     model = "small-cnn" if args.model == "small" else args.model
     form = "" if args.input == "png-base64" else f"-{args.input}"
-    return f"{prefix}-{model}{form}-{cpu_label()}"
+    spinning = "" if os.environ.get(CPU_SPINNING_ENV) == "0" else "-ort-spinning"
+    tag = f"-{args.tag}" if args.tag else ""
+    return f"{prefix}-{model}{form}{spinning}{tag}-{cpu_label()}"
 
 
 def steady_run(args, base: str, pid: int, bodies: dict, references: dict) -> None:
@@ -512,6 +525,7 @@ def main() -> None:
     parser.add_argument("--offline-max-batch", nargs="*", choices=sorted(METHOD_SETS), default=["gradcam"],
                         help="methods also measured offline at --max-batch-size before and after each phase")
     parser.add_argument("--server-lifetime", type=int, default=5400, help="the server stops by itself after this")
+    parser.add_argument("--tag", help="added to the result file names (a run that must not replace the main one)")
     parser.add_argument("--steady", type=int, metavar="N", help="instead of the phases: after warm-up, N requests of "
                         "the first method set at the last client count, in 8 chunks, the server's RSS after each")
     args = parser.parse_args()
