@@ -347,9 +347,7 @@ def run_one(model_id: str) -> dict:
         return {**row, "status": "skipped", "reason": f"needs ~{needed:.0f} GiB ({BASE_GIB:.0f} GiB and "
                 f"{PEAK_BYTES_PER_PARAMETER} bytes per parameter, the peak measured on smaller models), "
                 f"{available:.0f} GiB available on this machine when it started"}
-    conditioned = condition_weights(model, size)
-    if conditioned:
-        row["weights"] = conditioned
+    row["weights"] = condition_weights(model, size) or "as built"
     with tempfile.TemporaryDirectory() as folder:
         try:
             row.update(check_target(model, None, size, Path(folder) / "auto", with_methods=True))
@@ -477,7 +475,9 @@ def markdown(report: dict) -> str:
              f"float64 torch's) or dead (two images' logits within {VANISHED:.0e} of each other, or all below "
              f"{TINY_LOGITS:.0e}: the activations vanish); no float32 check means anything then, so the batch-norm "
              "statistics are set from 32 random images (as training would), and if that is not enough the batch-norm "
-             "scales and shifts are reset to 1 and 0; the row says so under 'weights'.", "",
+             "scales and shifts are reset to 1 and 0; the row says so under 'weights'. "
+             f"{sum('weights' not in r for r in rows)} rows were measured before this check was added (their JSON "
+             "rows have no 'weights').", "",
              *_summary(rows), "",
              "| model | input | target (automatic) | K | h×w | result | export s | bundle MB | peak GiB | early target "
              "| early |",
@@ -485,7 +485,7 @@ def markdown(report: dict) -> str:
     for r in rows:
         early = r.get("early") or {}
         result, early_result = _result_words(r), _result_words(early) if early else ""
-        if r.get("weights"):
+        if r.get("weights", "as built") != "as built":
             result += f" [weights: {r['weights']}]"
         lines.append(f"| {r['model']} | {r.get('input', '')} | {r.get('target', '')} | {r.get('K', '')} | "
                      f"{r.get('hxw', '')} | {result.replace('|', '/')} | {r.get('export_s', '')} | "
