@@ -206,7 +206,8 @@ def check_target(model, path, size: int, folder: Path, with_methods: bool) -> di
     if len(failures) == 1 and not errors["gradients"] <= TOLERANCE:  # only the gradients: ReLU sign flips?
         flips = check_with_onnx_relu_pattern(model, row["target"], bundle / "explain.onnx", images, targets,
                                              layer.layout)
-        row["relu_sign_flips"] = {"flips": flips.flips, "far_from_zero": flips.far_flips,
+        row["relu_sign_flips"] = {"flips": flips.flips, "max_pool_ties": flips.pool_ties,
+                                  "far_from_zero": flips.far_flips,
                                   "unmatched_relu_calls": flips.unmatched,
                                   "float64_onnx_relu_pattern": float(f"{flips.relative_error:.3g}"),
                                   "float64": float(f"{flips.plain_float64_error:.3g}")}
@@ -425,7 +426,7 @@ def _flips_words(row: dict) -> str | None:
     if not flips:
         return row.get("note")
     check = SignFlipCheck(flips["float64_onnx_relu_pattern"], flips["float64"], flips["flips"],
-                          flips["far_from_zero"], flips["unmatched_relu_calls"])
+                          flips["far_from_zero"], flips["unmatched_relu_calls"], flips.get("max_pool_ties", 0))
     return check.describe(row["relative_error"]["gradients"])
 
 

@@ -82,3 +82,16 @@ def test_an_unmatched_relu_is_counted_and_left_to_torch() -> None:
     with pattern.mode():
         y = torch.nn.functional.relu(torch.tensor([-1.0, 3.0], dtype=torch.float64))
     assert pattern.unmatched == 1 and y.tolist() == [0.0, 3.0]
+
+
+def test_max_pool_takes_the_onnx_pick_and_counts_ties() -> None:
+    """A window whose two largest elements are 1e-9 apart: ONNX's pick (the second) is a tie, autograd sends the
+    gradient there; a pick 1e-4 below the maximum (50 times NEAR_ZERO of the scale 2) is a different forward."""
+    for runner_up, far in ((2.0 - 1e-9, 0), (2.0 - 1e-4, 1)):
+        x = torch.tensor([[[[2.0, runner_up], [0.0, -1.0]]]], dtype=torch.float64, requires_grad=True)
+        pattern = OnnxReluPattern([], [np.array([[[[1]]]], dtype=np.int64)])
+        with pattern.mode():
+            y = torch.nn.functional.max_pool2d(x, 2)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert pattern.pool_ties == 1 and pattern.far_flips == far and pattern.unmatched == 0
+        assert grad.flatten().tolist() == [0.0, 1.0, 0.0, 0.0]
