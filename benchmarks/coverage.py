@@ -276,21 +276,32 @@ def _set_batch_norm_statistics(model, norms: list, size: int) -> None:
 def condition_weights(model, size: int) -> str | None:
     """Random weights can leave a deep network chaotic (timm's EfficientNetV2-RW-T: logits ~5e5, float32 torch 60%
     away from float64) or dead (Hugging Face EfficientNet draws batch-norm scales ~0.02: the activations shrink
-    ~50 times a layer and the logits underflow), and then no float32 check means anything. Then, when the model has
-    batch norms, their statistics are set from 32 random images (as training would), and if that is not enough
-    their scales and shifts are reset to torch's defaults (1 and 0) too; the row says what was done.
+    ~50 times a layer and the logits underflow; torchvision's ViT has an all-zero head), and then no float32 check
+    means anything. Then all-zero linear layers are drawn with torch's default init; if that is not enough and the
+    model has batch norms, their statistics are set from 32 random images (as training would), and if that is not
+    enough their scales and shifts are reset to torch's defaults (1 and 0) too; the row says what was done.
     None when the weights as built are fine."""
     import torch
 
     healthy, words = _health_words(model, size)
     if healthy:
         return None
+    done = f"as built, {words}"
+    zero_heads = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.any()]
+    if zero_heads:  # torchvision's ViT initialises its head to zero: the logits are 0 whatever the image
+        torch.manual_seed(0)
+        for head in zero_heads:
+            head.reset_parameters()
+        healthy, after = _health_words(model, size)
+        done += f"; {len(zero_heads)} all-zero linear layer(s) drawn with torch's default init: {after}"
+        if healthy:
+            return done
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.affine]
     if not norms:
-        return f"as built, {words}; no batch norm to set"
+        return f"{done}; no batch norm to set"
     _set_batch_norm_statistics(model, norms, size)
     healthy, after = _health_words(model, size)
-    done = f"as built, {words}; batch-norm statistics set from 32 random images: {after}"
+    done += f"; batch-norm statistics set from 32 random images: {after}"
     if healthy:
         return done
     with torch.no_grad():
@@ -474,9 +485,10 @@ def markdown(report: dict) -> str:
              "zero (relative to its tensor): float32 rounding, not a wrong rule. Such rows give both numbers.", "",
              f"Random weights can make a deep network chaotic (float32 torch logits more than {CHAOS:.0e} from "
              f"float64 torch's) or dead (two images' logits within {VANISHED:.0e} of each other, or all below "
-             f"{TINY_LOGITS:.0e}: the activations vanish); no float32 check means anything then, so the batch-norm "
-             "statistics are set from 32 random images (as training would), and if that is not enough the batch-norm "
-             "scales and shifts are reset to 1 and 0; the row says so under 'weights'. "
+             f"{TINY_LOGITS:.0e}: the activations vanish); no float32 check means anything then, so all-zero linear "
+             "layers (torchvision ViT's head) are drawn with torch's default init, then if needed the batch-norm "
+             "statistics are set from 32 random images (as training would), then if needed the batch-norm scales "
+             "and shifts are reset to 1 and 0; the row says so under 'weights'. "
              f"{sum('weights' not in r for r in rows)} rows were measured before this check was added (their JSON "
              "rows have no 'weights').", "",
              *_summary(rows), "",

@@ -41,3 +41,13 @@ def test_healthy_network_is_left_alone() -> None:
     before = {name: value.clone() for name, value in model.state_dict().items()}
     assert condition_weights(model, SIZE) is None
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+def test_zero_head_is_drawn_again() -> None:
+    """torchvision's ViT initialises its head to zero: the logits are 0 whatever the image."""
+    model = tiny_batch_norm_net(scale=1.0)
+    with torch.no_grad():
+        model[-1].weight.zero_()
+    words = condition_weights(model, SIZE)
+    assert words is not None and "1 all-zero linear layer(s) drawn" in words and "batch-norm" not in words
+    assert model[-1].weight.abs().min() > 0 and _float32_health(model, SIZE)[1] > 1e-3
