@@ -8,6 +8,11 @@ Each model (random weights, no downloads) runs in its own process with a timeout
 3. all seven methods on one image (fast mode, the 32 top channels, to keep the sweep short): finite maps in [0, 1];
 4. an earlier target (the last block of the first stage list_layers marks) exported and checked against autograd.
 
+Gradients that miss 1e-4 only through float32 kinks (ReLU sign flips, max-pool ties) are rechecked in float64 with
+the explain graph's own kink pattern (benchmarks/relu_sign_flips.py); random weights that leave a network chaotic
+or dead are conditioned first (condition_weights), and a model too large for the machine's memory is skipped with
+the GiB it needs; each row says which of these happened.
+
 Rows are appended to a resume file as they finish (`--resume`, the default, skips models already there), so a long
 run can stop and go on. `python -m benchmarks.coverage [--only torchvision|timm|hf] [--timeout S]` writes
 benchmarks/results/coverage-<machine>.json and docs/coverage.md.
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.relu_sign_flips import SignFlipCheck, autograd_reference, check_with_onnx_relu_pattern, relative_error
@@ -456,11 +462,12 @@ def _summary(rows: list[dict]) -> list[str]:
     lines = []
     for source, count in listed.items():
         mine = [r for r in rows if r["model"].startswith(source + ":")]
-        passed = sum(r.get("status") == "pass" for r in mine)
+        statuses = Counter(r.get("status", "?") for r in mine)
+        statuses["not measured yet"] = count - len(mine)
         early = [r["early"] for r in mine if r.get("early")]
         early_passed = sum(e.get("status") == "pass" for e in early)
-        lines.append(f"- {source}: {passed} of {len(mine)} measured models pass ({count} listed); early targets: "
-                     f"{early_passed} of {len(early)} pass")
+        lines.append(f"- {source}, {count} listed: " + ", ".join(f"{n} {status}" for status, n in statuses.items() if n)
+                     + f"; early targets: {early_passed} of {len(early)} pass")
     return lines
 
 
@@ -481,17 +488,18 @@ def markdown(report: dict) -> str:
              f"{FAST_CHANNELS} channels) give finite maps in [0, 1]; the early target is the last block of the first "
              "stage `list_layers` marks (checked against autograd only).", "",
              "When only the gradients miss 1e-4, the check is redone in float64 (benchmarks/relu_sign_flips.py): torch "
-             "autograd with each ReLU's on/off pattern taken from the explain graph's own float32 forward. It passes "
-             "when the gradients agree with that to 1e-4 and every unit whose ReLU side differs lies within 1e-5 of "
-             "zero (relative to its tensor): float32 rounding, not a wrong rule. Such rows give both numbers.", "",
+             "autograd with each ReLU's on/off pattern and each max pooling's picks taken from the explain graph's own "
+             "float32 forward. It passes when the gradients agree with that to 1e-4 and every unit whose ReLU side "
+             "differs lies within 1e-5 of zero, every max-pool pick within 1e-5 of the window's float64 maximum "
+             "(relative to the tensor): float32 rounding, not a wrong rule. Such rows give both numbers.", "",
              f"Random weights can make a deep network chaotic (float32 torch logits more than {CHAOS:.0e} from "
              f"float64 torch's) or dead (two images' logits within {VANISHED:.0e} of each other, or all below "
              f"{TINY_LOGITS:.0e}: the activations vanish); no float32 check means anything then, so all-zero linear "
              "layers (torchvision ViT's head) are drawn with torch's default init, then if needed the batch-norm "
              "statistics are set from 32 random images (as training would), then if needed the batch-norm scales "
-             "and shifts are reset to 1 and 0; the row says so under 'weights'. "
-             f"{sum('weights' not in r for r in rows)} rows were measured before this check was added (their JSON "
-             "rows have no 'weights').", "",
+             "and shifts are reset to 1 and 0; the row says so under 'weights'."
+             + (f" {unchecked} rows were measured before this check was added (their JSON rows have no 'weights')."
+                if (unchecked := sum("weights" not in r for r in rows if r.get("status") != "skipped")) else ""), "",
              *_summary(rows), "",
              "| model | input | target (automatic) | K | h×w | result | export s | bundle MB | peak GiB | early target "
              "| early |",
