@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return int(text)
+from ..cli.shared import DEVICES, positive_int
 
 
 def _milliseconds(text: str) -> float:
@@ -59,22 +53,22 @@ def add_subcommands(sub) -> None:
     serve.add_argument("--grpc-port", type=_port, default=8081, help="gRPC port, v2 (default: 8081)")
     serve.add_argument("--device", choices=DEVICES, default="auto")
     serve.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    serve.add_argument("--fast", nargs="?", type=_positive, const=DEFAULT_FAST_CHANNELS, metavar="K",
+    serve.add_argument("--fast", nargs="?", type=positive_int, const=DEFAULT_FAST_CHANNELS, metavar="K",
                        help=f"fast mode: score only the top-K channels (default K: {DEFAULT_FAST_CHANNELS})")
-    serve.add_argument("--batch", type=_positive, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
-    serve.add_argument("--max-batch-size", type=_positive, default=defaults.max_batch_size,
+    serve.add_argument("--batch", type=positive_int, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
+    serve.add_argument("--max-batch-size", type=positive_int, default=defaults.max_batch_size,
                        help=f"images explained together by one call (default: {defaults.max_batch_size})")
     serve.add_argument("--max-latency-ms", type=_milliseconds, default=defaults.max_latency_ms,
                        help=f"how long a request waits for others to batch with (default: {defaults.max_latency_ms:g})")
-    serve.add_argument("--max-queue", type=_positive, default=defaults.max_queue,
+    serve.add_argument("--max-queue", type=positive_int, default=defaults.max_queue,
                        help=f"images waiting per model before requests are refused with 429 (default: {defaults.max_queue})")
-    serve.add_argument("--workers", type=_positive, default=defaults.workers,
+    serve.add_argument("--workers", type=positive_int, default=defaults.workers,
                        help="inference threads per model, each with its own Explainer (default: 1)")
-    serve.add_argument("--max-instances", type=_positive, default=defaults.max_instances,
+    serve.add_argument("--max-instances", type=positive_int, default=defaults.max_instances,
                        help=f"images per request (default: {defaults.max_instances})")
-    serve.add_argument("--max-body-bytes", type=_positive, default=defaults.max_body_bytes,
+    serve.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
                        help=f"request body size limit (default: {defaults.max_body_bytes})")
-    serve.add_argument("--max-image-pixels", type=_positive, default=defaults.max_image_pixels,
+    serve.add_argument("--max-image-pixels", type=positive_int, default=defaults.max_image_pixels,
                        help=f"width x height limit of one image (default: {defaults.max_image_pixels})")
     serve.add_argument("--stop-after", type=float, metavar="SECONDS", help="stop by itself after this many seconds")
     serve.set_defaults(run=cmd_serve)
