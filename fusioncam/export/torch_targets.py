@@ -94,14 +94,21 @@ def _layer(seen: _Seen, input_size: tuple[int, int]) -> Layer | None:
 
 
 def _stage_ends(model, paths: set[str]) -> set[str]:
-    """Paths of the last child of each Sequential/ModuleList of at least 2 map-making blocks (a stage's last block)."""
+    """Paths of the last child of each Sequential/ModuleList of at least 2 map-making blocks (a stage's last block).
+    A container inside one of those blocks (ResNet's `layer2.0.downsample`, Res2Net's per-scale convs) is part of a
+    block, not a stage: it is left out."""
     import torch
 
-    ends = set()
-    for path, module in model.named_modules():
-        if isinstance(module, (torch.nn.Sequential, torch.nn.ModuleList)) and len(module) >= 2:
-            children = [f"{path}.{name}" if path else name for name, _ in module.named_children()]
-            if sum(child in paths for child in children) + (path in paths) < 2:
+    containers = (torch.nn.Sequential, torch.nn.ModuleList)
+    ends, blocks = set(), []
+    for path, module in model.named_modules():  # outer containers come before the ones inside them
+        if isinstance(module, containers):
+            if any(path.startswith(block + ".") for block in blocks):
+                continue
+            named = [(f"{path}.{name}" if path else name, child) for name, child in module.named_children()]
+            blocks += [child_path for child_path, child in named if not isinstance(child, containers)]
+            children = [child_path for child_path, _ in named]
+            if len(children) < 2 or sum(child in paths for child in children) + (path in paths) < 2:
                 continue
             if children[-1] in paths:
                 ends.add(children[-1])
