@@ -116,15 +116,16 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
             count = _drain(explained_rows(plan, done, batch_images))
             # The blocks set aside (a crash, or queued on a worker that crashed) again, one image per block and one
             # task per worker at a time: only the images that crash on their own stay unexplained.
+            planned, in_tables = set(plan.paths), table_rows(ray, plan)
             written = done_sources(out_dir)
             unreached = [p for p in plan.paths if p not in written]
-            missing_rows = table_rows(ray, plan) - sum(1 for s in written if s not in set(plan.paths))
+            missing_rows = in_tables - len(written - planned)
             if unreached or missing_rows > 0:
                 todo = InputPlan(paths=unreached, tables=plan.tables if missing_rows > 0 else [])
                 count += _drain(explained_rows(todo, written, 1, isolated=True))
                 written = done_sources(out_dir)
                 unreached = [p for p in unreached if p not in written]
-                missing_rows = table_rows(ray, plan) - sum(1 for s in written if s not in set(plan.paths))
+                missing_rows = in_tables - len(written - planned)
         if unreached:
             write_crash_rows(out_dir, layout, unreached, crash_retries + 1)
             _say(notify, f"{len(unreached)} image(s) crashed the worker process {crash_retries + 1} times each and "
