@@ -10,6 +10,7 @@ import numpy as np
 
 from fusioncam import arguments
 from fusioncam.errors import InputError
+from fusioncam.file_reading import read_regular_file
 from fusioncam.image_header import ImageHeader, read_header, structure_problem
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -62,14 +63,8 @@ def read_rgb(path: str | os.PathLike[str], max_pixels: int | None = None, max_si
     limit applies to the reduced size. None (the default) decodes at full resolution.
     """
     name = os.fspath(arguments.path("path", path))
-    try:
-        data = np.fromfile(name, dtype=np.uint8)  # bytes, not cv2.imread: unicode paths work everywhere
-    except FileNotFoundError:
-        raise InputError(f"image file {name!r} does not exist") from None
-    except IsADirectoryError:
-        raise InputError(f"image path {name!r} is a directory, not an image file") from None
-    except OSError as exc:
-        raise InputError(f"image file {name!r} cannot be read: {exc.strerror or exc}") from None
+    # bytes, not cv2.imread: unicode paths work everywhere; FIFOs and devices are refused before a byte is read
+    data = np.frombuffer(read_regular_file(name), dtype=np.uint8)
     return decode_rgb(data, name, max_pixels=max_pixels, max_side=max_side)
 
 

@@ -4,6 +4,8 @@ While `stop_signals()` is active, a signal is turned into `Interrupted` (a Keybo
 SIGTERM unwinds like Ctrl-C: temporary files and staging folders are removed by their `finally` blocks. Inside a
 `deferred()` section (the explain and evaluate loops) a signal only sets a flag; the loop checks it between images
 and scorer batches (`check`), stops there, and writes results.json / index.html for the images already finished.
+A second signal inside a deferred section stops right away: a system call that blocks (Python retries one that a
+signal interrupts, PEP 475) can then never hold the run, whatever it waits on.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ class StopSignals:
         return self.received is not None
 
     def handle(self, signum: int, _frame=None) -> None:
-        """The signal handler: remember the signal; outside a deferred section, stop right here."""
+        """The signal handler: remember the signal; outside a deferred section, or at the second signal, stop right
+        here (the exception also ends a system call that Python would otherwise retry)."""
+        repeated = self.received is not None
         self.received = self.received or signal.Signals(signum).name
-        if not self._deferring:
+        if not self._deferring or repeated:
             raise Interrupted(self.received)
 
     def check(self, *_progress) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..cli.shared import IMAGE_EXTENSIONS
 from ..errors import InputError
+from ..file_reading import not_regular_reason, read_regular_file
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
 TABLE_SUFFIXES = (".parquet", ".pq")
@@ -78,6 +79,10 @@ def _existing(path: str) -> str:
     if not os.path.exists(path):
         raise InputError(f"input {path!r} does not exist (give a folder, a glob, a .txt/.csv list, a .parquet table "
                          f"or an image file)")
+    reason = not_regular_reason(path)
+    if reason is not None and not os.path.isdir(path):  # a FIFO would block the run, a device never ends
+        raise InputError(f"input {path!r} is not a regular file (it is {reason}); give a folder, a list, a table "
+                         f"or an image file")
     return path
 
 
@@ -137,8 +142,9 @@ def read_source_bytes(source: str) -> tuple[bytes | None, str | None]:
             filesystem, path = fs.FileSystem.from_uri(source)
             with filesystem.open_input_stream(path) as stream:
                 return stream.readall(), None
-        with open(source, "rb") as handle:
-            return handle.read(), None
+        return read_regular_file(source), None  # a FIFO or a device is refused, never read
+    except InputError as exc:
+        return None, str(exc)
     except FileNotFoundError:
         return None, f"image file {source!r} does not exist"
     except IsADirectoryError:
