@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..bundle import Bundle
+from ..cpu_quota import cpu_budget
 from ..errors import BundleError
 from ..graph_names import EXPLAIN_OUTPUTS, INPUT, LOGITS, TARGET
 from ..kernels import KernelSet, numpy_kernels
@@ -23,14 +24,15 @@ CPU_SPINNING_ENV = "FUSIONCAM_CPU_SPINNING"
 
 
 def cpu_session(path, threads: int | None = None):
-    """An ORT CPU session using every core for each op (Score-CAM batches are wide enough), or the
-    $FUSIONCAM_CPU_THREADS cores (a positive integer) where several explainers share the machine."""
+    """An ORT CPU session using every CPU this process may use for each op (Score-CAM batches are wide enough): the
+    cgroup's CPU quota capped by the scheduler affinity (cpu_quota.py; a pod limited to 4 CPUs on a 64-core node gets
+    4, not 64), or the $FUSIONCAM_CPU_THREADS cores (a positive integer) where several explainers share the machine."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     wanted = os.environ.get(CPU_THREADS_ENV, "").strip()
     options.intra_op_num_threads = threads or (int(wanted) if wanted.isdigit() and int(wanted) > 0 else 0) \
-        or os.cpu_count() or 1
+        or cpu_budget().cpus
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if os.environ.get(CPU_SPINNING_ENV, "").strip() == "0":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
