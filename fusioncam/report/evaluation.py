@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 
 from ..interrupts import Interrupted, active
-from ..metrics.evaluation import METRICS, Evaluation, MethodScores, evaluate_maps
+from ..metrics.evaluation import METRICS, Evaluation, MethodScores
 from ..output_guard import RECORD, check_output_folder, create_folder, record_files
 from .explain_folder import _png_bytes, _write
 from ..runtime.methods import METHOD_TITLES
+from ..tasks.payloads import payloads_for
 
 METRICS_MD = "metrics.md"
 METRICS_CSV = "metrics.csv"
@@ -76,8 +77,10 @@ def metrics_table(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def metrics_markdown(evaluation: Evaluation, setup: str, class_names: Sequence[str] | None = None) -> str:
-    """metrics.md: what was measured and how, the summary table, and every image's values."""
+def metrics_markdown(evaluation: Evaluation, setup: str, class_names: Sequence[str] | None = None,
+                     score_name: str = "class probability") -> str:
+    """metrics.md: what was measured and how, the summary table, and every image's values. `score_name` is what
+    the protocols score (the task's: a classifier's class probability, a segmentation model's region probability)."""
     n = len(evaluation.names)
     names = [_class_label(int(c), class_names) for c in evaluation.classes]
     per_image = ["| image | class | method | " + " | ".join(METRIC_HEADERS[m] for m in METRICS) + " |",
@@ -92,11 +95,11 @@ def metrics_markdown(evaluation: Evaluation, setup: str, class_names: Sequence[s
         f"Each cell: mean ± the half-width of a 95% interval over the n = {n} images, mean ± 1.96·sd/√n "
         "(sd: sample standard deviation, n − 1 in its denominator; n/a for one image). "
         "↓ lower is better, ↑ higher is better.\n\n"
-        "- Average Drop and Increase in Confidence (Grad-CAM++ / Score-CAM protocol): Y = class probability on the "
+        f"- Average Drop and Increase in Confidence (Grad-CAM++ / Score-CAM protocol): Y = {score_name} on the "
         "image, O = on the image times the map; AD = 100·mean(max(0, Y − O)/Y), IC = 100·mean([O > Y]).\n"
         f"- Deletion and insertion AUC (RISE protocol): pixels ranked by the map, {evaluation.step} per step; deletion "
         "sets them to 0 in normalised space (the mean colour), insertion reveals them on a Gaussian-blurred copy "
-        "(51×51, σ = 50); area under the class probability over the fraction of pixels changed (trapezoid rule).\n\n"
+        f"(51×51, σ = 50); area under the {score_name} over the fraction of pixels changed (trapezoid rule).\n\n"
         f"{metrics_table(evaluation)}\n\n"
         "## Per image\n\n" + "\n".join(per_image) + "\n"
     )
@@ -122,7 +125,7 @@ def metrics_csv(evaluation: Evaluation) -> str:
     return buffer.getvalue()
 
 
-def curves_image(evaluation: Evaluation) -> np.ndarray:
+def curves_image(evaluation: Evaluation, score_name: str = "class probability") -> np.ndarray:
     """uint8 RGB: the mean deletion (left) and insertion (right) curves of each method, with a legend of mean AUCs."""
     panels = []
     for kind in ("deletion", "insertion"):
@@ -131,12 +134,13 @@ def curves_image(evaluation: Evaluation) -> np.ndarray:
         verb = "deleted" if kind == "deletion" else "inserted"
         better = "lower" if kind == "deletion" else "higher"
         panels.append(_curve_panel(curves, aucs, f"{kind.capitalize()} ({better} AUC is better)",
-                                   f"fraction of pixels {verb}", legend_top=kind == "deletion"))
+                                   f"fraction of pixels {verb}", legend_top=kind == "deletion",
+                                   y_label=f"mean {score_name}"))
     return np.concatenate(panels, axis=1)
 
 
 def _curve_panel(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float], title: str,
-                 x_label: str, legend_top: bool) -> np.ndarray:
+                 x_label: str, legend_top: bool, y_label: str = "mean class probability") -> np.ndarray:
     """One plot: axes with ticks and labels, a line per method, a legend."""
     width, height = PANEL_SIZE
     left, top, right, bottom = PLOT_BOX
@@ -155,7 +159,7 @@ def _curve_panel(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[st
     cv2.rectangle(canvas, (x0, y1), (x1, y0), INK, 1)
     _text(canvas, title, (width // 2, 26), 0.55, centre=True)
     _text(canvas, x_label, ((x0 + x1) // 2, height - 18), 0.5, centre=True)
-    _vertical_text(canvas, "mean class probability", (12, (y0 + y1) // 2))
+    _vertical_text(canvas, y_label, (12, (y0 + y1) // 2))
     legend_y = y1 + 20 if legend_top else y0 - 14 - 20 * (len(curves) - 1)
     for index, (method, (x, p)) in enumerate(curves.items()):
         color = LINE_COLORS[index % len(LINE_COLORS)]
@@ -208,6 +212,8 @@ class EvaluationRun:
     names: list[str]
     interrupted: str | None = None  # SIGINT or SIGTERM
     not_evaluated: list[str] = field(default_factory=list)  # the images an interrupted run did not reach
+    facts: list[dict] = field(default_factory=list)  # per finished image, the task's facts (segmentation: region)
+    score_name: str = "class probability"  # what the protocols scored (the task's payloads)
 
 
 def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
@@ -219,25 +225,31 @@ def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.Pa
 
 
 def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names: Sequence[str],
-                    step: int) -> EvaluationRun:
+                    step: int, region=None) -> EvaluationRun:
     """Explain and evaluate the images one at a time (the metrics are per image), so a stop signal ends the run at the
-    next scorer batch, method or image with every finished image's scores kept (interrupts.active)."""
+    next scorer batch, method or image with every finished image's scores kept (interrupts.active).
+
+    What is explained and scored is the task's (tasks/*_payloads.py): a classifier's top class by its probability, a
+    segmentation model's class on most pixels over `region` (None: where it is predicted) by the region
+    probability P; `region` is refused for a classifier."""
+    payloads = payloads_for(explainer.bundle.manifest)
     stop = active()
     parts: list[Evaluation] = []
+    facts: list[dict] = []
     with stop.deferred():
         try:
             for index, name in enumerate(names):
                 stop.check()
                 image = images[index : index + 1]
-                explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=stop.check)
-                maps = {method: explanation.maps[method] for method in methods}
-                parts.append(evaluate_maps(explainer, image, maps, explanation.classes, step, [name],
-                                           explanation=explanation, before_method=stop.check))
+                explanation, evaluation = payloads.evaluate(explainer, image, tuple(methods), name, step, region,
+                                                            on_batch=stop.check, before_method=stop.check)
+                parts.append(evaluation)
+                facts.append(payloads.evaluation_facts(explanation))
         except Interrupted:
             pass
     evaluation = _join_images(parts) if parts else None
     finished, pending = list(names[: len(parts)]), list(names[len(parts):])
-    return EvaluationRun(evaluation, finished, stop.received if pending else None, pending)
+    return EvaluationRun(evaluation, finished, stop.received if pending else None, pending, facts, payloads.score_name)
 
 
 def _join_images(parts: Sequence[Evaluation]) -> Evaluation:
@@ -264,12 +276,14 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
     out = Path(out)
     earlier = check_output_folder(out, (*EVALUATION_FILES, RECORD), {}, LEGACY_HEADS)
     create_folder(out)
-    written = list(write_evaluation(out, run.evaluation, setup, manifest.class_names).values()) if run.evaluation else []
+    written = list(write_evaluation(out, run.evaluation, setup, manifest.class_names,
+                                    run.score_name).values()) if run.evaluation else []
     evaluation = run.evaluation
     images = []
     for i, name in enumerate(run.names):
         images.append({
             "name": name, "input": inputs[i] if i < len(inputs) else name, "class_index": int(evaluation.classes[i]),
+            **(run.facts[i] if i < len(run.facts) else {}),
             "metrics": {method: {metric: float(scores.per_image[metric][i]) for metric in METRICS}
                         for method, scores in evaluation.scores.items()},
         })
@@ -279,6 +293,7 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
         "model": {"source": manifest.source, "target_layer": manifest.target_layer,
                   "input_size": list(manifest.input_size)},
         "step": evaluation.step if evaluation else None,
+        "score": run.score_name,
         "complete": run.interrupted is None,
         "interrupted_by": run.interrupted,
         "images": images,
@@ -291,13 +306,13 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
 
 
 def write_evaluation(out: str | os.PathLike, evaluation: Evaluation, setup: str,
-                     class_names: Sequence[str] | None = None) -> dict[str, Path]:
+                     class_names: Sequence[str] | None = None, score_name: str = "class probability") -> dict[str, Path]:
     """Encode metrics.md, metrics.csv and curves.png in memory, then write each atomically; return their paths."""
     out = Path(out)
     encoded = {
-        METRICS_MD: metrics_markdown(evaluation, setup, class_names).encode("utf-8"),
+        METRICS_MD: metrics_markdown(evaluation, setup, class_names, score_name).encode("utf-8"),
         METRICS_CSV: metrics_csv(evaluation).encode("utf-8"),
-        CURVES_PNG: _png_bytes(curves_image(evaluation)),
+        CURVES_PNG: _png_bytes(curves_image(evaluation, score_name)),
     }
     for name, data in encoded.items():
         _write(out / name, data)
