@@ -194,6 +194,13 @@ def staged_bundle(out: str | os.PathLike, manifest: Manifest) -> Iterator[Staged
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
 
 
+def bundle_of(value):
+    """The Bundle an export returned (fusioncam.export's ExportResult carries it as `.bundle`), else `value` as
+    given: wherever a bundle directory or a Bundle is accepted, an export's result is accepted too."""
+    inner = getattr(value, "bundle", None)
+    return inner if isinstance(inner, Bundle) else value
+
+
 def load_bundle(path: str | os.PathLike, verify: bool = True) -> Bundle:
     """Read a bundle's manifest, check every listed file exists and still has its recorded hash, and that the
     manifest's facts agree with the graphs (read without their weights)."""

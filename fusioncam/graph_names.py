@@ -17,6 +17,7 @@ SCORER_OUTPUTS = (LOGITS,)
 
 # Segmentation bundles (docs/segmentation.md): a class and a region per image; the scorer returns the region's score.
 REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted
+PREDICTED_REGION = -1.0  # fill value of a region row that asks for "where the model predicts the class"
 REGION_WEIGHTS = "region_weights"  # explain output and scorer input: float [N, H', W'] (the w of S and P)
 SCORE = "score"  # scorer output: float [N], the region probability P
 

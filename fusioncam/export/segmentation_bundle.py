@@ -9,13 +9,12 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import ModelLoadError
-from ..graph_names import INPUT, REGION, REGION_WEIGHTS, SCORE, TARGET
+from ..graph_names import INPUT, PREDICTED_REGION, REGION, REGION_WEIGHTS, SCORE, TARGET
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
                              write_checked_graphs)
 from .layers import Layer
-from .segmentation_graph import (PREDICTED_REGION, Segmenter,
-                                 build_segmentation_explain, build_segmentation_scorer)
+from .segmentation_graph import Segmenter, build_segmentation_explain, build_segmentation_scorer
 
 SEGMENTATION = "segmentation"
 

@@ -30,7 +30,6 @@ from .graph_surgery import prune_to_outputs
 from .layers import Layer, candidate_layers
 
 SEGMENTATION_RESERVED = [INPUT, TARGET, REGION, REGION_WEIGHTS, SCORE, LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED]
-PREDICTED_REGION = -1.0  # fill value of a region row that asks for "where the model predicts c"
 EMPTY_REGION_FLOOR = 1e-12  # P's denominator floor: an empty region scores 0 instead of NaN
 
 

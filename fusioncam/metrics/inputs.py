@@ -28,7 +28,12 @@ def checked_targets(explainer, targets, n: int) -> np.ndarray:
 
 def checked_inputs(explainer, images, maps, targets) -> tuple[Array, Array, np.ndarray]:
     """(images [N,3,H,W] float32, maps [N,H,W] float32) on the explainer's device, and targets int64 [N] on the host
-    (-1: the image's arg-max class). Call inside `explainer.scorer.in_use()`."""
+    (-1: the image's arg-max class). Call inside `explainer.scorer.in_use()`. These protocols score a class per
+    image: another task's bundle is refused, naming its metrics."""
+    task = explainer.task.name
+    if task != "classification":
+        raise InputError(f"these metrics score image classes; {explainer.bundle.path} is a {task} bundle: score its "
+                         f"maps with fusioncam.metrics.segmentation.evaluate_segmentation_maps")
     images = checked_images(explainer.scorer, images, explainer.bundle.manifest.input_size)
     n, _, height, width = images.shape
     maps = device_maps(explainer.scorer, maps, (n, height, width))

@@ -58,7 +58,7 @@ def curve_probabilities(scorer: Scorer, images: Array, maps: Array, classes: Arr
         else:
             kernels.write_map_masked_inputs(images, (~changed).astype(xp.float32), image_index, buffer, 0)
 
-    p = scorer.class_probabilities(n * steps, xp.repeat(classes, steps), write)
+    p = scorer.class_probabilities(n * steps, classes[xp.repeat(xp.arange(n), steps)], write)
     return scorer.to_host(p).reshape(n, steps)
 
 

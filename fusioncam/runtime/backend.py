@@ -6,13 +6,15 @@ and a test checks that both backends have every one of them.
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import Any, ContextManager, Protocol, runtime_checkable
+from types import MappingProxyType, ModuleType
+from typing import Any, ContextManager, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..kernels import Array, KernelSet
 from .stage_clock import StageClock
+
+EMPTY_INPUTS: Mapping[str, Any] = MappingProxyType({})  # a scorer run whose rows need nothing beside the image
 
 
 @runtime_checkable
@@ -22,6 +24,10 @@ class Backend(Protocol):
     The scorer has one input buffer of `batch_size` rows that callers write masked images into and then run;
     `batch_ranges` says how rows are cut into runs on this device. Not thread-safe by itself: the Explainer
     serialises every use of one backend.
+
+    Task-agnostic: the bundle's Task (fusioncam/tasks/) names the explain graph's target inputs and outputs and the
+    scorer's per-row inputs and output; the backend feeds whatever inputs it is given by name and returns the
+    outputs, with no knowledge of what they mean. Every member holds for every task.
     """
 
     xp: ModuleType  # numpy or cupy: the array module of every array this backend takes and returns
@@ -31,8 +37,9 @@ class Backend(Protocol):
     def context(self) -> ContextManager[Any]:
         """Make this backend's device (and stream) current for array work."""
 
-    def explain(self, images: Array, targets: Array) -> dict[str, Array]:
-        """One explain pass: the graph_names.EXPLAIN_OUTPUTS of each image for its target (-1: the arg-max)."""
+    def explain(self, images: Array, inputs: Mapping[str, Array]) -> dict[str, Array]:
+        """One explain pass of images [N,3,H,W] with the task's target inputs (Task.explain_feed, on this device):
+        the task's explain_outputs by name."""
 
     def input_buffer(self) -> Array:
         """The scorer's [batch_size, 3, H, W] input buffer that the mask kernels write into."""
@@ -40,11 +47,10 @@ class Backend(Protocol):
     def batch_ranges(self, total: int) -> list[tuple[int, int]]:
         """(start, stop) of the scorer runs covering `total` rows."""
 
-    def score_rows(self, count: int) -> Array:
-        """float32 logits [count, classes] of the input buffer's first `count` rows."""
-
-    def score(self, images: Array) -> Array:
-        """float32 logits of arbitrary inputs (the all-zeros baseline)."""
+    def score_rows(self, count: int, inputs: Mapping[str, Array] = EMPTY_INPUTS) -> Array:
+        """The scorer's output (the task's scorer_output, as float32) for the input buffer's first `count` rows, each
+        row with its `inputs` (the task's row_inputs, `count` rows each; none for a classifier): logits
+        [count, classes], or one score per row [count]."""
 
     def warm_up(self) -> None:
         """Run the scorer at every run size this backend uses, so later runs pay no first-run cost."""

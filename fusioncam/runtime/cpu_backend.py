@@ -9,11 +9,18 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..cpu_quota import cpu_budget
-from ..errors import BundleError
-from ..graph_names import EXPLAIN_OUTPUTS, INPUT, LOGITS, TARGET
+from ..errors import BundleError, InputError
+from ..graph_names import INPUT
 from ..kernels import KernelSet, numpy_kernels
+from .backend import EMPTY_INPUTS
 from .batch_plan import row_ranges
 from .stage_clock import HostClock
+
+
+def zero_row_inputs(xp, specs, rows: int, float_dtype) -> dict:
+    """Row inputs of zeros for `rows` rows (warm-up runs), by the task's row_input_specs."""
+    return {name: xp.zeros((rows, *spec.shape), dtype=float_dtype if spec.dtype == "float" else xp.int64)
+            for name, spec in specs.items()}
 
 
 
@@ -46,17 +53,22 @@ def cpu_session(path, threads: int | None = None):
 
 
 class CpuBackend:
-    """The Backend protocol on the CPU: the explain graph and the scorer; the scorer input buffer is allocated once.
+    """The Backend protocol on the CPU, for every task: the explain graph and the scorer; the scorer input buffer is
+    allocated once. `task` (fusioncam/tasks/) names the graphs' outputs and the scorer's per-row inputs.
 
-    With `fp16` the bundle's float16 scorer runs: its input buffer is float16 (the mask kernels write it) and
-    its logits come back as float32, before anything reduces them."""
+    With `fp16` the bundle's float16 scorer runs: its input buffer and float row inputs are float16 (the mask
+    kernels write the buffer) and its output comes back as float32, before anything reduces it."""
 
     xp = np
     kernels: KernelSet = numpy_kernels
 
-    def __init__(self, bundle: Bundle, batch_size: int, fp16: bool = False) -> None:
+    def __init__(self, bundle: Bundle, task, batch_size: int, fp16: bool = False) -> None:
         size = bundle.manifest.input_size
         self.batch_size = batch_size
+        self._explain_outputs = list(task.explain_outputs)
+        self._row_inputs = tuple(task.row_inputs)
+        self._scorer_output = task.scorer_output
+        self._row_specs = task.row_input_specs(bundle.manifest)
         self._explain = cpu_session(bundle.explain_path)
         self._scorer = cpu_session(bundle.scorer_fp16_path if fp16 else bundle.scorer_path)
         self._input_dtype = np.float16 if fp16 else np.float32
@@ -66,10 +78,11 @@ class CpuBackend:
         """Nothing to make current on the CPU."""
         return contextlib.nullcontext()
 
-    def explain(self, images: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
-        """One pass: logits, activations, gradients of each image's target logit, and the targets used."""
-        outputs = self._explain.run(list(EXPLAIN_OUTPUTS), {INPUT: images, TARGET: targets})
-        return dict(zip(EXPLAIN_OUTPUTS, outputs))
+    def explain(self, images: np.ndarray, inputs) -> dict[str, np.ndarray]:
+        """One pass with the task's target inputs: the task's explain outputs (class scores, activations, gradients
+        of the explained score, the targets used, ...)."""
+        outputs = self._explain.run(self._explain_outputs, {INPUT: images, **inputs})
+        return dict(zip(self._explain_outputs, outputs))
 
     def input_buffer(self) -> np.ndarray:
         """The scorer's [batch_size,3,H,W] input buffer that the mask kernels write into."""
@@ -79,19 +92,24 @@ class CpuBackend:
         """(start, stop) of the scorer runs for `total` rows: full batches and one exact remainder."""
         return row_ranges(total, self.batch_size, padded=False)
 
-    def score_rows(self, count: int) -> np.ndarray:
-        """Logits of the first `count` rows of the input buffer (the CPU runs no padding rows)."""
-        return self._scorer.run([LOGITS], {INPUT: self._buffer[:count]})[0].astype(np.float32, copy=False)
+    def score_rows(self, count: int, inputs=EMPTY_INPUTS) -> np.ndarray:
+        """The scorer's output (logits, or a score per row) for the first `count` rows of the input buffer, each row
+        with its `inputs` (the CPU runs no padding rows); float row inputs are cast to the scorer's float type."""
+        feed = {INPUT: self._buffer[:count]}
+        for name in self._row_inputs:
+            value = inputs.get(name)
+            if value is None:
+                raise InputError(f"the scorer of this bundle needs the row input '{name}' for every row (the task's "
+                                 f"row_inputs: {', '.join(self._row_inputs)}); none was given")
+            floating = np.asarray(value).dtype.kind == "f"
+            feed[name] = np.ascontiguousarray(value, self._input_dtype if floating else None)
+        return self._scorer.run([self._scorer_output], feed)[0].astype(np.float32, copy=False)
 
     def warm_up(self) -> None:
-        """One full scorer batch (ONNX Runtime sizes its CPU buffers on the first run; no per-shape search here)."""
+        """One full scorer batch of zeros, zero row inputs too (ONNX Runtime sizes its CPU buffers on the first run;
+        no per-shape search here)."""
         self._buffer[:] = 0
-        self.score_rows(self.batch_size)
-
-    def score(self, images: np.ndarray) -> np.ndarray:
-        """Logits of arbitrary inputs (used once per session for the all-zeros baseline)."""
-        images = np.ascontiguousarray(images, dtype=self._input_dtype)
-        return self._scorer.run([LOGITS], {INPUT: images})[0].astype(np.float32, copy=False)
+        self.score_rows(self.batch_size, zero_row_inputs(np, self._row_specs, self.batch_size, self._input_dtype))
 
     def asarray(self, array) -> np.ndarray:
         """Already on the host: the array itself (no copy when it is one)."""

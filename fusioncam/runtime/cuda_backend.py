@@ -7,10 +7,12 @@ import contextlib
 import numpy as np
 
 from ..bundle import Bundle
-from ..errors import DeviceError
-from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
+from ..errors import DeviceError, InputError
+from ..graph_names import INPUT
 from ..kernels import KernelSet, cuda_kernels
+from .backend import EMPTY_INPUTS
 from .batch_plan import padded_rows, padded_run_sizes, row_ranges
+from .cpu_backend import zero_row_inputs
 from .stage_clock import CudaEventClock
 
 
@@ -32,12 +34,14 @@ def cuda_session(ort, path, options, provider: tuple[str, dict]):
 
 
 class CudaBackend:
-    """The Backend protocol on one GPU: explain graph and scorer; every array stays on the device until the final maps.
+    """The Backend protocol on one GPU, for every task: explain graph and scorer; every array stays on the device
+    until the final maps. `task` (fusioncam/tasks/) names and shapes the graphs' outputs and the scorer's per-row
+    inputs, which live in bound device buffers of batch_size rows like the image buffer.
 
-    With `fp16` the bundle's float16 scorer runs on float16 input and logit buffers; its logits are cast to
-    float32 before anything reduces them."""
+    With `fp16` the bundle's float16 scorer runs on float16 input, row-input and output buffers; its output is cast
+    to float32 before anything reduces it."""
 
-    def __init__(self, bundle: Bundle, batch_size: int, device_index: int = 0, tf32: bool = False,
+    def __init__(self, bundle: Bundle, task, batch_size: int, device_index: int = 0, tf32: bool = False,
                  fp16: bool = False, provider_options: dict | None = None) -> None:
         import cupy
         import onnxruntime as ort
@@ -47,8 +51,10 @@ class CudaBackend:
         self.device_index = device_index
         self.batch_size = batch_size
         manifest = bundle.manifest
-        self._num_classes = manifest.num_classes
-        self._feature_shape = (manifest.channels, *manifest.feature_size)
+        self._explain_specs = task.explain_output_specs(manifest)
+        self._explain_outputs = tuple(task.explain_outputs)
+        self._row_specs = task.row_input_specs(manifest)
+        self._scorer_output = task.scorer_output
         self._device = cupy.cuda.Device(device_index)
         with self._device:
             self.stream = cupy.cuda.Stream(non_blocking=True)
@@ -69,7 +75,9 @@ class CudaBackend:
             self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
             self._scorer_dtype = cupy.float16 if fp16 else cupy.float32
             self._buffer = cupy.zeros((batch_size, 3, *manifest.input_size), dtype=self._scorer_dtype)
-            self._logits = cupy.empty((batch_size, manifest.num_classes), dtype=self._scorer_dtype)
+            # the rows' extra inputs (padding rows keep stale but valid values), zeros at first
+            self._row_buffers = zero_row_inputs(cupy, self._row_specs, batch_size, self._scorer_dtype)
+            self._logits = cupy.empty((batch_size, *task.scorer_output_shape(manifest)), dtype=self._scorer_dtype)
             self._scorer_bindings: dict[int, object] = {}  # rows -> binding of the buffers' first rows
 
     def _bind(self, session, inputs: dict, outputs: dict):
@@ -88,19 +96,19 @@ class CudaBackend:
         stack.enter_context(self.stream)
         return stack
 
-    def explain(self, images, targets) -> dict:
-        """One pass of the explain graph on device buffers."""
+    def explain(self, images, inputs) -> dict:
+        """One pass of the explain graph on device buffers: the task's target inputs in, its outputs allocated here."""
         cupy = self.xp
         n = images.shape[0]
-        images = cupy.ascontiguousarray(images, dtype=cupy.float32)
-        targets = cupy.ascontiguousarray(targets, dtype=cupy.int64)
-        outputs = {
-            LOGITS: cupy.empty((n, self._num_classes), dtype=cupy.float32),
-            ACTIVATIONS: cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
-            GRADIENTS: cupy.empty((n, *self._feature_shape), dtype=cupy.float32),
-            TARGET_USED: cupy.empty((n,), dtype=cupy.int64),
-        }
-        binding = self._bind(self._explain, {INPUT: images, TARGET: targets}, outputs)
+        feed = {INPUT: cupy.ascontiguousarray(images, dtype=cupy.float32)}
+        for name, value in inputs.items():
+            value = cupy.asarray(value)
+            feed[name] = cupy.ascontiguousarray(value, dtype=cupy.float32 if value.dtype.kind == "f" else cupy.int64)
+        outputs = {}
+        for name in self._explain_outputs:
+            spec = self._explain_specs[name]
+            outputs[name] = cupy.empty((n, *spec.shape), dtype=cupy.float32 if spec.dtype == "float" else cupy.int64)
+        binding = self._bind(self._explain, feed, outputs)
         self._explain.run_with_iobinding(binding, self._run_options)
         return outputs
 
@@ -112,13 +120,21 @@ class CudaBackend:
         """(start, stop) of the scorer runs for `total` rows: full batches, then power-of-two runs (batch_plan)."""
         return row_ranges(total, self.batch_size, padded=True)
 
-    def score_rows(self, count: int):
-        """Run the first padded_rows(count) rows of the buffer (padding rows are stale and ignored); logits of the
-        first `count` rows. Each run size has its own binding, made on first use."""
+    def score_rows(self, count: int, inputs=EMPTY_INPUTS):
+        """Run the first padded_rows(count) rows of the buffer (padding rows are stale and ignored), each row with its
+        `inputs` (copied into the bound row-input buffers); the scorer's output for the first `count` rows. Each
+        run size has its own binding, made on first use."""
+        for name, buffer in self._row_buffers.items():
+            value = inputs.get(name)
+            if value is None:
+                raise InputError(f"the scorer of this bundle needs the row input '{name}' for every row (the task's "
+                                 f"row_inputs: {', '.join(self._row_buffers)}); none was given")
+            buffer[:count] = value
         rows = padded_rows(count, self.batch_size)
         binding = self._scorer_bindings.get(rows)
         if binding is None:
-            binding = self._bind(self._scorer, {INPUT: self._buffer[:rows]}, {LOGITS: self._logits[:rows]})
+            feed = {INPUT: self._buffer[:rows], **{name: buffer[:rows] for name, buffer in self._row_buffers.items()}}
+            binding = self._bind(self._scorer, feed, {self._scorer_output: self._logits[:rows]})
             self._scorer_bindings[rows] = binding
         self._scorer.run_with_iobinding(binding, self._run_options)
         return self._logits[:count].astype(self.xp.float32, copy=False)
@@ -127,17 +143,8 @@ class CudaBackend:
         """Run the scorer once at every bound run size: cuDNN's algorithm search for each shape happens now, not
         inside the first explanations."""
         for rows in padded_run_sizes(self.batch_size):
-            self.score_rows(rows)
+            self.score_rows(rows, {name: buffer[:rows] for name, buffer in self._row_buffers.items()})
         self.stream.synchronize()
-
-    def score(self, images):
-        """Logits of arbitrary device inputs (the all-zeros baseline, once per session)."""
-        cupy = self.xp
-        images = cupy.ascontiguousarray(images, dtype=self._scorer_dtype)
-        logits = cupy.empty((images.shape[0], self._num_classes), dtype=self._scorer_dtype)
-        binding = self._bind(self._scorer, {INPUT: images}, {LOGITS: logits})
-        self._scorer.run_with_iobinding(binding, self._run_options)
-        return logits.astype(cupy.float32, copy=False)
 
     def asarray(self, array):
         """Host or device array -> device array on this GPU."""
@@ -157,4 +164,5 @@ class CudaBackend:
             self.stream.synchronize()
             self._scorer_bindings.clear()
             self._explain = self._scorer = self._buffer = self._logits = None
+            self._row_buffers = {}
             self.xp.get_default_memory_pool().free_all_blocks()

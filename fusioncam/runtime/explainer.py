@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import ContextManager, Mapping, Sequence
+from typing import TYPE_CHECKING, ContextManager, Mapping, Sequence
 
 import numpy as np
 
 from .. import arguments
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, bundle_of, load_bundle
 from ..errors import InputError, NonFiniteError
 from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
+from ..tasks import Prediction, Task, task_for
 from .backend import Backend
-from .betas import class_probabilities
 from .device_select import Device, select_device
 from .explanation import Explanation
-from .input_checks import check_images, resolve_targets
+from .input_checks import check_images
 from .methods import Engine, MethodOutput, check_methods, run_methods
 from .methods.compat import check_compat
 from .scorer import Scorer
+
+if TYPE_CHECKING:
+    from ..export.bundle_builder import ExportResult
 
 log = logging.getLogger("fusioncam")
 
@@ -31,9 +34,13 @@ PRECISIONS = ("fp32", "tf32", "fp16")
 class Explainer:
     """Explains images with Fusion-CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, Score-CAM, Group-CAM and Union-CAM from a bundle.
 
+    What is explained is the bundle's task (fusioncam/tasks/: a class per image, or a class over a region for a
+    segmentation model); the Explainer itself has no task-specific code: it asks `self.task`.
+
     Lifecycle: construction loads the bundle (verifying its files), creates the two ONNX Runtime sessions
-    (explain graph and scorer) and the scorer's input buffer on the chosen device, and scores the all-zeros
-    image z0 once (every method's baseline p(z0)); nothing else runs until a call. `close()`, or leaving a
+    (explain graph and scorer) and the scorer's input buffer on the chosen device, and scores what of the
+    all-zeros image z0 is the same for every call (a classifier's logits of z0, every method's baseline p(z0));
+    nothing else runs until a call. `close()`, or leaving a
     `with Explainer(...) as explainer:` block, releases the sessions and device buffers; any later call raises
     ClosedError. close() is idempotent.
 
@@ -44,11 +51,13 @@ class Explainer:
     whole GPU, for one scorer run); for parallel work, give each worker its own Explainer.
     """
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, device: str = "auto", batch_size: int | None = None,
+    def __init__(self, bundle: str | os.PathLike | Bundle | ExportResult, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
                  max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None,
                  compat: str | None = None) -> None:
-        """precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
+        """bundle: a bundle directory, a loaded Bundle, or the ExportResult an export returned.
+
+        precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
 
         max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
         Grad-CAM contribution relu(w_k) * mean(A_k) per image (see runtime/channel_selection.py); the others get
@@ -62,14 +71,15 @@ class Explainer:
         align_corners=True, and its map's ReLU before the upsampling), on which Fusion-CAM and Union-CAM then
         build; classifier bundles only; see runtime/methods/compat.py.
         """
+        bundle = bundle_of(bundle)
         arguments.explainer_arguments(bundle, device, batch_size, precision, theta, skip_constant_channels,
                                       max_channels, cuda_options)
         self.compat = check_compat(compat)
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        if self.compat is not None and self.bundle.manifest.task == "segmentation":
+        self.task: Task = task_for(self.bundle.manifest.task)
+        if self.compat is not None and self.task.compat_note is not None:
             raise InputError(f"compat={self.compat!r} applies to classifier bundles; {self.bundle.path} is a "
-                             f"segmentation bundle, whose Score-CAM scores the region probability P "
-                             f"(docs/segmentation.md) where pytorch-grad-cam sums class scores; leave compat=None")
+                             f"{self.task.name} bundle, {self.task.compat_note}; leave compat=None")
         if precision not in PRECISIONS:
             raise InputError(f"precision '{precision}' is not available; choose one of {', '.join(PRECISIONS)}")
         if precision == "fp16" and self.bundle.scorer_fp16_path is None:
@@ -93,9 +103,9 @@ class Explainer:
         self.cuda_options = {str(key): str(value) for key, value in (cuda_options or {}).items()}
         self.backend: Backend = self._make_backend()
         # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
-        self.scorer = self._scorer_class()(self.backend, f"Explainer for {self.bundle.path}")
-        with self.backend.context():  # a segmentation bundle's baseline P(z0) depends on each image's region
-            self._z0_logits = None if self.segmentation else self.backend.score(self._zero_image())[0]
+        self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}", self.task)
+        with self.backend.context():  # what of z0 every call shares (None where it depends on the call's targets)
+            self._z0_constant = self.task.constant_baseline(self.scorer)
 
     def _in_use(self, action: str = "explain") -> ContextManager[Scorer]:
         """Hold the call lock and make the device current; a ClosedError if close() already ran."""
@@ -110,7 +120,7 @@ class Explainer:
         """Release the ONNX Runtime sessions and the device buffers (waits for a call in progress to finish).
         Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
         self.scorer.close()
-        self._z0_logits = None
+        self._z0_constant = None
 
     def __enter__(self) -> "Explainer":
         return self
@@ -124,39 +134,42 @@ class Explainer:
 
     @property
     def segmentation(self) -> bool:
-        """True for a segmentation bundle (a class over a region per image; runtime/segmentation.py)."""
-        return self.bundle.manifest.task == "segmentation"
+        """True for a segmentation bundle (a class over a region per image; fusioncam/tasks/segmentation.py)."""
+        return self.task.name == "segmentation"
 
-    def _scorer_class(self) -> type[Scorer]:
-        """The scorer service: a segmentation bundle's scores each row for its image's class and region."""
-        if self.segmentation:
-            from .segmentation import SegmentationScorer
-
-            return SegmentationScorer
-        return Scorer
-
-    def _make_backend(self):
-        """The CPU or CUDA backend for the selected device."""
-        if self.segmentation:
-            from .segmentation_backend import make_segmentation_backend
-
-            return make_segmentation_backend(self.bundle, self.device, self.batch_size, self.precision)
+    def _make_backend(self) -> Backend:
+        """The CPU or CUDA backend for the selected device (one per device, for every task)."""
         if self.device.kind == "cpu":
             from .cpu_backend import CpuBackend
 
-            return CpuBackend(self.bundle, self.batch_size, fp16=self.precision == "fp16")
+            return CpuBackend(self.bundle, self.task, self.batch_size, fp16=self.precision == "fp16")
         from .cuda_backend import CudaBackend
 
-        return CudaBackend(self.bundle, self.batch_size, self.device.index, tf32=self.precision == "tf32",
+        return CudaBackend(self.bundle, self.task, self.batch_size, self.device.index, tf32=self.precision == "tf32",
                            fp16=self.precision == "fp16", provider_options=self.cuda_options)
+
+    def _device_feed(self, feed: Mapping[str, np.ndarray]) -> dict:
+        """The task's explain-graph target inputs on the backend's device."""
+        return {name: self.backend.asarray(value) for name, value in feed.items()}
 
     def warm_up(self) -> "Explainer":
         """Run the explain graph once and the scorer at every run size it can use, so the first explanations
         are as fast as the later ones (on the GPU each new shape pays cuDNN's algorithm search). Returns self."""
         with self._in_use("warm up"):
-            self.backend.explain(self._zero_image(), self.backend.asarray(np.full(1, -1, dtype=np.int64)))
+            feed = self.task.explain_feed(self.bundle.manifest, 1, None, None, self.class_names)
+            self.backend.explain(self._zero_image(), self._device_feed(feed))
             self.backend.warm_up()
         return self
+
+    def predict(self, images) -> Prediction:
+        """The model's prediction for preprocessed images [N,3,H,W] without an explanation, on the host: a
+        classifier's logits [N, C], softmax probabilities and top classes [N]; a segmentation model's per-pixel
+        class scores [N, C, H', W'], their softmax over classes and the predicted class of every output pixel
+        (fusioncam.tasks.Prediction). np.asarray(prediction) is its logits."""
+        images = arguments.image_array("images", images)
+        images = check_images(images, self.bundle.manifest.input_size)
+        with self._in_use("predict"):
+            return self.task.predict(self.scorer, self.backend.asarray(images))
 
     @property
     def class_names(self) -> list[str] | None:
@@ -173,6 +186,9 @@ class Explainer:
         regions (segmentation bundles only): where the class is explained, per image or for all: "predicted"
         (None, the default: where the model predicts the class), "all", a box (x0, y0, x1, y1) or a mask [H, W];
         targets=None then explains the class predicted on most pixels (docs/segmentation.md).
+
+        The targets (and regions) are read by the bundle's task (Task.explain_feed), which also shapes the result:
+        an Explanation, or a segmentation bundle's SegmentationExplanation (with region_weights).
         """
         images = arguments.image_array("images", images)
         methods = check_methods(arguments.method_names("methods", methods))
@@ -181,38 +197,36 @@ class Explainer:
         images = check_images(images, manifest.input_size)
         n = int(images.shape[0])
         names = list(names) if names is not None else [f"image {i}" for i in range(n)]
-        target_array = resolve_targets(targets, n, manifest.num_classes, self.class_names)
-        if self.segmentation:
-            from .segmentation import explain_segmentation
-
-            return explain_segmentation(self, images, target_array, regions, methods, names, on_batch)
-        if regions is not None:
-            raise InputError("regions= applies to segmentation bundles only; this bundle explains image classes")
+        feed = self.task.explain_feed(manifest, n, targets, regions, self.class_names)
         with self._in_use():
-            backend = self.backend
-            return self._explain_on_device(backend.asarray(images), backend.asarray(target_array), names, methods,
+            return self._explain_on_device(self.backend.asarray(images), self._device_feed(feed), names, methods,
                                            on_batch)
 
-    def _explain_on_device(self, images, targets, names: list[str], methods: tuple[str, ...], on_batch=None) -> Explanation:
+    def _explain_on_device(self, images, feed: dict, names: list[str], methods: tuple[str, ...],
+                           on_batch=None) -> Explanation:
         """One explain pass, then the methods over one shared engine (the algorithm page, batched over images)."""
-        backend, kernels = self.backend, self.backend.kernels
+        backend, kernels, task = self.backend, self.backend.kernels, self.task
         clock = backend.clock()
         clock.start("explain_pass")
         bad = kernels.nonfinite_rows(images)
-        graph = backend.explain(images, targets)
+        graph = backend.explain(images, feed)
         bad = bad | kernels.nonfinite_rows(graph[LOGITS], graph[ACTIVATIONS], graph[GRADIENTS])
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
-        engine = Engine(self.scorer, images, graph, self._z0_logits, self.theta, self.skip_constant_channels, clock,
+        task.check_explained(lambda name: backend.to_host(graph[name]), names, self.bundle.class_name)
+        targets = task.image_targets(graph)
+        baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
+        engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
                         on_batch, self.max_channels, compat=self.compat)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():
             self._raise_if_nonfinite(bad, names, f"the {name} map of")
-        return self._explanation(engine, outputs)
+        return self._explanation(engine, outputs, graph)
 
-    def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput]) -> Explanation:
-        """Everything computed, copied to the host; what did not run stays None."""
+    def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput], graph: dict) -> Explanation:
+        """Everything computed, copied to the host (what did not run stays None); the task adds its own fields
+        (classes, probabilities, logits, ...) from the explain pass's outputs."""
         backend = self.backend
         copies: dict[tuple[int, np.dtype], np.ndarray] = {}
 
@@ -238,11 +252,8 @@ class Explainer:
         timings["scorer_forwards_run"] = int(forwards_run.sum()) if forwards_run is not None else 0
         timings["scorer_forwards_skipped"] = int(forwards_skipped.sum()) if forwards_skipped is not None else 0
         timings["method_forwards_run"] = int(engine.probe_rows)
-        return Explanation(
+        fields = dict(
             maps={name: host(out.map) for name, out in outputs.items()},
-            classes=host(engine.classes, np.int64),
-            probabilities=host(class_probabilities(engine.xp, engine.logits, engine.classes), np.float64),
-            logits=host(engine.logits),
             timings=timings,
             method_maps={name: {key: host(m) for key, m in out.maps.items()} for name, out in outputs.items()},
             facts={name: host_facts(out.facts) for name, out in outputs.items()},
@@ -251,6 +262,7 @@ class Explainer:
             forwards_run=forwards_run, forwards_skipped=forwards_skipped,
             device=str(self.device), class_names=self.class_names,
         )
+        return self.task.explanation(fields, graph, engine.xp, backend.to_host)
 
     @staticmethod
     def _raise_if_nonfinite(bad: np.ndarray, names: list[str],

@@ -17,11 +17,12 @@ class ScoreSweep:
     forwards_skipped: object  # [N] int64, device array
 
 
-def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits, clock: StageClock,
+def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, targets, baseline_scores, clock: StageClock,
                     skip_constant: bool = True, on_batch: ProgressCallback | None = None, selected=None,
                     masked_inputs=None) -> ScoreSweep:
-    """s_k = y_c(x * norm(up(A_k))) for every channel; a constant channel's mask is all zeros, so its score
-    is exactly the cached all-zeros logit and (with `skip_constant`) no forward runs for it.
+    """s_k = y_c(x * norm(up(A_k))) for every channel (y_c: the task's raw explained score of each image's target,
+    `targets` indexed by image); a constant channel's mask is all zeros, so its score is exactly the all-zeros
+    image's, `baseline_scores` [N] (Baseline.scores), and (with `skip_constant`) no forward runs for it.
     `on_batch(done, total)`, if given, is called after each scorer batch (for progress bars).
     `selected` [N, K] bool (fast mode): only those channels are scored; the others get score -inf, which is
     weight 0 in Score-CAM's softmax. `masked_inputs` writes the rows (the arguments of the kernels'
@@ -29,7 +30,7 @@ def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits
     xp, kernels = scorer.xp, scorer.kernels
     masked_inputs = masked_inputs or kernels.write_channel_masked_inputs
     n, k = mins.shape
-    scores = xp.repeat(z0_logits[classes][:, None], k, axis=1).astype(xp.float32)
+    scores = xp.repeat(baseline_scores[:, None], k, axis=1).astype(xp.float32)
     active = (maxs > mins) if skip_constant else xp.ones((n, k), dtype=bool)
     if selected is not None:
         active = active & selected
@@ -41,7 +42,7 @@ def score_cam_sweep(scorer: Scorer, images, acts, mins, maxs, classes, z0_logits
         masked_inputs(images, acts, mins, maxs, image_index[start:stop], channel_index[start:stop], buffer, 0)
 
     total = int(image_index.shape[0])
-    scores[image_index, channel_index] = scorer.target_logits(total, classes[image_index], write, clock, on_batch)
+    scores[image_index, channel_index] = scorer.target_logits(total, targets[image_index], write, clock, on_batch)
     if selected is not None:
         scores[~selected] = -xp.inf
     run = active.sum(axis=1).astype(xp.int64)

@@ -32,9 +32,9 @@ def counted(explainer, monkeypatch) -> dict:
     score_rows = explainer.backend.score_rows
     blur = numpy_kernels.gaussian_blurred_images
 
-    def counted_rows(count):
+    def counted_rows(count, *inputs):
         counts["rows"] += count
-        return score_rows(count)
+        return score_rows(count, *inputs)
 
     def counted_blur(*args, **kwargs):
         counts["blurs"] += 1

@@ -129,7 +129,7 @@ def test_curves_of_several_images_with_different_targets(bundles, rng, batch_siz
     model = explainer(bundles, (4, 5), batch_size)
     calls = []
     score_rows = model.backend.score_rows
-    model.backend.score_rows = lambda count: calls.append(count) or score_rows(count)
+    model.backend.score_rows = lambda count, *inputs: calls.append(count) or score_rows(count, *inputs)
     want_x, want_deletion, want_insertion = expected_curves(images, maps, targets, 3)  # 8 steps: 0, 3, ..., 18, 20
 
     x, deletion = deletion_curve(model, images, maps, targets, step=3)

@@ -1,4 +1,4 @@
-"""Faithfulness metrics of segmentation explanations (runtime/segmentation_metrics.py) against an eager PyTorch
+"""Faithfulness metrics of segmentation explanations (metrics/segmentation.py) against an eager PyTorch
 computation of the same protocols with the region probability P, on the known-answer quadrant network."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fusioncam import Explainer, export_torch_segmentation
-from fusioncam.runtime.segmentation_metrics import evaluate_segmentation_maps
+from fusioncam.metrics.segmentation import evaluate_segmentation_maps
 from tests.support.segmentation_reference import class_scores, region_probability
 from tests.support.segmentation_models import QuadrantNet
 from tests.support.torch_reference_methods import gaussian_blur

@@ -68,12 +68,13 @@ def assert_same_explanation(got, want) -> None:
 
 def test_construction_scores_z0_once_and_runs_nothing_else(bundle, monkeypatch):
     calls = []
-    for name in ("explain", "score", "score_rows", "warm_up"):
+    for name in ("explain", "score_rows", "warm_up"):
         original = getattr(CpuBackend, name)
         monkeypatch.setattr(CpuBackend, name, lambda self, *args, _n=name, _f=original: calls.append(
             (_n, tuple(getattr(a, "shape", a) for a in args))) or _f(self, *args))
     explainer = fusioncam.Explainer(bundle, device="cpu", batch_size=8)
-    assert calls == [("score", ((1, 3, *SIZE),))]  # the all-zeros image, one row
+    assert [(name, args[0], dict(args[1])) for name, args in calls] == [("score_rows", 1, {})]  # z0, one row
+    assert not explainer.backend.input_buffer()[:1].any()  # the row it scored: the all-zeros image
     explainer.close()
 
 

@@ -45,9 +45,9 @@ def counting_explainer(bundle, batch_size: int = BATCH, **options):
         calls["explain"] += 1
         return explain(*args)
 
-    def counted_score_rows(count):
+    def counted_score_rows(count, *inputs):
         calls["rows"].append(count)
-        return score_rows(count)
+        return score_rows(count, *inputs)
 
     backend.explain, backend.score_rows = counted_explain, counted_score_rows
     return explainer, calls

@@ -179,9 +179,9 @@ def test_on_batch_reports_every_scorer_batch_of_the_sweep(resnet_bundle):
     explainer = fusioncam.Explainer(resnet_bundle[1], device="cpu", batch_size=50)
     score_rows = explainer.backend.score_rows
 
-    def counted_score_rows(count):  # every scorer run, in order with the on_batch reports
+    def counted_score_rows(count, *inputs):  # every scorer run, in order with the on_batch reports
         calls.append(("rows", count))
-        return score_rows(count)
+        return score_rows(count, *inputs)
 
     explainer.backend.score_rows = counted_score_rows
     explanation = explainer.explain(images, on_batch=lambda done, total: calls.append((done, total)))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET_USED
-from ..betas import class_probabilities
+from ...graph_names import ACTIVATIONS, GRADIENTS
 from ..channel_selection import gradcam_contributions, top_channels
 from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
@@ -25,11 +24,14 @@ class MethodOutput:
 
 
 class Engine:
-    """The quantities of one explain call for N images; each shared one is computed on first use, then cached."""
+    """The quantities of one explain call for N images; each shared one is computed on first use, then cached.
+
+    Task-agnostic: `targets` are the task's per-image targets (Task.image_targets: classes, or class + region),
+    indexed by image to give scorer rows their targets; `baseline` is the task's Baseline of the all-zeros image."""
 
     SHARED_MAPS = ("gradcam", "scorecam")  # shared maps an Explanation reports when some method computed them
 
-    def __init__(self, scorer: Scorer, images, graph: dict, z0_logits, theta: float, skip_constant: bool,
+    def __init__(self, scorer: Scorer, images, graph: dict, targets, baseline, theta: float, skip_constant: bool,
                  clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None,
                  compat: str | None = None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
@@ -38,9 +40,8 @@ class Engine:
         self.images = images
         self.acts = graph[ACTIVATIONS]
         self.grads = graph[GRADIENTS]
-        self.logits = graph[LOGITS]
-        self.classes = graph[TARGET_USED]
-        self.z0_logits = z0_logits
+        self.targets = targets  # per image; targets[image_index] are the rows' targets for the scorer
+        self.baseline = baseline  # the all-zeros image's scores (float32 [N]) and probabilities (float64 [N])
         self.theta = float(theta)
         self.skip_constant = skip_constant
         self.clock = clock
@@ -62,10 +63,8 @@ class Engine:
 
     @cached_property
     def b0(self):
-        """p(z0) per image, float64 [N] on the device: the all-zeros input's class probability."""
-        xp = self.xp
-        logits = xp.broadcast_to(self.z0_logits, (int(self.classes.shape[0]), int(self.z0_logits.shape[0])))
-        return class_probabilities(xp, logits, self.classes)
+        """p(z0) per image, float64 [N] on the device: the all-zeros input's explained probability."""
+        return self.baseline.probabilities
 
     @cached_property
     def gradcam_weights(self):
@@ -97,7 +96,7 @@ class Engine:
         mins, maxs = self.arithmetic.mask_min_max(self.acts, self.out_hw)
         selected = self.selected_channels
         self.clock.stop("shared_maps")
-        return score_cam_sweep(self.scorer, self.images, self.acts, mins, maxs, self.classes, self.z0_logits,
+        return score_cam_sweep(self.scorer, self.images, self.acts, mins, maxs, self.targets, self.baseline.scores,
                                self.clock, skip_constant=self.skip_constant, on_batch=self.on_batch,
                                selected=selected, masked_inputs=self.arithmetic.write_masked_inputs)
 

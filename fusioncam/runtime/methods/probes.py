@@ -51,7 +51,7 @@ def probe_probabilities(engine, probes: list[Probe]) -> dict[str, object]:
     if total == 0:
         return {probe.key: xp.empty(0, dtype=xp.float64) for probe in probes}
     engine.probe_rows += total
-    row_classes = engine.classes[xp.concatenate([probe.image_index for probe in probes])]
+    row_classes = engine.targets[xp.concatenate([probe.image_index for probe in probes])]
 
     def write(start: int, stop: int, buffer) -> None:
         """Rows start .. stop - 1 of all probes together: each probe writes the part of its rows that falls there."""

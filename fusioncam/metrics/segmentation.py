@@ -7,8 +7,8 @@ every perturbed image is scored by P (docs/segmentation.md) through the explaine
 - deletion and insertion AUC: P as the map's top pixels are set to 0 (deletion) or revealed on the blurred image
   (insertion), `step` pixels at a time, area by the trapezoid rule over the fraction of pixels changed.
 
-The metrics' own row writers and batching are reused: the scorer is bound to the explanation's targets and the
-rows name images, as in runtime/segmentation.py.
+The metrics' own row writers and batching are reused: each row's target is its image's class and region
+(tasks/segmentation.py's RegionTargets), which the scorer feeds with the row.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import InputError
-from ..metrics.confidence import drops, increases, masked_probabilities
-from ..metrics.inputs import checked_images, checked_step, device_maps
-from ..metrics.perturbation_curves import (DEFAULT_STEP, curve_probabilities, insertion_baselines, step_counts,
-                                           trapezoid_auc)
-from .segmentation import SegmentationExplanation
+from ..tasks.segmentation import RegionTargets, SegmentationExplanation
+from .confidence import drops, increases, masked_probabilities
+from .inputs import checked_images, checked_step, device_maps
+from .perturbation_curves import DEFAULT_STEP, curve_probabilities, insertion_baselines, step_counts, trapezoid_auc
 
 
 @dataclass
@@ -60,8 +59,9 @@ def evaluate_segmentation_maps(explainer, images, explanation: SegmentationExpla
         plane = height * width
         counts = step_counts(plane, checked_step(step, plane))
         xp = scorer.xp
-        scorer.bind(scorer.asarray(explanation.classes), scorer.asarray(explanation.region_weights))
-        rows = xp.arange(n, dtype=xp.int64)  # each row's target: the explanation's class and region of that image
+        # each image's target: the explanation's class and region of that image
+        rows = RegionTargets(scorer.asarray(explanation.classes), scorer.asarray(explanation.region_weights),
+                             xp.arange(n, dtype=xp.int64))
 
         def unchanged(start: int, stop: int, buffer) -> None:
             buffer[: stop - start] = images[start:stop]

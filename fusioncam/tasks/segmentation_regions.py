@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..export.segmentation_graph import PREDICTED_REGION
+from ..graph_names import PREDICTED_REGION
 
 REGION_WORDS = ("predicted", "all")
 
