@@ -47,20 +47,39 @@ def refuse_unless_new_or_empty(path: Path) -> None:
                           f"choose a new path")
 
 
+def write_failure(path: str | os.PathLike, exc: OSError) -> "OutputError":
+    """The one-line error for an OSError met while writing `path` (disk full, quota, read-only file system, no
+    permission): what was being written, the file the system named, and why."""
+    from .errors import OutputError
+
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename and os.fspath(exc.filename) != os.fspath(path) else ""
+    hint = {28: "free some space", 122: "free some space (disk quota exceeded)", 30: "choose a writable location",
+            13: "choose a folder you may write to"}.get(exc.errno or 0, "choose another location")
+    return OutputError(f"cannot write {path}: {reason}{where}; nothing was written there: {hint} and run again")
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike, guard: Callable[[Path], None] = refuse_unless_new_or_empty
                      ) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `path` whole, on failure it vanishes.
 
     `guard(path)` raises unless what is at `path` may be replaced; it runs before staging starts and again just
-    before the swap (the folder could have changed while the work ran)."""
+    before the swap (the folder could have changed while the work ran). An OSError while staging or swapping (a
+    full disk, a quota, a read-only file system, a permission) becomes an OutputError naming `path` and the reason,
+    after the staging directory is removed."""
     path = Path(path)
     guard(path)
-    created = _make_parents(path)
+    try:
+        created = _make_parents(path)
+    except OSError as exc:
+        raise write_failure(path, exc) from None
     try:
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
-    except BaseException:
+    except BaseException as exc:
         _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise write_failure(path, exc) from None
         raise
     os.chmod(staging, 0o777 & ~_umask())
     try:
@@ -79,9 +98,11 @@ def atomic_directory(path: str | os.PathLike, guard: Callable[[Path], None] = re
                 shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         _remove_empty(created)
+        if isinstance(exc, OSError):
+            raise write_failure(path, exc) from None
         raise
 
 

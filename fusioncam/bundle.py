@@ -145,6 +145,14 @@ def _bundle_files(path: Path) -> set[str] | None:
     return {MANIFEST, *(str(name) for name in document["files"])}
 
 
+def _enclosing_bundle(out: Path) -> Path | None:
+    """The nearest folder above `out` that is a fusioncam bundle (has a bundle manifest), or None."""
+    for folder in Path(os.path.abspath(out)).parents:
+        if folder.is_dir() and _bundle_files(folder) is not None:
+            return folder
+    return None
+
+
 def check_bundle_destination(out: str | os.PathLike, sources: Sequence[str | os.PathLike] = ()) -> Path:
     """Refuse, before any work, an export destination that is not a new path or a previous fusioncam bundle.
 
@@ -159,6 +167,10 @@ def check_bundle_destination(out: str | os.PathLike, sources: Sequence[str | os.
         real_source, real_out = os.path.realpath(source), os.path.realpath(out)
         if real_source == real_out or real_source.startswith(real_out.rstrip(os.sep) + os.sep):
             raise OutputError(f"bundle destination {out} would replace the model being exported ({source}): {fix}")
+    enclosing = _enclosing_bundle(out)
+    if enclosing is not None:
+        raise OutputError(f"bundle destination {out} lies inside the bundle {enclosing}; a bundle holds only its own "
+                          f"files (a bundle inside it would stop {enclosing} from being re-exported): {fix} outside it")
     if not out.exists():
         check_writable_location(out, "bundle destination")
         return out

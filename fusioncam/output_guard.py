@@ -21,6 +21,14 @@ from .hashing import file_sha256
 RECORD = "results.json"
 RECORD_MARK = "fusioncam_version"  # a results.json fusioncam wrote has this key
 SHOWN = 5  # how many unexpected files an error message names
+LOCK_FILE = ".fusioncam.lock"  # the lock a running fusioncam holds on its output folder (run_lock.py)
+WRITE_PROBE = ".write-probe."  # the prefix of probe_write's short-lived files
+
+
+def is_run_scratch(name: str) -> bool:
+    """True for the files fusioncam keeps in an output folder only while a run works there (the run lock, a write
+    probe): never the user's, never part of a record."""
+    return name == LOCK_FILE or name.startswith(WRITE_PROBE)
 
 
 def listing(names: Iterable[str]) -> str:
@@ -66,7 +74,7 @@ def check_writable_location(out: Path, what: str) -> None:
 
 def probe_write(folder: Path) -> None:
     """Create and remove a temporary file in `folder`: an OSError says why nothing can be written there."""
-    fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.", suffix=".tmp")
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=WRITE_PROBE, suffix=".tmp")
     try:
         os.close(fd)
     finally:
@@ -131,7 +139,7 @@ def check_output_folder(out: str | os.PathLike, planned: Iterable[str], inputs: 
     check_writable_location(out, "output folder")
     if not out.exists():
         return {}
-    present = {entry.name for entry in out.iterdir() if not entry.name.startswith(".write-probe.")}
+    present = {entry.name for entry in out.iterdir() if not is_run_scratch(entry.name)}
     previous = previous_outputs(out)
     if previous is None:
         previous = dict.fromkeys(_legacy_outputs(out, present, legacy or {}))

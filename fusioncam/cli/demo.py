@@ -11,12 +11,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """fusioncam demo: the default model on the sample photos."""
     from ..bundle_cache import default_bundle
     from ..report.explain_folder import check_output_dir, explain_into_folder, sample_sources
+    from ..run_lock import run_lock
     from ..runtime import Explainer
 
     sources = sample_sources(args.images)
-    check_output_dir(args.out, sources, ("fusion",))  # before the model loads; the folder is made only then
-    explainer = Explainer(default_bundle(notify=say), device=args.device)
-    return finish(explain_into_folder(explainer, sources, args.out, methods=("fusion",)), "demo")
+    with run_lock(args.out):  # one run at a time into the folder: a second one is refused, naming this one's pid
+        check_output_dir(args.out, sources, ("fusion",))  # before the model loads
+        explainer = Explainer(default_bundle(notify=say), device=args.device)
+        summary = explain_into_folder(explainer, sources, args.out, methods=("fusion",))
+    return finish(summary, "demo")
 
 
 def add_subcommands(sub) -> None:

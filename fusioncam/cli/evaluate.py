@@ -49,7 +49,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """fusioncam evaluate [INPUTS...] [--model MODEL]: explain, measure AD/IC/deletion/insertion, write the report.
 
     Exit 0 when every image was evaluated, 1 when unreadable files were skipped, 130 when a signal stopped the run
-    (the report covers the images finished, marked incomplete)."""
+    (the report covers the images finished, marked incomplete). The output folder is locked for the whole run: a
+    second run into it is refused, naming this one's pid."""
+    from ..run_lock import run_lock
+
+    with run_lock(args.out):
+        return _evaluate_into_locked_folder(args)
+
+
+def _evaluate_into_locked_folder(args: argparse.Namespace) -> int:
+    """cmd_evaluate's work, once the output folder is locked."""
     from .shared import expand_inputs, say
     from ..bundle_cache import bundle_for
     from ..report.evaluation import check_evaluation_folder, evaluate_images, metrics_table, write_evaluation_record

@@ -16,19 +16,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """fusioncam explain INPUTS... --model MODEL: explain image files into an output folder."""
     from ..bundle_cache import bundle_for
     from ..report.explain_folder import check_output_dir, explain_into_folder, file_sources
+    from ..run_lock import run_lock
     from ..runtime import Explainer
 
     sources = file_sources(expand_inputs(args.inputs))
-    check_output_dir(args.out, sources, args.methods)  # before the model loads; the folder is made only then
-    size = tuple(args.input_size) if args.input_size else None
-    explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device, batch_size=args.batch,
-                          precision=args.precision, max_channels=args.fast, compat=args.compat)
-    if args.region is not None and not explainer.segmentation:
-        raise InputError("--region applies to segmentation bundles only; this model explains image classes")
-    from ..report.segmentation import parse_region
+    with run_lock(args.out):  # one run at a time into the folder: a second one is refused, naming this one's pid
+        check_output_dir(args.out, sources, args.methods)  # before the model loads
+        size = tuple(args.input_size) if args.input_size else None
+        explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device,
+                              batch_size=args.batch, precision=args.precision, max_channels=args.fast,
+                              compat=args.compat)
+        if args.region is not None and not explainer.segmentation:
+            raise InputError("--region applies to segmentation bundles only; this model explains image classes")
+        from ..report.segmentation import parse_region
 
-    summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
-                                  colormap=args.colormap, regions=parse_region(args.region))
+        summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
+                                      colormap=args.colormap, regions=parse_region(args.region))
     return finish(summary)
 
 

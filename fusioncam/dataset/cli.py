@@ -28,15 +28,17 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     """fusioncam explain-dataset INPUT... --model MODEL --out OUT: explain every image on Ray, Parquet out."""
     from .pipeline import explain_dataset
     from .ray_support import require_ray
+    from ..run_lock import run_lock
 
     require_ray()  # before the model is exported: say how to install Ray first
     try:
-        run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
-                              workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                              batch_images=args.batch_images, address=args.address, layer=args.layer,
-                              scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
-                              map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
-                              crash_retries=args.crash_retries, notify=say)
+        with run_lock(args.out):  # one run at a time into OUT: a second one is refused, naming this one's pid
+            run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
+                                  workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                  batch_images=args.batch_images, address=args.address, layer=args.layer,
+                                  scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
+                                  map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
+                                  crash_retries=args.crash_retries, notify=say)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
         say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
              f"blocks are in {args.out}: run the same command again to continue")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import OutputError
-from ..output_guard import check_writable_location, create_folder, listing
+from ..output_guard import check_writable_location, create_folder, is_run_scratch, listing
 
 log = logging.getLogger("fusioncam")
 
@@ -35,10 +35,10 @@ def prepare_output(out: str | Path, settings: dict[str, object]) -> Path:
     check_writable_location(out, "output folder")
     record = out / RUN_JSON
     settings = {**settings, RUN_MARK: __version__}
-    if out.is_dir() and any(not entry.name.startswith(".write-probe.") for entry in out.iterdir()):
+    if out.is_dir() and any(not is_run_scratch(entry.name) for entry in out.iterdir()):  # the run lock is ours
         earlier = _earlier_settings(record)
         if earlier is None:
-            present = [entry.name for entry in out.iterdir()]
+            present = [entry.name for entry in out.iterdir() if not is_run_scratch(entry.name)]
             raise OutputError(f"output folder {out} already holds files fusioncam did not write ({listing(present)}); "
                               f"choose a new or empty folder, or the folder of an earlier explain-dataset run")
         changed = sorted(key for key in set(earlier) | set(settings) if earlier.get(key) != settings.get(key))

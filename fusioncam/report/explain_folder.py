@@ -27,7 +27,8 @@ from ..images import preprocess
 from ..interrupts import Interrupted, active
 from ..output_guard import check_output_folder, create_folder, record_files
 from ..progress import ProgressBar
-from ..runtime.input_checks import resolve_targets
+from ..run_lock import run_lock
+from ..runtime.input_checks import ARGMAX, resolve_targets
 from ..runtime.methods import METHOD_TITLES, METHODS, check_methods
 from .pictures import colormap_code, overlay, panel
 
@@ -173,8 +174,9 @@ def explain_into_folder(
     colormap_code(colormap)  # an unknown colormap fails before any image is explained
     manifest = explainer.bundle.manifest
     target = int(resolve_targets(target, 1, manifest.num_classes, manifest.class_names)[0])  # bad names fail up front
+    target = None if target == ARGMAX else target  # the top class is None to explain(): -1 would be the last class
     stop = active()
-    with stop.deferred():
+    with run_lock(out), stop.deferred():  # re-entrant: the CLI already holds it
         earlier = check_output_dir(out, sources, methods)
         out = Path(out)
         create_folder(out)
