@@ -5,6 +5,11 @@ Encoded images are decoded exactly as `fusioncam explain` reads files (fusioncam
 max_side=MAX_WORKING_SIDE, then resized_rgb and preprocess with the bundle's size, mean and std). The pixel limit
 (--max-image-pixels) applies to the image as sent: its width x height is read from the header and an image over
 the limit is refused before any pixel is allocated (a decompression bomb); decode_rgb checks it again.
+
+Memory (pixel_budget.py): each decode reserves its decoding memory from the server's budget first (waiting for
+it, or 503), a request's images are decoded one at a time, and only the model-size tensor is kept: the picture an
+overlay is drawn on is decoded again from the request's bytes when, and only when, overlays are asked for. An
+allocation that fails is the server's MemoryExhausted (503), never a BadRequest blaming the image.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +27,7 @@ from ..bundle import Manifest
 from ..errors import InputError
 from ..image_header import read_header
 from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
+from .pixel_budget import DECODE_BYTES_PER_PIXEL, MemoryExhausted, PixelBudget, is_allocation_failure
 from .request_errors import BadRequest
 
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
@@ -27,21 +35,29 @@ _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
 
 @dataclass(frozen=True)
 class ModelImage:
-    """One image ready to explain: the preprocessed tensor and the RGB picture overlays are drawn on."""
+    """One image ready to explain: the preprocessed tensor, and the RGB picture overlays are drawn on (`picture`:
+    kept as sent for pixel arrays, decoded again on demand for encoded images)."""
 
     tensor: np.ndarray  # float32 [3, H, W] at the model's input size
-    picture: np.ndarray  # uint8 RGB [h, w, 3]: the image at its own resolution (the de-normalised tensor for floats)
+    source: np.ndarray | Callable[[], np.ndarray]  # the picture, or how to decode it again
+
+    @property
+    def picture(self) -> np.ndarray:
+        """uint8 RGB [h, w, 3]: the image at its own resolution (the de-normalised tensor for floats)."""
+        return self.source() if callable(self.source) else self.source
 
 
 class ImageDecoder:
-    """Decodes and checks one instance at a time for one bundle (its input size, mean and std) and pixel limit."""
+    """Decodes and checks one instance at a time for one bundle (its input size, mean and std) and pixel limit;
+    with a `budget`, every decode first reserves its memory from it."""
 
-    def __init__(self, manifest: Manifest, max_image_pixels: int) -> None:
+    def __init__(self, manifest: Manifest, max_image_pixels: int, budget: PixelBudget | None = None) -> None:
         self.size = tuple(manifest.input_size)
         self.mean = np.asarray(manifest.mean, dtype=np.float32)
         self.std = np.asarray(manifest.std, dtype=np.float32)
         self._manifest = manifest
         self.max_image_pixels = int(max_image_pixels)
+        self.budget = budget
 
     def from_encoded(self, data: bytes | str, label: str) -> ModelImage:
         """An encoded image (PNG, JPEG, ...): raw bytes, or base64 text (str, or bytes of the base64 alphabet)."""
@@ -49,11 +65,27 @@ class ImageDecoder:
         header = read_header(raw[:65536])
         if header is not None:  # decode_rgb checks the same limit; this says which server option sets it
             self._check_pixels(header.width, header.height, label)
+        pixels = header.pixels if header is not None else self.max_image_pixels  # unknown: the worst case
+        tensor = self._decoded(raw, label, pixels, self._model_tensor)
+        return ModelImage(tensor=tensor, source=lambda: self._decoded(raw, label, pixels, np.ascontiguousarray))
+
+    def _decoded(self, raw: bytes, label: str, pixels: int, keep: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Decode within the memory budget and return keep(rgb); allocation failures are the server's (503)."""
+        budget = self.budget
+        reserved = budget.reserve(pixels * DECODE_BYTES_PER_PIXEL, label) if budget is not None else nullcontext()
         try:
-            rgb = decode_rgb(raw, label, max_pixels=self.max_image_pixels, max_side=MAX_WORKING_SIDE)
+            with reserved:
+                return keep(decode_rgb(raw, label, max_pixels=self.max_image_pixels, max_side=MAX_WORKING_SIDE))
+        except MemoryError:
+            raise _out_of_memory(label) from None
         except InputError as exc:
+            if is_allocation_failure(str(exc)):
+                raise _out_of_memory(label) from None
             raise BadRequest(str(exc)) from None
-        return self.from_rgb(rgb, label)
+
+    def _model_tensor(self, rgb: np.ndarray) -> np.ndarray:
+        """The decoded image resized and normalised to the model's input (what `fusioncam explain` computes)."""
+        return preprocess(resized_rgb(rgb, self.size), self.size, self._manifest.mean, self._manifest.std)
 
     def from_rgb(self, rgb: np.ndarray, label: str) -> ModelImage:
         """A uint8 RGB array [h, w, 3] of any size: resized to the model's input size as files are."""
@@ -66,7 +98,9 @@ class ImageDecoder:
             tensor = preprocess(resized, self.size, self._manifest.mean, self._manifest.std)
         except InputError as exc:
             raise BadRequest(f"{label}: {exc}") from None
-        return ModelImage(tensor=tensor, picture=np.ascontiguousarray(rgb))
+        except MemoryError:
+            raise _out_of_memory(label) from None
+        return ModelImage(tensor=tensor, source=np.ascontiguousarray(rgb))
 
     def from_tensor(self, values, label: str) -> ModelImage:
         """A preprocessed float array [3, H, W] ((rgb/255 - mean)/std) at exactly the model's input size."""
@@ -85,12 +119,17 @@ class ImageDecoder:
             raise BadRequest(f"{label}: the array holds NaN or infinite values")
         pixels = tensor.transpose(1, 2, 0) * self.std + self.mean
         picture = np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
-        return ModelImage(tensor=tensor, picture=picture)
+        return ModelImage(tensor=tensor, source=picture)
 
     def _check_pixels(self, width: int, height: int, label: str) -> None:
         if int(width) * int(height) > self.max_image_pixels:
             raise BadRequest(f"{label}: the image is {width}x{height} = {int(width) * int(height):,} pixels, over this "
                              f"server's limit of {self.max_image_pixels:,} (--max-image-pixels); send a smaller image")
+
+
+def _out_of_memory(label: str) -> MemoryExhausted:
+    return MemoryExhausted(f"{label}: the server ran out of memory decoding this image (not a problem of the image); "
+                           f"retry later or on another replica")
 
 
 def encoded_bytes(data: bytes | str, label: str) -> bytes:
