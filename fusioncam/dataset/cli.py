@@ -44,7 +44,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
              f"blocks are in {args.out}: run the same command again to continue")
         return EXIT_INTERRUPTED
     summary = run.summary
-    print((run.out / "summary.md").read_text(encoding="utf-8"), end="")
+    print(run.markdown, end="")  # this run's own summary, not the file another run into OUT may have replaced
     say(f"explained {summary['explained']} of {summary['images']} image(s), {summary['errors']} error row(s); "
          f"results in {run.out}")
     return 0 if summary["errors"] == 0 else 1

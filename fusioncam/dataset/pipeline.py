@@ -28,10 +28,12 @@ DEFAULT_BATCH_IMAGES = 8
 
 @dataclass
 class DatasetRun:
-    """A finished run that wrote OUT: where it is, and its summary (summary.json's content)."""
+    """A finished run that wrote OUT: where it is, its summary (summary.json's content) and summary.md's text as
+    this run wrote it."""
 
     out: Path
     summary: dict[str, object]
+    markdown: str = ""
 
     def table(self, columns: Sequence[str] | None = None):
         """The result table (pyarrow), one row per image sorted by source; `columns` to read only some."""
@@ -141,7 +143,7 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                "skipped_as_done": len(done), "crashed_workers": unreached,
                "table_rows_without_result": max(missing_rows, 0), "seconds": seconds,
                "images_per_second": count / seconds if seconds > 0 and count else 0.0}
-        return DatasetRun(out_dir, write_summary(out_dir, layout, int(step), run))
+        return DatasetRun(out_dir, *write_summary(out_dir, layout, int(step), run))
     finally:
         if started and out is not None:
             ray.shutdown()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli.shared import IMAGE_EXTENSIONS
-from ..errors import InputError
+from ..errors import InputError, OutputError
 from ..file_reading import not_regular_reason, read_regular_file
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
@@ -42,15 +42,17 @@ def is_uri(text: str) -> bool:
 
 def plan_inputs(inputs: Sequence[str], output: str | os.PathLike | None = None) -> InputPlan:
     """Expand each INPUT: a folder (recursively, its image files), a glob, a .txt/.lst/.csv list of paths, a Parquet
-    table (or a folder given with a `.parquet` suffix), or one image file. Paths repeat only once; files under the
-    `output` folder (a run's own curves.png, when OUT lies inside an input folder) are left out."""
+    table (or a folder given with a `.parquet` suffix), or one image file. Paths repeat only once. An `output`
+    folder that is an input folder, lies inside one or holds an input is refused (check_output_apart); files a glob
+    matches under it are left out. Every input table's Parquet footer is read here, before Ray starts: a truncated
+    or foreign file is an InputError naming it."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
     plan = InputPlan()
     for item in map(os.fspath, inputs):
         suffix = Path(item.split("?")[0]).suffix.lower()
         if suffix in TABLE_SUFFIXES:
-            plan.tables.append(item if is_uri(item) else os.path.abspath(_existing(item)))
+            plan.tables.append(_readable_table(item if is_uri(item) else os.path.abspath(_existing(item))))
         elif is_uri(item):
             plan.paths += _uri_images(item)
         elif os.path.isdir(item):
@@ -66,6 +68,7 @@ def plan_inputs(inputs: Sequence[str], output: str | os.PathLike | None = None) 
             plan.paths.append(os.path.abspath(_existing(item)))
     plan.paths = list(dict.fromkeys(plan.paths))
     if output is not None:
+        check_output_apart(inputs, output)
         inside = os.path.join(os.path.realpath(output), "")
         plan.paths = [p for p in plan.paths if is_uri(p) or not os.path.realpath(p).startswith(inside)]
     if not plan.paths and not plan.tables:
@@ -84,6 +87,56 @@ def _existing(path: str) -> str:
         raise InputError(f"input {path!r} is not a regular file (it is {reason}); give a folder, a list, a table "
                          f"or an image file")
     return path
+
+
+def _within(path: str, folder: str) -> bool:
+    """True when `path` is `folder` or lies under it (both real, absolute paths)."""
+    return path == folder or path.startswith(os.path.join(folder, ""))
+
+
+def check_output_apart(inputs: Sequence[str], output: str | os.PathLike) -> None:
+    """Refuse an output folder that is an input folder, lies inside one, or holds an input (a folder, list, table
+    or image): the run would read its own results as images, or write among the user's files."""
+    out = os.path.realpath(output)
+    for item in map(os.fspath, inputs):
+        if is_uri(item) or (glob.has_magic(item) and not os.path.exists(item)):
+            continue  # a glob's matches under OUT are left out of the plan instead
+        given = os.path.realpath(item)
+        if given == out:
+            raise OutputError(f"the output folder {os.fspath(output)!r} is the input folder {item!r}; give the "
+                              f"results a folder of their own (e.g. --out {os.path.basename(out) or 'out'}-explained)")
+        if os.path.isdir(given) and _within(out, given):
+            raise OutputError(f"the output folder {os.fspath(output)!r} lies inside the input folder {item!r}, whose "
+                              f"images are searched recursively; choose an output folder outside it")
+        if _within(given, out):
+            raise OutputError(f"the input {item!r} lies inside the output folder {os.fspath(output)!r}; choose an "
+                              f"output folder that holds no input")
+
+
+def _readable_table(table: str) -> str:
+    """The table (a Parquet file, or a folder of them), or an InputError naming the first file whose footer cannot
+    be read (truncated, still being written, or not Parquet): checked here so that Ray never starts on it."""
+    import pyarrow.parquet as pq
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(table) if is_uri(table) else (fs.LocalFileSystem(), table)
+        if filesystem.get_file_info(path).type == fs.FileType.Directory:
+            entries = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            files = sorted(e.path for e in entries if e.type == fs.FileType.File
+                           and not any(part.startswith((".", "_")) for part in e.path[len(path):].split("/")))
+        else:
+            files = [path]
+    except Exception as exc:  # pyarrow raises several types for unknown schemes, credentials and network failures
+        raise InputError(f"cannot open the input table {table!r} ({exc})") from None
+    for file in files:
+        try:
+            pq.read_metadata(file, filesystem=filesystem)
+        except Exception as exc:  # ArrowInvalid for a bad footer, OSError for an unreadable file
+            reason = str(exc).split(". ")[0].strip().rstrip(".") or type(exc).__name__
+            raise InputError(f"input table {file!r} is not a readable Parquet file ({reason}): is it truncated or "
+                             f"still being written? Replace it, or leave it out of the inputs") from None
+    return table
 
 
 def _is_image_name(name: str) -> bool:
@@ -118,19 +171,47 @@ def _uri_images(uri: str) -> list[str]:
 
 
 def _listed_paths(list_file: str) -> list[str]:
-    """Paths in a text list (one per line, '#' comments) or a CSV (its path column, else its first), relative paths
-    taken from the list's own folder."""
+    """Paths in a text list (one per line, '#' comments) or a CSV (its header names the path column, one of
+    PATH_COLUMNS), relative paths taken from the list's own folder. A list that is not UTF-8 text, a CSV that
+    cannot be parsed or has no path column is an InputError naming the file."""
     base = os.path.dirname(os.path.abspath(list_file))
-    with open(list_file, newline="", encoding="utf-8") as handle:
-        if list_file.lower().endswith(".csv"):
-            rows = list(csv.reader(handle))
-            header = [cell.strip().lower() for cell in rows[0]] if rows else []
-            column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
-            entries = [row[column or 0] for row in (rows[1:] if column is not None else rows) if row]
-        else:
-            entries = [line for line in handle.read().splitlines() if not line.lstrip().startswith("#")]
+    try:
+        with open(list_file, newline="", encoding="utf-8") as handle:
+            if list_file.lower().endswith(".csv"):
+                entries = _csv_paths(list_file, handle)
+            else:
+                entries = [line for line in handle.read().splitlines() if not line.lstrip().startswith("#")]
+    except UnicodeDecodeError as exc:
+        raise InputError(f"list file {list_file!r} is not UTF-8 text (byte {exc.start}); give a text list of paths, "
+                         f"one per line, or a CSV with a path column") from None
+    except OSError as exc:
+        raise InputError(f"list file {list_file!r} cannot be read: {exc.strerror or exc}") from None
     paths = [entry.strip() for entry in entries if entry.strip()]
     return [p if is_uri(p) else os.path.abspath(os.path.join(base, p)) for p in paths]
+
+
+def _csv_paths(list_file: str, handle) -> list[str]:
+    """The path column's entries of a CSV list (the first header name found among PATH_COLUMNS)."""
+    reader = csv.reader(handle, strict=True)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InputError(f"CSV list {list_file!r} cannot be parsed (line {reader.line_num}: {exc}); fix its quoting, "
+                         f"or give a .txt list with one path per line") from None
+    header = [cell.strip() for cell in rows[0]] if rows else []
+    lowered = [cell.lower() for cell in header]
+    column = next((lowered.index(c) for c in PATH_COLUMNS if c in lowered), None)
+    if column is None:
+        found = ", ".join(repr(c) for c in header) if header else "none (the file is empty)"
+        hint = (" (its first line looks like an image path: add a header line `path`)"
+                if header and _is_image_name(header[0]) else "")
+        raise InputError(f"CSV list {list_file!r} needs a column named {PATH_COLUMNS[0]!r} (or one of "
+                         f"{', '.join(PATH_COLUMNS[1:])}) holding the image paths; its columns: {found}{hint}")
+    short = next((number for number, row in enumerate(rows[1:], start=2) if row and len(row) <= column), None)
+    if short is not None:
+        raise InputError(f"CSV list {list_file!r}: line {short} has no {header[column]!r} field (the header has "
+                         f"{len(header)} columns); give every row its path")
+    return [row[column] for row in rows[1:] if row]
 
 
 def read_source_bytes(source: str) -> tuple[bytes | None, str | None]:

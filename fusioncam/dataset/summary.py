@@ -84,9 +84,10 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object]) -> dict[str, object]:
+def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object]) -> tuple[dict[str, object], str]:
     """Write summary.json and summary.md (and metrics.csv, curves.png with evaluation) atomically; return the
-    summary. `run` holds this run's own facts (seconds, images/s, workers, model, ...)."""
+    summary and summary.md's text as this run wrote it (another run into the same folder may replace the file
+    later). `run` holds this run's own facts (seconds, images/s, workers, model, ...)."""
     evaluation, table = results_evaluation(out, layout, step)
     errors = table.filter(table.column("error").is_valid())
     summary: dict[str, object] = {
@@ -105,8 +106,9 @@ def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object
         write_text_atomic(out / METRICS_CSV, metrics_csv(evaluation))
         write_bytes_atomic(out / CURVES_PNG, _png_bytes(curves_image(evaluation)))
     write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    write_text_atomic(out / SUMMARY_MD, summary_markdown(summary, evaluation))
-    return summary
+    markdown = summary_markdown(summary, evaluation)
+    write_text_atomic(out / SUMMARY_MD, markdown)
+    return summary, markdown
 
 
 def summary_markdown(summary: dict[str, object], evaluation: Evaluation | None) -> str:

@@ -38,12 +38,6 @@ def test_folders_are_listed_recursively_and_lists_resolve_relative_paths(tmp_pat
     assert plan_inputs([f"file://{tmp_path / 'data'}"]).paths == [f"file://{a}", f"file://{b}"]
 
 
-def test_an_output_folder_inside_the_input_folder_is_not_an_input(tmp_path):
-    photo = _image(tmp_path / "photos" / "a.png")
-    _image(tmp_path / "photos" / "explained" / "curves.png")
-    assert plan_inputs([str(tmp_path / "photos")], output=tmp_path / "photos" / "explained").paths == [photo]
-
-
 @pytest.mark.parametrize("given, message", [("missing-folder", "does not exist"), ("nothing-*.png", "matches no file")])
 def test_inputs_that_name_nothing_are_clear_errors(tmp_path, given, message):
     with pytest.raises(InputError, match=message):
