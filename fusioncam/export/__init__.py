@@ -1,4 +1,7 @@
-"""export/: classifiers become bundles whose explain graph computes activations and gradients in-graph."""
+"""export/: models become bundles whose explain graph computes activations and gradients in-graph.
+
+`export_torch` and `export_onnx` take a model of any task (task_routing.py finds it from the model's outputs, or
+`task=` says it); `export_torch_segmentation` / `export_onnx_segmentation` are the same with task="segmentation"."""
 
 import sys
 
@@ -6,15 +9,9 @@ from .. import arguments
 from ..memory_budget import check_input_size_fits
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult
 from .layers import Layer
-from .onnx_export import export_onnx, list_onnx_layers
+from .onnx_export import list_onnx_layers
 from .segmentation_export import export_onnx_segmentation, export_torch_segmentation
-
-
-def export_torch(*args, **kwargs) -> ExportResult:
-    """See fusioncam.export.torch_export.export_torch (imported lazily: torch is optional)."""
-    from .torch_export import export_torch as _export_torch
-
-    return _export_torch(*args, **kwargs)
+from .task_routing import export_onnx, export_torch
 
 
 def list_layers(model, input_size: tuple[int, int] | None = None) -> list[Layer]:

@@ -17,7 +17,7 @@ from .weight_stash import WeightStash
 BATCH_DIM = "N"
 SOFTMAX_OPS = ("Softmax", "LogSoftmax")
 SEGMENTATION_HINT = ("; per-pixel class scores [N, C, H, W] are a segmentation model: export it with "
-                     "fusioncam.export_onnx_segmentation / export_torch_segmentation")
+                     "task='segmentation' (fusioncam export --task segmentation)")
 KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")  # ops ONNX and ONNX Runtime define
 
 

@@ -24,6 +24,11 @@ from .torch_targets import auto_torch_target, inference_copy, list_torch_layers 
 _inference_copy = inference_copy  # the name segmentation_export imports
 
 FEATURES_OUTPUT = "fusioncam_target_features"
+
+
+class PerPixelScores(ModelLoadError):
+    """The model returns per-pixel class scores [N, C, H', W']: a segmentation model, not a classifier (export's
+    task routing, task_routing.py, exports it as one when no task was given)."""
 EXPORT_OPSET = 17
 
 
@@ -83,9 +88,11 @@ class _WithFeatures:
                 raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
                                  f"output a 4-D feature map [N,K,h,w], channels-last [N,h,w,C] or tokens [N,T,C]. "
                                  f"Pick one from fusioncam.list_layers(model).")
+            if logits.dim() == 4:
+                raise PerPixelScores(f"the model must return class scores [N, C]; got {tuple(logits.shape)}"
+                                     + SEGMENTATION_HINT)
             if logits.dim() != 2:
-                raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}"
-                                     + (SEGMENTATION_HINT if logits.dim() == 4 else ""))
+                raise ModelLoadError(f"the model must return class scores [N, C]; got {tuple(logits.shape)}")
             return feats
 
         return features_wrapper(model, layer_path, lambda out: model_logits(out, output), features)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fusioncam.bundle import load_bundle
-from fusioncam.errors import LayerError, ModelLoadError
+from fusioncam.errors import InputError, LayerError, ModelLoadError
 from fusioncam.export import export_onnx
 from fusioncam.export.segmentation_export import export_onnx_segmentation, export_torch_segmentation
 from fusioncam.export.segmentation_graph import area_matrix
@@ -118,9 +118,12 @@ def test_plain_onnx_segmentation_file(tmp_path) -> None:
     """An .onnx file of shape [N, C, H, W]: the automatic target is the last feature map before the per-pixel
     classifier, the bundle loads, and its gradients match autograd at that layer."""
     model, path = _lraspp_onnx(tmp_path)
-    with pytest.raises(ModelLoadError, match=r"\[N, C, H, W\] are a segmentation model"):
-        export_onnx(path, tmp_path / "as_classifier.fcam")  # the classifier export says which export to use
-    result = export_onnx_segmentation(path, tmp_path / "lraspp.fcam")
+    with pytest.raises(ModelLoadError, match=r"\[N, C, H, W\] are a segmentation model: export it with "
+                                             r"task='segmentation'"):
+        export_onnx(path, tmp_path / "as_classifier.fcam", task="classification")  # the error says what to pass
+    result = export_onnx(path, tmp_path / "lraspp.fcam")  # the task found from the scores' rank
+    alias = export_onnx_segmentation(path, tmp_path / "alias.fcam")
+    assert alias.bundle.manifest.files == result.bundle.manifest.files  # the same bundle, file for file
     assert result.picked_automatically and result.layer.channels != 3 and min(result.layer.spatial) > 1
     bundle = load_bundle(result.bundle.path)
     assert bundle.manifest.task == "segmentation" and bundle.manifest.output_size == SIZE
@@ -189,11 +192,26 @@ def test_plain_onnx_file_gradients_match_autograd(tmp_path) -> None:
     _parity(model, "backbone.13", result.bundle)
 
 
-def test_classifier_export_of_a_segmentation_model_points_to_the_segmentation_export(tmp_path) -> None:
+def test_export_torch_finds_a_segmentation_model_from_its_outputs(tmp_path) -> None:
+    """export_torch of per-pixel class scores makes the segmentation bundle export_torch_segmentation makes (same
+    maps), an Explainer takes the export's result directly, and task="classification" keeps the error that says
+    what to pass."""
+    import fusioncam
     from fusioncam import export_torch
 
     torch.manual_seed(0)
     per_pixel = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
     with pytest.raises(ModelLoadError, match=r"\[N, C, H, W\] are a segmentation model: export it with "
-                                             r"fusioncam.export_onnx_segmentation"):
-        export_torch(per_pixel, "1", tmp_path / "c.fcam", input_size=(16, 16))
+                                             r"task='segmentation'"):
+        export_torch(per_pixel, "1", tmp_path / "c.fcam", input_size=(16, 16), task="classification")
+    with pytest.raises(InputError, match="token_grid applies to classifier exports"):
+        export_torch(per_pixel, "1", tmp_path / "t.fcam", input_size=(16, 16), token_grid=(4, 4))
+    found = export_torch(per_pixel, "1", tmp_path / "found.fcam", input_size=(16, 16))
+    alias = export_torch_segmentation(per_pixel, "1", tmp_path / "alias.fcam", input_size=(16, 16))
+    assert found.bundle.manifest.task == "segmentation" and found.bundle.manifest.output_size == (16, 16)
+    image = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    with fusioncam.Explainer(found, device="cpu") as a, fusioncam.Explainer(alias.bundle.path, device="cpu") as b:
+        got = a.explain(image, targets=1, regions="all", methods=("gradcam", "scorecam"))
+        want = b.explain(image, targets=1, regions="all", methods=("gradcam", "scorecam"))
+    for method in ("gradcam", "scorecam"):
+        np.testing.assert_array_equal(got.maps[method], want.maps[method])

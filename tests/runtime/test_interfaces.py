@@ -1,4 +1,6 @@
-"""The explicit interfaces: Backend and KernelSet protocols, and the graph names export and runtime share."""
+"""The explicit interfaces: the Backend, Task and KernelSet protocols, and the graph names export and runtime share.
+
+Every task runs on every backend: the CPU ones here, the CUDA ones (marked gpu) where a GPU is there."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import inspect
 import re
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -16,6 +19,7 @@ from fusioncam.kernels import KERNEL_NAMES, KernelSet, numpy_kernels
 from fusioncam.runtime.backend import Backend
 from fusioncam.runtime.cpu_backend import CpuBackend
 from fusioncam.runtime.cuda_backend import CudaBackend
+from fusioncam.tasks import TASKS, Task, TensorSpec, task_for
 
 PACKAGE = Path(fusioncam.__file__).resolve().parent
 BENCHMARKS = PACKAGE.parent / "benchmarks"
@@ -23,8 +27,8 @@ BACKEND_MODULES = {"backend.py", "cpu_backend.py", "cuda_backend.py"}
 
 
 def classifier_sources(folder: Path) -> list[Path]:
-    """The modules of a folder, less the segmentation ones (their backend extends the protocol with its own members)."""
-    return [path for path in folder.rglob("*.py") if not path.name.startswith("segmentation")]
+    """The modules of a folder (every task's: no module extends the protocol for one task)."""
+    return list(folder.rglob("*.py"))
 
 
 def protocol_members(protocol) -> set[str]:
@@ -56,12 +60,71 @@ def test_both_backends_define_every_protocol_member(backend_class):
             assert list(inspect.signature(getattr(backend_class, name)).parameters) == want, name
 
 
-def test_cpu_backend_is_a_backend(tmp_path):
+@pytest.fixture(scope="module")
+def task_bundles(tmp_path_factory) -> dict[str, Path]:
+    """A small bundle of every task: a classifier and a segmentation model."""
+    from tests.support.segmentation_models import QuadrantNet
+
+    folder = tmp_path_factory.mktemp("task_bundles")
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
                                 torch.nn.Flatten(), torch.nn.Linear(4, 3))
-    fusioncam.export_torch(model.eval(), "1", tmp_path / "b.fcam", input_size=(16, 16))
-    with fusioncam.Explainer(tmp_path / "b.fcam", device="cpu", batch_size=4) as explainer:
-        assert isinstance(explainer.backend, Backend)
+    fusioncam.export_torch(model.eval(), "1", folder / "classification.fcam", input_size=(16, 16))
+    fusioncam.export_torch(QuadrantNet(size=16).eval(), "target", folder / "segmentation.fcam", input_size=(16, 16))
+    return {"classification": folder / "classification.fcam", "segmentation": folder / "segmentation.fcam"}
+
+
+def test_every_registered_task_is_a_task():
+    for name in TASKS:
+        task = task_for(name)
+        assert isinstance(task, Task) and task.name == name
+    with pytest.raises(fusioncam.errors.BundleError, match="detection.*classification, segmentation"):
+        task_for("detection")
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_task_runs_on_every_backend_as_its_specs_say(task_bundles, task_name, device):
+    """The backend of each device is a Backend for every task; its explain pass and scorer runs take exactly the
+    task's inputs and return exactly the outputs the task's specs describe (the CUDA backend allocates by them)."""
+    with fusioncam.Explainer(task_bundles[task_name], device=device, batch_size=4) as explainer:
+        backend, task, manifest = explainer.backend, explainer.task, explainer.bundle.manifest
+        assert isinstance(backend, Backend) and task.name == task_name
+        images = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
+        with explainer.scorer.in_use("test") as scorer:
+            feed = task.explain_feed(manifest, 2, [1, 1], None if task_name == "classification" else "all",
+                                     manifest.class_names)
+            assert tuple(feed) == task.explain_inputs
+            graph = backend.explain(backend.asarray(images), {k: backend.asarray(v) for k, v in feed.items()})
+            specs = task.explain_output_specs(manifest)
+            assert tuple(graph) == task.explain_outputs == tuple(specs)
+            for name, array in graph.items():
+                assert _matches(array, 2, specs[name]), name
+            targets = task.image_targets(graph)
+            rows = targets[backend.asarray(np.array([1, 0, 1], dtype=np.int64))]
+            row_feed = task.row_feed(rows)
+            row_specs = task.row_input_specs(manifest)
+            assert tuple(row_feed) == task.row_inputs == tuple(row_specs)
+            for name, array in row_feed.items():
+                assert _matches(array, 3, row_specs[name]), name
+            backend.input_buffer()[:3] = backend.asarray(images[[1, 0, 1]])
+            outputs = backend.score_rows(3, row_feed)
+            assert tuple(outputs.shape) == (3, *task.scorer_output_shape(manifest))
+            # the rows of one image score the same; its row probability is the explain pass's own
+            got = scorer.to_host(task.row_probabilities(scorer.xp, outputs, rows))
+            assert got[0] == pytest.approx(got[2], abs=1e-6)
+            on_image = explainer.explain(images, targets=[1, 1], methods="gradcam",
+                                         regions=None if task_name == "classification" else "all").probabilities
+            assert got[:2] == pytest.approx(on_image[[1, 0]], abs=1e-5)
+            assert not hasattr(backend, "score")  # no member beyond the protocol (nor one that raises) for any task
+
+
+def _matches(array, rows: int, spec: TensorSpec) -> bool:
+    """An array of `rows` rows of the spec's per-row shape and kind."""
+    kind = "f" if spec.dtype == "float" else "i"
+    return tuple(array.shape) == (rows, *spec.shape) and array.dtype.kind == kind
 
 
 def test_kernel_set_protocol_matches_every_numpy_kernel_signature():
@@ -91,6 +154,7 @@ def test_graph_names_are_spelled_once():
     """The runtime, the metrics and the classifier export read the names from graph_names, never spell them."""
     pattern = re.compile(r"""(\{|\[|\(|, )\s*["'](input|target|logits|activations|gradients|target_used)["']\s*(:|\]|,)""")
     sources = [*classifier_sources(PACKAGE / "runtime"), *classifier_sources(PACKAGE / "metrics"),
+               *(PACKAGE / "tasks" / name for name in ("__init__.py", "classification.py", "segmentation.py")),
                *(PACKAGE / "export" / name for name in ("explain_graph.py", "bundle_builder.py", "torch_export.py"))]
     offenders = [f"{path.relative_to(PACKAGE)}:{text.count(chr(10), 0, match.start()) + 1}"
                  for path in sources for text in [path.read_text()] for match in pattern.finditer(text)]
