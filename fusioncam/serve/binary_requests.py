@@ -6,7 +6,8 @@ turns every binary input into a Python list, one `.item()` per element (a prepro
 calls, most of the server's CPU time per request), and decodes BYTES elements as UTF-8 text, so raw JPEG or PNG
 bytes there fail. `binary_infer_request` keeps each input's raw bytes, which InferInput.as_numpy reads directly
 (np.frombuffer; BYTES elements as bytes), and FusionCamDataPlane uses it for every binary REST request. JSON
-requests and gRPC go through KServe's own code unchanged.
+requests and gRPC go through KServe's own code unchanged; a v2 body without the header and without a JSON content
+type is read as a JSON request when it is one (Triton accepts it too).
 """
 
 from __future__ import annotations
@@ -14,23 +15,28 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from kserve.protocol.dataplane import DataPlane
+from cloudevents.sdk.converters.util import has_binary_headers
+from kserve.constants.constants import PredictorProtocol
+from kserve.protocol.dataplane import JSON_HEADERS, DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
+from .json_body import parse_json_body
 from .request_errors import BadRequest
 
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def binary_infer_request(body: bytes, json_length: int, model_name: str) -> InferRequest:
-    """The InferRequest of a binary-extension body, each binary input's bytes kept as sent (no per-element copy)."""
+def binary_infer_request(body: bytes, json_length: int, model_name: str, header: Any = None) -> InferRequest:
+    """The InferRequest of a binary-extension body, each binary input's bytes kept as sent (no per-element copy).
+    header: the JSON header already parsed (a JSON body without binary inputs: json_length is the body's length)."""
     if not 0 < json_length <= len(body):
         raise BadRequest(f"the {HEADER_LENGTH} header says {json_length} bytes of JSON, but the body has {len(body)} "
                          f"bytes; it must give the length of the JSON header that starts the body")
-    try:
-        header = orjson.loads(body[:json_length])
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the first {json_length} bytes of the body ({HEADER_LENGTH}) are not JSON: {exc}") from None
+    if header is None:
+        try:
+            header = orjson.loads(body[:json_length])
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the first {json_length} bytes of the body ({HEADER_LENGTH}) are not JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise BadRequest('the JSON header of a binary v2 request is an object with "inputs": [...]')
     inputs, start = [], json_length
@@ -72,14 +78,31 @@ def _binary_input(entry: Any, position: int, body: bytes, start: int, model_name
 
 
 class FusionCamDataPlane(DataPlane):
-    """KServe's DataPlane, reading binary-extension REST requests with binary_infer_request."""
+    """KServe's DataPlane, reading binary-extension REST requests with binary_infer_request, v2 JSON bodies sent
+    without `Content-Type: application/json` (tritonclient.http with binary_data=False, curl -d) as JSON, as Triton
+    does, and v1 JSON bodies with a specific reason when they are not JSON (json_body.py)."""
+
+    def decode(self, body, headers, protocol_version: str = PredictorProtocol.REST_V1.value,
+               model_name: str | None = None):
+        if (isinstance(body, (bytes, bytearray)) and protocol_version.lower() != PredictorProtocol.REST_V2.value
+                and not has_binary_headers(headers or {})
+                and (headers or {}).get("content-type", JSON_HEADERS[0]) in JSON_HEADERS):
+            body = parse_json_body(bytes(body), "the request body")
+        return super().decode(body, headers, protocol_version, model_name)
 
     def decode_inference_request(self, body, headers, model_name: str) -> InferRequest:
         if isinstance(body, (bytes, bytearray)):
             length = (headers or {}).get(HEADER_LENGTH)
-            if length is None or not str(length).isdigit():
-                raise BadRequest(f"a v2 request that is not JSON (Content-Type {(headers or {}).get('content-type')}) "
-                                 f"must use the binary-tensor extension: a JSON header whose length the "
-                                 f"{HEADER_LENGTH} header gives, then the binary inputs")
+            if length is None:  # the whole body is the JSON request (no binary inputs after it)
+                if not body.lstrip().startswith(b"{"):
+                    raise BadRequest(f"a v2 request body is JSON (an object with \"inputs\"), or a JSON header whose "
+                                     f"length the {HEADER_LENGTH} header gives followed by binary inputs; this body "
+                                     f"(Content-Type {(headers or {}).get('content-type')}) starts with "
+                                     f"{bytes(body[:16])!r}")
+                body = bytes(body)
+                header = parse_json_body(body, "the v2 request body")  # a specific reason (NaN, position) if not JSON
+                return binary_infer_request(body, len(body), model_name, header)
+            if not str(length).isdigit():
+                raise BadRequest(f"the {HEADER_LENGTH} header must be a byte count; got {length!r}")
             return binary_infer_request(bytes(body), int(length), model_name)
         return super().decode_inference_request(body, headers, model_name)

@@ -13,9 +13,9 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = int(max_bytes)
 
-    def _message(self, size: str) -> bytes:
-        return json.dumps({"error": f"the request body is {size} bytes, over this server's limit of {self.max_bytes:,} "
-                                    f"bytes (--max-body-bytes); send fewer or smaller images per request"}).encode()
+    def _message(self, size: str) -> str:
+        return (f"the request body is {size} bytes, over this server's limit of {self.max_bytes:,} bytes "
+                f"(--max-body-bytes); send fewer or smaller images per request")
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -37,13 +37,13 @@ class BodySizeLimit:
                     refused = True
                     from .request_errors import PayloadTooLarge
 
-                    raise PayloadTooLarge(self._message(f"over {received:,}").decode())
+                    raise PayloadTooLarge(self._message(f"over {received:,}"))  # the 413 handler writes the JSON
             return message
 
         await self.app(scope, limited_receive, send)
 
     async def _refuse(self, send, size: str) -> None:
-        body = self._message(size)
+        body = json.dumps({"error": self._message(size)}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

@@ -32,6 +32,7 @@ from ..runtime.cpu_backend import CPU_SPINNING_ENV
 from . import metrics
 from .batching import DynamicBatcher, Job, JobResult
 from .decoding import ImageDecoder
+from .model_statistics import recorded
 from .options import ServeOptions
 from .request_errors import BadRequest, ServerBusy
 from .v1 import ParsedRequest, parse_v1, v1_response
@@ -103,7 +104,8 @@ class FusionCamModel(kserve.Model):
 
     async def _answer_v1(self, payload: Any, verb: str) -> dict:
         manifest = self.bundle.manifest
-        parsed, result = await self._run(lambda: parse_v1(payload, verb, self.decoder, manifest, self.options))
+        parsed, result = await recorded(self.name, self._run(lambda: parse_v1(payload, verb, self.decoder, manifest,
+                                                                              self.options)))
         return await asyncio.to_thread(v1_response, parsed, result, manifest, verb)
 
     async def _answer_v2(self, request: InferRequest) -> InferResponse:
@@ -115,7 +117,7 @@ class FusionCamModel(kserve.Model):
             outputs.extend(names)
             return parsed
 
-        parsed, result = await self._run(parse)
+        parsed, result = await recorded(self.name, self._run(parse))
         return v2_response(request, parsed, result, tuple(outputs), manifest, self.name)
 
     async def _run(self, parse: Callable[[], ParsedRequest]) -> tuple[ParsedRequest, JobResult]:

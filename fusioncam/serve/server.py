@@ -19,19 +19,20 @@ from pathlib import Path
 import kserve
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
-from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 from ..bundle import Bundle
 from ..errors import InputError
 from .binary_requests import FusionCamDataPlane
 from .body_limit import BodySizeLimit
+from .grpc_servicer import FusionCamServicer, add_servicer
+from .method_views import MethodViewRepository
 from .model import FusionCamModel
 from .options import ServeOptions
 from .request_errors import BadRequest, PayloadTooLarge, ServerBusy
+from .triton_rest import install_triton_rest
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -50,7 +51,7 @@ class HostGRPCServer(GRPCServer):
 
         from grpc import aio
 
-        servicer = InferenceServicer(self._data_plane, self._model_repository_extension)
+        servicer = FusionCamServicer(self._data_plane, self._model_repository_extension)
         limit = self._kwargs["grpc_max_receive_message_length"]
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
@@ -58,7 +59,7 @@ class HostGRPCServer(GRPCServer):
             options=[("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
                      ("grpc.max_receive_message_length", limit)],
         )
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        add_servicer(servicer, self._server)  # KServe's methods and Triton's config, statistics and index
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._server.add_insecure_port(f"{host}:{self._port}")
         await self._server.start()
@@ -73,6 +74,10 @@ class LeanRESTServer(RESTServer):
     def _add_middlewares(self, app) -> None:
         return None
 
+    def _register_endpoints(self, app) -> None:
+        install_triton_rest(app, self.dataplane.model_registry)  # Triton's config, stats, index; before KServe's
+        super()._register_endpoints(app)
+
 
 class LoopbackModelServer(kserve.ModelServer):
     """kserve.ModelServer whose REST and gRPC servers listen on `host` only, with fusioncam's limits and answers."""
@@ -80,7 +85,8 @@ class LoopbackModelServer(kserve.ModelServer):
     def __init__(self, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081, enable_grpc: bool = True,
                  max_body_bytes: int = ServeOptions.max_body_bytes) -> None:
         super().__init__(http_port=http_port, grpc_port=grpc_port, workers=1, enable_grpc=enable_grpc,
-                         enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS))
+                         enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS),
+                         registered_models=MethodViewRepository())  # NAME.gradcam etc. resolve to views
         self.host = host
         self.max_body_bytes = int(max_body_bytes)
         self.dataplane = FusionCamDataPlane(model_registry=self.registered_models)  # binary REST inputs without copies

@@ -1,14 +1,13 @@
 """KServe v1 (`:predict`, `:explain`): instances in, predictions and explanations out, as JSON.
 
-An instance is an encoded image, `{"image_bytes": {"b64": ...}}` (TF Serving), `{"data": "<base64>"}` (TorchServe)
-or `{"b64": ...}`, or a preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
+An instance is an encoded image, `{"image_bytes": {"b64": ...}}` (TF Serving), `{"image": {"b64": ...}}` (KServe's
+own custom-model and image-transformer samples), `{"data": "<base64>"}` (TorchServe) or `{"b64": ...}`, or a preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
 instance may carry its own "target". Request parameters: methods, target (one for all, or one per instance),
 top_k, return (maps and/or overlays), colormap, alpha.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from ..bundle import Manifest
 from .batching import JobResult
 from .decoding import ImageDecoder, ModelImage
+from .json_body import parse_json_body
 from .options import ServeOptions
 from .predictions import class_label, overlay_png_base64, top_k
 from .request_errors import BadRequest
@@ -38,10 +38,7 @@ class ParsedRequest:
 def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest, options: ServeOptions) -> ParsedRequest:
     """Check and decode a v1 body; every problem is a BadRequest naming the instance."""
     if isinstance(payload, (bytes, bytearray)):  # sent without Content-Type: application/json (curl -d): KServe passes it raw
-        try:
-            payload = json.loads(payload)
-        except ValueError as exc:
-            raise BadRequest(f"the request body is not JSON ({exc})") from None
+        payload = parse_json_body(bytes(payload), "the request body")
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadRequest('a v1 request is a JSON object {"instances": [...], "parameters": {...}}')
     instances = payload["instances"]
@@ -79,18 +76,22 @@ def _shared_targets(value: Any, count: int) -> list[Any]:
     return [value] * count
 
 
+WRAPPED_IMAGE_KEYS = ("image_bytes", "image")  # keys whose value is {"b64": "<base64 text>"}
+
+
 def _instance_image(instance: Any, decoder: ImageDecoder, label: str) -> ModelImage:
-    """One instance as a model image: an encoded image in one of the three spellings, or a float array."""
+    """One instance as a model image: an encoded image in one of the four spellings, or a float array."""
     if isinstance(instance, list):
         return decoder.from_tensor(instance, label)
     if not isinstance(instance, dict):
-        raise BadRequest(f'{label}: expected {{"image_bytes": {{"b64": ...}}}}, {{"data": "<base64>"}}, {{"b64": ...}} '
-                         f"or a float array [3, H, W]; got {type(instance).__name__}")
-    if "image_bytes" in instance:
-        inner = instance["image_bytes"]
-        if not isinstance(inner, dict) or not isinstance(inner.get("b64"), str):
-            raise BadRequest(f'{label}: "image_bytes" must be {{"b64": "<base64 text>"}}')
-        return decoder.from_encoded(inner["b64"], label)
+        raise BadRequest(f'{label}: expected {{"image_bytes": {{"b64": ...}}}}, {{"image": {{"b64": ...}}}}, '
+                         f'{{"data": "<base64>"}}, {{"b64": ...}} or a float array [3, H, W]; got {type(instance).__name__}')
+    for key in WRAPPED_IMAGE_KEYS:
+        if key in instance:
+            inner = instance[key]
+            if not isinstance(inner, dict) or not isinstance(inner.get("b64"), str):
+                raise BadRequest(f'{label}: "{key}" must be {{"b64": "<base64 text>"}}')
+            return decoder.from_encoded(inner["b64"], label)
     for key in ("b64", "data"):
         if key in instance:
             value = instance[key]
@@ -99,7 +100,7 @@ def _instance_image(instance: Any, decoder: ImageDecoder, label: str) -> ModelIm
             if isinstance(value, list):
                 return decoder.from_tensor(value, label)
             raise BadRequest(f'{label}: "{key}" must be base64 text or a float array [3, H, W]; got {type(value).__name__}')
-    raise BadRequest(f'{label}: no image in it: give "image_bytes", "data" or "b64" (keys found: '
+    raise BadRequest(f'{label}: no image in it: give "image_bytes", "image", "data" or "b64" (keys found: '
                      f"{', '.join(sorted(map(str, instance))) or 'none'})")
 
 

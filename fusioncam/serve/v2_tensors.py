@@ -7,6 +7,10 @@ images, or UINT8 [N, h, w, 3] RGB pixels (resized like files). Outputs: `probabi
 `explained_probability` FP32 [N], and one FP32 [N, H, W] map per method, named after it. The request's `outputs`
 list picks the outputs (a method named there is computed); without it the parameters' methods (default fusion)
 come back with every other output. Parameters: methods, target, top_k.
+
+An input under another name is refused (its name says which form it is). An output requested with Triton's
+classification extension (`class_count`, on `probabilities`) comes back as BYTES "score:index:label" strings
+(classification_extension.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 from ..bundle import Manifest
 from ..runtime.methods import METHODS
 from .batching import JobResult
-from .decoding import ImageDecoder
+from .classification_extension import class_count_of, extension_tensors
+from .decoding import ImageDecoder, encoded_bytes
 from .options import ServeOptions
 from .predictions import class_label, top_k
 from .request_errors import BadRequest
@@ -64,6 +69,8 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
     unknown = [name for name in requested if name not in known]
     if unknown:
         raise BadRequest(f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(known)}")
+    for output in request.request_outputs or []:  # a class_count that cannot apply is refused before any work
+        class_count_of(output.name, output.parameters, manifest.num_classes)
     asked = tuple(name for name in requested if name in METHODS)
     if parameters.get("methods") is not None:
         asked = tuple(m for m in METHODS if m in set(asked) | set(methods_of(parameters["methods"])))
@@ -88,9 +95,16 @@ def _input_images(request: InferRequest, decoder: ImageDecoder, options: ServeOp
         raise BadRequest(f"send exactly one input tensor (one of {', '.join(INPUT_NAMES.values())}); got "
                          f"{len(request.inputs)}")
     tensor: InferInput = request.inputs[0]
+    if tensor.name not in INPUT_NAMES.values():
+        raise BadRequest(f"input '{tensor.name}' is not an input of this model; it takes one of "
+                         f"{', '.join(f'{name} ({datatype})' for datatype, name in INPUT_NAMES.items())}")
     if tensor.datatype not in INPUT_NAMES:
         raise BadRequest(f"input '{tensor.name}' has datatype {tensor.datatype}; send BYTES (encoded images), FP32 "
                          f"[N, 3, H, W] (preprocessed) or UINT8 [N, h, w, 3] (RGB)")
+    if INPUT_NAMES[tensor.datatype] != tensor.name:
+        expected = next(datatype for datatype, name in INPUT_NAMES.items() if name == tensor.name)
+        raise BadRequest(f"input '{tensor.name}' is {expected}; got datatype {tensor.datatype} (send "
+                         f"{tensor.datatype} as {INPUT_NAMES[tensor.datatype]})")
     shape = [int(d) for d in tensor.shape]
     if not shape or shape[0] < 1:
         raise BadRequest(f"input '{tensor.name}' has shape {shape}; the first dimension counts the images (N >= 1)")
@@ -104,7 +118,8 @@ def _input_images(request: InferRequest, decoder: ImageDecoder, options: ServeOp
     if tensor.datatype == "BYTES":
         if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
             raise BadRequest(f"input '{tensor.name}' (BYTES) has shape {shape}; send [N] or [N, 1], one encoded image each")
-        return [decoder.from_encoded(_element(value), f"instance {i}") for i, value in enumerate(array.reshape(-1))]
+        return [decoder.from_encoded(_element(value, f"instance {i}"), f"instance {i}")
+                for i, value in enumerate(array.reshape(-1))]
     if tensor.datatype == "FP32":
         if array.ndim != 4:
             raise BadRequest(f"input '{tensor.name}' (FP32) has shape {shape}; send preprocessed images [N, 3, H, W]")
@@ -114,14 +129,26 @@ def _input_images(request: InferRequest, decoder: ImageDecoder, options: ServeOp
     return [decoder.from_rgb(np.ascontiguousarray(array[i]), f"instance {i}") for i in range(array.shape[0])]
 
 
-def _element(value: Any) -> bytes | str:
-    """A BYTES element as KServe hands it over: bytes (gRPC, raw) or text (REST)."""
+def _element(value: Any, label: str) -> bytes | str:
+    """A BYTES element as KServe hands it over: bytes (gRPC and binary REST: the file's raw bytes, or base64 text)
+    or text (JSON REST). Bytes that are neither an image file nor base64 text are 'not an image' (raw bytes are the
+    documented form, so a failed base64 reading is not the problem to report)."""
+    if isinstance(value, (bytes, bytearray)) and value:
+        try:
+            encoded_bytes(value, label)
+        except BadRequest:
+            raise BadRequest(f"{label}: not an image: its {len(value):,} bytes are neither an image file (PNG, JPEG, "
+                             f"...) nor base64 text") from None
+        return bytes(value)
     return value if isinstance(value, (bytes, str)) else str(value)
 
 
 def v2_response(request: InferRequest, parsed: ParsedRequest, result: JobResult, outputs: tuple[str, ...],
-                manifest: Manifest, model_name: str) -> InferResponse:
-    """The requested outputs as tensors (binary over gRPC, and over REST when the client asks for binary data)."""
+                manifest: Manifest, model_name: str, all_probabilities: bool = False) -> InferResponse:
+    """The requested outputs as tensors (binary over gRPC, and over REST when the client asks for binary data).
+
+    all_probabilities: `probabilities` holds every class's probability in class order [N, classes] (a method
+    view's output, method_views.py) instead of the top k."""
     tensors: dict[str, np.ndarray] = {}
     if any(name in PREDICTION_OUTPUTS for name in outputs):  # the top k only when asked: a map alone needs none
         classes, probabilities = top_k(result.logits, parsed.settings.top_k)
@@ -133,6 +160,7 @@ def v2_response(request: InferRequest, parsed: ParsedRequest, result: JobResult,
         tensors["explained_class"] = result.classes.astype(np.int64)
         tensors["explained_probability"] = result.probabilities.astype(np.float32)
     tensors.update({method: result.maps[method].astype(np.float32, copy=False) for method in parsed.settings.methods})
+    tensors.update(extension_tensors(request.request_outputs, result.logits, manifest, all_probabilities))
     infer_outputs = []
     for name in outputs:
         array = tensors[name]
