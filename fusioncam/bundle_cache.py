@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .bundle import Bundle, load_bundle
+from .bundle import Bundle, bundle_of, load_bundle
 from .errors import BundleError, FusionCamError, LayerError, ModelLoadError
 from .hashing import file_sha256
 from .output_guard import probe_write
@@ -142,12 +142,14 @@ def module_bundle(module, layer: str, input_size: tuple[int, int], class_names: 
 
 def bundle_for(model: str | os.PathLike, layer: str | None = None, input_size: tuple[int, int] | None = None,
                notify: Notify | None = None) -> Bundle:
-    """Resolve what a user names as a model: a bundle directory, an `.onnx` file, or 'efficientnet_lite0'."""
+    """Resolve what a user names as a model: a bundle directory, an `.onnx` file, or 'efficientnet_lite0'; a loaded
+    Bundle, or the ExportResult an export returned, is that bundle (the one place serve and dataset resolve models)."""
     from .export.model_zoo import DEFAULT_MODEL
 
-    path = Path(model)
-    if path.is_dir() and (path / "manifest.json").is_file():
-        bundle = load_bundle(path)
+    model = bundle_of(model)
+    path = model.path if isinstance(model, Bundle) else Path(model)
+    if isinstance(model, Bundle) or (path.is_dir() and (path / "manifest.json").is_file()):
+        bundle = model if isinstance(model, Bundle) else load_bundle(path)
         manifest = bundle.manifest
         if layer is not None and layer not in (manifest.target_layer, manifest.target_tensor):
             raise LayerError(

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .. import arguments
-from ..bundle import Bundle, load_bundle
+from ..bundle import Bundle, bundle_of, load_bundle
 from ..errors import InputError, LayerError, ModelLoadError
 from ..runtime import Explainer, Explanation
 from ..runtime.methods.compat import check_compat
@@ -36,6 +36,8 @@ class FusionCAM:
         self.class_names = class_names
         self.last_explanation: Explanation | None = None
         self._explainers: dict[tuple, Explainer] = {}
+        if isinstance(bundle_of(model), Bundle):  # a loaded bundle, or the result of an export: its directory
+            model = self.model = bundle_of(model).path
         if _is_module(model):
             if target_layer is None:
                 raise LayerError("target_layer is required for a torch.nn.Module: a module path such as 'layer4' or "

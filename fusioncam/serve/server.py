@@ -23,7 +23,7 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, Logg
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
-from ..bundle import Bundle
+from ..bundle import Bundle, bundle_of
 from ..errors import InputError
 from .binary_requests import FusionCamDataPlane
 from .body_limit import BodySizeLimit
@@ -157,8 +157,9 @@ def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | 
     names: one per model (default: the bundle's folder name). stop_after: stop by itself after that many seconds
     (tests, demos). Blocks; SIGINT or SIGTERM stops it after the queued requests are answered.
     """
-    if isinstance(models, (str, os.PathLike, Bundle)):
+    if isinstance(models, (str, os.PathLike, Bundle)) or bundle_of(models) is not models:  # one model, or an export
         models = [models]
+    models = [bundle_of(m) for m in models]  # an export's result is its bundle
     options = options or ServeOptions()
     names = list(names) if names else [m.name if isinstance(m, FusionCamModel) else model_name_for(m) for m in models]
     if len(names) != len(models):
