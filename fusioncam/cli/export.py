@@ -24,13 +24,14 @@ def cmd_export(args: argparse.Namespace) -> int:
               "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
     if args.segmentation:
         result = _export_segmentation(args, size)
-    elif _model_source(args.model) == "onnx":
-        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer, **layout)
+    elif _model_source(args.model) == "onnx":  # --task, or the task found from the model's outputs
+        result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer,
+                             task=args.task, **layout)
     else:
         named = named_model(args.model, args.weights)
         layer = args.layer or named.default_layer  # None: the automatic target (describe() says which)
         result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
-                               fp16_scorer=args.fp16_scorer, **layout)
+                               fp16_scorer=args.fp16_scorer, task=args.task, **layout)
     print(result.describe())
     return 0
 
@@ -58,6 +59,9 @@ def add_subcommands(sub) -> None:
     export.add_argument("--segmentation", action="store_true",
                         help="the .onnx model outputs per-pixel class scores [N,C,H,W]: a segmentation bundle (explain "
                              "a class over a region: fusioncam explain --target CLASS --region ...)")
+    export.add_argument("--task", choices=("classification", "segmentation"),
+                        help="what the model is (default: found from its outputs: class scores [N,C] classification, "
+                             "per-pixel [N,C,H,W] segmentation)")
     export.add_argument("--output", help="the model output holding the class scores, when it has several (default: the first)")
     export.add_argument("--token-grid", type=int, nargs=2, metavar=("H", "W"), help="the target's tokens form an HxW grid")
     export.add_argument("--prefix-tokens", type=int, metavar="K", help="the target's first K tokens are not patches (class, registers)")

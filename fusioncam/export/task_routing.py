@@ -88,8 +88,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_la
     if task is None:
         task = onnx_task(model_path, options.get("output"))
     if task == "segmentation":
-        _refuse_classifier_options(options)
-        return export_onnx_segmentation(model_path, out, target_layer, **options)
+        _refuse_classifier_options(options)  # given ones are refused; the others (None) are not the rule's
+        rule_options = {name: value for name, value in options.items() if name not in CLASSIFIER_ONLY}
+        return export_onnx_segmentation(model_path, out, target_layer, **rule_options)
     return export_onnx_classifier(model_path, out, target_layer, **options)
 
 
