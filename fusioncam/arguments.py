@@ -188,8 +188,8 @@ def image_array(name: str, value: Any) -> Any:
 
 
 def method_names(name: str, value: Any) -> str | list[str]:
-    """A method name or a sequence of names (their validity, and that there is one, is checked by the method
-    registry, which names the valid ones)."""
+    """A method name, several in one comma-separated string ("gradcam,fusion"), or a sequence of names (their
+    validity, and that there is one, is checked by the method registry, which names the valid ones)."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):

@@ -145,6 +145,7 @@ def bundle_for(model: str | os.PathLike, layer: str | None = None, input_size: t
     """Resolve what a user names as a model: a bundle directory, an `.onnx` file, or 'efficientnet_lite0'; a loaded
     Bundle, or the ExportResult an export returned, is that bundle (the one place serve and dataset resolve models)."""
     from .export.model_zoo import DEFAULT_MODEL
+    from .file_reading import not_regular_reason
 
     model = bundle_of(model)
     path = model.path if isinstance(model, Bundle) else Path(model)
@@ -160,6 +161,10 @@ def bundle_for(model: str | os.PathLike, layer: str | None = None, input_size: t
     if str(model) == DEFAULT_MODEL:
         return default_bundle(layer, notify)
     if str(model).lower().endswith(".onnx") or path.exists():
+        reason = not_regular_reason(path)
+        if reason is not None and not path.is_dir():  # a FIFO would block the run, a device never ends
+            raise ModelLoadError(f"model {str(model)!r} is not a regular file (it is {reason}); give a bundle "
+                                 f"directory, an .onnx file, or '{DEFAULT_MODEL}'")
         return onnx_bundle(path, layer, input_size, notify)
     raise ModelLoadError(
         f"model {str(model)!r} not found: give a bundle directory, an .onnx file, or '{DEFAULT_MODEL}'"

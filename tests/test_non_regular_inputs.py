@@ -112,3 +112,15 @@ def test_a_blocked_system_call_ends_on_the_second_signal(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+@needs_fifo
+def test_a_fifo_as_the_model_is_refused_before_it_is_read(tmp_path, capsys):
+    from fusioncam.cli.main import main
+
+    model = tmp_path / "model.onnx"
+    os.mkfifo(model)
+    image = write_images(tmp_path / "in", ["a.png"])[0]
+    assert main(["explain", str(image), "--model", str(model), "--out", str(tmp_path / "out")]) == 2
+    assert "model.onnx' is not a regular file (it is a FIFO (named pipe))" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -47,6 +47,8 @@ class FusionCAM:
             if not os.path.exists(model):
                 raise ModelLoadError(f"model file not found: {model}")
             self.target_layer = target_layer if target_layer is None else str(target_layer)
+            if self.target_layer is not None and os.path.isdir(model):
+                _check_bundle_layer(model, self.target_layer)
         else:
             raise ModelLoadError(f"FusionCAM needs a bundle directory, an .onnx path or a torch.nn.Module; got "
                                  f"{type(model).__name__}")
@@ -116,11 +118,22 @@ def _module_path(model, target_layer) -> str:
             raise LayerError(f"Fusion-CAM explains one target layer; got {len(target_layer)}")
         target_layer = target_layer[0]
     if isinstance(target_layer, str):
+        from ..export.torch_export import module_by_path
+
+        module_by_path(model, target_layer)  # a path that does not exist fails now, naming the closest ones
         return target_layer
     for path, module in model.named_modules():
         if module is target_layer and path:
             return path
     raise LayerError(f"target_layer {type(target_layer).__name__} is not a submodule of the model")
+
+
+def _check_bundle_layer(folder, target_layer: str) -> None:
+    """A bundle explains one layer: asking it for another fails here, at construction, not at the first call."""
+    manifest = load_bundle(folder, verify=False).manifest
+    if target_layer not in (manifest.target_layer, manifest.target_tensor):
+        raise LayerError(f"bundle {folder} explains layer '{manifest.target_layer}', not '{target_layer}'; export a "
+                         f"bundle for that layer, or leave target_layer out")
 
 
 def _as_numpy(input_tensor) -> np.ndarray:

@@ -53,8 +53,8 @@ def add_subcommands(sub) -> None:
                               f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")
     explain.add_argument("--methods", type=method_list, default=("fusion",),
                          help=f"methods to write an overlay and a .npy map for, comma-separated: any of "
-                              f"{','.join(METHODS)} (default: fusion); the panel shows Grad-CAM, Score-CAM, "
-                              f"Fusion-CAM and the others chosen")
+                              f"{','.join(METHODS)} (default: fusion); only these are computed, and the panel "
+                              f"shows them (with fusion also the Grad-CAM and Score-CAM it combines)")
     explain.add_argument("--compat", choices=COMPAT_MODES,
                          help="pytorch-grad-cam: its Grad-CAM++ (1e-6 in alpha's denominator) and Score-CAM "
                               "(align_corners=True masks, ReLU before upsampling) instead of the authors' "

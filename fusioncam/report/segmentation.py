@@ -1,7 +1,7 @@
 """One image's output files for a segmentation bundle (report.py's layout, the same file names and record).
 
 The panel starts with the predicted segmentation (a colour per class) with the explained region outlined, then
-Grad-CAM, Score-CAM, Fusion-CAM and the other chosen methods, each with the region outlined; each chosen method's
+the chosen methods' maps, each with the region outlined; each chosen method's
 overlay PNG (region outlined) and raw .npy map; the record adds the region (its area at the output resolution and
 the predicted classes' pixel counts) to results.json.
 """

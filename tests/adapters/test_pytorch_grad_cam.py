@@ -120,13 +120,15 @@ def test_bundle_directory_and_onnx_file_models(cache, model, images, tmp_path):
                           input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
     from_onnx = FusionCAM(onnx_path, device="cpu")(input_tensor=images)
     assert from_onnx.shape == (2, *SIZE) and from_onnx.dtype == np.float32
+    with pytest.raises(LayerError, match=r"explains layer 'features.3', not 'features.1'"):
+        FusionCAM(str(bundle.path), "features.1", device="cpu")  # at construction, not at the first call
 
 
 def test_clear_errors(cache, model):
     with pytest.raises(LayerError, match="target_layer is required"):
         FusionCAM(model)
-    with pytest.raises(LayerError, match="unknown target layer 'featurez'"):
-        FusionCAM(model, "featurez", device="cpu")(input_tensor=np.zeros((1, 3, *SIZE), np.float32))
+    with pytest.raises(LayerError, match=r"unknown target layer 'featurez'.*Closest module paths: features"):
+        FusionCAM(model, "featurez", device="cpu")  # at construction, not at the first call
     with pytest.raises(LayerError, match="not a submodule"):
         FusionCAM(model, torch.nn.ReLU())
     with pytest.raises(ModelLoadError, match="not found"):

@@ -37,8 +37,9 @@ METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY
 
 
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
-    """The methods in canonical order without repeats, or an InputError naming the valid ones."""
-    methods = [methods] if isinstance(methods, str) else list(methods)
+    """The methods in canonical order without repeats, or an InputError naming the valid ones. One string may name
+    several, comma-separated ("gradcam,fusion"), as the CLI's --methods and the server's parameter do."""
+    methods = [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
     if not methods:
         raise InputError(f"methods: none given; choose one or more of {', '.join(METHODS)}")
     unknown = [str(m) for m in methods if m not in REGISTRY]
