@@ -2,10 +2,11 @@
 "score:index:label" of its top classes instead of its values.
 
 tritonclient's `InferRequestedOutput("probabilities", class_count=3)` sets the output parameter `classification`
-to 3. As Triton does it, each image's row holds the class_count highest scores, highest first, each written as
-C++'s std::to_string(float) ("%f", six decimals), the class index and, when the model has class names, the name
-("score:index" without one). fusioncam applies it to `probabilities`: the softmax over every class, so the index
-is the model's class index.
+to 3. As Triton does it (triton-inference-server/server, src/classification.cc, TopkClassifications): each image's
+row holds the min(class_count, classes) highest scores, highest first, each the output's float32 value written
+by C++'s std::to_string ("%f", six decimals), ":" and the class index, then ":" and the label when the model has
+class names. fusioncam applies it to `probabilities`: the softmax over every class, so the index is the model's
+class index (ties in class order; Triton's std::sort leaves their order open).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from kserve.protocol.infer_type import to_http_parameters
 
 from ..bundle import Manifest
 from .predictions import softmax_rows
@@ -24,9 +24,10 @@ CLASSIFIABLE_OUTPUTS = ("probabilities",)
 
 
 def class_count_of(output_name: str, parameters: Any, num_classes: int) -> int:
-    """The class_count asked for an output (0: no classification); BadRequest when it cannot apply.
+    """The classes to return for an output: its class_count, at most the model's classes (0: no classification);
+    BadRequest when it cannot apply.
     parameters: the requested output's, a dict (REST) or gRPC's map of InferParameter."""
-    count = to_http_parameters(parameters).get(CLASSIFICATION, 0) if parameters else 0
+    count = _plain(parameters.get(CLASSIFICATION, 0)) if parameters else 0
     if count in (0, None):
         return 0
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -35,15 +36,21 @@ def class_count_of(output_name: str, parameters: Any, num_classes: int) -> int:
     if output_name not in CLASSIFIABLE_OUTPUTS:
         raise BadRequest(f"output '{output_name}': the classification extension (class_count) applies to "
                          f"{', '.join(CLASSIFIABLE_OUTPUTS)} only")
-    if count > num_classes:
-        raise BadRequest(f"output '{output_name}': class_count {count} is more than the model's {num_classes} classes")
-    return count
+    return min(count, int(num_classes))
+
+
+def _plain(value: Any) -> Any:
+    """A parameter's value: as sent over REST, or the set field of gRPC's InferParameter (int64_param, ...)."""
+    if hasattr(value, "ListFields"):
+        fields = value.ListFields()
+        return fields[0][1] if fields else None
+    return value
 
 
 def classifications(scores: np.ndarray, class_count: int, class_names: list[str] | None) -> np.ndarray:
     """BYTES [N, class_count] (an object array of bytes): each row's top scores as b"score:index[:label]",
     highest first (ties in class order)."""
-    scores = np.asarray(scores)
+    scores = np.asarray(scores, dtype=np.float32)  # the output's own values, as Triton formats them
     order = np.argsort(-scores, axis=1, kind="stable")[:, :class_count]
     rows = []
     for row, indices in zip(scores, order):

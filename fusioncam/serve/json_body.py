@@ -26,12 +26,16 @@ def parse_json_body(body: bytes, what: str) -> Any:
 
 def json_problem(body: bytes, exc: orjson.JSONDecodeError) -> str:
     """One sentence: what is wrong at which line, column and byte."""
-    where = f"line {exc.lineno} column {exc.colno} (byte {exc.pos})"
     literal = (exc.pos > 0 and body[exc.pos - 1:exc.pos] == b"-" and _NON_JSON_NUMBER.match(body, exc.pos - 1)) \
         or _NON_JSON_NUMBER.match(body, exc.pos)
     if literal:
-        return (f"{literal.group(0).decode()} at {where} is not a JSON number (JSON has no NaN or Infinity; "
-                f"Python's json.dumps writes them unless allow_nan=False): send finite numbers")
+        start = literal.start()
+        line = body.count(b"\n", 0, start) + 1
+        column = start - (body.rfind(b"\n", 0, start) + 1) + 1
+        return (f"{literal.group(0).decode()} at line {line} column {column} (byte {start}) is not a JSON number "
+                f"(JSON has no NaN or Infinity; Python's json.dumps writes them unless allow_nan=False): send finite "
+                f"numbers")
+    where = f"line {exc.lineno} column {exc.colno} (byte {exc.pos})"
     if not body.strip():
         return "the body is empty"
     return f"{exc.msg} at {where}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kserve.errors import ModelNotFound
 
-SERVED_VERSION = "1"
+from .triton_config import SERVED_VERSION
 
 
 class ModelVersionNotFound(ModelNotFound):

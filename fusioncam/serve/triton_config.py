@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model_versions import SERVED_VERSION
-
+SERVED_VERSION = "1"  # the one version of every served model (model_versions.py)
 FORMATS = {"image_tensor": "FORMAT_NCHW", "image_rgb": "FORMAT_NHWC", "image": "FORMAT_NHWC"}
 PLATFORM = "fusioncam"
 
