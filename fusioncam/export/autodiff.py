@@ -13,6 +13,7 @@ import onnx
 from fusioncam.errors import LayerError, UnsupportedOpError
 from fusioncam.export.grad_context import GradContext, node_label
 from fusioncam.export.grad_rules import rule_for, supported_ops
+from fusioncam.export.torch_scopes import exported_from_wrapper, torch_origin
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
@@ -63,8 +64,10 @@ def _backward(ctx: GradContext, node: onnx.NodeProto, dys: list, reach: set[str]
     """Emit one node's gradient rule and record the gradients it sends to its inputs."""
     rule = rule_for(node.op_type)
     if rule is None:
-        raise UnsupportedOpError(f"no gradient rule for op {node.op_type!r} (node {node_label(node)}) on the path "
-                                 f"to the logits; supported ops: {supported_ops()}")
+        origin = torch_origin(node, exported_from_wrapper(ctx.graph))
+        source = f", from {origin.describe()}" if origin is not None else ""
+        raise UnsupportedOpError(f"no gradient rule for op {node.op_type!r} (node {node_label(node)}{source}) on the "
+                                 f"path to the logits; supported ops: {supported_ops()}")
     bad_outputs = [i for i, dy in enumerate(dys) if dy is not None and rule.outputs is not None
                    and i not in rule.outputs]
     if bad_outputs:

@@ -69,7 +69,7 @@ def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int]):
 
 def export_torch_segmentation(
     model,
-    target_layer: str,
+    target_layer: str | None,
     out: str | os.PathLike,
     input_size: tuple[int, int] = (224, 224),
     mean=IMAGENET_MEAN,
@@ -77,7 +77,9 @@ def export_torch_segmentation(
     class_names: list[str] | None = None,
     fp16_scorer: bool = False,
 ) -> ExportResult:
-    """Export a PyTorch segmentation model with the module at `target_layer` (a dotted path) as the CAM target.
+    """Export a PyTorch segmentation model with the module at `target_layer` (a dotted path) as the CAM target;
+    None picks the last map with spatial size > 1 and a channel count other than the classes' whose positions reach
+    the class scores (as export_onnx_segmentation picks: DeepLabV3's last ReLU map in its head).
 
     The bundle's explain graph takes a class and a region per image and differentiates the region score
     `S = sum over the region of the class-c scores`; its scorer returns the region probability (docs/segmentation.md)."""
@@ -89,12 +91,19 @@ def export_torch_segmentation(
         raise ModelLoadError(f"export_torch_segmentation needs a torch.nn.Module, got {type(model).__name__}")
     check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
     source = f"{type(model).__name__} (PyTorch)"
+    from .. import arguments
+    from .torch_targets import auto_torch_target
+
+    arguments.text("target_layer", target_layer, allow_none=True)
+    picked = target_layer is None
+    if picked:
+        target_layer = auto_torch_target(model, tuple(input_size))
     exported = _torch_to_onnx(model, target_layer, tuple(input_size))
     segmenter = prepare_segmenter(exported, source, tuple(input_size))
     layer = resolve_target(segmenter, FEATURES_OUTPUT)
     return write_segmentation_bundle(
         segmenter, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
-        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer,
+        mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer, picked_automatically=picked,
     )
 
 

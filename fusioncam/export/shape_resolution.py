@@ -1,10 +1,12 @@
-"""Resolve the shapes ONNX shape inference leaves unknown by running the classifier once at two batch sizes.
+"""Resolve the shapes ONNX shape inference leaves unknown by running the graph once at two batch sizes.
 
 The input size is fixed at export, so every dimension except the batch is a number; ONNX's static inference still
 loses them where shapes are computed at run time (Swin's window shifts and pads, ShuffleNet's channel shuffle,
 reshapes in exported transformers: 'unk__156'). Running the graph with N = 1 and N = 2 gives each tensor's real
 shape twice: a dimension equal in both runs is static, one that is 1 then 2 is the batch N, and one that scales with
-the batch otherwise (windows x N) stays unknown, so such tensors are never taken for per-image maps.
+the batch otherwise (windows x N) stays unknown, so such tensors are never taken for per-image maps. Graph outputs
+get their measured shape too: a segmentation model's class scores (Hugging Face DPT: ['unk__143', 5, 'unk__144',
+'unk__145'] from ONNX) are static for a fixed input.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ def resolve_shapes(model: onnx.ModelProto, weights: WeightStash, input_name: str
     kept = [info for info in model.graph.value_info if info.name not in measured]
     del model.graph.value_info[:]
     model.graph.value_info.extend(kept)
+    outputs = {out.name: out for out in model.graph.output}
     for name, (dims, elem) in measured.items():
-        model.graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
+        if name in outputs:  # a graph output's own type would otherwise keep its unknown dims (DPT's 'logits')
+            outputs[name].type.CopyFrom(helper.make_tensor_type_proto(elem, dims))
+        else:
+            model.graph.value_info.append(helper.make_tensor_value_info(name, elem, dims))
     return True

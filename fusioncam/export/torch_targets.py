@@ -5,6 +5,7 @@ tuple's or model-output object's first tensor) and the map layout it makes (chan
 The automatic target is the last such module whose map positions get a non-zero gradient of the predicted logit
 (torch autograd on that same forward): a ViT head that reads only the class token gives the last block's patch
 tokens zero gradient, so the choice moves back to the last block's first norm, as pytorch-grad-cam's users do.
+Modules inside an attention module (projections) are never the automatic choice.
 """
 
 from __future__ import annotations
@@ -142,21 +143,46 @@ def list_torch_layers(model, input_size: tuple[int, int] = (224, 224), output=No
     return marked
 
 
+def attention_parts(model) -> set[str]:
+    """Paths of the modules inside an attention module (a class named `...Attention...` that is not a whole block or
+    layer): its query/key/value projections, convolutional projections (CvT), keys_values (LeViT), to_query/to_key
+    (SwiftFormer). They are parts of a computation, not representations: never automatic targets, although the
+    attention module's own output may be (and a CvT or LeViT head reading few tokens gives them the last gradient)."""
+    parts = set()
+    for path, module in model.named_modules():
+        name = type(module).__name__
+        if "Attention" in name and not any(word in name for word in ("Block", "Layer", "Stage")):
+            parts |= {f"{path}.{child}" if path else child for child, _ in module.named_modules() if child}
+    return parts
+
+
 def auto_torch_target(model, input_size: tuple[int, int], output=None) -> str:
-    """The module path of the last map whose positions get a non-zero gradient of the top class's logit."""
+    """The module path of the last map whose positions get a non-zero gradient of the top class's logit.
+
+    For a segmentation model (class scores [N, C, H', W']) the score is the sum of every pixel's top-class score and
+    maps with C channels are left out (the per-pixel classifier and its upsampled copies), as the ONNX route does:
+    DeepLabV3's choice is the head's last ReLU map."""
     import torch
 
     model = inference_copy(model)
     logits, seen = _forward_recording(model, input_size, output, with_grad=True)
     layers = {s.path: (s, layer) for s in seen if (layer := _layer(s, input_size)) is not None}
+    inside_attention = attention_parts(model)
     allowed = [layer for layer in automatic_candidates([layer for _s, layer in layers.values()], input_size)
-               if not (layer.layout.kind == TOKENS and layer.op_type in TOKEN_PROJECTIONS)]
+               if not (layer.layout.kind == TOKENS and layer.op_type in TOKEN_PROJECTIONS)
+               and layer.name not in inside_attention]
     if not allowed:
         raise LayerError("no module of the model outputs a feature map (4-D, or tokens on a grid) with spatial size "
                          "> 1; pass target_layer (see fusioncam.list_layers(model))")
+    if logits.dim() == 4:  # per-pixel class scores [N, C, H', W']: a segmentation model
+        # as the ONNX route's auto_segmentation_target: neither the class scores nor copies of them (C channels)
+        allowed = [layer for layer in allowed if layer.channels != logits.shape[1]]
+        if not allowed:
+            raise LayerError("no module outputs a feature map with spatial size > 1 whose channel count differs from "
+                             "the number of classes; pass target_layer (see fusioncam.list_layers(model))")
     tensors = [layers[layer.name][0].tensor for layer in allowed]
     usable = [t.requires_grad for t in tensors]
-    score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()
+    score = logits.gather(1, logits.argmax(dim=1, keepdim=True)).sum()  # per pixel too: the predicted class's scores
     grads = torch.autograd.grad(score, [t for t, ok in zip(tensors, usable) if ok], allow_unused=True)
     grads = iter(grads)
     reaching = []

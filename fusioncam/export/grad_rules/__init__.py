@@ -9,6 +9,7 @@ from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers th
     normalization,
     pooling,
     reduce,
+    reduce_extremes,
     resize,
     shape_ops,
 )
