@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from .atomic import atomic_directory
 from .errors import BundleError, OutputError
@@ -204,6 +205,12 @@ def staged_bundle(out: str | os.PathLike, manifest: Manifest) -> Iterator[Staged
             manifest.files[file.name] = file_sha256(file)
         manifest.seal()
         (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+
+
+class CarriesBundle(Protocol):
+    """What an export returns (fusioncam.export's ExportResult): an object whose `.bundle` is the Bundle written."""
+
+    bundle: Bundle
 
 
 def bundle_of(value):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, ContextManager, Mapping, Sequence
+from typing import ContextManager, Mapping, Sequence
 
 import numpy as np
 
 from .. import arguments
-from ..bundle import Bundle, bundle_of, load_bundle
+from ..bundle import Bundle, CarriesBundle, bundle_of, load_bundle
 from ..errors import InputError, NonFiniteError
 from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
@@ -21,9 +21,6 @@ from .input_checks import check_images
 from .methods import Engine, MethodOutput, check_methods, run_methods
 from .methods.compat import check_compat
 from .scorer import Scorer
-
-if TYPE_CHECKING:
-    from ..export.bundle_builder import ExportResult
 
 log = logging.getLogger("fusioncam")
 
@@ -51,7 +48,7 @@ class Explainer:
     whole GPU, for one scorer run); for parallel work, give each worker its own Explainer.
     """
 
-    def __init__(self, bundle: str | os.PathLike | Bundle | ExportResult, device: str = "auto", batch_size: int | None = None,
+    def __init__(self, bundle: str | os.PathLike | Bundle | CarriesBundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
                  max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None,
                  compat: str | None = None) -> None:
