@@ -156,7 +156,7 @@ def batch_histogram(text: str) -> dict:
         if family.name != "fusioncam_batch_images":
             continue
         for sample in family.samples:
-            if sample.labels.get("model") != "m":
+            if sample.labels.get("model_name") != "m":
                 continue
             if sample.name.endswith("_bucket"):
                 out["buckets"][sample.labels["le"]] = sample.value

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..cli.shared import DEVICES, positive_int
+from .kserve_arguments import add_kserve_arguments
+
+log = logging.getLogger("fusioncam.serve")
 
 
 def _milliseconds(text: str) -> float:
@@ -26,13 +30,21 @@ def _port(text: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """fusioncam serve MODEL...: serve bundles over KServe v1 and v2 (REST and gRPC) until stopped."""
     from . import ServeOptions, serve
+    from .kserve_arguments import resolve
 
+    logging.getLogger("fusioncam.serve").setLevel(logging.DEBUG if args.verbose else logging.INFO)  # start-up choices
+    kserve = resolve(args.name, args.model_name, args.models, args.http_port, args.predictor_host, args.kserve_workers)
+    for note in kserve.notes:
+        log.info(note)
+    for warning in kserve.warnings:
+        log.warning(warning)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
-                           max_queue=args.max_queue, workers=args.workers, max_instances=args.max_instances,
+                           max_queue=args.max_queue, workers=args.explainer_threads, max_instances=args.max_instances,
                            max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels)
-    serve(args.models, names=args.name, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+    serve(args.models, names=kserve.names, host=args.host, http_port=kserve.http_port, grpc_port=args.grpc_port,
           device=args.device, precision=args.precision, max_channels=args.fast, batch_size=args.batch,
-          options=options, stop_after=args.stop_after)
+          options=options, stop_after=args.stop_after, allow_model_control=args.allow_model_control,
+          cpu_threads=args.cpu_threads)
     return 0
 
 
@@ -49,8 +61,10 @@ def add_subcommands(sub) -> None:
     serve.add_argument("--name", action="append", help="the name to serve a model under, once per model in order "
                                                        "(default: the bundle folder's or .onnx file's name)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--http-port", type=_port, default=8080, help="REST port, v1 and v2 (default: 8080)")
-    serve.add_argument("--grpc-port", type=_port, default=8081, help="gRPC port, v2 (default: 8081)")
+    serve.add_argument("--http-port", "--http_port", type=_port, dest="http_port",
+                       help="REST port, v1 and v2 (default: $PORT when set, else 8080)")
+    serve.add_argument("--grpc-port", "--grpc_port", type=_port, dest="grpc_port", default=8081,
+                       help="gRPC port, v2 (default: 8081)")
     serve.add_argument("--device", choices=DEVICES, default="auto")
     serve.add_argument("--precision", choices=PRECISIONS, default="fp32")
     serve.add_argument("--fast", nargs="?", type=positive_int, const=DEFAULT_FAST_CHANNELS, metavar="K",
@@ -62,8 +76,13 @@ def add_subcommands(sub) -> None:
                        help=f"how long a request waits for others to batch with (default: {defaults.max_latency_ms:g})")
     serve.add_argument("--max-queue", type=positive_int, default=defaults.max_queue,
                        help=f"images waiting per model before requests are refused with 429 (default: {defaults.max_queue})")
-    serve.add_argument("--workers", type=positive_int, default=defaults.workers,
+    serve.add_argument("--explainer-threads", type=positive_int, default=defaults.workers,
                        help="inference threads per model, each with its own Explainer (default: 1)")
+    serve.add_argument("--cpu-threads", type=positive_int, metavar="N",
+                       help="ONNX Runtime threads per session on the CPU (default: the cgroup's CPU quota, capped by "
+                            "the CPUs this process may run on)")
+    serve.add_argument("--allow-model-control", action="store_true",
+                       help="allow POST /v2/repository/models/NAME/load|unload (default: refused with 403)")
     serve.add_argument("--max-instances", type=positive_int, default=defaults.max_instances,
                        help=f"images per request (default: {defaults.max_instances})")
     serve.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
@@ -71,4 +90,5 @@ def add_subcommands(sub) -> None:
     serve.add_argument("--max-image-pixels", type=positive_int, default=defaults.max_image_pixels,
                        help=f"width x height limit of one image (default: {defaults.max_image_pixels})")
     serve.add_argument("--stop-after", type=float, metavar="SECONDS", help="stop by itself after this many seconds")
+    add_kserve_arguments(serve)
     serve.set_defaults(run=cmd_serve)

@@ -92,12 +92,14 @@ class FusionCamModel(kserve.Model):
     async def predict(self, payload: dict | InferRequest, headers: dict[str, str] | None = None,
                       response_headers: dict[str, str] | None = None) -> dict | InferResponse:
         """v1 `:predict` (a dict) or v2 `/infer` (an InferRequest, REST or gRPC)."""
+        metrics.REQUEST_VERB.set("infer" if isinstance(payload, InferRequest) else "predict")  # the metrics' label
         if isinstance(payload, InferRequest):
             return await self._answer_v2(payload)
         return await self._answer_v1(payload, "predict")
 
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict:
         """v1 `:explain`: the predictions and the requested methods' maps and/or overlays."""
+        metrics.REQUEST_VERB.set("explain")  # the metrics' label of a request that fails before its methods are read
         if isinstance(payload, InferRequest):
             raise BadRequest("explanations over v2 come from /v2/models/{name}/infer: name the methods in outputs")
         return await self._answer_v1(payload, "explain")

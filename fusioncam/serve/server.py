@@ -13,20 +13,26 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import kserve
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.interceptors import LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.rest.server import RESTServer
 
 from ..bundle import Bundle, bundle_of
+from ..cpu_quota import cpu_budget
 from ..errors import InputError
-from .binary_requests import FusionCamDataPlane
+from ..runtime.cpu_backend import CPU_THREADS_ENV
 from .body_limit import BodySizeLimit
+from .client_errors import OneLineErrorsInterceptor, add_method_not_allowed_routes, install_rest_client_errors
+from .health import ReadinessDataPlane, add_health_service
+from .listen_ports import check_ports_free
+from .model_control import ModelControl, ServedModels
 from .grpc_servicer import FusionCamServicer, add_servicer
 from .method_views import MethodViewRepository
 from .model import FusionCamModel
@@ -36,15 +42,21 @@ from .triton_rest import install_triton_rest
 
 STOP_GRACE_SECONDS = 10.0
 
+# KServe 0.21 answers v1 :predict/:explain with FastAPI's ORJSONResponse, which FastAPI 0.120+ deprecates
+# (FastAPIDeprecationWarning at the first answer of every server). The class still works and the answers are right;
+# the warning is KServe's to fix (its v1 endpoints build the response themselves), so exactly it is filtered here.
+warnings.filterwarnings("ignore", message=r"ORJSONResponse is deprecated", category=UserWarning)
+
 log = logging.getLogger("fusioncam.serve")
 
 
 class HostGRPCServer(GRPCServer):
     """KServe's gRPC server, listening on one host instead of every interface."""
 
-    def __init__(self, host: str, port: int, *args, **kwargs) -> None:
+    def __init__(self, host: str, port: int, *args, served: ServedModels | None = None, **kwargs) -> None:
         super().__init__(port, *args, **kwargs)
         self._host = host
+        self._served = served
 
     async def start(self, max_workers: int) -> None:
         from concurrent import futures
@@ -55,11 +67,13 @@ class HostGRPCServer(GRPCServer):
         limit = self._kwargs["grpc_max_receive_message_length"]
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            interceptors=(LoggingInterceptor(), OneLineErrorsInterceptor()),
             options=[("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
                      ("grpc.max_receive_message_length", limit)],
         )
         add_servicer(servicer, self._server)  # KServe's methods and Triton's config, statistics and index
+        if self._served is not None:
+            add_health_service(self._server, self._served)  # grpc.health.v1.Health, for Kubernetes' gRPC probes
         host = f"[{self._host}]" if ":" in self._host else self._host
         self._server.add_insecure_port(f"{host}:{self._port}")
         await self._server.start()
@@ -75,25 +89,35 @@ class LeanRESTServer(RESTServer):
         return None
 
     def _register_endpoints(self, app) -> None:
+        add_method_not_allowed_routes(app)  # before KServe's GET /v1/models/{name}, which would take NAME:predict
         install_triton_rest(app, self.dataplane.model_registry)  # Triton's config, stats, index; before KServe's
         super()._register_endpoints(app)
+
+    def _add_exception_handlers(self, app) -> None:
+        super()._add_exception_handlers(app)
+        install_rest_client_errors(app)  # client errors in one log line, model control refusals as 403
 
 
 class LoopbackModelServer(kserve.ModelServer):
     """kserve.ModelServer whose REST and gRPC servers listen on `host` only, with fusioncam's limits and answers."""
 
     def __init__(self, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081, enable_grpc: bool = True,
-                 max_body_bytes: int = ServeOptions.max_body_bytes) -> None:
+                 max_body_bytes: int = ServeOptions.max_body_bytes, allow_model_control: bool = False) -> None:
         super().__init__(http_port=http_port, grpc_port=grpc_port, workers=1, enable_grpc=enable_grpc,
                          enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS),
                          registered_models=MethodViewRepository())  # NAME.gradcam etc. resolve to views
         self.host = host
         self.max_body_bytes = int(max_body_bytes)
-        self.dataplane = FusionCamDataPlane(model_registry=self.registered_models)  # binary REST inputs without copies
+        self.allow_model_control = bool(allow_model_control)
+        # binary REST inputs without copies; ready only while every served model is
+        self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
 
     def start(self, models: list) -> None:
         """Register the models and serve until SIGINT/SIGTERM (as kserve.ModelServer.start, on one host)."""
         self._register_and_check_atleast_one_model_is_ready(models)
+        served = ServedModels(self.registered_models, models)
+        self.dataplane.served = served
+        self.model_repository_extension = ModelControl(served, self.allow_model_control)
         _install_answers(self.max_body_bytes)
         self._rest_server = LeanRESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane, self.model_repository_extension,
                                        self.http_port, workers=1, grace_period=self.grace_period,
@@ -105,7 +129,7 @@ class LoopbackModelServer(kserve.ModelServer):
                      "grpc_max_receive_message_length": self.max_body_bytes}
             self._grpc_server = HostGRPCServer(self.host, self.grpc_port, self.dataplane,
                                                self.model_repository_extension, kwargs=sizes,
-                                               grace_period=self.grace_period)
+                                               grace_period=self.grace_period, served=served)
             self.servers.append(self._grpc_server.start(self.max_threads))
         self.setup_event_loop()
         self.register_signal_handler()
@@ -151,11 +175,14 @@ def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | 
           names: Sequence[str] | None = None, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081,
           device: str = "auto", precision: str = "fp32", max_channels: int | None = None,
           batch_size: int | None = None, options: ServeOptions | None = None,
-          stop_after: float | None = None) -> None:
+          stop_after: float | None = None, allow_model_control: bool = False, cpu_threads: int | None = None) -> None:
     """Serve bundles (directories, .onnx files, 'efficientnet_lite0', or ready FusionCamModels) until stopped.
 
     names: one per model (default: the bundle's folder name). stop_after: stop by itself after that many seconds
     (tests, demos). Blocks; SIGINT or SIGTERM stops it after the queued requests are answered.
+    allow_model_control: allow KServe's load/unload requests (refused with 403 otherwise). cpu_threads: ONNX Runtime
+    threads per CPU session (default: the cgroup's CPU quota capped by the affinity; the choice is logged).
+    The ports are checked before any model loads: one in use is an InputError naming it.
     """
     if isinstance(models, (str, os.PathLike, Bundle)) or bundle_of(models) is not models:  # one model, or an export
         models = [models]
@@ -169,6 +196,8 @@ def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | 
     for name in names:
         if not name or any(c in name for c in "/:?# "):
             raise InputError(f"model name {name!r} cannot be part of a URL path: use letters, digits, '-', '_' or '.'")
+    check_ports_free(host, [("HTTP", http_port, "--http-port"), ("gRPC", grpc_port, "--grpc-port")])
+    _choose_cpu_threads(cpu_threads)
     built = [m if isinstance(m, FusionCamModel) else
              FusionCamModel(name, m, device=device, precision=precision, max_channels=max_channels,
                             batch_size=batch_size, options=options)
@@ -177,8 +206,28 @@ def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | 
         model.load()
     if stop_after is not None:
         _stop_after(float(stop_after))
-    LoopbackModelServer(host=host, http_port=http_port, grpc_port=grpc_port,
-                        max_body_bytes=options.max_body_bytes).start(built)
+    log.info("serving %s on %s: REST port %d, gRPC port %d; model control %s", ", ".join(names), host, http_port,
+             grpc_port, "allowed (--allow-model-control)" if allow_model_control else "refused")
+    LoopbackModelServer(host=host, http_port=http_port, grpc_port=grpc_port, max_body_bytes=options.max_body_bytes,
+                        allow_model_control=allow_model_control).start(built)
+
+
+def _choose_cpu_threads(cpu_threads: int | None) -> None:
+    """Set and log the ONNX Runtime threads per CPU session: --cpu-threads, else $FUSIONCAM_CPU_THREADS, else the
+    cgroup's CPU quota capped by the affinity (what cpu_session reads; set here so the log line is the truth)."""
+    if cpu_threads is not None:
+        if isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1:
+            raise InputError(f"cpu_threads must be a positive integer; got {cpu_threads!r}")
+        os.environ[CPU_THREADS_ENV] = str(cpu_threads)
+        log.info("CPU threads per ONNX Runtime session: %d (--cpu-threads)", cpu_threads)
+        return
+    wanted = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        log.info("CPU threads per ONNX Runtime session: %s ($%s)", wanted, CPU_THREADS_ENV)
+        return
+    budget = cpu_budget()
+    os.environ[CPU_THREADS_ENV] = str(budget.cpus)
+    log.info("CPU threads per ONNX Runtime session: %d (%s)", budget.cpus, budget.source)
 
 
 def _stop_after(seconds: float) -> None:
