@@ -63,7 +63,8 @@ class FusionCamServicer(InferenceServicer):
 
     async def RepositoryIndex(self, request, context):
         entries = []
-        for name in [*self._registry.get_models(), *self._registry.view_names()]:
+        views = getattr(self._registry, "view_names", list)()  # none with KServe's plain repository
+        for name in [*self._registry.get_models(), *views]:
             ready = await self._registry.is_model_ready(name)
             if ready or not request.ready:
                 entries.append(index_entry(name, ready))

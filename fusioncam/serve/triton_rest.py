@@ -81,7 +81,8 @@ def install_triton_rest(app: FastAPI, registry: MethodViewRepository) -> None:
         if not isinstance(options, dict):
             raise BadRequest("the repository index request body is a JSON object, e.g. {\"ready\": true}")
         entries = []
-        for name in [*registry.get_models(), *registry.view_names()]:
+        views = getattr(registry, "view_names", list)()  # none with KServe's plain repository
+        for name in [*registry.get_models(), *views]:
             ready = await registry.is_model_ready(name)
             if ready or not options.get("ready"):
                 entries.append(index_entry(name, ready))
