@@ -45,7 +45,7 @@ def evaluate_segmentation_maps(explainer, images, explanation: SegmentationExpla
                                step: int = DEFAULT_STEP) -> dict[str, SegmentationScores]:
     """Scores of each method's maps [N, H, W] (default: the explanation's own) for the explanation's classes and
     regions; `images` are the preprocessed images the explanation was made from."""
-    if not explainer.segmentation:
+    if explainer.task.name != "segmentation":
         raise InputError("evaluate_segmentation_maps needs a segmentation bundle; use fusioncam.metrics for classifiers")
     if not isinstance(explanation, SegmentationExplanation):
         raise InputError(f"explanation must be the SegmentationExplanation of these images, got "
