@@ -26,7 +26,8 @@ from .request_errors import BadRequest
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def binary_infer_request(body: bytes, json_length: int, model_name: str, header: Any = None) -> InferRequest:
+def binary_infer_request(body: bytes, json_length: int, model_name: str,
+                         header: Any = None) -> InferRequest:
     """The InferRequest of a binary-extension body, each binary input's bytes kept as sent (no per-element copy).
     header: the JSON header already parsed (a JSON body without binary inputs: json_length is the body's length)."""
     if not 0 < json_length <= len(body):

@@ -77,7 +77,8 @@ def add_servicer(servicer: FusionCamServicer, server) -> None:
     extensions = {
         name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name),
                                                   request_deserializer=getattr(messages, f"{name}Request").FromString,
-                                                  response_serializer=getattr(messages, f"{name}Response").SerializeToString)
+                                                  response_serializer=getattr(messages,
+                                                                              f"{name}Response").SerializeToString)
         for name in ("ModelConfig", "ModelStatistics", "RepositoryIndex")
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, extensions),))

@@ -1,11 +1,12 @@
 """Per-model request statistics in the form of Triton's statistics extension (REST `/v2/models/NAME/stats`,
 gRPC `ModelStatistics`).
 
-Recorded for each answered or failed request (`recorded`, around FusionCamModel._run): its count and duration in nanoseconds under
-`success` or `fail`, the images it brought (`inference_count`) and when it finished (`last_inference`, ms since
-the epoch). `execution_count` (Explainer calls, the batches formed) is read from fusioncam's
-`fusioncam_batch_images` histogram. Queue, compute and per-batch-size times are not measured separately: they are
-reported as zero, and `batch_stats` is empty. A method view (method_views.py) reports its model's statistics.
+Recorded for each answered or failed request (`recorded`, around FusionCamModel._run): its count and duration
+in nanoseconds under `success` or `fail`, the images it brought (`inference_count`) and when it finished
+(`last_inference`, ms since the epoch). `execution_count` (Explainer calls, the batches formed) is read from
+fusioncam's `fusioncam_batch_images` histogram. Queue, compute and per-batch-size times are not measured
+separately: they are reported as zero, and `batch_stats` is empty. A method view (method_views.py) reports its
+model's statistics.
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from .model_versions import ModelVersionNotFound, SERVED_VERSION
 from .request_errors import BadRequest
 from .triton_config import config_of, index_entry
 
-_VERSIONED = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/(ready|infer|config|stats))?$")
+_VERSIONED = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/(ready|infer|config|stats))?$")
 
 
 class VersionedPaths:

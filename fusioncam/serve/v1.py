@@ -1,7 +1,8 @@
 """KServe v1 (`:predict`, `:explain`): instances in, predictions and explanations out, as JSON.
 
 An instance is an encoded image, `{"image_bytes": {"b64": ...}}` (TF Serving), `{"image": {"b64": ...}}` (KServe's
-own custom-model and image-transformer samples), `{"data": "<base64>"}` (TorchServe) or `{"b64": ...}`, or a preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
+own custom-model and image-transformer samples), `{"data": "<base64>"}` (TorchServe) or `{"b64": ...}`, or a
+preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
 instance may carry its own "target". Request parameters: methods, target (one for all, or one per instance),
 top_k, return (maps and/or overlays), colormap, alpha.
 """
