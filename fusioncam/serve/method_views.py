@@ -43,7 +43,9 @@ class MethodView(kserve.Model):
         return bool(self.base.ready)
 
     def load(self) -> bool:
-        return self.base.load()
+        """A view never loads its model (KServe calls load() on a model that is not ready): loading and unloading
+        are the model's own, so a view of a stopped or unloaded model stays unready."""
+        return bool(self.base.ready)
 
     def get_input_types(self) -> list[dict]:
         height, width = self.base.bundle.manifest.input_size
