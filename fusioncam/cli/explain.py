@@ -41,7 +41,8 @@ def add_subcommands(sub) -> None:
     explain.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (not recursive) or globs")
     explain.add_argument("--model", required=True, help="a bundle directory, an .onnx file, or efficientnet_lite0")
     explain.add_argument("--layer", help="target layer (default: the bundle's, or picked automatically for .onnx)")
-    explain.add_argument("--target", help="class index or class name to explain (default: each image's top class)")
+    explain.add_argument("--target", help="class to explain: an index (negative counts from the end: -1 is the last "
+                                          "class), a class name, or top (the default: each image's top class)")
     explain.add_argument("--out", default="fusioncam-out", help="output folder (default: fusioncam-out)")
     explain.add_argument("--device", choices=DEVICES, default="auto")
     explain.add_argument("--batch", type=positive_int, help="masked images per scorer run (default: 16 CPU, 256 GPU)")

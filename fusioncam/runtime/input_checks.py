@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import InputError
 from ..kernels.array_math import array_module
 
-ARGMAX = -1
+ARGMAX = -1  # the explain graph's target input for "the image's top class"; users say None or "top", never -1
+TOP_CLASS_WORDS = ("top",)  # a target given as text that means the image's top class (unless a class is so named)
 
 
 def check_images(images, input_size: tuple[int, int]):
@@ -46,13 +47,18 @@ def check_images(images, input_size: tuple[int, int]):
 
 
 def _one_target(value, num_classes: int, class_names: list[str] | None, position: str) -> int:
-    """One target: None/-1 for arg-max, a class index, or a class name."""
+    """One target as a class index in 0..C-1, or ARGMAX for the image's top class.
+
+    None or "top" is the top class; an int (or its digits as text) is a class index, a negative one counted from the
+    end as Python's indexing does (-1 is the last class, C-1); a string is a class name. -1 is never a hidden "top"."""
     if value is None:
         return ARGMAX
     if isinstance(value, str):
         if class_names and value in class_names:
             return class_names.index(value)
-        if value.lstrip("-").isdigit():
+        if value.strip().lower() in TOP_CLASS_WORDS:
+            return ARGMAX
+        if value.lstrip("-").isdigit() and value.count("-") <= 1:
             value = int(value)
         else:
             close = difflib.get_close_matches(value, class_names or [], n=5, cutoff=0.5)
@@ -60,17 +66,19 @@ def _one_target(value, num_classes: int, class_names: list[str] | None, position
             known = "" if class_names else " (this bundle has no class names; use a class index)"
             raise InputError(f"unknown class name {value!r} for {position}{known}.{hint}")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise InputError(f"target for {position} must be an int class index, a class name or None; got {value!r}")
+        raise InputError(f"target for {position} must be an int class index, a class name, or None (or \"top\") for "
+                         f"the image's top class; got {value!r}")
     value = int(value)
-    if value == ARGMAX:
-        return ARGMAX
-    if not 0 <= value < num_classes:
-        raise InputError(f"target class {value} for {position} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
-    return value
+    if not -num_classes <= value < num_classes:
+        raise InputError(f"target class {value} for {position} is out of range: the model has {num_classes} classes "
+                         f"(0..{num_classes - 1}, or -{num_classes}..-1 counted from the end); None or \"top\" "
+                         f"explains each image's top class")
+    return value % num_classes
 
 
 def resolve_targets(targets, n: int, num_classes: int, class_names: list[str] | None = None) -> np.ndarray:
-    """int64 [N] of class indices, -1 meaning the arg-max of the image's logits."""
+    """int64 [N] of class indices, ARGMAX (-1) meaning the arg-max of the image's logits (asked for with None or
+    "top"; a -1 given by the caller is the last class, see _one_target)."""
     if targets is None or isinstance(targets, (int, np.integer, str)):
         return np.full((n,), _one_target(targets, num_classes, class_names, "all images"), dtype=np.int64)
     if hasattr(targets, "tolist"):

@@ -72,11 +72,11 @@ def test_all_methods_on_random_resnet18(tmp_path):
         model.fc.bias.mul_(20.0)
     fusioncam.export_torch(model, "layer4", tmp_path / "r.fcam", input_size=(64, 64))
     images = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    targets = [-1, 590]  # image 1's second class: Union-CAM keeps L_reg for image 0 and L_dr for image 1
+    targets = [None, 590]  # image 0's top class, image 1's second class: Union-CAM keeps L_reg for image 0 and L_dr for image 1
     explanation = fusioncam.Explainer(tmp_path / "r.fcam", device="cpu", batch_size=100).explain(images, targets, METHODS)
     assert tuple(explanation.maps) == METHODS
     for i, target in enumerate(targets):
-        reference = reference_methods(model, model.layer4, torch.from_numpy(images[i]), None if target < 0 else target)
+        reference = reference_methods(model, model.layer4, torch.from_numpy(images[i]), target)
         assert_methods_match(explanation, i, reference)
         assert max_diff(explanation.maps["gradcam"][i], reference["fusion_reference"]["gradcam"]) <= MAP_TOLERANCE
         assert max_diff(explanation.maps["fusion"][i], explanation.fusion[i]) == 0

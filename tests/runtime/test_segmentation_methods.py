@@ -157,8 +157,8 @@ def test_region_and_target_errors(tmp_path) -> None:
             explainer.explain(images, regions=["all", "all", "all"], methods="gradcam")
         with pytest.raises(InputError, match="unknown region 'everywhere'"):
             explainer.explain(images, regions="everywhere", methods="gradcam")
-        with pytest.raises(InputError, match="unknown class name 'top'"):
-            explainer.explain(images, targets="top", methods="gradcam")
+        with pytest.raises(InputError, match="unknown class name 'topleft'.*'top-left'"):
+            explainer.explain(images, targets="topleft", methods="gradcam")
         assert (explainer.explain(images[:1], methods="gradcam").predicted[0] == 1).all()
         with pytest.raises(InputError, match=r"region is empty for: image 0 \(background\).*regions='all'"):
             explainer.explain(images[:1], targets="background", methods="gradcam")
