@@ -24,6 +24,7 @@ class RequestSettings:
     returns: tuple[str, ...] = ("maps",)
     colormap: str = "jet"
     alpha: float = 0.5
+    timeout_s: float | None = None  # the request's own deadline in seconds (None: the server's --timeout-s)
 
 
 def methods_of(value: Any) -> tuple[str, ...]:
@@ -59,6 +60,22 @@ def returns_of(value: Any) -> tuple[str, ...]:
     return tuple(kind for kind in RETURN_KINDS if kind in names)
 
 
+TIMEOUT_UNITS = {"s": (1.0, "seconds"), "us": (1e-6, "microseconds")}
+
+
+def timeout_of(value: Any, unit: str = "s") -> float | None:
+    """timeout: how long the client waits for the answer, in seconds (v1) or microseconds (v2, as Triton's
+    `timeout` parameter); returned in seconds. It shortens the server's --timeout-s, never extends it."""
+    if value is None:
+        return None
+    scale, name = TIMEOUT_UNITS[unit]
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0.0 < float(value) * scale <= 86_400.0):
+        raise BadRequest(f"parameter 'timeout' is the {name} this request may take, a number in "
+                         f"(0, {86_400.0 / scale:.0f}]; got {value!r}")
+    return float(value) * scale
+
+
 def target_of(value: Any, manifest: Manifest, label: str) -> int:
     """A target: None or "top" (the top class), a class index (negative: from the end, -1 the last class), or a
     class name; returned resolved, -1 (ARGMAX) standing for the top class."""
@@ -71,10 +88,12 @@ def target_of(value: Any, manifest: Manifest, label: str) -> int:
 
 
 def settings_of(parameters: Mapping[str, Any] | None, default_methods: tuple[str, ...], default_top_k: int,
-                num_classes: int) -> RequestSettings:
-    """The request's settings from its parameters; unknown parameter names are refused (a typo is not ignored)."""
+                num_classes: int, timeout_unit: str = "s") -> RequestSettings:
+    """The request's settings from its parameters; unknown parameter names are refused (a typo is not ignored).
+    timeout_unit: "s" (v1: seconds) or "us" (v2: microseconds, as Triton's protocol and tritonclient's timeout=)."""
     parameters = dict(parameters or {})
-    known = {"methods", "target", "top_k", "return", "colormap", "alpha", "binary_data_output"}
+    known = {"methods", "target", "region", "top_k", "return", "colormap", "alpha", "binary_data_output",
+             "timeout"}
     unknown = sorted(set(parameters) - known)
     if unknown:
         raise BadRequest(f"unknown parameter(s) {', '.join(unknown)}; this server takes {', '.join(sorted(known))}")
@@ -88,7 +107,9 @@ def settings_of(parameters: Mapping[str, Any] | None, default_methods: tuple[str
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= float(alpha) <= 1.0:
         raise BadRequest(f"parameter 'alpha' is the heatmap's weight in the overlays, a number in [0, 1]; got {alpha!r}")
     return RequestSettings(methods=methods, top_k=top_k_of(parameters.get("top_k"), default_top_k, num_classes),
-                           returns=returns_of(parameters.get("return")), colormap=str(colormap), alpha=float(alpha))
+                           returns=returns_of(parameters.get("return")), colormap=str(colormap), alpha=float(alpha),
+                           timeout_s=timeout_of(parameters.get("timeout"), timeout_unit))
 
 
-__all__ = ["RETURN_KINDS", "RequestSettings", "methods_of", "returns_of", "settings_of", "target_of", "top_k_of"]
+__all__ = ["RETURN_KINDS", "RequestSettings", "methods_of", "returns_of", "settings_of", "target_of", "timeout_of",
+           "top_k_of"]

@@ -179,8 +179,8 @@ def onnx_top_k(onnx_path: Path, image: np.ndarray, k: int) -> tuple[np.ndarray, 
 def batch_sizes_formed(server: Server) -> tuple[float, float]:
     """(batches of one image, all batches) from the fusioncam_batch_images histogram."""
     samples = server.metrics()
-    ones = samples[("fusioncam_batch_images_bucket", (("le", "1.0"), ("model", "tiny")))]
-    total = samples[("fusioncam_batch_images_count", (("model", "tiny"),))]
+    ones = samples[("fusioncam_batch_images_bucket", (("le", "1.0"), ("model_name", "tiny")))]
+    total = samples[("fusioncam_batch_images_count", (("model_name", "tiny"),))]
     return ones, total
 
 
@@ -246,7 +246,7 @@ def test_two_models_are_served_under_their_names(server, explainer):
     unknown = httpx.post(f"{server.base}/v1/models/nope:explain", json=body, timeout=60)
     assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
     samples = server.metrics()
-    assert samples[("fusioncam_requests_total", (("method", "xgradcam"), ("model", "twin"), ("outcome", "ok")))] == 1
+    assert samples[("fusioncam_requests_total", (("method", "xgradcam"), ("model_name", "twin"), ("outcome", "ok")))] == 1
 
 
 # ----------------------------------------------------------------------------------------- Open Inference v2
@@ -355,7 +355,7 @@ def test_concurrent_requests_form_batches_and_each_gets_its_own_maps(server, exp
 
 
 def queued_images(server: Server) -> float:
-    return server.metrics().get(("fusioncam_queue_images", (("model", "tiny"),)), 0.0)
+    return server.metrics().get(("fusioncam_queue_images", (("model_name", "tiny"),)), 0.0)
 
 
 def test_a_full_queue_answers_429_at_once_and_the_queued_requests_still_succeed(bundle, explainer, tmp_path):
@@ -403,10 +403,10 @@ def test_health_and_metrics_answer_while_a_batch_is_explained(server):
         assert long_request.result().status_code == 200
     assert answered >= 1
     samples = server.metrics()
-    assert samples[("fusioncam_requests_total", (("method", "fusion"), ("model", "tiny"), ("outcome", "ok")))] >= 1
-    assert samples[("fusioncam_masked_forwards_total", (("kind", "run"), ("model", "tiny")))] > 0
-    assert ("fusioncam_queue_images", (("model", "tiny"),)) in samples
-    assert samples[("fusioncam_request_latency_seconds_count", (("method", "fusion"), ("model", "tiny")))] >= 1
+    assert samples[("fusioncam_requests_total", (("method", "fusion"), ("model_name", "tiny"), ("outcome", "ok")))] >= 1
+    assert samples[("fusioncam_masked_forwards_total", (("kind", "run"), ("model_name", "tiny")))] > 0
+    assert ("fusioncam_queue_images", (("model_name", "tiny"),)) in samples
+    assert samples[("fusioncam_request_latency_seconds_count", (("method", "fusion"), ("model_name", "tiny")))] >= 1
 
 
 # ------------------------------------------------------------------------------------------------ bad input
