@@ -50,11 +50,7 @@ class ClassificationPayloads:
 
     def predict(self, explainer, images: np.ndarray) -> np.ndarray:
         """float32 [N, classes]: the logits of preprocessed images (no explanation)."""
-        if hasattr(explainer, "predict"):
-            return np.asarray(explainer.predict(images), dtype=np.float32)
-        backend = explainer.backend
-        with backend.context():
-            return np.asarray(backend.to_host(backend.score(backend.asarray(images))), dtype=np.float32)
+        return np.asarray(explainer.predict(images).logits, dtype=np.float32)  # Explainer.predict: Task.predict
 
     def explained_facts(self, explanation) -> dict[str, np.ndarray]:
         return {}

@@ -67,14 +67,7 @@ class SegmentationPayloads:
 
     def predict(self, explainer, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H', W']: the per-pixel class scores of preprocessed images (no explanation)."""
-        if hasattr(explainer, "predict"):
-            return np.asarray(explainer.predict(images), dtype=np.float32)
-        from ..graph_names import LOGITS
-
-        with explainer._in_use("predict"):  # the explain pass's class scores: the only graph that returns them
-            backend = explainer.backend
-            targets = backend.asarray(np.full(len(images), -1, dtype=np.int64))
-            return np.asarray(backend.to_host(backend.explain(backend.asarray(images), targets)[LOGITS]), np.float32)
+        return np.asarray(explainer.predict(images).logits, dtype=np.float32)  # Explainer.predict: Task.predict
 
     def explained_facts(self, explanation) -> dict[str, np.ndarray]:
         return {"region_weights": explanation.region_weights}
