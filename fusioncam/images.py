@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
 from fusioncam import arguments
+from fusioncam.decoder_output import quiet_decoder
 from fusioncam.errors import InputError
 from fusioncam.file_reading import read_regular_file
 from fusioncam.image_header import ImageHeader, read_header, structure_problem
@@ -143,43 +142,22 @@ def _to_uint8(image: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
-_quiet_lock = threading.Lock()
-_quiet_depth = 0  # decodes now running with OpenCV's log silenced (threads decode at once in the server)
-_quiet_saved: int | None = None  # the log level to restore when the last of them ends
-
-
-@contextmanager
-def opencv_log_silenced() -> Iterator[None]:
-    """OpenCV's own log lines ([ WARN:0@...] / [ERROR:0@...] from its decoders) silenced for the block, because the
-    caller reports the problem itself in one line naming the file. The level in force before is restored when the
-    last concurrent block ends. (Messages that libpng or libjpeg print to stderr themselves are not OpenCV's log.)"""
-    global _quiet_depth, _quiet_saved
-    logging = cv2.utils.logging
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            _quiet_saved = logging.getLogLevel()
-            logging.setLogLevel(logging.LOG_LEVEL_SILENT)
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0 and _quiet_saved is not None:
-                logging.setLogLevel(_quiet_saved)
-
-
 def _decode(data: np.ndarray, flags: int, name: str) -> np.ndarray:
-    """Decode file bytes with OpenCV, turning its failures into an InputError naming the file (OpenCV's own log
-    lines about them are silenced: this error says it)."""
-    try:
-        with opencv_log_silenced():
+    """Decode file bytes with OpenCV, turning its failures into an InputError naming the file. What the decoders
+    print meanwhile stays off the terminal when this error reports the failure (it quotes them), see
+    decoder_output."""
+    with quiet_decoder() as printed:
+        try:
             image = cv2.imdecode(data, flags)
-    except cv2.error as exc:
-        raise InputError(f"image file {name!r} cannot be decoded by OpenCV: {exc}") from None
-    if image is None or image.size == 0:
-        raise InputError(f"image file {name!r} is corrupt or not an image format OpenCV can read")
-    return image
+        except cv2.error as exc:
+            image, failure = None, f"cannot be decoded by OpenCV: {exc}"
+        else:
+            failure = None if image is not None and image.size else "is corrupt or not an image format OpenCV can read"
+    if failure is None:
+        printed.release()
+        return image
+    said = printed.summary()
+    raise InputError(f"image file {name!r} {failure}" + (f" (the decoder said: {said})" if said else ""))
 
 
 def preprocess(

@@ -67,3 +67,24 @@ def test_opencv_log_lines_about_a_bad_image_are_silenced(tmp_path, capfd):
     with pytest.raises(InputError, match=r"cut\.tif' is corrupt or not an image format"):
         read_rgb(bad)
     assert "[ERROR" not in capfd.readouterr().err and cv2.utils.logging.getLogLevel() == level
+
+
+def test_libpng_errors_join_the_one_line_error_and_warnings_of_a_good_decode_still_show(tmp_path, capfd):
+    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    broken = bytearray(png.tobytes())
+    broken[29] ^= 0xFF  # the IHDR chunk's CRC
+    bad = tmp_path / "crc.png"
+    bad.write_bytes(bytes(broken))
+    cv2.imdecode(np.frombuffer(bytes(broken), np.uint8), cv2.IMREAD_COLOR)  # libpng itself prints to stderr
+    assert "libpng error: IHDR: CRC error" in capfd.readouterr().err
+    with pytest.raises(InputError, match=r"crc\.png' is corrupt .* \(the decoder said: libpng error: IHDR: CRC error\)"):
+        read_rgb(bad)
+    assert "libpng" not in capfd.readouterr().err
+    # a JPEG that decodes with a warning: the image comes back and the warning is not swallowed
+    ok, jpeg = cv2.imencode(".jpg", (np.random.default_rng(0).random((256, 256, 3)) * 255).astype(np.uint8))
+    damaged = bytearray(jpeg.tobytes())
+    damaged[len(damaged) // 2:len(damaged) // 2 + 50] = b"\xff" * 50
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(damaged))
+    assert read_rgb(path).shape == (256, 256, 3)
+    assert "Corrupt JPEG data" in capfd.readouterr().err
