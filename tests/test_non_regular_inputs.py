@@ -124,3 +124,17 @@ def test_a_fifo_as_the_model_is_refused_before_it_is_read(tmp_path, capsys):
     assert main(["explain", str(image), "--model", str(model), "--out", str(tmp_path / "out")]) == 2
     assert "model.onnx' is not a regular file (it is a FIFO (named pipe))" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@needs_fifo
+@pytest.mark.parametrize("which", ["model", "weights"])
+def test_export_refuses_a_fifo_model_or_weights(tmp_path, capsys, which):
+    from fusioncam.cli.main import main
+
+    fifo = tmp_path / ("m.onnx" if which == "model" else "w.pth")
+    os.mkfifo(fifo)
+    command = (["export", str(fifo), "--out", str(tmp_path / "b")] if which == "model"
+               else ["export", "resnet18", "--weights", str(fifo), "--out", str(tmp_path / "b")])
+    assert main(command) == 2
+    assert f"{fifo.name}' is not a regular file (it is a FIFO (named pipe))" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -17,7 +17,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..export.model_zoo import named_model
 
     from ..bundle import check_bundle_destination
+    from ..errors import InputError
+    from ..file_reading import not_regular_reason
 
+    for what, given in (("model", args.model), ("--weights", args.weights)):
+        reason = not_regular_reason(given) if given else None
+        if reason is not None:  # a FIFO would block the export, a device never ends
+            raise InputError(f"{what} {given!r} is not a regular file (it is {reason}); give a model file")
     check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
     size = tuple(args.input_size) if args.input_size else None
     layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
