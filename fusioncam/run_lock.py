@@ -86,7 +86,9 @@ def _acquire(out: Path, what: str) -> int:
     path = out / LOCK_FILE
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            # never through a symbolic link: the file written is this folder's own lock, nothing it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0),
+                         0o644)
         except OSError as exc:
             raise OutputError(f"cannot lock {what} {out} ({exc.strerror or exc}); choose another {what}") from None
         try:

@@ -159,3 +159,17 @@ def test_the_lock_is_reentrant_in_one_process_and_refuses_a_file(tmp_path):
         with run_lock(tmp_path / "file"):
             pass
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_symbolic_link_named_like_the_lock_is_never_followed(tmp_path):
+    from fusioncam.errors import OutputError
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).symlink_to(precious)
+    with pytest.raises(OutputError, match=rf"cannot lock output folder {out}"):
+        with run_lock(out):
+            pass
+    assert precious.read_text() == "keep me" and (out / LOCK_FILE).is_symlink()
