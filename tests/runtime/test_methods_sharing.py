@@ -148,8 +148,9 @@ def test_cli_writes_every_chosen_method(bundle, tmp_path, capsys):
     for tag in ("gradcampp", "groupcam", "unioncam"):
         assert np.load(out / f"noise_{tag}.npy").shape == SIZE
         assert cv2.imread(str(out / f"noise_{tag}_overlay.png")).shape == (40, 50, 3)
-    # The panel: image, Grad-CAM, Score-CAM, Fusion-CAM, then the chosen others in canonical order.
-    assert cv2.imread(str(out / "noise_panel.png")).shape[:2] == PanelLayout(*tile_size((40, 50)), 7).size
+    # The panel: the image and the chosen methods only (no Fusion-CAM chosen: no Grad-CAM or Score-CAM tile).
+    assert cv2.imread(str(out / "noise_panel.png")).shape[:2] == PanelLayout(*tile_size((40, 50)), 4).size
     page = (out / "index.html").read_text()
-    for title in ("Grad-CAM++", "Group-CAM", "Union-CAM", "Fusion-CAM", "Score-CAM"):
+    for title in ("Grad-CAM++", "Group-CAM", "Union-CAM"):
         assert title in page
+    assert "Score-CAM" not in page
