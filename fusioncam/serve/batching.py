@@ -65,13 +65,15 @@ class Job:
         return self.abandoned or (now if now is not None else time.monotonic()) >= self.deadline
 
     def drop(self) -> None:
-        """Settle the future of a job that will not be computed (a no-op when it is settled already)."""
-        if self.future.done():
+        """Settle the future of a job that will not be computed (a no-op when it is settled already): an abandoned
+        job's is cancelled (nobody waits for it), an expired one's gets DeadlineExceeded (its waiter answers 504)."""
+        future = self.future
+        if future.done() or (self.abandoned and future.cancel()):
             return
-        if self.future.cancel():
+        if not future.running() and not future.set_running_or_notify_cancel():
             return
-        self.future.set_exception(DeadlineExceeded("the request's deadline passed before its batch finished")
-                                  if not self.abandoned else RequestAbandoned("the client is gone"))
+        future.set_exception(RequestAbandoned("the client is gone") if self.abandoned else
+                             DeadlineExceeded("the request's deadline passed before its batch finished"))
 
 
 @dataclass
