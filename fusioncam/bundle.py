@@ -44,6 +44,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
     task: str = "classification"  # or "segmentation": class scores [N, C, H', W'] explained over a region
     output_size: tuple[int, int] | None = None  # segmentation: (H', W') of the class scores
+    # an INT8 or float16 source: its format, ops, and how the explain graph's gradients are computed (None: float32)
+    source_precision: dict | None = None
     format_version: int = FORMAT_VERSION
     manifest_sha256: str = ""  # SHA-256 of every other field (content_sha256): an edited manifest is detected
 

@@ -27,6 +27,13 @@ def _string(name: str, value: Any) -> str:
     return value
 
 
+def _optional_object(name: str, value: Any) -> dict | None:
+    """A JSON object (facts the runtime only reports) or null."""
+    if value is not None and not isinstance(value, dict):
+        raise arguments.rejected(name, value, "an object or null")
+    return value
+
+
 FIELD_CHECKS = {
     "input_size": lambda name, value: arguments.size_pair(name, value),
     "mean": lambda name, value: arguments.channel_stats(name, value),
@@ -43,6 +50,7 @@ FIELD_CHECKS = {
     "files": _sha256_map,
     "task": _string,
     "output_size": lambda name, value: arguments.size_pair(name, value, allow_none=True),
+    "source_precision": lambda name, value: _optional_object(name, value),
     "format_version": lambda name, value: arguments.integer(name, value),
     "manifest_sha256": _string,
 }

@@ -13,6 +13,7 @@ import onnx
 from fusioncam.errors import LayerError, UnsupportedOpError
 from fusioncam.export.grad_context import GradContext, node_label
 from fusioncam.export.grad_rules import rule_for, supported_ops
+from fusioncam.export.grad_rules.quantization import CONSTANT_OUTPUTS, carries_quantized_values
 from fusioncam.export.torch_scopes import exported_from_wrapper, torch_origin
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -125,11 +126,15 @@ def _is_float(ctx: GradContext, name: str) -> bool:
 
 
 def _forward_reach(graph: onnx.GraphProto, wrt: str, ctx: GradContext) -> set[str]:
-    """Float tensors whose value depends on `wrt` through float tensors (shape arithmetic is cut off)."""
+    """Float tensors whose value depends on `wrt` through float tensors (shape arithmetic is cut off), and the integer
+    tensors of quantized graphs that hold quantized values (see grad_rules/quantization.py)."""
     reach = {wrt}
     for node in graph.node:
         if any(name in reach for name in _node_inputs(node)):
-            reach.update(o for o in node.output if o and _is_float(ctx, o))
+            constant = CONSTANT_OUTPUTS.get(node.op_type, ())
+            data_reached = bool(node.input) and node.input[0] in reach
+            reach.update(o for i, o in enumerate(node.output) if o and i not in constant and (
+                _is_float(ctx, o) or carries_quantized_values(node, i, data_reached)))
     return reach
 
 

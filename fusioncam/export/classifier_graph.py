@@ -11,6 +11,7 @@ from ..errors import ModelLoadError
 from ..memory_budget import check_input_size_fits
 from .constant_folding import fold_constants
 from .onnx_loading import upgrade_opset
+from .quantized_graph import add_dequantized_views
 from .shape_resolution import resolve_shapes
 from .weight_stash import WeightStash
 
@@ -201,6 +202,7 @@ def prepare_scores_graph(model: onnx.ModelProto, origin: str, input_size: tuple[
     model = upgrade_opset(model, origin)
     weights.set_aside(model)
     model = fold_constants(model, weights)
+    add_dequantized_views(model)  # QOperator INT8 feature maps become float targets (quantized_graph.py)
     inp = _image_input(model, origin)
     size = _fix_input_shape(inp, input_size, origin)
     _clear_output_batch(model)

@@ -13,6 +13,7 @@ from fusioncam.export.weight_stash import is_set_aside
 
 GRAD_PREFIX = "grad/"
 INT64_MAX = np.iinfo(np.int64).max
+FLOAT_ELEMS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
 
 Dims = list[int | str | None]
 
@@ -140,9 +141,12 @@ class GradContext:
         return type_proto.tensor_type.elem_type or None
 
     def np_dtype(self, name: str) -> np.dtype:
-        """Numpy dtype of float tensor `name` (float32 when unknown)."""
+        """Numpy dtype of the gradient of tensor `name`: its own float dtype; float32 when unknown, and for the
+        integer tensors of quantized graphs (their gradient is taken with respect to the integer value)."""
         elem = self.elem_type(name)
-        return np.dtype(helper.tensor_dtype_to_np_dtype(elem)) if elem else np.dtype(np.float32)
+        if elem not in FLOAT_ELEMS:
+            return np.dtype(np.float32)
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem))
 
     def maybe_shape(self, name: str) -> Dims | None:
         """Dims of `name` (int when static, the symbol's name or None when not), None when the rank is unknown."""
@@ -171,11 +175,13 @@ class GradContext:
                                      "not static; its gradient needs them known at export time")
         return dims
 
-    def set_shape(self, name: str, dims: Dims, like: str | None = None) -> None:
-        """Record the dims (and the dtype of `like`) of a tensor a rule created, for later lookups."""
+    def set_shape(self, name: str, dims: Dims, like: str | None = None, elem: int | None = None) -> None:
+        """Record the dims (and the dtype of `like`, or the ONNX element type `elem`) of a tensor a rule created."""
         self._extra_shapes[name] = list(dims)
         if like is not None and self.elem_type(like):
             self._extra_types[name] = self.elem_type(like)
+        if elem is not None:
+            self._extra_types[name] = elem
 
     # ----- opset-aware building blocks ---------------------------------------------------------
 

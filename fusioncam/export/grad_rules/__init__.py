@@ -8,6 +8,7 @@ from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers th
     linear,
     normalization,
     pooling,
+    quantization,
     reduce,
     reduce_extremes,
     resize,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import TensorProto
 
 from fusioncam.errors import UnsupportedOpError
-from fusioncam.export.grad_context import INT64_MAX, GradContext, attribute, node_input, node_label
+from fusioncam.export.grad_context import FLOAT_ELEMS, INT64_MAX, GradContext, attribute, node_input, node_label
 from fusioncam.export.grad_rules.registry import grad_rule
 
 
@@ -35,11 +36,12 @@ def dropout(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset)
 
 @grad_rule("Cast")
 def cast(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
-    """Float-to-float Cast: cast dy back to the input's float type."""
+    """Float-to-float Cast: cast dy back to the input's float type. From an integer tensor of a quantized graph (on
+    the path only when it holds quantized values, e.g. ConvInteger's int32 sums): dy in float32, per integer unit."""
     elem = ctx.elem_type(node.input[0])
     if elem is None:
         raise UnsupportedOpError(f"node {node_label(node)} (Cast): the input's element type is unknown")
-    return {0: ctx.node("Cast", [dys[0]], {"to": elem})}
+    return {0: ctx.node("Cast", [dys[0]], {"to": elem if elem in FLOAT_ELEMS else TensorProto.FLOAT})}
 
 
 @grad_rule("Transpose")
