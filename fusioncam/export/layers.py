@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import LayerError
+from .attention_operands import AttentionOperands
 from .classifier_graph import BATCH_DIM, SOFTMAX_OPS, Classifier, tensor_elem_types, tensor_shapes
 from .target_layout import NCHW, TOKENS, LayoutRequest, TargetLayout, detect_layout
 
@@ -126,12 +127,21 @@ def auto_target(classifier: Classifier, reaches=None) -> Layer:
     Both dims must exceed 1 so that channels-last views inside a head (e.g. ConvNeXt's LayerNorm2d permute of a
     pooled [N,C,1,1] map to [N,1,1,C]) are not mistaken for feature maps. Token maps count only when a
     LayerNormalization or a residual Add makes them (a transformer block's representations, not its q/k/v
-    projections or bias additions). `reaches(layer)` (see map_reach) says whether the map's positions reach the
+    projections or bias additions); any other map that reaches the logits only as a query, key or value of an
+    attention (CvT's convolutional key/value projections, LeViT's subsampled queries; see attention_operands) is
+    left out too. `reaches(layer)` (see map_reach) says whether the map's positions reach the
     logits: a ViT head reads only the class token, so the last blocks' patch tokens get zero gradient and the choice
     moves back to the last block's first norm."""
     residual = residual_sums(classifier)
+    operands = AttentionOperands(classifier.model, classifier.logits_name)
+
+    def representation(layer: Layer) -> bool:
+        if layer.op_type == "LayerNormalization" or layer.name in residual:
+            return True  # a block's representation, even when only q/k/v read it (ViT's norm1)
+        return layer.layout.kind != TOKENS and not operands.only_attention(layer.name)
+
     spatial = [layer for layer in automatic_candidates(candidate_layers(classifier), classifier.input_size)
-               if layer.layout.kind != TOKENS or layer.op_type == "LayerNormalization" or layer.name in residual]
+               if representation(layer)]
     if not spatial:
         raise LayerError(
             "no feature map (4-D, or tokens on a grid) with spatial size > 1 feeds the logits; pass a target layer "
