@@ -10,6 +10,7 @@ killed run never leaves the folder locked), and the output guards ignore the loc
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from .errors import OutputError
 from .output_guard import LOCK_FILE, check_writable_location
 
 __all__ = ["LOCK_FILE", "run_lock"]
+
+log = logging.getLogger("fusioncam")
 
 _held: dict[str, int] = {}  # real path of a folder this process has locked -> how many run_lock blocks hold it
 _held_guard = threading.Lock()
@@ -98,6 +101,9 @@ def _acquire(out: Path, what: str) -> int:
             os.close(fd)
             raise OutputError(f"{what} {out} is in use by another fusioncam run, pid {holder}; wait for it to "
                               f"finish or choose another {what}") from None
+        except OSError as exc:  # a file system without locks (some network mounts): run, but say so
+            log.warning("fusioncam: %s %s cannot be locked (%s): this run does not keep other runs out of it",
+                        what, out, exc.strerror or exc)
         except BaseException:
             os.close(fd)
             raise

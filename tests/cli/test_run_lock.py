@@ -173,3 +173,19 @@ def test_a_symbolic_link_named_like_the_lock_is_never_followed(tmp_path):
         with run_lock(out):
             pass
     assert precious.read_text() == "keep me" and (out / LOCK_FILE).is_symlink()
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="fusioncam"):
+        with run_lock(out):
+            (out / "made.txt").write_text("x")
+    assert f"output folder {out} cannot be locked (No locks available)" in caplog.text
+    assert sorted(p.name for p in out.iterdir()) == ["made.txt"]  # the lock file is removed as usual
