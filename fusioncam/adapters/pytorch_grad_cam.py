@@ -49,6 +49,8 @@ class FusionCAM:
             self.target_layer = target_layer if target_layer is None else str(target_layer)
             if self.target_layer is not None and os.path.isdir(model):
                 _check_bundle_layer(model, self.target_layer)
+            elif self.target_layer is not None:
+                _check_onnx_layer(model, self.target_layer)
         else:
             raise ModelLoadError(f"FusionCAM needs a bundle directory, an .onnx path or a torch.nn.Module; got "
                                  f"{type(model).__name__}")
@@ -134,6 +136,26 @@ def _check_bundle_layer(folder, target_layer: str) -> None:
     if target_layer not in (manifest.target_layer, manifest.target_tensor):
         raise LayerError(f"bundle {folder} explains layer '{manifest.target_layer}', not '{target_layer}'; export a "
                          f"bundle for that layer, or leave target_layer out")
+
+
+def _check_onnx_layer(path, target_layer: str) -> None:
+    """An .onnx model's target is a tensor name: one the graph does not compute fails here, at construction, with
+    the closest names (the graph is read without its external weights)."""
+    import difflib
+
+    import onnx
+
+    try:
+        graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ModelLoadError(f"{path} cannot be read as an ONNX model: {str(exc).splitlines()[0] if str(exc) else exc}"
+                             ) from None
+    names = {name for node in graph.node for name in node.output if name}
+    if target_layer not in names:
+        close = difflib.get_close_matches(target_layer, sorted(names), n=5, cutoff=0.3)
+        hint = f" Closest tensor names: {', '.join(close)}." if close else ""
+        raise LayerError(f"unknown target layer '{target_layer}': no tensor of that name in {path}.{hint} List them "
+                         f"with `fusioncam layers {path}`.")
 
 
 def _as_numpy(input_tensor) -> np.ndarray:

@@ -122,6 +122,10 @@ def test_bundle_directory_and_onnx_file_models(cache, model, images, tmp_path):
     assert from_onnx.shape == (2, *SIZE) and from_onnx.dtype == np.float32
     with pytest.raises(LayerError, match=r"explains layer 'features.3', not 'features.1'"):
         FusionCAM(str(bundle.path), "features.1", device="cpu")  # at construction, not at the first call
+    named = FusionCAM(onnx_path, "/features/features.3/Relu_output_0", device="cpu")  # a tensor the graph computes
+    np.testing.assert_allclose(named(input_tensor=images), from_onnx, rtol=0, atol=1e-6)  # the automatic one
+    with pytest.raises(LayerError, match=r"unknown target layer 'nope': no tensor of that name in .*tiny\.onnx"):
+        FusionCAM(onnx_path, "nope", device="cpu")
 
 
 def test_clear_errors(cache, model):
