@@ -62,6 +62,7 @@ class GradContext:
             if init.name not in self._types:
                 self._types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
         self._constants = {node.output[0]: node for node in self.graph.node if node.op_type == "Constant"}
+        self.producers = {o: node for node in self.graph.node for o in node.output if o}  # the forward's nodes
         self._extra_shapes: dict[str, Dims] = {}
         self._extra_types: dict[str, int] = {}
         self._used = _all_names(self.graph)

@@ -154,11 +154,68 @@ def dequantize_linear(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: 
 
 @grad_rule("QuantizeLinear")
 def quantize_linear(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
-    """Straight-through: dL/dx = dL/dq / s inside the representable range, 0 where the value saturates."""
+    """Straight-through: dL/dx = dL/dq / s inside the representable range, 0 where the value saturates.
+
+    When x comes from a Conv/Gemm/MatMul on dequantized tensors (a QDQ node unit that ONNX Runtime runs as one integer
+    op), the range test reads a float32 recomputation of x (`_recomputed`) rather than x itself: a backward node
+    reading x would keep ONNX Runtime from fusing the unit, and the forward would no longer be the integer graph's."""
     x = node.input[0]
     rank = len(ctx.shape(x, node))
-    return {0: straight_through(ctx, node, x, dys[0], node.input[1], node_input(node, 2), rank,
+    return {0: straight_through(ctx, node, _recomputed(ctx, x), dys[0], node.input[1], node_input(node, 2), rank,
                                 attribute(node, "axis", 1))}
+
+
+RECOMPUTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def _recomputed(ctx: GradContext, x: str) -> str:
+    """x recomputed by a copy of its producer whose dequantized inputs are rebuilt apart from the forward's nodes
+    (constants folded, activations by Cast-Sub-Mul), so ONNX Runtime neither merges the copy with the forward op nor
+    sees the forward op's float output read; x itself when its producer is not a QDQ unit's op."""
+    producer = ctx.producers.get(x)
+    if producer is None or producer.op_type not in RECOMPUTED_OPS:
+        return x
+    inputs = []
+    for name in producer.input:
+        source = ctx.producers.get(name)
+        if not name or source is None or source.op_type != "DequantizeLinear":
+            inputs.append(name)
+            continue
+        folded = dequantized_constant(ctx, source)
+        inputs.append(folded if folded is not None else _dequantized_apart(ctx, source))
+    if inputs == list(producer.input):
+        return x
+    attrs = {a.name: helper.get_attribute_value(a) for a in producer.attribute}
+    out = ctx.fresh(f"recomputed_{producer.op_type}")
+    ctx.nodes.append(helper.make_node(producer.op_type, inputs, [out], name=ctx.fresh("node_recomputed"), **attrs))
+    return _typed_float(ctx, out, ctx.shape(x, producer))
+
+
+def dequantized_constant(ctx: GradContext, dq: onnx.NodeProto) -> str | None:
+    """A DequantizeLinear of constants as a float32 constant (None when its inputs are not constants)."""
+    q, s = ctx.constant_value(dq.input[0]), ctx.constant_value(dq.input[1])
+    zp_name = node_input(dq, 2)
+    zp = ctx.constant_value(zp_name) if zp_name else np.zeros((), np.int32)
+    if q is None or s is None or zp is None:
+        return None
+    shape = [1] * q.ndim
+    if s.size > 1:
+        shape[attribute(dq, "axis", 1) % q.ndim] = -1
+    value = (q.astype(np.float64) - zp.astype(np.float64).reshape(shape if zp.size > 1 else ())) * \
+        s.astype(np.float64).reshape(shape if s.size > 1 else ())
+    return _typed_float(ctx, ctx.const(value.astype(np.float32), hint="dequantized"), list(value.shape))
+
+
+def _dequantized_apart(ctx: GradContext, dq: onnx.NodeProto) -> str:
+    """(q - zp) * s by Cast, Sub and Mul: the DequantizeLinear's value computed by nodes ONNX Runtime keeps apart."""
+    q = dq.input[0]
+    rank = len(ctx.shape(q, dq))
+    value = _as_float(ctx, q)
+    if node_input(dq, 2):
+        value = ctx.node("Sub", [value, _as_float(ctx, _broadcast(ctx, dq, dq.input[2], rank,
+                                                                   attribute(dq, "axis", 1)))])
+    value = ctx.node("Mul", [value, _broadcast(ctx, dq, dq.input[1], rank, attribute(dq, "axis", 1))])
+    return _typed_float(ctx, value, ctx.shape(q, dq))
 
 
 @grad_rule("DynamicQuantizeLinear", outputs=(0,))
