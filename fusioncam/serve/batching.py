@@ -2,7 +2,8 @@
 
 Requests wait in a bounded queue per model (counted in images), split into lanes (lanes.py): gradient-only
 requests and predictions in the gradient lane, requests with a Score-CAM sweep or probe rounds in the sweep lane,
-each lane with its own inference workers, so a Grad-CAM request never waits behind a sweep. Each worker is a
+each lane with its own inference workers, so a Grad-CAM request never waits behind a sweep (and the sweep
+lane's threads run at a lower CPU priority, thread_priority.py, so sweeps slow it little). Each worker is a
 thread that owns its own Explainer, so the event loop never runs a model: health, metadata and metrics answer
 while a long Fusion-CAM runs. A worker takes its lane's oldest request, waits up to max_latency_ms for more
 requests with the same methods (or until max_batch_size images are ready), explains them in one call (one
@@ -39,6 +40,7 @@ from . import metrics
 from .deadlines import DeadlineExceeded, RequestAbandoned
 from .lanes import GRADIENT, SHARED, SWEEP, lane_of
 from .request_errors import BadRequest, ServerBusy
+from .thread_priority import lower_this_thread, made_at_lower_priority
 
 log = logging.getLogger("fusioncam.serve")
 
@@ -105,7 +107,9 @@ class DynamicBatcher:
         self._closed = False
         self._condition = threading.Condition()
         lanes = [lane for lane, count in counts.items() for _ in range(count)]
-        self.explainers = [make_explainer() for _ in lanes]
+        # the sweep lane's Explainers (and ONNX Runtime's threads) at a lower CPU priority: gradient work goes first
+        self.explainers = [made_at_lower_priority(make_explainer) if lane == SWEEP else make_explainer()
+                           for lane in lanes]
         self._threads = [threading.Thread(target=self._work, args=(explainer, lane), daemon=True,
                                           name=f"fusioncam-{model_name}-{lane}-worker-{i}")
                          for i, (explainer, lane) in enumerate(zip(self.explainers, lanes))]
@@ -202,6 +206,8 @@ class DynamicBatcher:
 
     def _work(self, explainer: Explainer, lane: str) -> None:
         """One inference thread of a lane: its own Explainer, batches until the batcher is closed."""
+        if lane == SWEEP:
+            lower_this_thread()
         try:
             while (batch := self._next_batch(lane)) is not None:
                 self._run(explainer, batch)

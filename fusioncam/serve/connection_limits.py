@@ -25,6 +25,7 @@ import logging
 log = logging.getLogger("fusioncam.serve")
 
 _IDLE, _HEADERS, _BODY, _ANSWERING = "idle", "headers", "body", "answering"
+_LINGER_S = 2.0  # how long a refused or timed-out connection's incoming bytes are drained before it is closed
 
 
 def _response(status: bytes, text: str, extra: bytes = b"") -> bytes:
@@ -43,14 +44,14 @@ def limited_protocol(base: type, header_timeout_s: float, body_timeout_s: float,
             super().connection_made(transport)
             self._read_timer: asyncio.TimerHandle | None = None
             self._phase = _HEADERS
-            self._refused = len(self.connections) > max_connections
-            if self._refused:
+            self._finished = len(self.connections) > max_connections
+            if self._finished:
                 log.warning("refused a connection from %s: %d connections are open (--max-connections %d)",
                             _peer(self.client), len(self.connections) - 1, max_connections)
-                transport.write(_response(b"503 Service Unavailable",
-                                          f"this server holds at most {max_connections} connections "
-                                          f"(--max-connections); retry later\n", b"retry-after: 1\r\n"))
-                transport.close()
+                self.connections.discard(self)  # a refused connection does not count while it drains
+                self._answer_and_close(_response(b"503 Service Unavailable",
+                                                 f"this server holds at most {max_connections} connections "
+                                                 f"(--max-connections); retry later\n", b"retry-after: 1\r\n"))
                 return
             self._arm(header_timeout_s, self._headers_too_slow)
 
@@ -59,7 +60,7 @@ def limited_protocol(base: type, header_timeout_s: float, body_timeout_s: float,
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._refused:
+            if self._finished:
                 return
             if self._phase == _IDLE:  # the first bytes of the next request on a kept-alive connection
                 self._phase = _HEADERS
@@ -103,9 +104,8 @@ def limited_protocol(base: type, header_timeout_s: float, body_timeout_s: float,
                 return
             log.info("closed a connection from %s: no complete request headers within %g s (--header-timeout-s)",
                      _peer(self.client), header_timeout_s)
-            self.transport.write(_response(b"408 Request Timeout", f"the request's headers did not arrive within "
-                                           f"{header_timeout_s:g} s (--header-timeout-s)\n"))
-            self.transport.close()
+            self._answer_and_close(_response(b"408 Request Timeout", f"the request's headers did not arrive within "
+                                             f"{header_timeout_s:g} s (--header-timeout-s)\n"))
 
         def _body_stalled(self) -> None:
             self._read_timer = None
@@ -117,12 +117,22 @@ def limited_protocol(base: type, header_timeout_s: float, body_timeout_s: float,
                 return
             log.info("closed a connection from %s: its request body stalled for %g s (--body-timeout-s)",
                      _peer(self.client), body_timeout_s)
-            if not cycle.response_started:
-                self.transport.write(_response(b"408 Request Timeout", f"no byte of the request body arrived for "
-                                               f"{body_timeout_s:g} s (--body-timeout-s)\n"))
             cycle.disconnected = True  # the route reading the body gets http.disconnect
             cycle.message_event.set()
-            self.transport.close()
+            self._answer_and_close(b"" if cycle.response_started else _response(
+                b"408 Request Timeout", f"no byte of the request body arrived for {body_timeout_s:g} s "
+                                        f"(--body-timeout-s)\n"))
+
+        def _answer_and_close(self, answer: bytes) -> None:
+            """Send the answer and close gracefully: FIN after the answer, bytes still arriving read and dropped
+            for a moment, then the close, so the client reads the answer instead of a connection reset."""
+            self._finished = True  # data_received drops whatever arrives from now on
+            self._disarm()
+            if answer:
+                self.transport.write(answer)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(_LINGER_S, self.transport.close)
 
     return LimitedHttpProtocol
 

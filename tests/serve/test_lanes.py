@@ -4,6 +4,7 @@ without an Explainer call, and a running batch stopped at a scorer batch once al
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -17,6 +18,7 @@ from fusioncam.runtime.methods.registry import METHODS  # noqa: E402
 from fusioncam.serve.batching import DynamicBatcher, Job  # noqa: E402
 from fusioncam.serve.deadlines import DeadlineExceeded  # noqa: E402
 from fusioncam.serve.lanes import GRADIENT, GRADIENT_METHODS, SHARED, SWEEP, lane_of  # noqa: E402
+from fusioncam.serve.thread_priority import thread_nice  # noqa: E402
 from tests.serve.slow_models import wide_bundle  # noqa: E402
 
 SIZE = 16
@@ -81,6 +83,10 @@ def test_a_gradient_job_is_answered_while_the_sweep_lane_is_held_and_abandoned_w
                              gradient_workers=1)
     try:
         sweep_explainer, gradient_explainer = made  # lanes in order: sweep, gradient
+        if sys.platform == "linux":  # the sweep lane's worker runs at a lower CPU priority, the gradient lane's not
+            time.sleep(0.2)
+            nice = {thread.name.split("-")[2]: thread_nice(thread.native_id) for thread in batcher._threads}
+            assert nice["sweep"] >= nice["gradient"] + 5, nice
         sweep_explainer.hold.set()
         long_job = job(("fusion",))
         batcher.submit(long_job)
