@@ -16,7 +16,8 @@ already name them, always `--http_port 8080`, and `--workers <containerConcurren
   N is logged, and is not a thread count. Explainer threads are `--explainer-threads`.
 
 The environment: Knative sets `PORT` to the container port; it is the REST port when no `--http-port`/`--http_port`
-is given. (`KSERVE_LOGLEVEL` sets the level of KServe's own log lines, read by KServe itself.)
+is given (KServe's controller always passes `--http_port 8080`, the same port). Knative's K_SERVICE, K_REVISION and
+K_CONFIGURATION need nothing.
 """
 
 from __future__ import annotations
