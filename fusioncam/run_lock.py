@@ -111,11 +111,25 @@ def _acquire(out: Path, what: str) -> int:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
+        if same and not _written_by_fusioncam(fd):
+            os.close(fd)
+            raise OutputError(f"{what} {out} holds a file {LOCK_FILE} that fusioncam did not write (it is not a lock "
+                              f"record: a pid line); move it away or choose another {what}")
         if same:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode("ascii"))
             return fd
         os.close(fd)  # the holder removed it between our open and our lock: lock the new one
+
+
+def _written_by_fusioncam(fd: int) -> bool:
+    """True when the lock file is empty (just created) or holds a pid line, as a run's lock (possibly left by a killed
+    run) does: anything else is a user's file of the same name, which is neither overwritten nor removed."""
+    try:
+        text = os.pread(fd, 64, 0)
+    except OSError:
+        return False
+    return not text or (len(text) < 32 and text.rstrip(b"\n").isdigit() and text.endswith(b"\n"))
 
 
 def _holder(fd: int) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fusioncam.cli.main import main
+from fusioncam.errors import OutputError
 from fusioncam.run_lock import LOCK_FILE, run_lock
 from tests.support.safety_helpers import env_without_gpu, one_error_line, tiny_bundle, write_images
 
@@ -189,3 +190,22 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch, 
             (out / "made.txt").write_text("x")
     assert f"output folder {out} cannot be locked (No locks available)" in caplog.text
     assert sorted(p.name for p in out.iterdir()) == ["made.txt"]  # the lock file is removed as usual
+
+
+def test_a_user_file_named_like_the_lock_is_neither_overwritten_nor_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("my notes, not a lock\n")
+    with pytest.raises(OutputError, match="fusioncam did not write"):
+        with run_lock(out):
+            pass
+    assert (out / LOCK_FILE).read_text() == "my notes, not a lock\n"
+
+
+def test_a_lock_record_left_by_a_killed_run_is_taken_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_FILE).write_text("4242\n")
+    with run_lock(out):
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert not (out / LOCK_FILE).exists()
