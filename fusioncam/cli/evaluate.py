@@ -66,21 +66,25 @@ def _evaluate_into_locked_folder(args: argparse.Namespace) -> int:
     from ..metrics.evaluation import checked_methods
     from ..metrics.inputs import checked_step
     from ..runtime import Explainer
+    from ..report.segmentation import parse_region
+    from ..tasks.payloads import payloads_for
 
     methods = checked_methods(args.methods)
+    region = parse_region(args.region)
     # Before the model loads (the folder itself is made only when the report is written, checked again then).
     out = check_evaluation_folder(args.out, [str(p) for p in expand_inputs(args.inputs)] if args.inputs else [])
     bundle = bundle_for(args.model, notify=say)
     manifest = bundle.manifest
     checked_step(args.step, manifest.input_size[0] * manifest.input_size[1])
+    subject = payloads_for(manifest).evaluation_subject(region)  # what is measured; --region refused for classifiers
     images, names, labels, skipped = _preprocessed_inputs(args.inputs, manifest, say)
     explainer = Explainer(bundle, device=args.device, batch_size=args.batch)
     say(f"evaluating {', '.join(methods)} on {len(names)} image(s) ({explainer.device}, step {args.step})")
-    run = evaluate_images(explainer, images, methods, names, args.step)
+    run = evaluate_images(explainer, images, methods, names, args.step, region)
     done = len(run.names)
     setup = (f"Model `{manifest.source}`, target layer `{manifest.target_layer}`, input "
              f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {explainer.device}; n = {done} images "
-             f"({', '.join(run.names)}), each explained and measured for its top class.")
+             f"({', '.join(run.names)}), each explained and measured for {subject}.")
     if run.interrupted:
         setup += (f" Incomplete: the run was interrupted ({run.interrupted}) after {done} of {len(names)} images; "
                   f"not evaluated: {', '.join(run.not_evaluated)}.")
@@ -114,4 +118,7 @@ def add_subcommands(sub) -> None:
     evaluate.add_argument("--batch", type=positive_int, help="images per scorer run (default: 16 CPU, 256 GPU)")
     evaluate.add_argument("--step", type=positive_int, default=224,
                           help="pixels removed or revealed per deletion/insertion step (default: 224)")
+    evaluate.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
+                          help="segmentation bundles: where the class predicted on most pixels is explained and scored "
+                               "(default: predicted, where the model predicts it); a box is in the model's input pixels")
     evaluate.set_defaults(run=cmd_evaluate)

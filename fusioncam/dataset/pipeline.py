@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..metrics.evaluation import checked_methods
 from ..metrics.inputs import checked_step
 from ..metrics.perturbation_curves import DEFAULT_STEP
+from ..tasks.payloads import payloads_for
 from .bundle_shipping import bundle_files
 from .crashes import CRASH_RETRIES, crashed_blocks_set_aside, write_crash_rows
 from .output import done_sources, prepare_output
@@ -53,7 +54,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     """Explain every image of `source` with `model` on Ray Data.
 
     source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
-    (bytes or paths), one image, or a list of these; local paths or URIs pyarrow can open. model: a bundle
+    (bytes or paths; for a segmentation bundle, an optional `region` column: dataset/regions.py), one image, or a
+    list of these; local paths or URIs pyarrow can open. model: a bundle
     directory, an .onnx file or 'efficientnet_lite0' (exported once, here, into the cache). workers: Ray actors, each
     with one Explainer (on `gpus_per_worker` GPUs, or on cores / workers CPU threads); batch_images: images per
     block (explained together, one part file each). address: a Ray cluster ('auto', 'ray://head:10001'); default:
@@ -77,7 +79,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])
-    layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype)
+    layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype,
+                       tuple(payloads_for(manifest).dataset_fields()))
     out_dir, done = None, frozenset()
     if out is not None:
         out_dir = prepare_output(out, {"model": str(bundle.path), "model_sha256": manifest.manifest_sha256,

@@ -4,7 +4,11 @@ Columns, in order (a method's TAG is its name, `gradcampp` for gradcam++):
 
 - `source` (string): the image's path or URI (or a table row's identity); `error` (string, null when explained)
 - `class_index` (int64), `class_name` (string), `probability` (float64): the predicted (top) class, which is the
-  class explained, and its softmax probability on the image
+  class explained, and its softmax probability on the image (a segmentation bundle: the class explained, by
+  default the one predicted on most pixels, and its region probability P)
+- the task's own columns (tasks/*_payloads.py `dataset_fields`): for a segmentation bundle `region` (string: the
+  row's region as given, "predicted" by default) and `region_area` (float64: the sum of the region weights at the
+  output resolution)
 - with fusion: `b_den`, `b_reg`, `b_dr`, `b_reg2`, `b0` (float64) and `degenerate` (bool)
 - with unioncam: `union_b_den`, `union_b_reg`, `union_b_dr`, `union_b0` (float64) and `union_kept_combined` (bool)
 - with a Score-CAM sweep (scorecam, unioncam, fusion): `forwards_run`, `forwards_skipped` (int64)
@@ -55,6 +59,7 @@ class RowLayout:
     evaluate: bool
     map_size: tuple[int, int]
     map_dtype: str = "float16"
+    task_fields: tuple = ()  # (name, pyarrow type) pairs of the task's own columns, after `probability`
 
     def schema(self):
         """The pyarrow schema every part file of the run has."""
@@ -62,6 +67,7 @@ class RowLayout:
 
         fields = [("source", pa.string()), ("error", pa.string()), ("class_index", pa.int64()),
                   ("class_name", pa.string()), ("probability", pa.float64())]
+        fields += list(self.task_fields)
         if "fusion" in self.methods:
             fields += [(name, pa.float64()) for name in BETA_NAMES] + [("degenerate", pa.bool_())]
         if "unioncam" in self.methods:

@@ -12,11 +12,12 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..cli.shared import IMAGE_EXTENSIONS
 from ..errors import InputError, OutputError
+from .regions import REGION_COLUMN, region_text
 from ..file_reading import not_regular_reason, read_regular_file
 
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
@@ -236,12 +237,16 @@ def read_source_bytes(source: str) -> tuple[bytes | None, str | None]:
         return None, f"image file {source!r} cannot be read: {exc}"
 
 
-def _rows_table(sources: Iterable[str], data: Iterable[bytes | None], errors: Iterable[str | None]):
-    """The reader's output block: source (string), bytes (binary, null for an error row), error (string or null)."""
+def _rows_table(sources: Iterable[str], data: Iterable[bytes | None], errors: Iterable[str | None],
+                regions: Iterable[str | None] | None = None):
+    """The reader's output block: source (string), bytes (binary, null for an error row), error (string or null),
+    region (string: the row's region, dataset/regions.py; null for the default, and for every listed path)."""
     import pyarrow as pa
 
-    return pa.table({"source": pa.array(list(sources), pa.string()), "bytes": pa.array(list(data), pa.binary()),
-                     "error": pa.array(list(errors), pa.string())})
+    sources = list(sources)
+    regions = [None] * len(sources) if regions is None else list(regions)
+    return pa.table({"source": pa.array(sources, pa.string()), "bytes": pa.array(list(data), pa.binary()),
+                     "error": pa.array(list(errors), pa.string()), REGION_COLUMN: pa.array(regions, pa.string())})
 
 
 def read_path_rows(batch):
@@ -258,6 +263,8 @@ class TableColumns:
     image: str
     image_is_path: bool
     identity: str | None
+    region: str | None = None  # the table's region column (segmentation bundles), if it has one
+    base: str | None = None  # the table's folder: relative mask paths in the region column start there
 
 
 def table_columns(schema, image_column: str | None = None, id_column: str | None = None) -> TableColumns:
@@ -288,16 +295,20 @@ def read_table_rows(batch, columns: TableColumns, done: frozenset[str]):
     A path column is read like a list of paths; a bytes column is taken as is, each row named by its identity
     column, or by 'sha256:<hash of its bytes>' when the table has none."""
     values = batch.column(columns.image).to_pylist()
+    given = batch.column(columns.region).to_pylist() if columns.region else [None] * len(values)
+    regions = [region_text(value, columns.base) for value in given]
     if columns.image_is_path:
         sources = [str(v) if v is not None else "" for v in values]
         keep = [i for i, s in enumerate(sources) if s not in done]
         results = [read_source_bytes(sources[i]) if sources[i] else (None, "empty image path") for i in keep]
-        return _rows_table([sources[i] for i in keep], (r[0] for r in results), (r[1] for r in results))
+        return _rows_table([sources[i] for i in keep], (r[0] for r in results), (r[1] for r in results),
+                           [regions[i] for i in keep])
     names = batch.column(columns.identity).to_pylist() if columns.identity else None
     sources = [str(names[i]) if names is not None else _content_id(v) for i, v in enumerate(values)]
     keep = [i for i, s in enumerate(sources) if s not in done]
     return _rows_table([sources[i] for i in keep], (values[i] for i in keep),
-                       (None if values[i] else "the image column is empty in this row" for i in keep))
+                       (None if values[i] else "the image column is empty in this row" for i in keep),
+                       [regions[i] for i in keep])
 
 
 def _content_id(data: bytes | None) -> str:
@@ -323,8 +334,13 @@ def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int
                                         num_cpus=READER_CPUS))
     for table in plan.tables:
         rows = ray.data.read_parquet(table)
-        columns = table_columns(rows.schema().base_schema, image_column, id_column)
+        schema = rows.schema().base_schema
+        columns = table_columns(schema, image_column, id_column)
+        if REGION_COLUMN in schema.names and columns.image != REGION_COLUMN:  # a region per row (segmentation)
+            columns = replace(columns, region=REGION_COLUMN, base=None if is_uri(table) else
+                              (table if os.path.isdir(table) else os.path.dirname(table)))
         wanted = [columns.image] + ([columns.identity] if columns.identity and not columns.image_is_path else [])
+        wanted += [columns.region] if columns.region else []
         parts.append(rows.select_columns(list(dict.fromkeys(wanted))).map_batches(
             read_table_rows, fn_kwargs={"columns": columns, "done": done}, batch_size=batch_images,
             batch_format="pyarrow", num_cpus=READER_CPUS))

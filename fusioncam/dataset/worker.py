@@ -13,10 +13,12 @@ import numpy as np
 
 from ..errors import FusionCamError
 from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
-from ..metrics.evaluation import METRICS, evaluate_maps
+from ..metrics.evaluation import METRICS
+from ..tasks.payloads import payloads_for
 from ..runtime.cpu_backend import CPU_THREADS_ENV
 from .bundle_shipping import local_bundle
 from .output import write_part
+from .regions import REGION_COLUMN
 from .rows import BatchRows, RowLayout, SWEEP_METHODS, curve_column, metric_column
 
 
@@ -53,12 +55,17 @@ class ExplainWorker:
         bundle_path = local_bundle(settings.bundle_path, settings.manifest_sha256, fetch)
         self.explainer = Explainer(bundle_path, device=settings.device, batch_size=settings.scorer_batch)
         self.manifest = self.explainer.bundle.manifest
+        self.payloads = payloads_for(self.manifest)  # the task's regions, row columns and metrics
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch):
         sources = batch.column("source").to_pylist()
         data = batch.column("bytes").to_pylist()
         errors = batch.column("error").to_pylist()
+        given = batch.column(REGION_COLUMN).to_pylist() if REGION_COLUMN in batch.schema.names else [None] * len(sources)
+        regions, region_errors = self.payloads.dataset_regions(given, tuple(self.manifest.input_size), sources)
+        for i, message in region_errors.items():  # a row whose region cannot be read is an error row
+            errors[i] = errors[i] or message
         images, decode_seconds = {}, {}
         for i, (source, raw, error) in enumerate(zip(sources, data, errors)):
             if error is not None:
@@ -69,7 +76,7 @@ class ExplainWorker:
             except FusionCamError as exc:
                 errors[i] = str(exc)
             decode_seconds[i] = time.perf_counter() - start
-        rows = self._explained_rows(sources, images, errors)
+        rows = self._explained_rows(sources, images, errors, regions, given)
         block = BatchRows(self.settings.layout)
         for i, source in enumerate(sources):
             base = {"source": source, "decode_seconds": decode_seconds.get(i), "worker": self.worker}
@@ -90,13 +97,14 @@ class ExplainWorker:
         resized = resized_rgb(decode_rgb(data, name, max_side=MAX_WORKING_SIDE), size)
         return preprocess(resized, size, self.manifest.mean, self.manifest.std)
 
-    def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None]):
+    def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None],
+                        regions: list | None = None, given: list | None = None):
         """{index: (row values, maps)} of the decoded images, explained together; when the block fails as a whole
         (e.g. one image's logits are not finite), each image alone, so only the failing ones become error rows."""
         if not images:
             return {}
         try:
-            return self._explain(sources, images)
+            return self._explain(sources, images, regions, given)
         except FusionCamError as exc:
             if len(images) == 1:
                 errors[next(iter(images))] = str(exc)
@@ -104,31 +112,36 @@ class ExplainWorker:
         rows = {}
         for index, image in images.items():
             try:
-                rows.update(self._explain(sources, {index: image}))
+                rows.update(self._explain(sources, {index: image}, regions, given))
             except FusionCamError as exc:
                 errors[index] = str(exc)
         return rows
 
-    def _explain(self, sources: list[str], images: dict[int, np.ndarray]):
-        """Explain (and evaluate, as `fusioncam evaluate` does) these images: {index: (row values, maps)}."""
+    def _explain(self, sources: list[str], images: dict[int, np.ndarray], regions: list | None = None,
+                 given: list | None = None):
+        """Explain (and evaluate, as `fusioncam evaluate` does) these images: {index: (row values, maps)}.
+        `regions` (segmentation: one per row of the block, None for a classifier) and `given` (the rows' region
+        text) are the block's."""
         layout = self.settings.layout
         indices = list(images)
         names = [sources[i] for i in indices]
         batch = np.stack([images[i] for i in indices])
         start = time.perf_counter()
-        explanation = self.explainer.explain(batch, methods=layout.methods, names=names)
+        explanation = self.explainer.explain(batch, methods=layout.methods, names=names,
+                                             regions=None if regions is None else [regions[i] for i in indices])
         explain_seconds = (time.perf_counter() - start) / len(indices)
         evaluation, evaluate_seconds = None, None
         if layout.evaluate:
             start = time.perf_counter()
-            evaluation = evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in layout.methods},
-                                       explanation.classes, self.settings.step, names, explanation=explanation)
+            evaluation = self.payloads.evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in
+                                                     layout.methods}, explanation, self.settings.step, names)
             evaluate_seconds = (time.perf_counter() - start) / len(indices)
         rows = {}
         for j, index in enumerate(indices):
             row = {"class_index": int(explanation.classes[j]), "class_name": explanation.class_name(j),
                    "probability": float(explanation.probabilities[j]), "explain_seconds": explain_seconds,
-                   "evaluate_seconds": evaluate_seconds, "batch_images": len(indices)}
+                   "evaluate_seconds": evaluate_seconds, "batch_images": len(indices),
+                   **self.payloads.dataset_row(explanation, j, None if given is None else given[index])}
             if "fusion" in layout.methods:
                 row.update(explanation.beta_row(j), degenerate=bool(explanation.degenerate[j]))
             if "unioncam" in layout.methods:

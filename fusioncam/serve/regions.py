@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..image_header import read_header
+from ..tasks.region_masks import decode_mask
 from ..tasks.segmentation_regions import box_region
 from .decoding import encoded_bytes
 from .request_errors import BadRequest
@@ -56,18 +55,11 @@ def checked_mask(mask: np.ndarray, size: tuple[int, int], label: str) -> np.ndar
 def mask_from_png(data: str | bytes, size: tuple[int, int], max_pixels: int, label: str) -> np.ndarray:
     """An encoded mask image (base64 text or bytes): inside where any channel is not 0, resized to the input size."""
     raw = encoded_bytes(data, f"{label}: the region mask")
-    header = read_header(raw[:65536])
-    if header is not None and header.width * header.height > max_pixels:
-        raise BadRequest(f"{label}: the region mask is {header.width}x{header.height} pixels, over this server's limit "
-                         f"of {max_pixels:,} (--max-image-pixels)")
-    decoded = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
-    if decoded is None or decoded.size == 0:
-        raise BadRequest(f"{label}: the region mask is not a readable image (send a PNG, 0 outside and non-zero inside)")
-    inside = decoded[..., :3].any(axis=2) if decoded.ndim == 3 else decoded != 0
-    height, width = size
-    if inside.shape != (height, width):
-        inside = cv2.resize(inside.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
-    return checked_mask(np.asarray(inside, dtype=bool), size, label)
+    try:
+        return decode_mask(raw, size, label, max_pixels)
+    except InputError as exc:
+        raise BadRequest(f"{exc} (this server's limit: --max-image-pixels)" if "over the limit" in str(exc)
+                         else str(exc)) from None
 
 
 def region_from_json(value: Any, size: tuple[int, int], max_pixels: int, label: str):

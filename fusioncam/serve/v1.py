@@ -3,9 +3,10 @@
 An instance is an encoded image, `{"image_bytes": {"b64": ...}}` (TF Serving), `{"image": {"b64": ...}}` (KServe's
 own custom-model and image-transformer samples), `{"data": "<base64>"}` (TorchServe) or `{"b64": ...}`, or a
 preprocessed float array [3, H, W] (a nested list, or `{"data": [[[...]]]}`); a dict
-instance may carry its own "target". Request parameters: methods, target (one for all, or one per instance),
-top_k, return (maps and/or overlays), colormap, alpha.
-"""
+instance may carry its own "target" (and, for a segmentation bundle, its own "region": serve/regions.py). Request
+parameters: methods, target (one for all, or one per instance), region (segmentation), top_k, return (maps and/or
+overlays), colormap, alpha. Predictions and explained targets are written by the bundle's task payloads
+(fusioncam/tasks/*_payloads.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from .batching import JobResult
 from .decoding import ImageDecoder, ModelImage
 from .json_body import parse_json_body
 from .options import ServeOptions
-from .predictions import class_label, overlay_png_base64, top_k
+from ..tasks.payloads import payloads_for
+from .predictions import overlay_png_base64
 from .request_errors import BadRequest
 from .request_settings import RequestSettings, settings_of, target_of
 
@@ -31,6 +33,7 @@ class ParsedRequest:
     images: list[ModelImage]
     targets: np.ndarray  # int64 [n]; -1 = the image's top class
     settings: RequestSettings
+    regions: list | None = None  # segmentation: each image's region (serve/regions.py); None for classifiers
 
     def stacked(self) -> np.ndarray:
         return np.stack([image.tensor for image in self.images])
@@ -64,7 +67,10 @@ def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest,
             target = instance["target"]
         targets.append(target_of(target, manifest, label))
         images.append(_instance_image(instance, decoder, label))
-    return ParsedRequest(images=images, targets=np.asarray(targets, dtype=np.int64), settings=settings)
+    regions = payloads_for(manifest).v1_regions(parameters.get("region"), instances, tuple(manifest.input_size),
+                                                options.max_image_pixels)
+    return ParsedRequest(images=images, targets=np.asarray(targets, dtype=np.int64), settings=settings,
+                         regions=regions)
 
 
 def _shared_targets(value: Any, count: int) -> list[Any]:
@@ -107,21 +113,15 @@ def _instance_image(instance: Any, decoder: ImageDecoder, label: str) -> ModelIm
 
 def v1_response(request: ParsedRequest, result: JobResult, manifest: Manifest, verb: str) -> dict:
     """{"predictions": [...]} for :predict; plus "explanations" (one per instance) for :explain."""
-    classes, probabilities = top_k(result.logits, request.settings.top_k)
-    names = manifest.class_names
-    predictions = [
-        {"classes": [int(c) for c in classes[i]], "class_names": [class_label(names, int(c)) for c in classes[i]],
-         "probabilities": [float(p) for p in probabilities[i]]}
-        for i in range(len(request.images))
-    ]
+    payloads = payloads_for(manifest)
+    predictions = payloads.v1_predictions(result.logits, request.settings.top_k, manifest)
     if verb != "explain":
         return {"predictions": predictions}
     settings = request.settings
     explanations = []
     for i, image in enumerate(request.images):
-        explained = int(result.classes[i])
-        entry: dict[str, Any] = {"target": {"class": explained, "class_name": class_label(names, explained),
-                                            "probability": float(result.probabilities[i])}}
+        entry: dict[str, Any] = {"target": payloads.v1_target(result.classes, result.probabilities, result.facts, i,
+                                                              manifest)}
         if "maps" in settings.returns:
             # float32 arrays as they are: KServe answers v1 with ORJSONResponse, which writes NumPy arrays natively
             # (each value's shortest float32 spelling, read back exactly) and ten times faster than .tolist() and json

@@ -92,7 +92,7 @@ class ClassificationPayloads:
     def dataset_fields(self) -> list[tuple[str, Any]]:
         return []
 
-    def dataset_row(self, explanation, j: int) -> dict[str, Any]:
+    def dataset_row(self, explanation, j: int, region: str | None) -> dict[str, Any]:
         return {}
 
     def dataset_regions(self, values: list, size: tuple[int, int], sources: list[str]) -> tuple[None, dict]:
@@ -104,15 +104,19 @@ class ClassificationPayloads:
     def evaluate(self, explainer, image: np.ndarray, methods: tuple[str, ...], name: str, step: int, region,
                  on_batch=None, before_method=None):
         """(explanation, Evaluation) of one preprocessed image [1, 3, H, W] for its top class."""
-        from ..metrics.evaluation import evaluate_maps
-
         if region is not None:
             raise InputError(REGION_REFUSAL.replace("'region'", "--region"))
         explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch)
         maps = {method: explanation.maps[method] for method in methods}
-        evaluation = evaluate_maps(explainer, image, maps, explanation.classes, step, [name], explanation=explanation,
-                                   before_method=before_method)
-        return explanation, evaluation
+        return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, [name], before_method)
+
+    def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
+                      before_method=None):
+        """The Evaluation of each method's maps of these images for the explanation's classes (metrics/)."""
+        from ..metrics.evaluation import evaluate_maps
+
+        return evaluate_maps(explainer, images, maps, explanation.classes, step, names, explanation=explanation,
+                             before_method=before_method)
 
     def evaluation_facts(self, explanation) -> dict[str, Any]:
         return {}

@@ -114,8 +114,9 @@ class SegmentationPayloads:
 
         return [(REGION_COLUMN, pa.string()), ("region_area", pa.float64())]
 
-    def dataset_row(self, explanation, j: int) -> dict[str, Any]:
-        return {"region_area": float(explanation.region_weights[j].sum())}
+    def dataset_row(self, explanation, j: int, region: str | None) -> dict[str, Any]:
+        """The row's region as given ("predicted" by default) and its area at the output resolution."""
+        return {REGION_COLUMN: region or "predicted", "region_area": float(explanation.region_weights[j].sum())}
 
     def dataset_regions(self, values: list, size: tuple[int, int], sources: list[str]) -> tuple[list, dict]:
         """Each row's region from its `region` value (None: predicted), and {row: error} for the unreadable ones."""
@@ -135,21 +136,27 @@ class SegmentationPayloads:
                  on_batch=None, before_method=None):
         """(explanation, Evaluation) of one preprocessed image [1, 3, H, W] for the class predicted on most pixels
         over `region`, each method's maps scored by the region probability P (runtime/segmentation_metrics.py)."""
+        explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch, regions=region)
+        maps = {method: explanation.maps[method] for method in methods}
+        return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, [name], before_method)
+
+    def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
+                      before_method=None):
+        """The Evaluation (metrics/evaluation.py's record) of each method's maps for the explanation's classes and
+        regions, every perturbed image scored by P (metrics/segmentation.py)."""
         from ..metrics.evaluation import Evaluation, MethodScores
         from ..metrics.segmentation import evaluate_segmentation_maps
 
-        explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch, regions=region)
         scores = {}
-        for method in methods:
+        for method, method_maps in maps.items():
             if before_method is not None:
                 before_method()
-            got = evaluate_segmentation_maps(explainer, image, explanation, {method: explanation.maps[method]},
-                                             step)[method]
+            got = evaluate_segmentation_maps(explainer, images, explanation, {method: method_maps}, step)[method]
             scores[method] = MethodScores(
                 per_image={"average_drop": got.average_drop, "increase_in_confidence": got.increase,
                            "deletion_auc": got.deletion_auc, "insertion_auc": got.insertion_auc},
                 deletion=(got.fractions, got.deletion_curve), insertion=(got.fractions, got.insertion_curve))
-        return explanation, Evaluation(scores, [name], np.asarray(explanation.classes, np.int64), int(step))
+        return Evaluation(scores, list(names), np.asarray(explanation.classes, np.int64), int(step))
 
     def evaluation_subject(self, region) -> str:
         """What `fusioncam evaluate` explains and scores, for its report."""
