@@ -24,7 +24,7 @@ tritongrpc = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc]
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import fusioncam  # noqa: E402
-from tests.serve.test_protocols import running_server  # noqa: E402
+from tests.serve.server_process import running_server  # noqa: E402
 
 pytestmark = pytest.mark.slow  # one server subprocess for the module
 
@@ -61,10 +61,24 @@ def explainer(bundle):
         yield alone
 
 
+class Server:
+    """The running server and the clients that reach it."""
+
+    def __init__(self, process) -> None:
+        self.process, self.base = process, process.base
+
+    def http(self):
+        return tritonhttp.InferenceServerClient(f"127.0.0.1:{self.process.http_port}", network_timeout=120)
+
+    def grpc(self):
+        return tritongrpc.InferenceServerClient(f"127.0.0.1:{self.process.grpc_port}")
+
+
 @pytest.fixture(scope="module")
 def server(bundle, tmp_path_factory):
-    with running_server(bundle, tmp_path_factory.mktemp("segserve-log") / "server.log") as running:
-        yield running
+    log = tmp_path_factory.mktemp("segserve-log") / "server.log"
+    with running_server([str(bundle)], ["tiny"], log, "--max-batch-size", "8", "--max-latency-ms", "200") as process:
+        yield Server(process)
 
 
 def images(n: int, seed: int = 0) -> np.ndarray:
