@@ -14,8 +14,6 @@ import numpy as np
 
 from ..errors import FusionCamError
 
-REGION_COLUMN = "region"
-
 
 def class_ranking(predicted: np.ndarray, num_classes: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(classes int64 [N, k], pixel fractions float64 [N, k]): each image's k classes predicted on the most output
@@ -112,10 +110,14 @@ class SegmentationPayloads:
     def dataset_fields(self) -> list[tuple[str, Any]]:
         import pyarrow as pa
 
+        from ..dataset.regions import REGION_COLUMN
+
         return [(REGION_COLUMN, pa.string()), ("region_area", pa.float64())]
 
     def dataset_row(self, explanation, j: int, region: str | None) -> dict[str, Any]:
         """The row's region as given ("predicted" by default) and its area at the output resolution."""
+        from ..dataset.regions import REGION_COLUMN
+
         return {REGION_COLUMN: region or "predicted", "region_area": float(explanation.region_weights[j].sum())}
 
     def dataset_regions(self, values: list, size: tuple[int, int], sources: list[str]) -> tuple[list, dict]:

@@ -75,9 +75,21 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
+def classifier(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    out = tmp_path_factory.mktemp("segserve-classifier") / "c.fcam"
+    fusioncam.export_torch(model, "1", out, input_size=(SIZE, SIZE))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(bundle, classifier, tmp_path_factory):
+    """The segmentation bundle as "tiny" and a classifier beside it as "clf", in one server."""
     log = tmp_path_factory.mktemp("segserve-log") / "server.log"
-    with running_server([str(bundle)], ["tiny"], log, "--max-batch-size", "8", "--max-latency-ms", "200") as process:
+    with running_server([str(bundle), str(classifier)], ["tiny", "clf"], log, "--max-batch-size", "8",
+                        "--max-latency-ms", "200") as process:
         yield Server(process)
 
 
@@ -224,3 +236,18 @@ def test_bad_regions_get_400_naming_the_instance_and_the_good_ones_still_succeed
     answer = httpx.post(f"{server.base}/v1/models/tiny:explain", json={"instances": [{"data": good.tolist()}]},
                         timeout=60)
     assert answer.status_code == 200, answer.text
+
+
+def test_a_classifier_served_beside_it_refuses_regions_and_still_answers(server) -> None:
+    image = images(1, seed=6)[0]
+    answer = httpx.post(f"{server.base}/v1/models/clf:explain", timeout=60,
+                        json={"instances": [{"data": image.tolist(), "region": [0, 0, 8, 8]}]})
+    assert answer.status_code == 400 and "segmentation bundles only" in answer.text, answer.text
+    tensor = tritongrpc.InferInput("image_tensor", [1, 3, SIZE, SIZE], "FP32")
+    tensor.set_data_from_numpy(image[None])
+    with pytest.raises(InferenceServerException, match="segmentation bundles only"):
+        server.grpc().infer("clf", [tensor], outputs=[tritongrpc.InferRequestedOutput("gradcam")],
+                            parameters={"region": "all"})
+    answer = httpx.post(f"{server.base}/v1/models/clf:predict", json={"instances": [{"data": image.tolist()}]},
+                        timeout=60)
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]["probabilities"]) == 2, answer.text
