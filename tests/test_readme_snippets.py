@@ -196,7 +196,8 @@ def _without_template_parts(command: str) -> str:
     return re.sub(r"(\S+)\|\S+", r"\1", command)
 
 
-COMMANDS = [(block, line, command) for block in readme_blocks("bash") for line, command in _command_lines(block)]
+COMMANDS = [(block, line, command) for language in ("bash", "") for block in readme_blocks(language)
+            for line, command in _command_lines(block)]  # ("": fences without a language, e.g. a printed command)
 
 
 @pytest.mark.parametrize("line, command", [(line, command) for _, line, command in COMMANDS],
