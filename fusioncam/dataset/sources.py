@@ -124,12 +124,15 @@ def _readable_table(table: str) -> str:
         filesystem, path = fs.FileSystem.from_uri(table) if is_uri(table) else (fs.LocalFileSystem(), table)
         if filesystem.get_file_info(path).type == fs.FileType.Directory:
             entries = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-            files = sorted(e.path for e in entries if e.type == fs.FileType.File
+            files = sorted(e.path for e in entries if e.type == fs.FileType.File  # the files Ray reads there
+                           and e.path.lower().endswith(".parquet")
                            and not any(part.startswith((".", "_")) for part in e.path[len(path):].split("/")))
         else:
             files = [path]
     except Exception as exc:  # pyarrow raises several types for unknown schemes, credentials and network failures
         raise InputError(f"cannot open the input table {table!r} ({exc})") from None
+    if not files:
+        raise InputError(f"the input table folder {table!r} holds no Parquet file")
     for file in files:
         try:
             pq.read_metadata(file, filesystem=filesystem)

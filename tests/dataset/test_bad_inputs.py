@@ -77,6 +77,13 @@ def test_a_truncated_part_of_a_table_folder_is_named(tmp_path):
     _truncated_table(folder / "part-1.parquet")
     with pytest.raises(InputError, match=r"part-1\.parquet' is not a readable Parquet file"):
         plan_inputs([str(folder)])
+    (folder / "part-1.parquet").rename(folder / ".part-1.parquet.tmp")  # hidden, as a writer's temporary file: skipped
+    (folder / "README.txt").write_text("not a table; Ray's read_parquet reads *.parquet files only\n")
+    assert plan_inputs([str(folder)]).tables == [str(folder)]
+    empty = tmp_path / "empty.parquet"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"empty\.parquet' holds no Parquet file"):
+        plan_inputs([str(empty)])
 
 
 @pytest.mark.parametrize("content, message", [
