@@ -17,6 +17,7 @@ from fusioncam.errors import DeviceError
 from fusioncam.kernels import maps_numpy, masks_numpy, upsample_numpy
 from fusioncam.kernels import blend_numpy
 from fusioncam.kernels import gaussian_blur_numpy, channel_weights_numpy
+from fusioncam.kernels import eigen_numpy
 
 __all__ = ["Array", "KERNEL_NAMES", "KernelSet", "numpy_kernels", "cuda_kernels"]
 
@@ -96,6 +97,21 @@ class KernelSet(Protocol):
     def gaussian_blurred_images(self, images: Array, ksize: int = 51, sigma: float = 50.0) -> Array:
         """Every channel of images [N, C, H, W] blurred by a ksize x ksize Gaussian of std sigma, float32."""
 
+    def hirescam_map(self, acts: Array, grads: Array) -> Array:
+        """HiResCAM's sum_k G_k * A_k -> [N, h, w] float32."""
+
+    def elementwise_gradcam_map(self, acts: Array, grads: Array) -> Array:
+        """Grad-CAM element-wise: sum_k relu(G_k * A_k) -> [N, h, w] float32."""
+
+    def layercam_map(self, acts: Array, grads: Array) -> Array:
+        """LayerCAM: sum_k relu(G_k) * A_k -> [N, h, w] float32."""
+
+    def first_component_projection(self, maps: Array, center: bool = False) -> Array:
+        """Positions of maps [N, K, h, w] projected on their first principal direction (Eigen-CAM), [N, h, w]."""
+
+    def kernel_pca_projection(self, maps: Array, kernel: str = "sigmoid", gamma: float | None = None) -> Array:
+        """KPCA-CAM: the first kernel principal component of the channel-centred positions, [N, h, w] float32."""
+
 
 KERNEL_NAMES: tuple[str, ...] = tuple(name for name, value in vars(KernelSet).items()
                                       if callable(value) and not name.startswith("_"))
@@ -112,7 +128,7 @@ def kernel_set(*modules: ModuleType) -> KernelSet:
 
 
 numpy_kernels: KernelSet = kernel_set(upsample_numpy, masks_numpy, maps_numpy, blend_numpy, channel_weights_numpy,
-                                      gaussian_blur_numpy)
+                                      gaussian_blur_numpy, eigen_numpy)
 
 
 @functools.cache
@@ -134,5 +150,7 @@ def cuda_kernels() -> KernelSet:
     from fusioncam.kernels import maps_cuda, masks_cuda, upsample_cuda
     from fusioncam.kernels import blend_cuda
     from fusioncam.kernels import gaussian_blur_cuda, channel_weights_cuda
+    from fusioncam.kernels import eigen_cuda
 
-    return kernel_set(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, channel_weights_cuda, gaussian_blur_cuda)
+    return kernel_set(upsample_cuda, masks_cuda, maps_cuda, blend_cuda, channel_weights_cuda, gaussian_blur_cuda,
+                      eigen_cuda)

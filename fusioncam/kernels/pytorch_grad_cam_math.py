@@ -80,3 +80,24 @@ def write_aligned_channel_masked_inputs(images, acts, mins, maxs, image_index, c
         span = xp.asarray(maxs, dtype=xp.float32)[n, k][:, None, None] - low + xp.float32(MASK_SPAN_EPS)
         masks = (aligned_upsample(acts[n, k], out_hw) - low) / span
         target[part] = images[n] * masks[:, None]
+
+
+def lapack_centered_projection(maps):
+    """pytorch-grad-cam's get_2d_projection: per image, the channel-centred float32 [h*w, K] matrix X, NumPy's (LAPACK
+    gesdd) SVD, X @ VT[0] -> [N, h, w] float32, on maps' device.
+
+    The first singular vector's sign is whatever LAPACK returns (a ReLU follows, so it decides the map); cuSOLVER's can
+    differ, so on the GPU this one step copies the [N, K, h, w] maps to the host and back to reproduce it.
+    """
+    import numpy as np
+
+    xp = array_module(maps)
+    host = maps.get() if xp is not np else np.asarray(maps)
+    host = np.where(np.isnan(host), 0, host).astype(np.float32)
+    projections = []
+    for activations in host:
+        matrix = activations.reshape(activations.shape[0], -1).transpose()
+        matrix = matrix - matrix.mean(axis=0)
+        _, _, vt = np.linalg.svd(matrix, full_matrices=True)
+        projections.append((matrix @ vt[0, :]).reshape(activations.shape[1:]))
+    return xp.asarray(np.float32(projections))

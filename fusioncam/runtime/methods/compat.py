@@ -5,6 +5,10 @@ its denominator is 0), and Score-CAM upsamples its masks with align_corners=Fals
 compat="pytorch-grad-cam" gives pytorch-grad-cam's maps instead: 1e-6 in alpha's denominator, masks upsampled with
 align_corners=True and normalised by (max - min + 1e-8), and the ReLU before the map is upsampled. Grad-CAM,
 XGrad-CAM and Group-CAM are the same either way; Fusion-CAM and Union-CAM build on the chosen Score-CAM.
+Eigen-CAM and EigenGrad-CAM: by default the sign of the first singular vector is fixed (the projection's larger
+magnitude positive) and Eigen-CAM does not centre the channels (the paper's O V1); pytorch-grad-cam centres them and
+keeps the sign NumPy's SVD returns. HiResCAM, Grad-CAM element-wise, LayerCAM, KPCA-CAM and FinerCAM are the same
+either way.
 Classifier bundles only: a segmentation bundle's Score-CAM scores the region probability, not the summed class
 scores pytorch-grad-cam's SemanticSegmentationTarget gives, so no arithmetic option would make the maps equal.
 """
@@ -39,6 +43,9 @@ class Arithmetic:
     mask_min_max: Callable  # (acts, out_hw) -> the Score-CAM masks' mins, maxs [N, K]
     write_masked_inputs: Callable  # the sweep's rows; write_channel_masked_inputs' arguments
     score_map: Callable  # (low [N, h, w] = sum_k a_k A_k, out_hw) -> Score-CAM's map [N, H, W]
+    # (maps [N, K, h, w], center) -> Eigen-CAM's / EigenGrad-CAM's projection [N, h, w]: the default centres as asked
+    # and fixes the sign (larger magnitude positive); pytorch-grad-cam's always centres and keeps LAPACK's sign
+    eigen_projection: Callable = None
 
 
 def arithmetic(kernels: KernelSet, compat: str | None) -> Arithmetic:
@@ -49,6 +56,7 @@ def arithmetic(kernels: KernelSet, compat: str | None) -> Arithmetic:
             mask_min_max=pytorch_grad_cam_math.aligned_min_max,
             write_masked_inputs=pytorch_grad_cam_math.write_aligned_channel_masked_inputs,
             score_map=kernels.relu_upsample_normalize,  # norm(up(relu(low))): its scale_cam_image after the ReLU
+            eigen_projection=lambda maps, center: pytorch_grad_cam_math.lapack_centered_projection(maps),
         )
 
     def upsample_relu_normalize(low, out_hw: tuple[int, int]):
@@ -61,4 +69,5 @@ def arithmetic(kernels: KernelSet, compat: str | None) -> Arithmetic:
         mask_min_max=kernels.upsampled_min_max,
         write_masked_inputs=kernels.write_channel_masked_inputs,
         score_map=upsample_relu_normalize,
+        eigen_projection=kernels.first_component_projection,
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
-from ...graph_names import ACTIVATIONS, GRADIENTS
+from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..channel_selection import gradcam_contributions, top_channels
 from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
@@ -33,13 +34,17 @@ class Engine:
 
     def __init__(self, scorer: Scorer, images, graph: dict, targets, baseline, theta: float, skip_constant: bool,
                  clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None,
-                 compat: str | None = None) -> None:
+                 compat: str | None = None, explain_classes: Callable | None = None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
         self.xp = scorer.xp
         self.kernels = scorer.kernels
         self.images = images
         self.acts = graph[ACTIVATIONS]
         self.grads = graph[GRADIENTS]
+        self.logits = graph.get(LOGITS)  # the explain pass's class scores [N, classes] (a classifier's)
+        # (images [M, 3, H, W], classes int64 [M]) -> another explain pass's outputs for those classes; None where the
+        # bundle's targets are not classes alone (segmentation): FinerCAM's comparison gradients
+        self.explain_classes = explain_classes
         self.targets = targets  # per image; targets[image_index] are the rows' targets for the scorer
         self.baseline = baseline  # the all-zeros image's scores (float32 [N]) and probabilities (float64 [N])
         self.theta = float(theta)
@@ -87,7 +92,11 @@ class Engine:
 
     def channel_weighted_map(self, weights):
         """norm(up(relu(sum_k weights_k A_k))): the map of every gradient-weight method, [N, H, W] (device)."""
-        return self.kernels.relu_upsample_normalize(self.kernels.weighted_channel_sum(self.acts, weights), self.out_hw)
+        return self.low_resolution_map(self.kernels.weighted_channel_sum(self.acts, weights))
+
+    def low_resolution_map(self, low):
+        """norm(up(relu(low))) of feature-map-sized maps [N, h, w]: the map every gradient method ends with."""
+        return self.kernels.relu_upsample_normalize(low, self.out_hw)
 
     @cached_property
     def sweep(self) -> ScoreSweep:

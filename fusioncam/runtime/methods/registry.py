@@ -8,6 +8,9 @@ from typing import Callable, Sequence
 from ...errors import InputError
 from .fusion import fusion
 from .gradient_weights import gradcam, gradcam_plus_plus, xgradcam
+from .eigen import eigencam, eigengradcam, kpcacam
+from .elementwise import gradcam_elementwise, hirescam, layercam
+from .finercam import finercam
 from .groupcam import groupcam
 from .scorecam import scorecam
 from .unioncam import unioncam
@@ -31,6 +34,13 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("groupcam", "Group-CAM", groupcam, ("gradcam_weights",)),
     Method("unioncam", "Union-CAM", unioncam, ("scorecam", "b0")),
     Method("fusion", "Fusion-CAM", fusion, ("gradcam", "scorecam", "b0")),
+    Method("hirescam", "HiResCAM", hirescam),
+    Method("gradcam-elementwise", "Grad-CAM element-wise", gradcam_elementwise),
+    Method("layercam", "LayerCAM", layercam),
+    Method("eigencam", "Eigen-CAM", eigencam),
+    Method("eigengradcam", "EigenGrad-CAM", eigengradcam),
+    Method("kpcacam", "KPCA-CAM", kpcacam),
+    Method("finercam", "FinerCAM", finercam, ("gradcam_weights",)),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
