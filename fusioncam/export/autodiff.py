@@ -11,6 +11,7 @@ from collections import defaultdict
 import onnx
 
 from fusioncam.errors import LayerError, UnsupportedOpError
+from fusioncam.export.float32_backward import float32_twin
 from fusioncam.export.grad_context import GradContext, node_label
 from fusioncam.export.grad_rules import rule_for, supported_ops
 from fusioncam.export.grad_rules.quantization import CONSTANT_OUTPUTS, carries_quantized_values
@@ -81,7 +82,7 @@ def _backward(ctx: GradContext, node: onnx.NodeProto, dys: list, reach: set[str]
         raise UnsupportedOpError(f"node {node_label(node)} ({node.op_type}): inputs {blocked} depend on the target "
                                  "layer but this op's gradient is only defined for inputs "
                                  f"{list(diff)}")
-    result = rule.fn(ctx, node, dys, needs)
+    result = rule.fn(ctx, float32_twin(ctx, node) or node, dys, needs)  # float16 nodes: float32 gradients
     missing = needs - set(result)
     if missing:
         raise UnsupportedOpError(f"node {node_label(node)} ({node.op_type}): the rule gave no gradient for inputs "

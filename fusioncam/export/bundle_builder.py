@@ -18,6 +18,7 @@ from .explain_graph import build_explain, build_scorer
 from .float16 import float16_scorer
 from .layers import Layer
 from .onnx_loading import model_opset
+from .float16_source import float16_facts
 from .quantized_graph import quantization_facts
 from .weight_stash import WeightStash
 
@@ -144,7 +145,7 @@ def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source
         )
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ModelLoadError(f"mean and std must be 3 numbers each (std > 0); got mean={mean}, std={std}")
-    extra.setdefault("source_precision", quantization_facts(net.model))
+    extra.setdefault("source_precision", quantization_facts(net.model) or float16_facts(net.model))
     return Manifest(
         input_size=tuple(net.input_size),
         mean=tuple(float(m) for m in mean),

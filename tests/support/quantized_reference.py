@@ -163,6 +163,9 @@ class FakeQuantModel:
             pads = self._attr(node, "pads", [0, 0, 0, 0])
             x = F.pad(t(0), (pads[1], pads[3], pads[0], pads[2]), value=-1e300)
             return [F.max_pool2d(x, self._attr(node, "kernel_shape"), self._attr(node, "strides", [1, 1]))]
+        if op == "ReduceMean":
+            axes = self._attr(node, "axes") or [int(v) for v in self.consts[name(1)]]
+            return [t(0).mean(dim=tuple(axes), keepdim=bool(self._attr(node, "keepdims", 1)))]
         if op == "GlobalAveragePool":
             return [t(0).mean(dim=(2, 3), keepdim=True)]
         if op == "Flatten":
