@@ -49,7 +49,9 @@ def float32_twin(ctx: GradContext, node: onnx.NodeProto) -> onnx.NodeProto | Non
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Cast" and attrs.get("to") in HALF_TYPES:
         attrs["to"] = TensorProto.FLOAT
-    twin = helper.make_node(node.op_type, inputs, outputs, name=node.name, domain=node.domain or None, **attrs)
-    if node.op_type in RECOMPUTED:
+    recomputed = node.op_type in RECOMPUTED
+    twin = helper.make_node(node.op_type, inputs, outputs, name=ctx.fresh("node_float32") if recomputed else node.name,
+                            domain=node.domain or None, **attrs)
+    if recomputed:
         ctx.nodes.append(twin)
     return twin

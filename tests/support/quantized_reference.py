@@ -139,6 +139,9 @@ class FakeQuantModel:
             return [self._quantize(x.mean(dim=(2, 3), keepdim=True), t(3), t(4), name(4))]
         if op == "QLinearSigmoid":
             return [self._quantize(torch.sigmoid(self._dequantize(t(0), t(1), t(2))), t(3), t(4), name(4))]
+        if op == "QLinearLeakyRelu":
+            x = self._dequantize(t(0), t(1), t(2))
+            return [self._quantize(F.leaky_relu(x, self._attr(node, "alpha", 0.01)), t(3), t(4), name(4))]
         if op == "QGemm":
             a = self._dequantize(t(0), t(1), t(2))
             trans_b = self._attr(node, "transB", 0)
@@ -170,6 +173,28 @@ class FakeQuantModel:
             return [t(0).mean(dim=(2, 3), keepdim=True)]
         if op == "Flatten":
             return [t(0).flatten(self._attr(node, "axis", 1))]
+        if op == "Identity":
+            return [t(0)]
+        if op == "MatMul":
+            return [t(0) @ t(1)]
+        if op == "QLinearMatMul":
+            a = self._dequantize(t(0), t(1), t(2))
+            b = self._dequantize(t(3), t(4), t(5), axis=-1)
+            return [self._quantize(a @ b, t(6), t(7), name(7))]
+        if op == "ConvInteger":
+            x = t(0) - (t(2) if name(2) else 0.0)
+            w = t(1) - (self._per_axis(t(3), 4, 0) if name(3) else 0.0)
+            return [self._conv(node, x, w, None)]
+        if op == "MatMulInteger":
+            return [(t(0) - (t(2) if name(2) else 0.0)) @ (t(1) - (t(3) if name(3) else 0.0))]
+        if op == "Cast":
+            return [t(0)]
+        if op == "DynamicQuantizeLinear":
+            x = t(0)
+            low, high = torch.clamp(x.detach().min(), max=0.0), torch.clamp(x.detach().max(), min=0.0)
+            scale = (high - low) / 255.0
+            zero_point = torch.clamp(torch.round(-low / scale), 0, 255)
+            return [self._quantize(x, scale, zero_point, ""), scale, zero_point]
         if op == "Reshape":
             return [t(0).reshape([int(v) for v in self.consts[name(1)]])]
         raise NotImplementedError(f"reference has no {op} ({node.name})")

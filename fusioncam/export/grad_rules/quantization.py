@@ -30,7 +30,7 @@ from fusioncam.export.grad_rules.registry import RULES, grad_rule
 QUANTIZED_OUTPUTS = {
     "QuantizeLinear": (0,), "DynamicQuantizeLinear": (0,), "QLinearConv": (0,), "QLinearMatMul": (0,),
     "QGemm": (0,), "QLinearAdd": (0,), "QLinearMul": (0,), "QLinearGlobalAveragePool": (0,),
-    "ConvInteger": (0,), "MatMulInteger": (0,),
+    "ConvInteger": (0,), "MatMulInteger": (0,), "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,),
 }
 # outputs that depend on the input but carry no gradient (the measured range of DynamicQuantizeLinear)
 CONSTANT_OUTPUTS = {"DynamicQuantizeLinear": (1, 2)}
@@ -43,8 +43,9 @@ _RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorPro
 
 
 def carries_quantized_values(node: onnx.NodeProto, index: int, input_reached: bool) -> bool:
-    """True when output `index` of `node` holds quantized values the gradient flows through (integer typed)."""
-    if index in QUANTIZED_OUTPUTS.get(node.op_type, ()):
+    """True when output `index` of `node` holds quantized values the gradient flows through (integer typed). Every
+    QLinear* op's output counts, so one without a rule is named by the differentiator's 'no gradient rule' error."""
+    if index in QUANTIZED_OUTPUTS.get(node.op_type, ()) or (index == 0 and node.op_type.startswith("QLinear")):
         return True
     return node.op_type in INTEGER_PASSTHROUGH and index == 0 and input_reached
 
@@ -359,3 +360,24 @@ def qlinear_global_average_pool(ctx: GradContext, node: onnx.NodeProto, dys: lis
     twin, y_f = _float_twin(ctx, node, "GlobalAveragePool", [x_f], node.output[0])
     dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
     return {0: ctx.node("Mul", [_float_rule(ctx, twin, dy_f, frozenset({0}))[0], xs])}
+
+
+def _unary(ctx: GradContext, node: onnx.NodeProto, dys: list, op: str, attrs: dict | None = None) -> dict:
+    """Y = quantize(op(deq X)) (com.microsoft QLinearSigmoid / QLinearLeakyRelu): the float op's rule on the twin."""
+    x, xs, xzp, ys, yzp = (node_input(node, i) for i in range(5))
+    x_f = dequantized(ctx, node, x, xs, xzp, x)
+    twin, y_f = _float_twin(ctx, node, op, [x_f], node.output[0], attrs)
+    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
+    return {0: ctx.node("Mul", [_float_rule(ctx, twin, dy_f, frozenset({0}))[0], xs])}
+
+
+@grad_rule("QLinearSigmoid")
+def qlinear_sigmoid(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """Y = quantize(Sigmoid(deq X))."""
+    return _unary(ctx, node, dys, "Sigmoid")
+
+
+@grad_rule("QLinearLeakyRelu")
+def qlinear_leaky_relu(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -> dict:
+    """Y = quantize(LeakyRelu(deq X, alpha))."""
+    return _unary(ctx, node, dys, "LeakyRelu", {"alpha": float(attribute(node, "alpha", 0.01))})
