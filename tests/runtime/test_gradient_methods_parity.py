@@ -194,3 +194,27 @@ def test_cuda_maps_equal_the_cpu_ones(small_net, compat):
     cuda = fusioncam_maps(bundle, x, targets, compat, "cuda")
     for method in NEW_METHODS:
         assert max_diff(cuda[method], cpu[method]) <= 1e-4, method
+
+
+# ---------------------------------------------------------------- the command line reads the registry
+
+
+def test_cli_writes_the_new_methods_maps(small_net, tmp_path, monkeypatch):
+    import cv2
+
+    from fusioncam.cli.main import main
+
+    monkeypatch.setenv("FUSIONCAM_CACHE", str(tmp_path / "cache"))
+    _, bundle = small_net
+    picture = tmp_path / "in" / "noise.png"
+    picture.parent.mkdir()
+    cv2.imwrite(str(picture), np.random.default_rng(7).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    methods = ("gradcam-elementwise", "eigencam", "finercam")
+    assert main(["explain", str(picture), "--model", str(bundle), "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--methods", ",".join(methods)]) == 0
+    with fusioncam.Explainer(bundle, device="cpu") as explainer:
+        want = explainer.explain_files([picture], methods=methods)
+    for method in methods:
+        written = np.load(tmp_path / "out" / f"noise_{method}.npy")
+        assert max_diff(written, want.maps[method][0]) <= 1e-6, method
+        assert written.max() > 0.99, method
