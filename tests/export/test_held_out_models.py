@@ -1,6 +1,6 @@
 """Models a held-out coverage run found failing, each exported and checked against torch autograd (1e-4 relative).
 
-- segmentation with an automatic target (torchvision DeepLabV3, FCN, LRASPP; Hugging Face DPT): the last map with
+- segmentation with an automatic target (torchvision DeepLabV3, LRASPP, FCN; Hugging Face DPT): the last map with
   spatial size > 1 and a channel count other than the classes', as the ONNX route picks;
 - Hugging Face DPT, whose class scores ONNX shape inference leaves as ('unk', C, 'unk', 'unk');
 - timm VOLO, whose auxiliary head takes a max over tokens (ReduceMax);
@@ -54,7 +54,6 @@ def _tiny_dpt(classes: int = 5) -> torch.nn.Module:
 SEGMENTATION = {
     # name: (factory, input size, the automatic target: the head's last map before the per-pixel classifier)
     "deeplabv3_mobilenet_v3": (lambda: _torchvision_segmentation("deeplabv3_mobilenet_v3_large"), 64, "classifier.3"),
-    "fcn_resnet50": (lambda: _torchvision_segmentation("fcn_resnet50"), 64, "classifier.2"),
     "lraspp_mobilenet_v3": (lambda: _torchvision_segmentation("lraspp_mobilenet_v3_large"), 64, "classifier.cbr"),
     "dpt_tiny": (_tiny_dpt, 48, "head.head.2"),
 }
@@ -93,6 +92,14 @@ def test_segmentation_export_with_the_automatic_target(name: str, tmp_path) -> N
     assert manifest.output_size == tuple(model(torch.zeros(1, 3, size, size))["logits" if name == "dpt_tiny" else "out"]
                                          .shape[2:])
     _segmentation_parity(model, expected, result.bundle, size)
+
+
+@pytest.mark.slow
+def test_fcn_automatic_target_is_its_head_relu() -> None:
+    """FCN-ResNet50 (35 M parameters: not exported here, the path is the one above): FCNHead's ReLU, not its
+    per-pixel classifier conv."""
+    model = _torchvision_segmentation("fcn_resnet50")
+    assert auto_torch_target(model, (64, 64)) == "classifier.2"
 
 
 @pytest.mark.slow
@@ -144,7 +151,7 @@ def test_volo_with_its_auxiliary_head_matches_autograd(tmp_path) -> None:
     timm = pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
     torch.manual_seed(0)
     model = timm.create_model("volo_d1_224", pretrained=False, num_classes=10, img_size=64).eval()
-    assert model.return_dense and model.aux_head is not None  # the head adds 0.5 * aux(tokens).max(1)
+    assert model.aux_head is not None and model.global_pool  # the head adds 0.5 * aux_head(tokens).max(1)[0]
     result = fusioncam.export_torch(model, None, tmp_path / "bundle", input_size=(64, 64))
     layout = result.layer.layout
     assert (result.bundle.manifest.target_layer, layout.kind, layout.prefix_tokens, layout.grid) == \
@@ -299,7 +306,6 @@ COVERAGE_ROWS = {
     "hf:swin": "swin.layernorm",
     "hf:mobilevit": "mobilevit.conv_1x1_exp",
     "timm:xcit_nano_12_p16_224": "cls_attn_blocks.1.norm1",  # a norm inside a ClassAttentionBlock: still allowed
-    "timm:cait_xxs24_224": "blocks_token_only.1.norm1",
     "timm:levit_128s": "stages",
 }
 
@@ -311,3 +317,27 @@ def test_coverage_rows_keep_their_automatic_targets(model_id: str) -> None:
 
     model, size = build(model_id)
     assert auto_torch_target(model, (size, size)) == COVERAGE_ROWS[model_id]
+
+
+def test_attention_operands_are_the_queries_keys_and_values_only() -> None:
+    """One attention with a residual: q, k, v (through a projection, a transpose, a reshape to a run-time shape)
+    only feed the attention products; the block input and the attention output reach a residual Add."""
+    from onnx import TensorProto, helper
+
+    from fusioncam.export.attention_operands import AttentionOperands
+
+    node = helper.make_node
+    nodes = [
+        node("MatMul", ["x", "wq"], ["q"]), node("MatMul", ["x", "wk"], ["k"]), node("MatMul", ["x", "wv"], ["v0"]),
+        node("Add", ["v0", "bv"], ["v1"]), node("Shape", ["v1"], ["v_shape"]), node("Reshape", ["v1", "v_shape"], ["v"]),
+        node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), node("MatMul", ["q", "kt"], ["s"]),
+        node("Softmax", ["s"], ["p"], axis=-1), node("MatMul", ["p", "v"], ["o"]), node("Add", ["o", "x"], ["r"]),
+    ]
+    weights = [helper.make_tensor(name, TensorProto.FLOAT, [4, 4], [0.1] * 16) for name in ("wq", "wk", "wv")]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 4])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, ["N", 6, 4])],
+                              [*weights, helper.make_tensor("bv", TensorProto.FLOAT, [4], [0.0] * 4)])
+    operands = AttentionOperands(helper.make_model(graph), "r")
+    assert [name for name in ("q", "k", "kt", "v0", "v1", "v", "s") if operands.only_attention(name)] == \
+        ["q", "k", "kt", "v0", "v1", "v", "s"]
+    assert not any(operands.only_attention(name) for name in ("x", "o", "r"))
