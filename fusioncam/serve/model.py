@@ -26,9 +26,10 @@ from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from ..bundle import Bundle
 from ..bundle_cache import bundle_for
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer
 from ..runtime.cpu_backend import CPU_SPINNING_ENV
+from ..tasks.payloads import payloads_for
 from . import metrics
 from .batching import DynamicBatcher, Job, JobResult
 from .decoding import ImageDecoder
@@ -52,9 +53,10 @@ class FusionCamModel(kserve.Model):
         super().__init__(name)
         self.bundle = bundle if isinstance(bundle, Bundle) else bundle_for(bundle)
         manifest = self.bundle.manifest
-        if manifest.task != "classification":
-            raise ModelLoadError(f"bundle {self.bundle.path} explains a {manifest.task} model; fusioncam serve explains "
-                                 f"image classifiers")
+        try:
+            payloads_for(manifest)  # the task's request and answer encodings (fusioncam/tasks/*_payloads.py)
+        except InputError as exc:
+            raise ModelLoadError(f"bundle {self.bundle.path}: {exc}") from None
         self.options = options or ServeOptions()
         self.decoder = ImageDecoder(manifest, self.options.max_image_pixels)
         self._explainer_options = {"device": device, "precision": precision, "max_channels": max_channels,
@@ -150,4 +152,4 @@ class FusionCamModel(kserve.Model):
         if batcher is None:
             raise ServerBusy(f"model {self.name} is not loaded (call load(), or it is stopping)")
         return parsed, batcher.submit(Job(images=parsed.stacked(), targets=parsed.targets,
-                                          methods=parsed.settings.methods))
+                                          methods=parsed.settings.methods, regions=parsed.regions))

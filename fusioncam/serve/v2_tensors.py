@@ -11,6 +11,13 @@ come back with every other output. Parameters: methods, target, top_k.
 An input under another name is refused (its name says which form it is). An output requested with Triton's
 classification extension (`class_count`, on `probabilities`) comes back as BYTES "score:index:label" strings
 (classification_extension.py).
+
+A segmentation bundle (tasks/segmentation_payloads.py) takes an optional second input, `region` (BOOL or UINT8 masks
+[N, H, W], or FP32 or INT32 boxes [N, 4]), or the parameter `region` (predicted, all or x0,y0,x1,y1; see
+serve/regions.py), and answers `segmentation` INT64 [N, H', W'] (each output pixel's class), `classes` and
+`class_names` [N, k] (the k classes on most pixels), `pixel_fractions` FP32 [N, k], `explained_class`,
+`explained_probability` (the region probability P) and `region_weights` FP32 [N, H', W'] instead of the
+classifier's outputs.
 """
 
 from __future__ import annotations
@@ -26,13 +33,12 @@ from .batching import JobResult
 from .classification_extension import class_count_of, extension_tensors
 from .decoding import ImageDecoder, encoded_bytes
 from .options import ServeOptions
-from .predictions import class_label, top_k
+from ..tasks.payloads import payloads_for
+from .regions import REGION_INPUT
 from .request_errors import BadRequest
 from .request_settings import methods_of, settings_of, target_of
 from .v1 import ParsedRequest
 
-PREDICTION_OUTPUTS = ("probabilities", "classes", "class_names")
-EXPLANATION_OUTPUTS = ("explained_class", "explained_probability")
 INPUT_NAMES = {"BYTES": "image_bytes", "FP32": "image_tensor", "UINT8": "image_rgb"}
 
 
@@ -43,18 +49,15 @@ def input_types(manifest: Manifest) -> list[dict]:
         {"name": INPUT_NAMES["BYTES"], "datatype": "BYTES", "shape": [-1]},
         {"name": INPUT_NAMES["FP32"], "datatype": "FP32", "shape": [-1, 3, height, width]},
         {"name": INPUT_NAMES["UINT8"], "datatype": "UINT8", "shape": [-1, -1, -1, 3]},
+        *payloads_for(manifest).v2_input_types(manifest),  # a segmentation bundle's optional region
     ]
 
 
 def output_types(manifest: Manifest) -> list[dict]:
-    """Predictions, the explained class, and one map per method."""
+    """Predictions, the explained target (the task's: tasks/*_payloads.py), and one map per method."""
     height, width = manifest.input_size
     return [
-        {"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
-        {"name": "classes", "datatype": "INT64", "shape": [-1, -1]},
-        {"name": "class_names", "datatype": "BYTES", "shape": [-1, -1]},
-        {"name": "explained_class", "datatype": "INT64", "shape": [-1]},
-        {"name": "explained_probability", "datatype": "FP32", "shape": [-1]},
+        *payloads_for(manifest).v2_output_types(manifest),
         *({"name": method, "datatype": "FP32", "shape": [-1, height, width]} for method in METHODS),
     ]
 
@@ -65,7 +68,9 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
     parameters = to_http_parameters(request.parameters) if request.parameters else {}
     parameters.pop("binary_data_output", None)
     requested = [output.name for output in request.request_outputs or []]
-    known = (*PREDICTION_OUTPUTS, *EXPLANATION_OUTPUTS, *METHODS)
+    payloads = payloads_for(manifest)
+    prediction_outputs, explanation_outputs = payloads.v2_prediction_outputs, payloads.v2_explanation_outputs
+    known = (*prediction_outputs, *explanation_outputs, *METHODS)
     unknown = [name for name in requested if name not in known]
     if unknown:
         raise BadRequest(f"unknown output(s) {', '.join(unknown)}; this model has {', '.join(known)}")
@@ -80,21 +85,23 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
     if requested:
         outputs = tuple(requested)
     else:
-        outputs = (*PREDICTION_OUTPUTS, *(EXPLANATION_OUTPUTS if methods else ()), *methods)
-    if not settings.methods and any(name in EXPLANATION_OUTPUTS for name in outputs):
-        raise BadRequest(f"outputs {', '.join(EXPLANATION_OUTPUTS)} need a method: name one in outputs or parameters")
-    images = _input_images(request, decoder, options)
+        outputs = (*prediction_outputs, *(explanation_outputs if methods else ()), *methods)
+    if not settings.methods and any(name in explanation_outputs for name in outputs):
+        raise BadRequest(f"outputs {', '.join(explanation_outputs)} need a method: name one in outputs or parameters")
+    region_tensor = next((t for t in request.inputs if t.name == REGION_INPUT), None)
+    images = _input_images([t for t in request.inputs if t is not region_tensor], decoder, options)
     target = parameters.get("target")
     targets = np.asarray([target_of(target, manifest, f"instance {i}") for i in range(len(images))], dtype=np.int64)
-    return ParsedRequest(images=images, targets=targets, settings=settings), outputs
+    regions = payloads.v2_regions(region_tensor, parameters.get("region"), len(images), tuple(manifest.input_size))
+    return ParsedRequest(images=images, targets=targets, settings=settings, regions=regions), outputs
 
 
-def _input_images(request: InferRequest, decoder: ImageDecoder, options: ServeOptions) -> list:
-    """The one input tensor as model images, each checked on its own."""
-    if len(request.inputs) != 1:
-        raise BadRequest(f"send exactly one input tensor (one of {', '.join(INPUT_NAMES.values())}); got "
-                         f"{len(request.inputs)}")
-    tensor: InferInput = request.inputs[0]
+def _input_images(inputs: list, decoder: ImageDecoder, options: ServeOptions) -> list:
+    """The one image input tensor (the inputs besides a region) as model images, each checked on its own."""
+    if len(inputs) != 1:
+        raise BadRequest(f"send exactly one image input tensor (one of {', '.join(INPUT_NAMES.values())}); got "
+                         f"{len(inputs)}")
+    tensor: InferInput = inputs[0]
     if tensor.name not in INPUT_NAMES.values():
         raise BadRequest(f"input '{tensor.name}' is not an input of this model; it takes one of "
                          f"{', '.join(f'{name} ({datatype})' for datatype, name in INPUT_NAMES.items())}")
@@ -149,16 +156,8 @@ def v2_response(request: InferRequest, parsed: ParsedRequest, result: JobResult,
 
     all_probabilities: `probabilities` holds every class's probability in class order [N, classes] (a method
     view's output, method_views.py) instead of the top k."""
-    tensors: dict[str, np.ndarray] = {}
-    if any(name in PREDICTION_OUTPUTS for name in outputs):  # the top k only when asked: a map alone needs none
-        classes, probabilities = top_k(result.logits, parsed.settings.top_k)
-        tensors.update(probabilities=probabilities.astype(np.float32), classes=classes)
-    if "class_names" in outputs:
-        tensors["class_names"] = np.array([[class_label(manifest.class_names, int(c)).encode("utf-8") for c in row]
-                                           for row in classes], dtype=np.object_)
-    if result.classes is not None:
-        tensors["explained_class"] = result.classes.astype(np.int64)
-        tensors["explained_probability"] = result.probabilities.astype(np.float32)
+    tensors = payloads_for(manifest).v2_tensors(result.logits, result.classes, result.probabilities, result.facts,
+                                                parsed.settings.top_k, manifest, outputs)
     tensors.update({method: result.maps[method].astype(np.float32, copy=False) for method in parsed.settings.methods})
     tensors.update(extension_tensors(request.request_outputs, result.logits, manifest, all_probabilities))
     infer_outputs = []
