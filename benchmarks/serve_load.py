@@ -12,6 +12,13 @@ sizes the server formed (its Prometheus histogram), the server's and the clients
 average, the server's RSS over time, and the offline Explainer.explain throughput measured in the same run around
 the phase (the server idle): at the batch size the server formed, and at --max-batch-size right before and right
 after the phase. JSON and markdown land in benchmarks/results/serve-<model>[-<input>]-<machine>.{json,md}.
+
+With --mixed: fairness between the server's lanes. A Grad-CAM-only phase and a mixed phase (90% Grad-CAM, 10%
+Fusion-CAM, no malformed requests) at the same client count, one after the other against the same server, every
+answer checked; then, with --compare-one-lane, the mixed phase again against a server started with
+--gradient-workers 0 (every request in one FIFO lane, as before lanes existed). Reported: each method's p50/p99
+latency and the Grad-CAM p99 of the mixed phase over that of the Grad-CAM-only phase (target: at most 2x).
+Results in benchmarks/results/serve-mixed-<model>-<machine>.{json,md}.
 """
 
 from __future__ import annotations
@@ -131,11 +138,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(bundle_path: str, http_port: int, grpc_port: int, args, log: Path) -> subprocess.Popen:
+def start_server(bundle_path: str, http_port: int, grpc_port: int, args, log: Path,
+                 extra: tuple[str, ...] = ()) -> subprocess.Popen:
     command = [sys.executable, "-m", "fusioncam", "serve", bundle_path, "--name", "m", "--host", "127.0.0.1",
                "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--device", "cpu",
                "--max-batch-size", str(args.max_batch_size), "--max-latency-ms", str(args.max_latency_ms),
-               "--max-queue", "512", "--max-instances", "4", "--stop-after", str(args.server_lifetime)]  # > 64 clients' images
+               "--max-queue", "512", "--max-instances", "4", "--stop-after", str(args.server_lifetime),  # > 64 clients' images
+               *extra]
     sink = open(log, "wb")
     return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
 
@@ -509,6 +518,124 @@ def measured_phase(args, base: str, pid: int, explainer, images: np.ndarray, bod
     return row
 
 
+async def run_mixed_phase(base: str, pid: int, bodies: dict, references: dict, clients: int, total: int,
+                          fusion_every: int) -> dict:
+    """`clients` concurrent clients send `total` good requests, every `fusion_every`-th a Fusion-CAM request (0:
+    none), the others Grad-CAM; every answer is checked against its image's map alone. Latency per method."""
+    import aiohttp
+
+    counters = {"good_ok": 0, "wrong": 0, "crossed": 0, "lost": 0, "unexpected_status": 0}
+    latencies: dict[str, list[float]] = {"gradcam": [], "fusion": []}
+    next_index = 0
+    url = f"{base}/v2/models/m/infer"
+
+    async def client(session) -> None:
+        nonlocal next_index
+        while next_index < total:
+            k = next_index
+            next_index += 1
+            name = "fusion" if fusion_every and k % fusion_every == fusion_every - 1 else "gradcam"
+            good_bodies, _ = bodies[name]
+            image = k % len(good_bodies)
+            body, headers = good_bodies[image]
+            started = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as response:
+                    status, answer, answer_headers = response.status, await response.read(), response.headers
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                counters["lost"] += 1
+                continue
+            if status != 200:
+                counters["unexpected_status"] += 1
+                continue
+            latencies[name].append(time.perf_counter() - started)
+            flat = references[name].reshape(len(references[name]), -1)
+            got = binary_outputs(answer_headers, answer)[name].reshape(-1)
+            if np.abs(got - flat[image]).max() <= TOLERANCE:
+                counters["good_ok"] += 1
+            elif (np.abs(flat - got).max(axis=1) <= TOLERANCE).any():
+                counters["crossed"] += 1
+            else:
+                counters["wrong"] += 1
+
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=1200)) as session:
+        load_start, server_cpu = os.getloadavg()[0], process_cpu_seconds(pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+        wall = time.perf_counter() - started
+    row = {"clients": clients, "requests": total, "fusion_share": 1 / fusion_every if fusion_every else 0.0,
+           **counters, "seconds": wall, "server_cpu_s": process_cpu_seconds(pid) - server_cpu,
+           "load_average_1_min_start_end": [round(load_start, 1), round(os.getloadavg()[0], 1)]}
+    for name, values in latencies.items():
+        row[name] = {"answers": len(values),
+                     "p50_s": float(np.percentile(values, 50)) if values else None,
+                     "p99_s": float(np.percentile(values, 99)) if values else None}
+    return row
+
+
+def mixed_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"# fusioncam serve: Grad-CAM beside Fusion-CAM ({report['model']}, {report['clients']} clients)", "",
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}; commit {m['commit']}; {m['date']}. Shared machine: "
+        f"other jobs ran beside this one (the 1-minute load average at the start and end of each phase is in its row).",
+        "", f"Server: `fusioncam serve --device cpu --max-batch-size {report['max_batch_size']} --max-latency-ms "
+        f"{report['max_latency_ms']}` (lanes: one gradient worker, one sweep worker); v2 REST, base64 PNG in JSON, "
+        f"maps back as binary tensors, every answer checked against the image's map alone (1e-5). Command: "
+        f"`{report['command']}`.", "",
+        "| server | phase | requests | Grad-CAM p50 s | Grad-CAM p99 s | Fusion-CAM p50 s | Fusion-CAM p99 s | "
+        "lost / wrong / crossed / unexpected | load avg start, end |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+
+    def cell(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for row in report["phases"]:
+        lines.append(f"| {row['server']} | {row['phase']} | {row['requests']} | {cell(row['gradcam']['p50_s'])} | "
+                     f"{cell(row['gradcam']['p99_s'])} | {cell(row['fusion']['p50_s'])} | {cell(row['fusion']['p99_s'])} | "
+                     f"{row['lost']} / {row['wrong']} / {row['crossed']} / {row['unexpected_status']} | "
+                     f"{row['load_average_1_min_start_end'][0]}, {row['load_average_1_min_start_end'][1]} |")
+    lines += ["", "Grad-CAM p99, mixed over Grad-CAM only: " + "; ".join(
+        f"{server}: {ratio:.2f}x" for server, ratio in report["gradcam_p99_ratio"].items()) + " (target: at most 2x "
+        "with lanes)."]
+    return "\n".join(lines) + "\n"
+
+
+def mixed_run(args, bundle, bodies: dict, references: dict) -> None:
+    """The --mixed run: Grad-CAM only, then 90/10 mixed, against the server with lanes (and with one lane)."""
+    servers = [("lanes", ())] + ([("one lane", ("--gradient-workers", "0"))] if args.compare_one_lane else [])
+    phases, ratios = [], {}
+    for label, extra in servers:
+        http_port, grpc_port = free_port(), free_port()
+        log = Path(tempfile.mkdtemp(prefix="serve-mixed-")) / "server.log"
+        server = start_server(str(bundle.path), http_port, grpc_port, args, log, extra)
+        base = f"http://127.0.0.1:{http_port}"
+        try:
+            wait_ready(base, server, log)
+            asyncio.run(run_mixed_phase(base, server.pid, bodies, references, 2, 20, 2))  # warm-up, not counted
+            rows = {}
+            for phase, every in (("Grad-CAM only", 0), ("90% Grad-CAM, 10% Fusion-CAM", 10)):
+                row = asyncio.run(run_mixed_phase(base, server.pid, bodies, references, args.clients[-1],
+                                                  args.mixed, every))
+                row.update(server=label, phase=phase)
+                print(json.dumps(row), flush=True)
+                rows[every] = row
+                phases.append(row)
+            ratios[label] = rows[10]["gradcam"]["p99_s"] / rows[0]["gradcam"]["p99_s"]
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    report = {"model": model_label(args), "clients": args.clients[-1], "max_batch_size": args.max_batch_size,
+              "max_latency_ms": args.max_latency_ms, "phases": phases, "gradcam_p99_ratio": ratios,
+              "machine": machine_facts(), "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])}
+    save_report(RESULTS, result_stem("serve-mixed", args), report, mixed_markdown(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(DEFAULT_REQUESTS), default="small")
@@ -528,6 +655,10 @@ def main() -> None:
     parser.add_argument("--tag", help="added to the result file names (a run that must not replace the main one)")
     parser.add_argument("--steady", type=int, metavar="N", help="instead of the phases: after warm-up, N requests of "
                         "the first method set at the last client count, in 8 chunks, the server's RSS after each")
+    parser.add_argument("--mixed", type=int, metavar="N", help="instead of the phases: N Grad-CAM requests, then N "
+                        "requests 90%% Grad-CAM / 10%% Fusion-CAM, at the last --clients count (fairness of the lanes)")
+    parser.add_argument("--compare-one-lane", action="store_true", help="with --mixed: also run the mixed phase "
+                        "against a server with --gradient-workers 0 (one lane)")
     args = parser.parse_args()
     # the server sets FUSIONCAM_CPU_SPINNING=0 for itself; the offline Explainer here runs with the same setting
     os.environ.setdefault(CPU_SPINNING_ENV, "0")
@@ -546,6 +677,10 @@ def main() -> None:
         references[name] = np.concatenate([explainer.explain(images[i:i + 1], methods=methods).maps[methods[0]]
                                            for i in range(len(images))])
         bodies[name] = request_bodies(args.input, pool, images, methods, size)
+    if args.mixed:
+        explainer.close()
+        mixed_run(args, bundle, bodies, references)
+        return
     http_port, grpc_port = free_port(), free_port()
     log = Path(tempfile.mkdtemp(prefix="serve-load-")) / "server.log"
     server = start_server(str(bundle.path), http_port, grpc_port, args, log)
