@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fusioncam
+from fusioncam.graph_names import TARGET
 from fusioncam.kernels import numpy_kernels as K
 from fusioncam.kernels.array_math import channel_percentiles, group_bounds
 from fusioncam.runtime.methods import METHODS
@@ -37,7 +38,7 @@ def test_gradient_weight_methods_on_efficientnet_lite0(efficientnet, sample_batc
     explanation = explainer.explain(images, methods=("gradcam",) + GRADIENT_METHODS)
     assert explanation.timings["scorer_forwards_run"] == explanation.timings["method_forwards_run"] == 0
     assert explanation.fusion is None and explanation.scorecam is None and explanation.betas is None
-    graph = explainer.backend.explain(images, np.full(len(images), -1, dtype=np.int64))
+    graph = explainer.backend.explain(images, {TARGET: np.full(len(images), -1, dtype=np.int64)})
     for i, name in enumerate(names):
         reference = reference_methods(model, layer, torch.from_numpy(images[i]), methods=GRADIENT_METHODS)
         assert max_diff(explanation.maps["gradcam++"][i], reference["gradcam++"]) <= MAP_TOLERANCE, name
