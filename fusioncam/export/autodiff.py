@@ -14,7 +14,7 @@ from fusioncam.errors import LayerError, UnsupportedOpError
 from fusioncam.export.float32_backward import float32_twin
 from fusioncam.export.grad_context import GradContext, node_label
 from fusioncam.export.grad_rules import rule_for, supported_ops
-from fusioncam.export.grad_rules.quantization import CONSTANT_OUTPUTS, carries_quantized_values
+from fusioncam.export.grad_rules.quantization import CONSTANT_OUTPUTS, MEASURED_RANGE, carries_quantized_values
 from fusioncam.export.torch_scopes import exported_from_wrapper, torch_origin
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
@@ -131,6 +131,8 @@ def _forward_reach(graph: onnx.GraphProto, wrt: str, ctx: GradContext) -> set[st
     tensors of quantized graphs that hold quantized values (see grad_rules/quantization.py)."""
     reach = {wrt}
     for node in graph.node:
+        if node.name.startswith(MEASURED_RANGE):  # a measured quantization range: a constant for the gradient
+            continue
         if any(name in reach for name in _node_inputs(node)):
             constant = CONSTANT_OUTPUTS.get(node.op_type, ())
             data_reached = bool(node.input) and node.input[0] in reach

@@ -10,6 +10,7 @@ from onnx import TensorProto
 from ..errors import ModelLoadError
 from ..memory_budget import check_input_size_fits
 from .constant_folding import fold_constants
+from .dynamic_quantization import per_image_ranges
 from .float16_source import adapt_float16
 from .onnx_loading import upgrade_opset
 from .quantized_graph import add_dequantized_views
@@ -202,6 +203,7 @@ def prepare_scores_graph(model: onnx.ModelProto, origin: str, input_size: tuple[
     _check_domains(model, origin)
     model = upgrade_opset(model, origin)
     adapt_float16(model)  # float16 sources: float32 interface and float32 views of the maps (float16_source.py)
+    per_image_ranges(model)  # dynamically quantized sources: one range per image (dynamic_quantization.py)
     weights.set_aside(model)
     model = fold_constants(model, weights)
     add_dequantized_views(model)  # QOperator INT8 feature maps become float targets (quantized_graph.py)

@@ -16,7 +16,7 @@ from collections import Counter
 import onnx
 from onnx import helper
 
-from .grad_rules.quantization import QUANTIZATION_OPS
+from .grad_rules.quantization import MEASURED_RANGE, QUANTIZATION_OPS
 
 # QOperator ops whose integer output is a feature map: op type -> (output scale, output zero point) input positions
 STRAIGHT_THROUGH = ("straight-through: through QuantizeLinear where the value lies in the representable range, 0 "
@@ -29,6 +29,13 @@ def quantization_facts(model: onnx.ModelProto) -> dict | None:
     """{'format': 'QDQ' | 'QOperator' | 'dynamic', 'ops': {op type: count}} for a quantized model, else None."""
     ops = Counter(node.op_type for node in model.graph.node if node.op_type in QUANTIZATION_OPS
                   and not node.name.endswith((VIEW_SUFFIX, REQUANTIZED_SUFFIX)))
+    measured = sum(1 for node in model.graph.node if node.name.startswith(MEASURED_RANGE)
+                   and node.op_type == "QuantizeLinear")
+    if measured or any(node.name.startswith(MEASURED_RANGE) for node in model.graph.node):
+        return {"format": "dynamic", "ops": dict(sorted(ops.items())), "gradient": STRAIGHT_THROUGH,
+                "ranges": "one per image (DynamicQuantizeLinear's range measured on each image alone, as the shipped "
+                          "graph does for a batch of one); ConvInteger/MatMulInteger as float32 sums of the same "
+                          "integers; the measured ranges are constants for the gradient"}
     if not ops:
         return None
     if ops.get("DynamicQuantizeLinear"):

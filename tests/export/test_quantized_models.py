@@ -1,4 +1,4 @@
-"""INT8 models quantized with ONNX Runtime (QDQ and QOperator static), exported and explained from the INT8 file.
+"""INT8 models quantized with ONNX Runtime (QDQ and QOperator static, dynamic), exported and explained from the INT8 file.
 
 The explain graph's gradient dy_c/dA must equal, to 1e-4 relative, torch autograd on the float64 fake-quantized twin
 built from the file's quantization parameters with the straight-through rule (tests/support/quantized_reference.py);
@@ -98,8 +98,13 @@ def _quantized_file(folder, name: str, fmt: str) -> tuple[str, str, int]:
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(pre_path, int8_path, Calibration(),
-                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator)
+    if fmt == "dynamic":
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(pre_path, int8_path)
+    else:
+        quantize_static(pre_path, int8_path, Calibration(),
+                        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator)
     return float_path, int8_path, size
 
 
@@ -113,6 +118,35 @@ def _session(model, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.Infe
 def onnx_logits(path: str, images: np.ndarray) -> np.ndarray:
     """The shipped file's class scores, run as deployed."""
     return _session(path).run(None, {"image": images})[0]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mbconv"])
+def test_dynamic_int8_gradients_match_the_fake_quantized_reference(tmp_path, name):
+    """quantize_dynamic: each image is quantized with its own range (the shipped graph's answer for a batch of one)."""
+    _, int8_path, size = _quantized_file(tmp_path, name, "dynamic")
+    result = export_onnx(int8_path, tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["source_precision"]["format"] == "dynamic"
+
+    images = np.random.default_rng(11).standard_normal((2, 3, size, size)).astype(np.float32)
+    alone = np.concatenate([onnx_logits(int8_path, images[i:i + 1]) for i in range(2)])
+    middle = np.argsort(alone, axis=1)[:, 5].astype(np.int64)
+    logits, activations, gradients, classes = _session(result.bundle.explain_path).run(
+        [LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED], {INPUT: images, TARGET: middle})
+    scores = _session(result.bundle.scorer_path).run([LOGITS], {INPUT: images})[0]
+    # int32 sums held in float32: exact below 2^24, float32 rounding beyond
+    assert relative_error(logits, alone) <= 1e-5 and relative_error(scores, alone) <= 1e-5
+
+    source = onnx.load(int8_path)
+    reference = FakeQuantModel(source)
+    for i in range(2):
+        image = images[i:i + 1]
+        _, ref_a, ref_grad = reference.gradient(image, integer_values(source, image, "image"), result.layer.name,
+                                                classes[i:i + 1])
+        assert relative_error(activations[i:i + 1], ref_a) <= 1e-5, "activations differ from the INT8 graph's"
+        assert np.abs(ref_grad).max() > 0
+        err = relative_error(gradients[i:i + 1].astype(np.float64), ref_grad)
+        assert err <= 1e-4, f"{name} dynamic image {i}: gradient relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mbconv"])

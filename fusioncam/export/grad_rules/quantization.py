@@ -34,6 +34,8 @@ QUANTIZED_OUTPUTS = {
 }
 # outputs that depend on the input but carry no gradient (the measured range of DynamicQuantizeLinear)
 CONSTANT_OUTPUTS = {"DynamicQuantizeLinear": (1, 2)}
+# nodes named under this prefix measure a quantization range (dynamic_quantization.py): constants for the gradient
+MEASURED_RANGE = "measured_range/"
 # data-movement ops that QOperator graphs run on integer tensors (output 0 carries input 0's quantized values)
 INTEGER_PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice")
 QUANTIZATION_OPS = ("QuantizeLinear", "DequantizeLinear", *QUANTIZED_OUTPUTS)
