@@ -16,11 +16,12 @@ import cv2
 import numpy as np
 import pytest
 
-from fusioncam.serve.pixel_budget import MemoryExhausted, PixelBudget, admission_deadline, is_allocation_failure
-
 if importlib.util.find_spec("kserve") is None:
     pytest.skip("the serve extra (kserve) is not installed: pip install 'fusioncam[serve]'", allow_module_level=True)
 httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install 'fusioncam[test]'")
+
+from fusioncam.serve.pixel_budget import (  # noqa: E402
+    MemoryExhausted, PixelBudget, admission_deadline, is_allocation_failure)
 
 import fusioncam  # noqa: E402
 from fusioncam.images import decode_rgb, preprocess, resized_rgb  # noqa: E402
