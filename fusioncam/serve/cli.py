@@ -21,6 +21,22 @@ def _milliseconds(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0.0 < value <= 86_400.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 86400] seconds, got {text!r}")
+    return value
+
+
+def _count_or_zero(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {text!r}")
@@ -40,7 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.warning(warning)
     options = ServeOptions(max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
                            max_queue=args.max_queue, workers=args.explainer_threads, max_instances=args.max_instances,
-                           max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels)
+                           max_body_bytes=args.max_body_bytes, max_image_pixels=args.max_image_pixels,
+                           timeout_s=args.timeout_s, gradient_workers=args.gradient_workers,
+                           decode_budget_mib=args.decode_budget_mib, header_timeout_s=args.header_timeout_s,
+                           body_timeout_s=args.body_timeout_s, max_connections=args.max_connections)
     serve(args.models, names=kserve.names, host=args.host, http_port=kserve.http_port, grpc_port=args.grpc_port,
           device=args.device, precision=args.precision, max_channels=args.fast, batch_size=args.batch,
           options=options, stop_after=args.stop_after, allow_model_control=args.allow_model_control,
@@ -89,6 +108,24 @@ def add_subcommands(sub) -> None:
                        help=f"request body size limit (default: {defaults.max_body_bytes})")
     serve.add_argument("--max-image-pixels", type=positive_int, default=defaults.max_image_pixels,
                        help=f"width x height limit of one image (default: {defaults.max_image_pixels})")
+    serve.add_argument("--timeout-s", type=_seconds, default=defaults.timeout_s, metavar="SECONDS",
+                       help=f"a request's deadline from its arrival: past it 504 / DEADLINE_EXCEEDED and its work is "
+                            f"dropped; a request's 'timeout' parameter may shorten it (default: {defaults.timeout_s:g})")
+    serve.add_argument("--gradient-workers", type=_count_or_zero, default=defaults.gradient_workers, metavar="N",
+                       help="inference threads for gradient-only requests (gradcam, gradcam++, xgradcam, predictions), "
+                            "so they never wait behind Score-CAM sweeps; 0: one lane for all "
+                            f"(default: {defaults.gradient_workers})")
+    serve.add_argument("--decode-budget-mib", type=positive_int, default=defaults.decode_budget_mib, metavar="MIB",
+                       help="memory all requests' image decoding may hold at once; a decode waits for it, then 503 "
+                            f"(default: {defaults.decode_budget_mib})")
+    serve.add_argument("--header-timeout-s", type=_seconds, default=defaults.header_timeout_s, metavar="SECONDS",
+                       help="a request's headers must arrive within this, else 408 and the connection is closed "
+                            f"(default: {defaults.header_timeout_s:g})")
+    serve.add_argument("--body-timeout-s", type=_seconds, default=defaults.body_timeout_s, metavar="SECONDS",
+                       help="a request body that sends nothing for this long gets 408 and the connection is closed "
+                            f"(default: {defaults.body_timeout_s:g})")
+    serve.add_argument("--max-connections", type=positive_int, default=defaults.max_connections, metavar="N",
+                       help=f"open HTTP connections; the next one gets 503 (default: {defaults.max_connections})")
     serve.add_argument("--stop-after", type=float, metavar="SECONDS", help="stop by itself after this many seconds")
     add_kserve_arguments(serve)
     serve.set_defaults(run=cmd_serve)

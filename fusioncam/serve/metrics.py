@@ -19,10 +19,14 @@ PREDICT = "predict"  # the method label of a v1 :predict request (predictions on
 # same asyncio task when the request is counted
 REQUEST_VERB: ContextVar[str] = ContextVar("fusioncam_request_verb", default=PREDICT)
 
-REQUESTS = Counter("fusioncam_requests", "Requests by model, method and outcome (ok, bad_request, busy, error)",
+# Up to 600 s: past the default --timeout-s (300 s, Knative's default revision timeout), so a request answered
+# just before its deadline still lands in a bucket of its own
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 180, 300, 600)
+REQUESTS = Counter("fusioncam_requests", "Requests by model, method and outcome (ok, bad_request, busy, deadline, cancelled, "
+                   "out_of_memory, error)",
                    ["model_name", "method", "outcome"])
 LATENCY = Histogram("fusioncam_request_latency_seconds", "Seconds from a request's arrival to its answer, by model and method",
-                    ["model_name", "method"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120))
+                    ["model_name", "method"], buckets=LATENCY_BUCKETS)
 BATCH_IMAGES = Histogram("fusioncam_batch_images", "Images per Explainer.explain call (the batches formed)", ["model_name"],
                          buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128))
 QUEUE_DEPTH = Gauge("fusioncam_queue_images", "Images waiting for an inference worker", ["model_name"])

@@ -16,7 +16,6 @@ executor and inference in the batcher's worker threads, so the event loop only r
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import time
 from typing import Any, Callable
@@ -32,7 +31,9 @@ from ..runtime.cpu_backend import CPU_SPINNING_ENV
 from ..tasks.payloads import payloads_for
 from . import metrics
 from .batching import DynamicBatcher, Job, JobResult
+from .deadlines import GRPC_DEADLINE, DeadlineExceeded, Ticket, deadline_of, remaining
 from .decoding import ImageDecoder
+from .pixel_budget import MemoryExhausted, admission_deadline, shared_budget
 from .model_statistics import recorded
 from .options import ServeOptions
 from .request_errors import BadRequest, ServerBusy
@@ -58,7 +59,8 @@ class FusionCamModel(kserve.Model):
         except InputError as exc:
             raise ModelLoadError(f"bundle {self.bundle.path}: {exc}") from None
         self.options = options or ServeOptions()
-        self.decoder = ImageDecoder(manifest, self.options.max_image_pixels)
+        self.decoder = ImageDecoder(manifest, self.options.max_image_pixels,
+                                    shared_budget(self.options.decode_budget_mib))
         self._explainer_options = {"device": device, "precision": precision, "max_channels": max_channels,
                                    "batch_size": batch_size}
         self.batcher: DynamicBatcher | None = None
@@ -74,7 +76,7 @@ class FusionCamModel(kserve.Model):
             options = self.options
             self.batcher = DynamicBatcher(self.name, lambda: Explainer(self.bundle, **self._explainer_options),
                                           options.max_batch_size, options.max_latency_ms, options.max_queue,
-                                          options.workers)
+                                          options.workers, options.gradient_workers)
         self.ready = True
         return self.ready
 
@@ -126,13 +128,29 @@ class FusionCamModel(kserve.Model):
 
     async def _run(self, parse: Callable[[], ParsedRequest]) -> tuple[ParsedRequest, JobResult]:
         """Decode, check, stack and queue in a thread of the loop's executor (not on the event loop), then wait for
-        the batch; count the outcome and latency."""
+        the batch until the request's deadline (deadlines.py); count the outcome and latency. A request cancelled
+        here (its client disconnected, its gRPC deadline passed) abandons its job: it leaves the queue uncomputed."""
         started = time.monotonic()
         methods: tuple[str, ...] = ()
+        ticket = Ticket()
         try:
-            parsed, queued = await asyncio.get_running_loop().run_in_executor(None, self._parse_and_queue, parse)
+            parsed, job, why = await asyncio.get_running_loop().run_in_executor(
+                None, self._parse_and_queue, parse, started, GRPC_DEADLINE.get(), ticket)
             methods = parsed.settings.methods
-            result = await asyncio.wrap_future(queued)
+            result = await self._answer(job, why)
+        except asyncio.CancelledError:
+            self._withdraw(ticket.cancel())
+            metrics.count_request(self.name, methods, "cancelled")
+            raise
+        except DeadlineExceeded:
+            metrics.count_request(self.name, methods, "deadline")
+            raise
+        except (MemoryError, MemoryExhausted) as exc:
+            metrics.count_request(self.name, methods, "out_of_memory")
+            if isinstance(exc, MemoryExhausted):
+                raise
+            raise MemoryExhausted(f"model {self.name}: the server ran out of memory for this request (not a problem "
+                                  f"of the request); retry later or on another replica") from None
         except BadRequest:
             metrics.count_request(self.name, methods, "bad_request")
             raise
@@ -145,11 +163,38 @@ class FusionCamModel(kserve.Model):
         metrics.count_request(self.name, methods, "ok", time.monotonic() - started)
         return parsed, result
 
-    def _parse_and_queue(self, parse: Callable[[], ParsedRequest]) -> tuple[ParsedRequest, concurrent.futures.Future]:
-        """The request parsed into one job and submitted to the batcher: all of it in the calling (pool) thread."""
-        parsed = parse()
+    async def _answer(self, job: Job, why: str) -> JobResult:
+        """The job's result, or DeadlineExceeded at its deadline (the job then leaves the queue, or its batch stops
+        at the next scorer batch once no other request waits for it)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job.future)), remaining(job.deadline))
+        except (TimeoutError, DeadlineExceeded):  # DeadlineExceeded: the worker saw the deadline pass first
+            self._withdraw(job)
+            raise DeadlineExceeded(f"model {self.name}: no answer within {why}; the request was dropped (give it more "
+                                   f"time with the timeout parameter or --timeout-s, or ask for cheaper methods: "
+                                   f"gradcam, gradcam++ or xgradcam)") from None
+
+    def _withdraw(self, job: Job | None) -> None:
+        batcher = self.batcher
+        if job is not None:
+            job.abandoned = True
+            if batcher is not None:
+                batcher.withdraw(job)
+
+    def _parse_and_queue(self, parse: Callable[[], ParsedRequest], started: float, grpc_deadline: float | None,
+                         ticket: Ticket) -> tuple[ParsedRequest, Job, str]:
+        """The request parsed into one job (decodes wait for the memory budget until the server's deadline) and
+        submitted to the batcher with its deadline: all of it in the calling (pool) thread."""
+        with admission_deadline(deadline_of(started, self.options.timeout_s, None, grpc_deadline)[0]):
+            parsed = parse()
+        deadline, why = deadline_of(started, self.options.timeout_s, parsed.settings.timeout_s, grpc_deadline)
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"model {self.name}: {why} passed while the request was decoded; it was dropped")
         batcher = self.batcher
         if batcher is None:
             raise ServerBusy(f"model {self.name} is not loaded (call load(), or it is stopping)")
-        return parsed, batcher.submit(Job(images=parsed.stacked(), targets=parsed.targets,
-                                          methods=parsed.settings.methods, regions=parsed.regions))
+        job = Job(images=parsed.stacked(), targets=parsed.targets, methods=parsed.settings.methods,
+                  regions=parsed.regions, enqueued=time.monotonic(), deadline=deadline)
+        ticket.attach(job)
+        batcher.submit(job)
+        return parsed, job, why

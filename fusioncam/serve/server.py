@@ -29,6 +29,9 @@ from ..cpu_quota import cpu_budget
 from ..errors import InputError
 from ..runtime.cpu_backend import CPU_THREADS_ENV
 from .body_limit import BodySizeLimit
+from .connection_limits import apply_limits
+from .deadlines import GrpcDeadline
+from .refusals import install_refusals
 from .client_errors import OneLineErrorsInterceptor, add_method_not_allowed_routes, install_rest_client_errors
 from .health import ReadinessDataPlane, add_health_service
 from .listen_ports import check_ports_free
@@ -67,7 +70,7 @@ class HostGRPCServer(GRPCServer):
         limit = self._kwargs["grpc_max_receive_message_length"]
         self._server = aio.server(
             futures.ThreadPoolExecutor(max_workers=max_workers),
-            interceptors=(LoggingInterceptor(), OneLineErrorsInterceptor()),
+            interceptors=(LoggingInterceptor(), OneLineErrorsInterceptor(), GrpcDeadline()),
             options=[("grpc.max_send_message_length", self._kwargs["grpc_max_send_message_length"]),
                      ("grpc.max_receive_message_length", limit)],
         )
@@ -102,12 +105,14 @@ class LoopbackModelServer(kserve.ModelServer):
     """kserve.ModelServer whose REST and gRPC servers listen on `host` only, with fusioncam's limits and answers."""
 
     def __init__(self, host: str = "127.0.0.1", http_port: int = 8080, grpc_port: int = 8081, enable_grpc: bool = True,
-                 max_body_bytes: int = ServeOptions.max_body_bytes, allow_model_control: bool = False) -> None:
+                 max_body_bytes: int = ServeOptions.max_body_bytes, allow_model_control: bool = False,
+                 options: ServeOptions | None = None) -> None:
         super().__init__(http_port=http_port, grpc_port=grpc_port, workers=1, enable_grpc=enable_grpc,
                          enable_latency_logging=False, grace_period=int(STOP_GRACE_SECONDS),
                          registered_models=MethodViewRepository())  # NAME.gradcam etc. resolve to views
         self.host = host
         self.max_body_bytes = int(max_body_bytes)
+        self.options = options or ServeOptions()  # read here: the read timeouts and the connection cap
         self.allow_model_control = bool(allow_model_control)
         # binary REST inputs without copies; ready only while every served model is
         self.dataplane = ReadinessDataPlane(model_registry=self.registered_models)
@@ -123,6 +128,8 @@ class LoopbackModelServer(kserve.ModelServer):
                                        self.http_port, workers=1, grace_period=self.grace_period,
                                        event_loop=self.event_loop, timeout_keep_alive=self.timeout_keep_alive)
         self._rest_server.config.host = self.host
+        apply_limits(self._rest_server.config, self.options.header_timeout_s, self.options.body_timeout_s,
+                     self.options.max_connections)
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             sizes = {"grpc_max_send_message_length": max(self.max_body_bytes, 64 * 1024 * 1024),
@@ -160,6 +167,7 @@ def _install_answers(max_body_bytes: int) -> None:
     app.add_exception_handler(BadRequest, bad_request)
     app.add_exception_handler(ServerBusy, busy)
     app.add_exception_handler(PayloadTooLarge, too_large)
+    install_refusals(app)  # 504 past a deadline, 503 without memory, work cancelled on disconnect
     _answers_installed = True
 
 
@@ -209,7 +217,7 @@ def serve(models: Sequence[str | os.PathLike | Bundle | FusionCamModel] | str | 
     log.info("serving %s on %s: REST port %d, gRPC port %d; model control %s", ", ".join(names), host, http_port,
              grpc_port, "allowed (--allow-model-control)" if allow_model_control else "refused")
     LoopbackModelServer(host=host, http_port=http_port, grpc_port=grpc_port, max_body_bytes=options.max_body_bytes,
-                        allow_model_control=allow_model_control).start(built)
+                        allow_model_control=allow_model_control, options=options).start(built)
 
 
 def _choose_cpu_threads(cpu_threads: int | None) -> None:

@@ -81,7 +81,7 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
         asked = tuple(m for m in METHODS if m in set(asked) | set(methods_of(parameters["methods"])))
     methods = asked if (asked or requested) else ("fusion",)
     settings = settings_of({**parameters, "methods": list(methods) or None}, (), options.default_top_k,
-                           manifest.num_classes)
+                           manifest.num_classes, timeout_unit="us")  # Triton's timeout parameter: microseconds
     if requested:
         outputs = tuple(requested)
     else:
