@@ -1,4 +1,4 @@
-"""Deadlines, disconnects and lanes through a real `fusioncam serve` (httpx for v1, tritonclient for v2 REST and
+"""Deadlines, disconnects, cancelled calls and lanes through a real `fusioncam serve` (httpx for v1, tritonclient for v2 REST and
 gRPC): a request past its deadline is answered 504 / DEADLINE_EXCEEDED on time and its sweep stops (the server's
 CPU goes idle), a client that disconnects frees its slot, a Grad-CAM request is answered while a long Fusion-CAM
 runs, and a request batched with an abandoned one still gets exactly its own maps.
@@ -144,6 +144,23 @@ def test_grpc_deadline_and_v2_timeout_parameter_stop_the_sweep(server):
     elapsed = time.monotonic() - started
     assert elapsed < 3.0
     assert_goes_idle(server, "after a v2 timeout", (server.cpu_seconds() - before) / elapsed)
+
+
+def test_a_cancelled_grpc_call_stops_its_sweep(server):
+    grpc = tritongrpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    tensor = tritongrpc.InferInput("image_bytes", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([png(11, SLOW[1])], dtype=np.object_))
+    cancelled_before = outcomes(server, "slow").get(("fusion", "cancelled"), 0)
+    answers = []
+    started, before = time.monotonic(), server.cpu_seconds()
+    call = grpc.async_infer("slow", [tensor], callback=lambda result, error: answers.append((result, error)),
+                            outputs=[tritongrpc.InferRequestedOutput("fusion")])
+    time.sleep(1.5)  # the sweep is running
+    busy = (server.cpu_seconds() - before) / (time.monotonic() - started)
+    call.cancel()
+    assert_goes_idle(server, "after a cancelled gRPC call", busy)
+    assert outcomes(server, "slow").get(("fusion", "cancelled"), 0) == cancelled_before + 1
+    assert not any(result is not None for result, _ in answers), "the cancelled call got an answer"
 
 
 def test_a_queued_request_past_its_deadline_leaves_without_being_computed(server):
