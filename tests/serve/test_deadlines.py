@@ -1,7 +1,7 @@
-"""Deadlines, disconnects, cancelled calls and lanes through a real `fusioncam serve` (httpx for v1, tritonclient
-for v2 REST and gRPC): a request past its deadline is answered 504 / DEADLINE_EXCEEDED on time and its sweep stops (the server's
-CPU goes idle), a client that disconnects frees its slot, a Grad-CAM request is answered while a long Fusion-CAM
-runs, and a request batched with an abandoned one still gets exactly its own maps.
+"""Deadlines, disconnects, cancelled calls and lanes through a real `fusioncam serve` (httpx for v1, tritonclient for v2
+REST and gRPC): a request past its deadline is answered 504 / DEADLINE_EXCEEDED on time and its sweep stops (the
+server's CPU goes idle), a client that disconnects frees its slot, a Grad-CAM request is answered while a long
+Fusion-CAM runs, and a request batched with an abandoned one still gets exactly its own maps.
 
 The slow model is slow deterministically: 1024 channels at 64x64 served with --batch 1, so its Score-CAM sweep is
 1024 scorer runs of a wide convolution (about 20 s on one core), while its Grad-CAM is one explain pass.
