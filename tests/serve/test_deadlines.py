@@ -4,7 +4,7 @@ server's CPU goes idle), a client that disconnects frees its slot, a Grad-CAM re
 Fusion-CAM runs, and a request batched with an abandoned one still gets exactly its own maps.
 
 The slow model is slow deterministically: 1024 channels at 64x64 served with --batch 1, so its Score-CAM sweep is
-1024 scorer runs of a wide convolution (about 20 s on one core), while its Grad-CAM is one explain pass.
+1024 scorer runs of a wide convolution (6 to 20 s here, with the load), while its Grad-CAM is one explain pass.
 """
 
 from __future__ import annotations
