@@ -112,7 +112,8 @@ def add_subcommands(sub) -> None:
                        help=f"a request's deadline from its arrival: past it 504 / DEADLINE_EXCEEDED and its work is "
                             f"dropped; a request's 'timeout' parameter may shorten it (default: {defaults.timeout_s:g})")
     serve.add_argument("--gradient-workers", type=_count_or_zero, default=defaults.gradient_workers, metavar="N",
-                       help="inference threads for gradient-only requests (gradcam, gradcam++, xgradcam, predictions), "
+                       help="inference threads for requests of explain-pass-only methods (gradcam, gradcam++, ...) "
+                            "and predictions, "
                             "so they never wait behind Score-CAM sweeps; 0: one lane for all "
                             f"(default: {defaults.gradient_workers})")
     serve.add_argument("--decode-budget-mib", type=positive_int, default=defaults.decode_budget_mib, metavar="MIB",
