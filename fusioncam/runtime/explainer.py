@@ -11,7 +11,7 @@ import numpy as np
 from .. import arguments
 from ..bundle import Bundle, CarriesBundle, bundle_of, load_bundle
 from ..errors import InputError, NonFiniteError
-from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS, TARGET
+from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
 from ..tasks import Prediction, Task, task_for
 from .backend import Backend
@@ -20,6 +20,7 @@ from .explanation import Explanation
 from .input_checks import check_images
 from .methods import Engine, MethodOutput, check_methods, run_methods
 from .methods.compat import check_compat
+from .methods.comparison_passes import comparison_explainer
 from .scorer import Scorer
 
 log = logging.getLogger("fusioncam")
@@ -214,19 +215,12 @@ class Explainer:
         targets = task.image_targets(graph)
         baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
         engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
-                        on_batch, self.max_channels, compat=self.compat, explain_classes=self._class_explainer(feed))
+                        on_batch, self.max_channels, compat=self.compat, explain_classes=comparison_explainer(backend.explain, feed, graph))
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():
             self._raise_if_nonfinite(bad, names, f"the {name} map of")
         return self._explanation(engine, outputs, graph)
-
-    def _class_explainer(self, feed: dict):
-        """Where the explain feed is a class per image and nothing else (a classifier): a function that runs the
-        explain pass again for other images' rows and classes (FinerCAM's comparison classes); else None."""
-        if set(feed) != {TARGET}:
-            return None
-        return lambda images, classes: self.backend.explain(images, {TARGET: classes})
 
     def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput], graph: dict) -> Explanation:
         """Everything computed, copied to the host (what did not run stays None); the task adds its own fields

@@ -172,14 +172,21 @@ def test_finercam_score_derivatives_equal_autograd_of_the_library_target():
         np.testing.assert_allclose(grad[rest], -1e-9 * p[rest] * float(score.detach()) / mass, rtol=1e-6)
 
 
-def test_finercam_on_a_segmentation_bundle_is_an_input_error(tmp_path):
-    from tests.support.segmentation_models import QuadrantNet
+def test_fixed_regions_give_the_predicted_weights_back_through_the_area_resize():
+    """A "predicted" row becomes w spread by nearest neighbour; the graph's area resize (F.interpolate(mode="area"))
+    gives w back exactly when the output size divides the input size, and not otherwise (then FinerCAM refuses)."""
+    from fusioncam.runtime.methods.comparison_passes import fixed_regions
 
-    fusioncam.export_torch_segmentation(QuadrantNet().eval(), "target", tmp_path / "quadrant.fcam", input_size=(32, 32))
-    with fusioncam.Explainer(tmp_path / "quadrant.fcam", device="cpu") as explainer:
-        with pytest.raises(InputError, match="finercam.*classifier bundle"):
-            explainer.explain(images(1, 32), methods=("finercam",))
-        assert explainer.explain(images(1, 32), methods=("hirescam",)).maps["hirescam"].shape == (1, 32, 32)
+    rng = np.random.default_rng(9)
+    for out_hw, exact in (((8, 6), True), ((7, 5), False)):
+        weights = (rng.random((2, *out_hw)) > 0.5).astype(np.float32)
+        regions = np.zeros((2, 16, 12), dtype=np.float32)
+        regions[0] = -1.0  # predicted
+        regions[1, 2:9, 3:7] = 1.0  # explicit: kept as given
+        fixed = fixed_regions(regions, weights)
+        np.testing.assert_array_equal(fixed[1], regions[1])
+        back = torch.nn.functional.interpolate(torch.from_numpy(fixed[:1, None]), size=out_hw, mode="area")[0, 0]
+        assert np.array_equal(back.numpy(), weights[0]) == exact
 
 
 # ---------------------------------------------------------------- CUDA: the same array code on CuPy
@@ -218,3 +225,54 @@ def test_cli_writes_the_new_methods_maps(small_net, tmp_path, monkeypatch):
         written = np.load(tmp_path / "out" / f"noise_{method}.npy")
         assert max_diff(written, want.maps[method][0]) <= 1e-6, method
         assert written.max() > 0.99, method
+
+
+# ---------------------------------------------------------------- FinerCAM on a segmentation bundle
+
+
+def torch_finercam_on_a_region(model, layer, x: np.ndarray, weights: np.ndarray, target: int, comparisons) -> np.ndarray:
+    """The eager reference: torch autograd of FinerWeightedTarget over the region means sum_ij w y_l / sum_ij w of the
+    model's class scores (w fixed), Grad-CAM weights of dT/dA, norm(up(relu(sum_k w_k A_k)))."""
+    stored = {}
+    handle = layer.register_forward_hook(lambda module, inputs, output: stored.update(acts=output))
+    try:
+        out = model(torch.from_numpy(x))["out"][0]
+    finally:
+        handle.remove()
+    region = torch.from_numpy(weights.astype(np.float32))
+    scores = (out * region).sum(dim=(1, 2)) / region.sum()
+    score = FinerWeightedTarget(int(target), [int(c) for c in comparisons], 1.0)(scores)
+    (grads,) = torch.autograd.grad(score, stored["acts"])
+    low = (grads.mean(dim=(2, 3), keepdim=True) * stored["acts"]).sum(dim=1).detach().numpy()
+    return gradcam_map_from_low(low, x.shape[2:])[0]
+
+
+@pytest.fixture(scope="module")
+def lraspp_bundle(tmp_path_factory):
+    from tests.support.segmentation_models import SIZE, lraspp
+
+    model = lraspp(classes=6)
+    bundle = tmp_path_factory.mktemp("lraspp") / "lraspp.fcam"
+    fusioncam.export_torch_segmentation(model, "backbone.12", bundle, input_size=SIZE)
+    return model, bundle
+
+
+@pytest.mark.slow  # LRASPP's export: about 8 s on the loaded 2-core machine
+@pytest.mark.parametrize("region", ["predicted", (4, 6, 40, 30)])
+def test_finercam_on_a_segmentation_bundle_equals_autograd_over_the_region(lraspp_bundle, region):
+    from tests.support.segmentation_models import random_images
+
+    model, bundle = lraspp_bundle
+    x = random_images(3, seed=2)
+    with fusioncam.Explainer(bundle, device="cpu") as explainer:
+        result = explainer.explain(x, targets=[2, None, 4], methods=("finercam",), regions=[region] * 3)
+    comparisons = result.method("finercam").facts["comparison_classes"]
+    assert comparisons.shape == (3, 3)
+    nonzero = 0
+    for i in range(3):
+        assert int(result.classes[i]) not in comparisons[i].tolist()
+        want = torch_finercam_on_a_region(model, model.get_submodule("backbone.12"), x[i:i + 1],
+                                          result.region_weights[i], result.classes[i], comparisons[i])
+        nonzero += int(want.max() > 0.99)  # a random model's map may be 0 everywhere (relu of a negative map)
+        assert max_diff(result.maps["finercam"][i], want) <= 1e-4, i
+    assert nonzero >= 1

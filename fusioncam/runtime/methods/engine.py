@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
-from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS
+from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, REGION_WEIGHTS, TARGET_USED
 from ..channel_selection import gradcam_contributions, top_channels
 from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
@@ -41,9 +41,11 @@ class Engine:
         self.images = images
         self.acts = graph[ACTIVATIONS]
         self.grads = graph[GRADIENTS]
-        self.logits = graph.get(LOGITS)  # the explain pass's class scores [N, classes] (a classifier's)
-        # (images [M, 3, H, W], classes int64 [M]) -> another explain pass's outputs for those classes; None where the
-        # bundle's targets are not classes alone (segmentation): FinerCAM's comparison gradients
+        self.logits = graph.get(LOGITS)  # class scores: [N, classes], or a segmentation's [N, classes, H', W']
+        self.explained_classes = graph.get(TARGET_USED)  # int64 [N]: each image's explained class
+        self.region_weights = graph.get(REGION_WEIGHTS)  # a segmentation's explained region w [N, H', W'], else None
+        # (images [N, 3, H, W], classes int64 [N]) -> another explain pass's outputs for those classes, a segmentation's
+        # regions kept (comparison_passes.py); FinerCAM's comparison gradients. None: no such pass for this task
         self.explain_classes = explain_classes
         self.targets = targets  # per image; targets[image_index] are the rows' targets for the scorer
         self.baseline = baseline  # the all-zeros image's scores (float32 [N]) and probabilities (float64 [N])

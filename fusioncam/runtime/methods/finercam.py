@@ -10,12 +10,16 @@ more explain passes of the N images (one per comparison rank) give the compariso
 computed in closed form from the logits. For any other class j, dT/dy_j = -1e-9 p_j T / D (D = sum_c p_c + 1e-9),
 through the softmax's normaliser: relative to the kept terms it is about 1e-9 / D and is left out (pytorch-grad-cam's
 autograd includes it). Cost: four explain passes of N rows, no masked forward.
+
+On a segmentation bundle (pytorch-grad-cam's FinerCAM has no segmentation form; this is fusioncam's) the class
+scores y_l are the region means S_l / sum_ij w of the region scores S_l = sum_ij w(i, j) y_l(i, j), with the
+explained region's w for every class, and the comparison passes keep that w (comparison_passes.py).
 """
 
 from __future__ import annotations
 
 from ...errors import InputError
-from ...graph_names import GRADIENTS
+from ...graph_names import GRADIENTS, REGION_WEIGHTS
 from ...kernels.array_math import array_module
 from .engine import Engine, MethodOutput
 
@@ -58,20 +62,46 @@ def score_derivatives(logits, targets, comparisons, alpha: float = ALPHA):
     return d_t, d_c
 
 
+def class_scores(engine: Engine):
+    """[N, classes] float64: a classifier's logits, or a segmentation's region means S_l / sum_ij w (logit-sized
+    scores for the similarity and the softmax; the explain graph's G = dS/dA is 1 / sum_ij w times their gradient,
+    a positive factor per image that the map's normalisation removes)."""
+    xp = engine.xp
+    logits = xp.asarray(engine.logits, dtype=xp.float64)
+    if engine.region_weights is None:
+        return logits
+    weights = xp.asarray(engine.region_weights, dtype=xp.float64)
+    area = weights.sum(axis=(1, 2))
+    return xp.einsum("nlhw,nhw->nl", logits, weights) / xp.where(area > 0, area, 1.0)[:, None]
+
+
+def check_same_region(engine: Engine, other: dict) -> None:
+    """A comparison pass of a segmentation bundle must have explained the same region w as the main pass."""
+    if engine.region_weights is None:
+        return
+    xp = engine.xp
+    if float(xp.abs(xp.asarray(other[REGION_WEIGHTS]) - engine.region_weights).max()) > 1e-6:
+        raise InputError("finercam: the predicted region could not be held fixed for the comparison classes (the "
+                         "model's output size does not divide its input size); give the region explicitly "
+                         "(regions='all', a box or a mask)")
+
+
 def finercam(engine: Engine) -> MethodOutput:
     """FinerCAM on Grad-CAM: w_k = mean_ij dT/dA_k, map norm(up(relu(sum_k w_k A_k))). Same with compat."""
     if engine.explain_classes is None:
-        raise InputError("finercam compares an image's class scores with its most similar classes; it needs a "
-                         "classifier bundle (this bundle explains regions of a segmentation); choose another method")
+        raise InputError("finercam compares an image's class score with its most similar classes and needs more "
+                         "explain passes for those classes, which this bundle's task does not offer; choose another "
+                         "method")
     xp, kernels = engine.xp, engine.kernels
-    classes = int(engine.logits.shape[1])
-    count = min(COMPARISONS, classes - 1)
-    targets = xp.asarray(engine.targets, dtype=xp.int64)
-    comparisons = comparison_classes(engine.logits, targets, count)
-    d_t, d_c = score_derivatives(engine.logits, targets, comparisons)
+    scores = class_scores(engine)
+    count = min(COMPARISONS, int(scores.shape[1]) - 1)
+    targets = xp.asarray(engine.explained_classes, dtype=xp.int64)
+    comparisons = comparison_classes(scores, targets, count)
+    d_t, d_c = score_derivatives(scores, targets, comparisons)
     weights = d_t[:, None] * engine.gradcam_weights
     for position in range(count):  # one explain pass of N rows per comparison rank: the main pass's memory
         other = engine.explain_classes(engine.images, xp.ascontiguousarray(comparisons[:, position]))
+        check_same_region(engine, other)
         weights = weights + d_c[:, position, None] * kernels.gradcam_weights(other[GRADIENTS])
     return MethodOutput(engine.channel_weighted_map(weights),
                         facts={"comparison_classes": comparisons, "score_derivatives": d_t})
