@@ -177,8 +177,9 @@ class Explainer:
                 names: Sequence[str] | None = None, on_batch=None, regions=None) -> Explanation:
         """The chosen methods' maps of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the targets.
 
-        methods: any of gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion (see METHODS); they share
-        one explain pass, one Score-CAM sweep and their scorer batches. `on_batch(done, total)` is called after
+        methods: any of METHODS (gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion, hirescam,
+        gradcam-elementwise, layercam, eigencam, eigengradcam, kpcacam, finercam); they share one explain pass, one
+        Score-CAM sweep and their scorer batches. `on_batch(done, total)` is called after
         each scorer batch of the Score-CAM sweep (for progress bars).
 
         regions (segmentation bundles only): where the class is explained, per image or for all: "predicted"
@@ -215,7 +216,8 @@ class Explainer:
         targets = task.image_targets(graph)
         baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
         engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
-                        on_batch, self.max_channels, compat=self.compat, explain_classes=comparison_explainer(backend.explain, feed, graph))
+                        on_batch, self.max_channels, compat=self.compat,
+                        explain_classes=comparison_explainer(backend.explain, feed, graph))
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():

@@ -230,7 +230,8 @@ def test_cli_writes_the_new_methods_maps(small_net, tmp_path, monkeypatch):
 # ---------------------------------------------------------------- FinerCAM on a segmentation bundle
 
 
-def torch_finercam_on_a_region(model, layer, x: np.ndarray, weights: np.ndarray, target: int, comparisons) -> np.ndarray:
+def torch_finercam_on_a_region(model, layer, x: np.ndarray, weights: np.ndarray, target: int,
+                               comparisons) -> np.ndarray:
     """The eager reference: torch autograd of FinerWeightedTarget over the region means sum_ij w y_l / sum_ij w of the
     model's class scores (w fixed), Grad-CAM weights of dT/dA, norm(up(relu(sum_k w_k A_k)))."""
     stored = {}
