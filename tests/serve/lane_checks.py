@@ -65,8 +65,12 @@ def check_lanes_deadlines_and_abandoned_work(bundle: Path) -> None:
     try:
         sweep_explainer, gradient_explainer = made  # lanes in order: sweep, gradient
         if sys.platform == "linux":  # the sweep lane's worker runs at a lower CPU priority, the gradient lane's not
-            time.sleep(0.2)
-            nice = {thread.name.split("-")[2]: thread_nice(thread.native_id) for thread in batcher._threads}
+            deadline = time.monotonic() + 20  # the worker lowers its own priority when it starts running
+            while True:
+                nice = {thread.name.split("-")[2]: thread_nice(thread.native_id) for thread in batcher._threads}
+                if nice["sweep"] >= nice["gradient"] + 5 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             assert nice["sweep"] >= nice["gradient"] + 5, nice
         sweep_explainer.hold.set()
         long_job = job(("fusion",))
