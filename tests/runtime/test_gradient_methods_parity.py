@@ -15,15 +15,14 @@ pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="pytorch-grad-
 sklearn_decomposition = pytest.importorskip("sklearn.decomposition")
 
 import fusioncam  # noqa: E402
-from fusioncam.errors import InputError  # noqa: E402
 from fusioncam.kernels import numpy_kernels  # noqa: E402
 from fusioncam.runtime.device_select import cuda_unavailable_reason  # noqa: E402
 from fusioncam.runtime.methods import METHODS  # noqa: E402
 from fusioncam.runtime.methods.finercam import comparison_classes, score_derivatives  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget  # noqa: E402
-from tests.runtime.test_pytorch_grad_cam_compat import SmallNet, images, max_diff  # noqa: E402
 from tests.support.autograd_reference import run_explain_graph  # noqa: E402
 from tests.support.eigen_reference import eigen_cam_projection, gradcam_map_from_low  # noqa: E402
+from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
 
 PGC = "pytorch-grad-cam"
 LIBRARY_CLASSES = {"hirescam": "HiResCAM", "gradcam-elementwise": "GradCAMElementWise", "layercam": "LayerCAM",

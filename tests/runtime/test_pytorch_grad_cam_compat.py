@@ -28,30 +28,11 @@ from fusioncam.kernels.pytorch_grad_cam_math import (  # noqa: E402
 from fusioncam.runtime.device_select import cuda_unavailable_reason  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from tests.support.autograd_reference import run_explain_graph  # noqa: E402
+from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
 
 PGC = "pytorch-grad-cam"
 LIBRARY_CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "scorecam": "ScoreCAM"}
 NO_GPU = cuda_unavailable_reason()
-
-
-class SmallNet(torch.nn.Module):
-    """Two convolutions (the second's output, signed, is the target: 16 channels, 8x8 at 32x32), a ReLU, pooling and
-    a linear head over 5 classes."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
-        )
-        self.head = torch.nn.Linear(16, 5)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-def images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 3, size, size)).astype(np.float32)
 
 
 def library_maps(model, layer, x: np.ndarray, targets: list[int], methods) -> dict[str, np.ndarray]:
@@ -71,10 +52,6 @@ def both_variants(bundle, x: np.ndarray, targets: list[int], methods) -> dict:
         with fusioncam.Explainer(bundle, device="cpu", batch_size=16, compat=compat) as explainer:
             out[compat] = explainer.explain(x, targets=targets, methods=methods).maps
     return out
-
-
-def max_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
 # ---------------------------------------------------------------- the arithmetic, against the library's functions
