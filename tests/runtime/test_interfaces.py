@@ -115,9 +115,12 @@ def test_every_task_runs_on_every_backend_as_its_specs_say(task_bundles, task_na
             # the rows of one image score the same; its row probability is the explain pass's own
             got = scorer.to_host(task.row_probabilities(scorer.xp, outputs, rows))
             assert got[0] == pytest.approx(got[2], abs=1e-6)
-            on_image = explainer.explain(images, targets=[1, 1], methods="gradcam",
-                                         regions=None if task_name == "classification" else "all").probabilities
-            assert got[:2] == pytest.approx(on_image[[1, 0]], abs=1e-5)
+            explanation = explainer.explain(images, targets=[1, 1], methods="gradcam",
+                                            regions=None if task_name == "classification" else "all")
+            assert got[:2] == pytest.approx(explanation.probabilities[[1, 0]], abs=1e-5)
+            facts = task.image_facts(explanation, 1)  # what encodings read
+            assert facts["class"] == 1 and facts["probability"] == float(explanation.probabilities[1])
+            assert facts["class_name"] == explanation.class_name(1)
             assert not hasattr(backend, "score")  # no member beyond the protocol (nor one that raises) for any task
 
 
