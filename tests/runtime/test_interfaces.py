@@ -162,3 +162,18 @@ def test_graph_names_are_spelled_once():
     offenders = [f"{path.relative_to(PACKAGE)}:{text.count(chr(10), 0, match.start()) + 1}"
                  for path in sources for text in [path.read_text()] for match in pattern.finditer(text)]
     assert offenders == []
+
+
+def test_runtime_has_no_task_branches():
+    """The runtime asks the bundle's Task; no condition in it names a task (a new task changes no runtime file)."""
+    import ast
+
+    words = re.compile(r"segmentation|classification|detection|task\.name|manifest\.task")
+    offenders = []
+    for path in sorted((PACKAGE / "runtime").rglob("*.py")):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.If, ast.IfExp, ast.While, ast.Assert)) and \
+                    words.search(ast.get_source_segment(text, node.test) or ""):
+                offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert offenders == []
