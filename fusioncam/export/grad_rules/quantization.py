@@ -37,7 +37,8 @@ CONSTANT_OUTPUTS = {"DynamicQuantizeLinear": (1, 2)}
 # nodes named under this prefix measure a quantization range (dynamic_quantization.py): constants for the gradient
 MEASURED_RANGE = "measured_range/"
 # data-movement ops that QOperator graphs run on integer tensors (output 0 carries input 0's quantized values)
-INTEGER_PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice")
+INTEGER_PASSTHROUGH = ("MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice",
+                       "Resize")  # Resize of integers: its rounding passes the gradient straight through
 QUANTIZATION_OPS = ("QuantizeLinear", "DequantizeLinear", *QUANTIZED_OUTPUTS)
 
 _RANGES = {TensorProto.UINT8: (0, 255), TensorProto.INT8: (-128, 127), TensorProto.UINT16: (0, 65535),
