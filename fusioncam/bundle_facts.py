@@ -10,7 +10,8 @@ import onnx
 
 from .bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Manifest
 from .errors import BundleError
-from .graph_names import (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS,
+from .graph_names import (DETECTION_EXPLAIN_INPUTS, DETECTION_EXPLAIN_OUTPUTS, DETECTION_SCORER_INPUTS,
+                          DETECTION_SCORER_OUTPUTS, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS,
                           SEGMENTATION_EXPLAIN_INPUTS, SEGMENTATION_EXPLAIN_OUTPUTS, SEGMENTATION_SCORER_INPUTS,
                           SEGMENTATION_SCORER_OUTPUTS)
 
@@ -19,6 +20,14 @@ SEGMENTATION_INTERFACE = {
     EXPLAIN_GRAPH: (SEGMENTATION_EXPLAIN_INPUTS, SEGMENTATION_EXPLAIN_OUTPUTS),
     "scorer": (SEGMENTATION_SCORER_INPUTS, SEGMENTATION_SCORER_OUTPUTS),
 }
+
+
+# Detection bundles (export/detection_graph.py): one instance per row; the scorer returns D-RISE's similarity [N].
+DETECTION_INTERFACE = {
+    EXPLAIN_GRAPH: (DETECTION_EXPLAIN_INPUTS, DETECTION_EXPLAIN_OUTPUTS),
+    "scorer": (DETECTION_SCORER_INPUTS, DETECTION_SCORER_OUTPUTS),
+}
+TASK_INTERFACES = {"segmentation": SEGMENTATION_INTERFACE, "detection": DETECTION_INTERFACE}
 
 
 def _dims(info: onnx.ValueInfoProto) -> list[int | None]:
@@ -65,6 +74,8 @@ def _check_logits(path: Path, graph: onnx.GraphProto, name: str, manifest: Manif
     if len(dims) < 2 or dims[1] != manifest.num_classes:
         raise _field_error(path, "num_classes", manifest.num_classes, f"{name}'s logits", f"shape {dims}")
     output_size = getattr(manifest, "output_size", None)
+    if getattr(manifest, "task", None) == "detection":  # the instance's class scores [N, C]; output_size is (A, C)
+        output_size = None
     expected_rank = 2 if output_size is None else 4
     if len(dims) != expected_rank:
         raise _field_error(path, "output_size", output_size, f"{name}'s logits", f"shape {dims}")
@@ -84,8 +95,9 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
         raise BundleError(f"bundle {path}: manifest fields 'mean'/'std' must be 3 numbers each (std > 0), got "
                           f"{list(manifest.mean)}/{list(manifest.std)}; re-export the bundle")
     explain = _load_interface(path, EXPLAIN_GRAPH)
-    segmentation = getattr(manifest, "task", "classification") == "segmentation"
-    explain_names = SEGMENTATION_INTERFACE[EXPLAIN_GRAPH] if segmentation else (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS)
+    interface = TASK_INTERFACES.get(getattr(manifest, "task", "classification"))
+    segmentation = interface is not None  # a task whose scorer returns one score per row
+    explain_names = interface[EXPLAIN_GRAPH] if segmentation else (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS)
     _check_names(path, explain, EXPLAIN_GRAPH, *explain_names)
     _check_image_input(path, explain, EXPLAIN_GRAPH, manifest)
     _check_logits(path, explain, EXPLAIN_GRAPH, manifest)
@@ -99,7 +111,7 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
     scorers = [SCORER_GRAPH] + ([SCORER_GRAPH_FP16] if SCORER_GRAPH_FP16 in manifest.files else [])
     for name in scorers:
         scorer = _load_interface(path, name)
-        _check_names(path, scorer, name, *(SEGMENTATION_INTERFACE["scorer"] if segmentation
+        _check_names(path, scorer, name, *(interface["scorer"] if segmentation
                                            else (SCORER_INPUTS, SCORER_OUTPUTS)))
         _check_image_input(path, scorer, name, manifest)
         if not segmentation:

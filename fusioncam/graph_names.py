@@ -25,3 +25,20 @@ SEGMENTATION_EXPLAIN_INPUTS = (*EXPLAIN_INPUTS, REGION)
 SEGMENTATION_EXPLAIN_OUTPUTS = (*EXPLAIN_OUTPUTS, REGION_WEIGHTS)
 SEGMENTATION_SCORER_INPUTS = (INPUT, TARGET, REGION_WEIGHTS)
 SEGMENTATION_SCORER_OUTPUTS = (SCORE,)
+
+# Detection bundles (fusioncam/tasks/detection.py): one explained instance per row (an anchor and a class of an image).
+ANCHOR = "anchor"  # explain input: int64 [N], the explained instance's anchor (prediction index)
+REFERENCE_BOX = "reference_box"  # explain and scorer input: float [N, 4] x0, y0, x1, y1 in input pixels
+INSTANCE_IMAGE = "instance_image"  # explain input: int64 [N], the image each row explains (passed through)
+ANCHOR_USED = "anchor_used"  # explain output: int64 [N]
+INSTANCE_BOX = "instance_box"  # explain output: float [N, 4], the anchor's box on the unmasked image
+REFERENCE_BOX_USED = "reference_box_used"  # explain output: float [N, 4]
+INSTANCE_IMAGE_USED = "instance_image_used"  # explain output: int64 [N]
+DETECTION_BOXES = "detection_boxes"  # explain output: float [N, A, 4], every anchor's box (x0, y0, x1, y1)
+DETECTION_SCORES = "detection_scores"  # explain output: float [N, A, C], every anchor's class scores (activated)
+
+DETECTION_EXPLAIN_INPUTS = (INPUT, ANCHOR, TARGET, REFERENCE_BOX, INSTANCE_IMAGE)
+DETECTION_EXPLAIN_OUTPUTS = (LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED, ANCHOR_USED, INSTANCE_BOX,
+                             REFERENCE_BOX_USED, INSTANCE_IMAGE_USED, DETECTION_BOXES, DETECTION_SCORES)
+DETECTION_SCORER_INPUTS = (INPUT, TARGET, REFERENCE_BOX)
+DETECTION_SCORER_OUTPUTS = (SCORE,)

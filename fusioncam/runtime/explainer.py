@@ -174,7 +174,7 @@ class Explainer:
         return self.bundle.manifest.class_names
 
     def explain(self, images, targets=None, methods: str | Sequence[str] = ("fusion",),
-                names: Sequence[str] | None = None, on_batch=None, regions=None) -> Explanation:
+                names: Sequence[str] | None = None, on_batch=None, regions=None, instances=None) -> Explanation:
         """The chosen methods' maps of preprocessed images [N,3,H,W] (NumPy, or CuPy on the GPU path) for the targets.
 
         methods: any of METHODS (gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion, hirescam,
@@ -186,8 +186,13 @@ class Explainer:
         (None, the default: where the model predicts the class), "all", a box (x0, y0, x1, y1) or a mask [H, W];
         targets=None then explains the class predicted on most pixels (docs/segmentation.md).
 
+        instances (detection bundles only; fusioncam/tasks/detection.py): which detections to explain, one row of
+        the result per instance: None (every detection kept above a score threshold after NMS), an
+        InstanceSelection, or per image a list of anchor indices or (class, box) pairs.
+
         The targets (and regions) are read by the bundle's task (Task.explain_feed), which also shapes the result:
-        an Explanation, or a segmentation bundle's SegmentationExplanation (with region_weights).
+        an Explanation, a segmentation bundle's SegmentationExplanation (with region_weights), or a detection
+        bundle's DetectionExplanation (one row per instance).
         """
         images = arguments.image_array("images", images)
         methods = check_methods(arguments.method_names("methods", methods))
@@ -197,9 +202,20 @@ class Explainer:
         n = int(images.shape[0])
         names = list(names) if names is not None else [f"image {i}" for i in range(n)]
         feed = self.task.explain_feed(manifest, n, targets, regions, self.class_names)
+        expand = getattr(self.task, "explained_rows", None)  # tasks with several rows per image (Task protocol)
+        if instances is not None and expand is None:
+            raise InputError(f"instances= applies to detection bundles; this bundle explains a {self.task.name} task")
         with self._in_use():
-            return self._explain_on_device(self.backend.asarray(images), self._device_feed(feed), names, methods,
-                                           on_batch)
+            images = self.backend.asarray(images)
+            if expand is not None:
+                index, feed, names = expand(self.scorer, images, feed, instances, names, manifest, self.class_names)
+                if len(index) == 0:  # nothing to explain (no detection above the threshold): an empty result
+                    return self.task.explanation(
+                        dict(maps={m: np.zeros((0, *manifest.input_size), np.float32) for m in methods},
+                             timings={}, device=str(self.device), class_names=self.class_names,
+                             num_classes=manifest.num_classes), None, self.backend.xp, self.backend.to_host)
+                images = images[self.backend.asarray(index)]
+            return self._explain_on_device(images, self._device_feed(feed), names, methods, on_batch)
 
     def _explain_on_device(self, images, feed: dict, names: list[str], methods: tuple[str, ...],
                            on_batch=None) -> Explanation:

@@ -138,11 +138,18 @@ class Task(Protocol):
     def predict(self, scorer, images: Array) -> Prediction:
         """The model's prediction for preprocessed images on the scorer's device (call inside scorer.in_use())."""
 
+    # Optional member, for tasks that explain several things per image (detection: one row per instance):
+    # explained_rows(scorer, images, feed, instances, names, manifest, class_names) -> (index, feed, names) turns
+    # N images and explain_feed's placeholder feed into rows: `index` int64 [R] the image of each row, the rows'
+    # explain feed and names. The Explainer explains images[index]; R == 0 gives an empty result. Tasks without it
+    # explain one row per image and refuse `instances=`.
+
 
 # manifest task -> "module:attribute" of its Task instance (imported on first use)
 TASKS: dict[str, str] = {
     "classification": "fusioncam.tasks.classification:CLASSIFICATION",
     "segmentation": "fusioncam.tasks.segmentation:SEGMENTATION",
+    "detection": "fusioncam.tasks.detection:DETECTION",
 }
 
 

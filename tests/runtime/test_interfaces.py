@@ -62,7 +62,9 @@ def test_both_backends_define_every_protocol_member(backend_class):
 
 @pytest.fixture(scope="module")
 def task_bundles(tmp_path_factory) -> dict[str, Path]:
-    """A small bundle of every task: a classifier and a segmentation model."""
+    """A small bundle of every task: a classifier, a segmentation model and a detector."""
+    from fusioncam.export.detection_export import export_onnx_detection
+    from tests.support.detection_models import TwoRegionDetector
     from tests.support.segmentation_models import QuadrantNet
 
     folder = tmp_path_factory.mktemp("task_bundles")
@@ -70,15 +72,24 @@ def task_bundles(tmp_path_factory) -> dict[str, Path]:
                                 torch.nn.Flatten(), torch.nn.Linear(4, 3))
     fusioncam.export_torch(model.eval(), "1", folder / "classification.fcam", input_size=(16, 16))
     fusioncam.export_torch(QuadrantNet(size=16).eval(), "target", folder / "segmentation.fcam", input_size=(16, 16))
-    return {"classification": folder / "classification.fcam", "segmentation": folder / "segmentation.fcam"}
+    torch.onnx.export(TwoRegionDetector(size=16).eval(), torch.zeros(1, 3, 16, 16), str(folder / "detector.onnx"),
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+    export_onnx_detection(folder / "detector.onnx", folder / "detection.fcam", "/relu/Relu_output_0", layout="yolov8")
+    return {"classification": folder / "classification.fcam", "segmentation": folder / "segmentation.fcam",
+            "detection": folder / "detection.fcam"}
+
+
+# what each task's test call explains: class 1 (over the whole image), or a detector's anchor 1 (class 0)
+TASK_CALLS = {"classification": {"targets": [1, 1]}, "segmentation": {"targets": [1, 1], "regions": "all"},
+              "detection": {"instances": [[1], [1]]}}
 
 
 def test_every_registered_task_is_a_task():
     for name in TASKS:
         task = task_for(name)
         assert isinstance(task, Task) and task.name == name
-    with pytest.raises(fusioncam.errors.BundleError, match="detection.*classification, segmentation"):
-        task_for("detection")
+    with pytest.raises(fusioncam.errors.BundleError, match="keypoints.*classification, segmentation, detection"):
+        task_for("keypoints")
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -94,9 +105,12 @@ def test_every_task_runs_on_every_backend_as_its_specs_say(task_bundles, task_na
         assert isinstance(backend, Backend) and task.name == task_name
         images = np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32)
         with explainer.scorer.in_use("test") as scorer:
-            feed = task.explain_feed(manifest, 2, [1, 1], None if task_name == "classification" else "all",
-                                     manifest.class_names)
+            call = TASK_CALLS[task_name]
+            feed = task.explain_feed(manifest, 2, call.get("targets"), call.get("regions"), manifest.class_names)
             assert tuple(feed) == task.explain_inputs
+            if "instances" in call:  # a task with several rows per image: its rows for these instances
+                _, feed, _ = task.explained_rows(scorer, backend.asarray(images), feed, call["instances"],
+                                                 ["a", "b"], manifest, manifest.class_names)
             graph = backend.explain(backend.asarray(images), {k: backend.asarray(v) for k, v in feed.items()})
             specs = task.explain_output_specs(manifest)
             assert tuple(graph) == task.explain_outputs == tuple(specs)
@@ -115,11 +129,10 @@ def test_every_task_runs_on_every_backend_as_its_specs_say(task_bundles, task_na
             # the rows of one image score the same; its row probability is the explain pass's own
             got = scorer.to_host(task.row_probabilities(scorer.xp, outputs, rows))
             assert got[0] == pytest.approx(got[2], abs=1e-6)
-            explanation = explainer.explain(images, targets=[1, 1], methods="gradcam",
-                                            regions=None if task_name == "classification" else "all")
+            explanation = explainer.explain(images, methods="gradcam", **call)
             assert got[:2] == pytest.approx(explanation.probabilities[[1, 0]], abs=1e-5)
             facts = task.image_facts(explanation, 1)  # what encodings read
-            assert facts["class"] == 1 and facts["probability"] == float(explanation.probabilities[1])
+            assert facts["class"] == (0 if task_name == "detection" else 1) and facts["probability"] == float(explanation.probabilities[1])
             assert facts["class_name"] == explanation.class_name(1)
             assert not hasattr(backend, "score")  # no member beyond the protocol (nor one that raises) for any task
 

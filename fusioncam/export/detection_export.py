@@ -1,0 +1,132 @@
+"""`export_onnx_detection`: a dense one-stage detector's ONNX file (raw head output, before NMS) becomes a bundle
+of task "detection" (fusioncam/tasks/detection.py; graphs in detection_graph.py).
+
+A user points fusioncam at an ONNX file exported elsewhere by giving its output layout: "yolov8" for Ultralytics
+YOLOv8/YOLO11 files (`yolo export format=onnx`, output [1, 4+C, A]), "yolov5" for YOLOv5/YOLOX files ([1, A, 5+C]).
+The file must have a dynamic batch axis (Ultralytics: `dynamic=True`) and no NMS inside (Ultralytics' default;
+`nms=True` files are refused by the layout check). Ultralytics metadata (task, names, imgsz, stride) is read: names
+become the class names and imgsz the input size unless given; the description says so.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import arguments
+from ..bundle import Bundle, check_bundle_destination
+from ..errors import ModelLoadError
+from ..graph_names import ANCHOR, INPUT, INSTANCE_IMAGE, REFERENCE_BOX, SCORE, TARGET
+from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
+                             write_checked_graphs)
+from .detection_graph import (Detector, auto_detection_target, build_detection_explain, build_detection_scorer,
+                              checked_layout, metadata_note, prepare_detector)
+from .layers import resolve_target
+from .onnx_loading import load_onnx
+
+DETECTION = "detection"
+YOLO_MEAN = (0.0, 0.0, 0.0)  # Ultralytics models take RGB / 255
+YOLO_STD = (1.0, 1.0, 1.0)
+
+
+def _scorer_feed(detector: Detector, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    height, width = detector.input_size
+    return {INPUT: rng.random((2, 3, height, width)).astype(np.float32),
+            TARGET: np.arange(2, dtype=np.int64) % detector.num_classes,
+            REFERENCE_BOX: np.array([[0, 0, width / 2, height / 2], [width / 4, height / 4, width, height]],
+                                    np.float32)}
+
+
+def _check_scorer(scorer: Path, detector: Detector, origin: str):
+    """The scorer at N=2 and N=1 (a batch-1 graph or one mixing images is refused); returns the session."""
+    session = _cpu_session(scorer, origin, "scorer")
+    feed = _scorer_feed(detector, 0)
+    try:
+        together = session.run([SCORE], feed)[0]
+        alone = np.concatenate([session.run([SCORE], {k: v[i : i + 1] for k, v in feed.items()})[0] for i in range(2)])
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the detector does not run with a batch of 2 images "
+                             f"({str(exc).splitlines()[0]}); export it with a dynamic batch axis (Ultralytics: "
+                             f"dynamic=True)") from None
+    if together.shape != alone.shape or float(np.abs(together - alone).max()) > 1e-4:
+        raise ModelLoadError(f"{origin}: scores of a batch of 2 differ from those of each image alone; the model "
+                             f"mixes the images of a batch. Export it in inference mode with a dynamic batch.")
+    return session
+
+
+def _check_fp16_scorer(scorer_session, scorer_fp16: Path, detector: Detector, origin: str) -> None:
+    feed = _scorer_feed(detector, 2)
+    expected = scorer_session.run([SCORE], feed)[0]
+    session = _cpu_session(scorer_fp16, origin, "float16 scorer")
+    half = {name: value.astype(np.float16) if value.dtype == np.float32 else value for name, value in feed.items()}
+    got = session.run([SCORE], half)[0].astype(np.float32)
+    error = float(np.abs(got - expected).max()) if np.isfinite(got).all() else float("inf")
+    if error > FP16_SCORER_TOLERANCE:
+        raise ModelLoadError(f"{origin}: the float16 scorer's scores differ from float32 by up to {error:.3g} "
+                             f"(limit {FP16_SCORER_TOLERANCE}); export without fp16_scorer")
+
+
+def _check_explain(explain: Path, detector: Detector, origin: str) -> None:
+    rng = np.random.default_rng(1)
+    height, width = detector.input_size
+    feed = {INPUT: rng.random((2, 3, height, width)).astype(np.float32),
+            ANCHOR: np.array([0, detector.num_anchors - 1], np.int64),
+            TARGET: np.array([0, detector.num_classes - 1], np.int64),
+            REFERENCE_BOX: np.array([[0, 0, width, height]] * 2, np.float32), INSTANCE_IMAGE: np.arange(2)}
+    run_explain_once(explain, feed, origin)
+
+
+def write_detection_bundle(detector: Detector, layer, out, *, target_label: str, source: str, source_sha256: str,
+                           mean, std, class_names, picked_automatically: bool, fp16_scorer: bool) -> ExportResult:
+    """Build, check and write the detection bundle atomically. The manifest's output_size is (A, C): the anchors
+    and classes of the per-anchor class scores."""
+    manifest = bundle_manifest(detector, layer, target_label=target_label, source=source,
+                               source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
+                               task=DETECTION, output_size=(detector.num_anchors, detector.num_classes))
+    write_checked_graphs(out, manifest, detector, layer, fp16_scorer, source, detector,
+                         builders=(build_detection_scorer, build_detection_explain),
+                         checks=(_check_scorer, _check_fp16_scorer, _check_explain))
+    notes = (f"detection layout {detector.layout}: {detector.num_anchors} anchors, {detector.num_classes} classes, "
+             f"cut before NMS", metadata_note(detector), detector.output_note)
+    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
+                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+
+
+def export_onnx_detection(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    target_layer: str | None = None,
+    *,
+    layout: str = "yolov8",
+    input_size: tuple[int, int] | None = None,
+    mean=None,
+    std=None,
+    class_names: list[str] | None = None,
+    fp16_scorer: bool = False,
+    output: str | None = None,
+) -> ExportResult:
+    """Make a detection bundle from an `.onnx` detector whose output `output` (default: the first) is the raw head
+    output in `layout` ("yolov8" [N, 4+C, A] or "yolov5" [N, A, 5+C], boxes cx, cy, w, h in input pixels).
+
+    mean/std default to 0 and 1 (RGB / 255, as YOLO models take it); class names and input size default to the
+    file's Ultralytics metadata where it has them. `target_layer` is a tensor name; None picks the last feature map
+    that is not a per-level prediction (see describe())."""
+    arguments.path("model_path", model_path)
+    arguments.text("target_layer", target_layer, allow_none=True)
+    layout = checked_layout(layout)
+    check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
+    source = load_onnx(model_path)
+    detector = prepare_detector(source.model, source.origin, layout, input_size, output)
+    if class_names is None and detector.metadata and isinstance(detector.metadata.get("names"), list):
+        class_names = list(detector.metadata["names"])
+    layer = resolve_target(detector, target_layer) if target_layer is not None else auto_detection_target(detector)
+    return write_detection_bundle(
+        detector, layer, out, target_label=layer.name, source=str(model_path), source_sha256=source.sha256,
+        mean=YOLO_MEAN if mean is None else mean, std=YOLO_STD if std is None else std, class_names=class_names,
+        picked_automatically=target_layer is None, fp16_scorer=fp16_scorer)
+
+
+__all__ = ["DETECTION", "export_onnx_detection", "write_detection_bundle"]
