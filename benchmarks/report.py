@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 from fusioncam.atomic import write_text_atomic
+# what produced a result, as fusioncam bench records it
+from fusioncam.benchmarking.machine import cpu_model, machine_record  # noqa: F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,71 +28,6 @@ def run_json_child(source: str, *argv: str) -> dict:
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
     return json.loads(lines[-1])
-
-
-def _first_line(command: list[str], cwd: Path | None = None) -> str | None:
-    """The first line a command prints, or None when it is missing or fails (a fact we could not read)."""
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=20, cwd=cwd)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = done.stdout.strip().splitlines()
-    return lines[0].strip() if done.returncode == 0 and lines else None
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo, else what platform reports)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _gpus() -> list[dict]:
-    """Each visible NVIDIA GPU's name, memory and driver (nvidia-smi), [] where there is none."""
-    line = _first_line(["nvidia-smi", "--query-gpu=count", "--format=csv,noheader"])
-    if line is None:
-        return []
-    done = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                          capture_output=True, text=True, check=False, timeout=20)
-    rows = [[part.strip() for part in row.split(",")] for row in done.stdout.strip().splitlines() if row.strip()]
-    return [{"name": name, "memory": memory, "driver": driver} for name, memory, driver in rows]
-
-
-def _cuda_runtime() -> str | None:
-    """The CUDA runtime version CuPy was built for, where CuPy is installed and sees a GPU."""
-    try:
-        import cupy
-
-        version = cupy.cuda.runtime.runtimeGetVersion()
-        return f"{version // 1000}.{version % 1000 // 10}"
-    except Exception:  # no CuPy, no driver: not a CUDA machine
-        return None
-
-
-def machine_record() -> dict:
-    """What produced a result: the machine (CPU model and cores, GPUs with driver, CUDA runtime), the versions of
-    Python, NumPy, ONNX Runtime (and its providers) and fusioncam, the commit (and whether the tree had changes),
-    and the time. Every results JSON carries it."""
-    import numpy
-    import onnxruntime
-
-    import fusioncam
-
-    root = Path(__file__).resolve().parents[1]
-    commit = _first_line(["git", "rev-parse", "HEAD"], cwd=root)
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                            check=False, cwd=root).stdout if commit else ""
-    return {
-        "cpu_model": cpu_model(), "cpu_cores": os.cpu_count(), "gpus": _gpus(), "cuda_runtime": _cuda_runtime(),
-        "platform": platform.platform(), "python": platform.python_version(), "numpy": numpy.__version__,
-        "onnxruntime": onnxruntime.__version__, "onnxruntime_providers": onnxruntime.get_available_providers(),
-        "fusioncam": getattr(fusioncam, "__version__", None), "commit": commit, "tree_modified": bool(status.strip()),
-        "recorded_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 def save_report(folder: Path, stem: str, report: dict, text: str) -> None:

@@ -12,12 +12,13 @@ import argparse
 import importlib.util
 import datetime
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
 
 import fusioncam
+from fusioncam.benchmarking.floor import scorer_throughput  # the same measurement as fusioncam bench's floor
+from fusioncam.benchmarking.latency import latency_samples, latency_summary
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 
 from .competitors import time_eager_reference, time_pytorch_grad_cam
@@ -28,26 +29,12 @@ from .timing import median_seconds
 
 
 
-def scorer_throughput(explainer, seconds: float = 3.0) -> float:
-    """Images per second of the bundle's scorer at the explainer's batch size (full batches, warm)."""
-    backend = explainer.backend
-    with backend.context():
-        backend.input_buffer()[:] = 0
-        backend.score_rows(backend.batch_size)
-        runs, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds or runs < 3:
-            logits = backend.score_rows(backend.batch_size)
-            runs += 1
-        backend.to_host(logits[:1])
-        return runs * backend.batch_size / (time.perf_counter() - start)
-
-
 def time_fusioncam(explainer, images: np.ndarray, repeats: int) -> dict:
     """Latency at N=len(images): median seconds, per-stage times and forward counts of the last run."""
     with peak_resident() as memory:
-        seconds, raw = median_seconds(lambda: explainer.explain(images), repeats=repeats)
+        raw = latency_samples(lambda: explainer.explain(images), seconds=0.0, min_runs=repeats)
         explanation = explainer.explain(images)
-    return {"seconds": seconds, "runs": raw, "stages": explanation.timings,
+    return {"seconds": latency_summary(raw)["p50_s"], "runs": raw, "stages": explanation.timings,
             "forwards_run": int(explanation.forwards_run.sum()), "forwards_skipped": int(explanation.forwards_skipped.sum()),
             "peak_rss_bytes": memory["peak"], "rss_rise_bytes": memory["rise"], "explanation": explanation}
 

@@ -15,9 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is chosen (device, layer)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from . import demo, evaluate, explain, export, layers
+    from . import bench, demo, evaluate, explain, export, layers
 
-    for command in (export, layers, demo, explain, evaluate):
+    for command in (export, layers, demo, explain, evaluate, bench):
         command.add_subcommands(sub)
     from ..dataset import cli as cli_dataset  # imports no Ray: explain-dataset says how to install it when absent
 
