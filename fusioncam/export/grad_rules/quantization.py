@@ -103,17 +103,22 @@ def straight_through(ctx: GradContext, node: onnx.NodeProto, x: str, dq: str, sc
     return ctx.node("Where", [inside, passed, ctx.const(np.float32(0), hint="zero")], hint="ste")
 
 
+def _dequantized_value(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    """(q - zero_point) * scale in float32, per-axis scales and zero points broadcast along `axis`."""
+    shape = [1] * q.ndim
+    if scale.size > 1 or zero_point.size > 1:
+        shape[axis % q.ndim] = -1
+    value = q.astype(np.float64) - zero_point.astype(np.float64).reshape(shape if zero_point.size > 1 else ())
+    return (value * scale.astype(np.float64).reshape(shape if scale.size > 1 else ())).astype(np.float32)
+
+
 def dequantized(ctx: GradContext, node: onnx.NodeProto, q: str, scale: str, zero_point: str, like: str,
                 axis: int = 1) -> str:
     """The float32 value of integer tensor `q` (a constant when `q` is one), with `like`'s shape recorded."""
     q_value, s_value = ctx.constant_value(q), ctx.constant_value(scale)
     zp_value = ctx.constant_value(zero_point) if zero_point else np.zeros((), np.int32)
     if q_value is not None and s_value is not None and zp_value is not None:
-        shape = [1] * q_value.ndim
-        if s_value.ndim == 1 and s_value.size > 1:
-            shape[axis % q_value.ndim] = -1
-        value = (q_value.astype(np.float64) - zp_value.astype(np.float64).reshape(shape if zp_value.size > 1 else ()))
-        value = (value * s_value.astype(np.float64).reshape(shape if s_value.size > 1 else ())).astype(np.float32)
+        value = _dequantized_value(q_value, s_value, zp_value, axis)
         return _typed_float(ctx, ctx.const(value, hint="dequantized"), list(value.shape))
     inputs = [q, scale] + ([zero_point] if zero_point else [])
     out = ctx.node("DequantizeLinear", inputs, {"axis": axis} if ctx.maybe_shape(scale) not in ([], [1]) else None,
@@ -140,12 +145,6 @@ def _float_twin(ctx: GradContext, node: onnx.NodeProto, op: str, inputs: list[st
 def _float_rule(ctx: GradContext, twin: onnx.NodeProto, dy: str, needs: frozenset) -> dict:
     """The float op's own gradient rule applied to the twin node."""
     return RULES[twin.op_type].fn(ctx, twin, [dy], needs)
-
-
-def _requantized_grad(ctx: GradContext, node: onnx.NodeProto, y_float: str, dq: str, scale: str, zero_point: str,
-                      rank: int) -> str:
-    """dL/d(float output) of an op whose float result is requantized with (scale, zero_point)."""
-    return straight_through(ctx, node, y_float, dq, scale, zero_point, rank)
 
 
 @grad_rule("DequantizeLinear")
@@ -202,12 +201,8 @@ def dequantized_constant(ctx: GradContext, dq: onnx.NodeProto) -> str | None:
     zp = ctx.constant_value(zp_name) if zp_name else np.zeros((), np.int32)
     if q is None or s is None or zp is None:
         return None
-    shape = [1] * q.ndim
-    if s.size > 1:
-        shape[attribute(dq, "axis", 1) % q.ndim] = -1
-    value = (q.astype(np.float64) - zp.astype(np.float64).reshape(shape if zp.size > 1 else ())) * \
-        s.astype(np.float64).reshape(shape if s.size > 1 else ())
-    return _typed_float(ctx, ctx.const(value.astype(np.float32), hint="dequantized"), list(value.shape))
+    value = _dequantized_value(q, s, zp, attribute(dq, "axis", 1))
+    return _typed_float(ctx, ctx.const(value, hint="dequantized"), list(value.shape))
 
 
 def _dequantized_apart(ctx: GradContext, dq: onnx.NodeProto) -> str:
@@ -230,11 +225,10 @@ def dynamic_quantize_linear(ctx: GradContext, node: onnx.NodeProto, dys: list, n
     return {0: straight_through(ctx, node, x, dys[0], node.output[1], node.output[2], rank)}
 
 
-def _conv_like(ctx: GradContext, node: onnx.NodeProto, x_f: str, w_f: str, bias: str, dy_f: str) -> str:
-    """dL/d(dequantized x) of a float Conv twin with the quantized node's attributes."""
+def _conv_like(ctx: GradContext, node: onnx.NodeProto, x_f: str, w_f: str, dy_f: str) -> str:
+    """dL/dx_f of Conv(x_f, w_f) with the quantized node's attributes (the Conv rule on a copy that is not run)."""
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    inputs = [x_f, w_f] + ([bias] if bias else [])
-    twin = helper.make_node("Conv", inputs, [ctx.fresh("unused")], name=ctx.fresh("node_twin"), **attrs)
+    twin = helper.make_node("Conv", [x_f, w_f], [ctx.fresh("unused")], name=ctx.fresh("node_twin"), **attrs)
     return _float_rule(ctx, twin, dy_f, frozenset({0}))[0]
 
 
@@ -255,9 +249,9 @@ def qlinear_conv(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: froze
         b_f = ctx.const((b_value.astype(np.float64) * xs_value.astype(np.float64) * ws_value.astype(np.float64))
                         .astype(np.float32), hint="dequantized_bias")
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    _, y_f = _float_twin(ctx, node, "Conv", [x_f, w_f] + ([b_f] if b_f else []), node.output[0], attrs)
-    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, rank)
-    dx_f = _conv_like(ctx, node, x_f, w_f, b_f, dy_f)
+    twin, y_f = _float_twin(ctx, node, "Conv", [x_f, w_f] + ([b_f] if b_f else []), node.output[0], attrs)
+    dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, rank)
+    dx_f = _float_rule(ctx, twin, dy_f, frozenset({0}))[0]
     return {0: ctx.node("Mul", [dx_f, xs], hint="qconv_grad")}
 
 
@@ -268,7 +262,7 @@ def conv_integer(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: froze
     one = ctx.const(np.array(1, np.float32), hint="unit_scale")
     x_f = dequantized(ctx, node, x, one, xzp, x)
     w_f = dequantized(ctx, node, w, ctx.const(np.ones(1, np.float32), hint="unit_scale"), wzp, w, axis=0)
-    return {0: _conv_like(ctx, node, x_f, w_f, "", dys[0])}
+    return {0: _conv_like(ctx, node, x_f, w_f, dys[0])}
 
 
 def _matmul_grads(ctx: GradContext, node: onnx.NodeProto, a_f: str, b_f: str, dy_f: str, needs: frozenset,
@@ -297,7 +291,7 @@ def qlinear_matmul(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: fro
     a_f = dequantized(ctx, node, a, a_s, azp, a)
     b_f = dequantized(ctx, node, b, b_s, bzp, b, axis=-1)
     _, y_f = _float_twin(ctx, node, "MatMul", [a_f, b_f], node.output[0])
-    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(node.output[0], node)))
+    dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(node.output[0], node)))
     grads = _matmul_grads(ctx, node, a_f, b_f, dy_f, needs, (0, 3))
     return {i: ctx.node("Mul", [g, a_s if i == 0 else b_s]) for i, g in grads.items()}
 
@@ -322,7 +316,7 @@ def qgemm(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozenset) -
             inputs.append(ctx.const((c_value * as_value.astype(np.float64) * bs_value.astype(np.float64))
                                     .astype(np.float32), hint="dequantized_c"))
         _, y_f = _float_twin(ctx, node, "Gemm", inputs, node.output[0], attrs)
-        dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, 2)
+        dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, 2)
     twin = helper.make_node("Gemm", [a_f, b_f], [ctx.fresh("unused")], name=ctx.fresh("node_twin"), **attrs)
     grad = _float_rule(ctx, twin, dy_f, frozenset({0}))[0]
     return {0: ctx.node("Mul", [grad, a_s])}
@@ -334,7 +328,7 @@ def _elementwise(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: froze
     a_f = dequantized(ctx, node, a, a_s, azp, a)
     b_f = dequantized(ctx, node, b, b_s, bzp, b)
     twin, y_f = _float_twin(ctx, node, op, [a_f, b_f], node.output[0])
-    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(node.output[0], node)))
+    dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(node.output[0], node)))
     wanted = frozenset(i for i, p in enumerate((0, 3)) if p in needs)
     grads = _float_rule(ctx, twin, dy_f, wanted)
     return {(0, 3)[i]: ctx.node("Mul", [g, a_s if i == 0 else b_s]) for i, g in grads.items()}
@@ -361,7 +355,7 @@ def qlinear_global_average_pool(ctx: GradContext, node: onnx.NodeProto, dys: lis
     x, xs, xzp, ys, yzp = (node_input(node, i) for i in range(5))
     x_f = dequantized(ctx, node, x, xs, xzp, x)
     twin, y_f = _float_twin(ctx, node, "GlobalAveragePool", [x_f], node.output[0])
-    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
+    dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
     return {0: ctx.node("Mul", [_float_rule(ctx, twin, dy_f, frozenset({0}))[0], xs])}
 
 
@@ -370,7 +364,7 @@ def _unary(ctx: GradContext, node: onnx.NodeProto, dys: list, op: str, attrs: di
     x, xs, xzp, ys, yzp = (node_input(node, i) for i in range(5))
     x_f = dequantized(ctx, node, x, xs, xzp, x)
     twin, y_f = _float_twin(ctx, node, op, [x_f], node.output[0], attrs)
-    dy_f = _requantized_grad(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
+    dy_f = straight_through(ctx, node, y_f, dys[0], ys, yzp, len(ctx.shape(x, node)))
     return {0: ctx.node("Mul", [_float_rule(ctx, twin, dy_f, frozenset({0}))[0], xs])}
 
 
