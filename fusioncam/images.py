@@ -178,6 +178,15 @@ def preprocess(
     return np.ascontiguousarray(normalised.transpose(2, 0, 1), dtype=np.float32)
 
 
+def decode_model_input(data: bytes | np.ndarray, name: str, size: tuple[int, int],
+                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                       max_pixels: int | None = None) -> np.ndarray:
+    """float32 [3, H, W]: an encoded image's bytes turned into a model input the way every fusioncam reader does it
+    (read_rgb for the CLI and explain_files, served images, explain-dataset rows): decode_rgb with max_side
+    MAX_WORKING_SIDE, then preprocess (the whole image resized to `size` with cv2.INTER_LINEAR, normalised)."""
+    return preprocess(decode_rgb(data, name, max_pixels=max_pixels, max_side=MAX_WORKING_SIDE), size, mean, std)
+
+
 def resized_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The uint8 RGB image (NumPy, or a torch tensor) resized to size (H, W) with cv2.INTER_LINEAR, as preprocess
     sees it."""

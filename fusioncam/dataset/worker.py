@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FusionCamError
-from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
+from ..images import decode_model_input
 from ..metrics.evaluation import METRICS
 from ..tasks.payloads import payloads_for
 from ..runtime.cpu_backend import CPU_THREADS_ENV
@@ -91,11 +91,9 @@ class ExplainWorker:
         return table.drop_columns(self.settings.layout.heavy_columns())
 
     def _model_input(self, data: bytes, name: str) -> np.ndarray:
-        """float32 [3, H, W] from a file's bytes, by images.load_batch's own steps (the reading of
-        Explainer.explain_files and the CLI): decode_rgb (max_side MAX_WORKING_SIDE), resized_rgb, preprocess."""
-        size = self.manifest.input_size
-        resized = resized_rgb(decode_rgb(data, name, max_side=MAX_WORKING_SIDE), size)
-        return preprocess(resized, size, self.manifest.mean, self.manifest.std)
+        """float32 [3, H, W] from a file's bytes, read as Explainer.explain_files and the CLI read files
+        (images.decode_model_input)."""
+        return decode_model_input(data, name, self.manifest.input_size, self.manifest.mean, self.manifest.std)
 
     def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None],
                         regions: list | None = None, given: list | None = None):

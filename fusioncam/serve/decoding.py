@@ -2,7 +2,8 @@
 preprocessed float arrays, each checked on its own and refused with an error naming the instance.
 
 Encoded images are decoded exactly as `fusioncam explain` reads files (fusioncam.images.decode_rgb with
-max_side=MAX_WORKING_SIDE, then resized_rgb and preprocess with the bundle's size, mean and std). The pixel limit
+max_side=MAX_WORKING_SIDE, then preprocess with the bundle's size, mean and std: images.decode_model_input's
+steps, split here so that the decode alone reserves the memory budget). The pixel limit
 (--max-image-pixels) applies to the image as sent: its width x height is read from the header and an image over
 the limit is refused before any pixel is allocated (a decompression bomb); decode_rgb checks it again.
 
@@ -26,7 +27,7 @@ import numpy as np
 from ..bundle import Manifest
 from ..errors import InputError
 from ..image_header import read_header
-from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess, resized_rgb
+from ..images import MAX_WORKING_SIDE, decode_rgb, preprocess
 from .pixel_budget import DECODE_BYTES_PER_PIXEL, MemoryExhausted, PixelBudget, is_allocation_failure
 from .request_errors import BadRequest
 
@@ -85,7 +86,7 @@ class ImageDecoder:
 
     def _model_tensor(self, rgb: np.ndarray) -> np.ndarray:
         """The decoded image resized and normalised to the model's input (what `fusioncam explain` computes)."""
-        return preprocess(resized_rgb(rgb, self.size), self.size, self._manifest.mean, self._manifest.std)
+        return preprocess(rgb, self.size, self._manifest.mean, self._manifest.std)
 
     def from_rgb(self, rgb: np.ndarray, label: str) -> ModelImage:
         """A uint8 RGB array [h, w, 3] of any size: resized to the model's input size as files are."""
@@ -94,8 +95,7 @@ class ImageDecoder:
             raise BadRequest(f"{label}: expected uint8 RGB pixels [H, W, 3]; got {got}")
         self._check_pixels(rgb.shape[1], rgb.shape[0], label)
         try:
-            resized = resized_rgb(rgb, self.size)
-            tensor = preprocess(resized, self.size, self._manifest.mean, self._manifest.std)
+            tensor = self._model_tensor(rgb)
         except InputError as exc:
             raise BadRequest(f"{label}: {exc}") from None
         except MemoryError:
