@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, WEIGHTS_FILE, Bundle, Manifest, staged_bundle
+from ..bundle import (EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, SCORER_GRAPH_INT8, WEIGHTS_FILE, Bundle, Manifest,
+                      staged_bundle)
 from ..errors import ModelLoadError
 from ..graph_names import INPUT, TARGET
 from ..images import IMAGENET_MEAN, IMAGENET_STD
@@ -124,15 +125,36 @@ def write_classifier_bundle(
     picked_automatically: bool = False,
     notes: tuple[str, ...] = (),
     fp16_scorer: bool = False,
+    int8_scorer: bool = False,
+    calibration=None,
 ) -> ExportResult:
-    """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer), check them, write the bundle atomically."""
+    """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer, with `int8_scorer` an INT8 one
+    calibrated on `calibration`'s images or the sample photos), check them, write the bundle atomically."""
     manifest = bundle_manifest(classifier, layer, target_label=target_label, source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names)
+    int8 = None
+    if int8_scorer:
+        from .int8_scorer import calibration_images
+
+        int8 = calibration_images(calibration, tuple(manifest.input_size), manifest.mean, manifest.std)
     write_checked_graphs(out, manifest, classifier, layer, fp16_scorer, source, classifier.input_size,
                          builders=(build_scorer, build_explain),
-                         checks=(_check_scorer, _check_fp16_scorer, _check_explain))
+                         checks=(_check_scorer, _check_fp16_scorer, _check_explain), int8=int8)
+    notes = (*notes, precision_note(manifest.source_precision))
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+
+
+def precision_note(source_precision: dict | None) -> str:
+    """What describe() says of an INT8 or float16 source ('' for float32)."""
+    if not source_precision:
+        return ""
+    kind = source_precision["format"]
+    if kind in ("float16", "mixed float16"):
+        return f"{kind} model: gradients in float32 from the float16 activations"
+    if kind == "dynamic":
+        return "INT8 dynamic model: one quantization range per image, straight-through gradients"
+    return f"INT8 {kind} model: straight-through gradients, the forward and the scorer the INT8 graph's"
 
 
 def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source_sha256: str, mean, std,
@@ -164,24 +186,27 @@ def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source
 
 
 def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer: Layer, fp16_scorer: bool,
-                         source: str, subject, *, builders, checks) -> None:
+                         source: str, subject, *, builders, checks, int8=None) -> None:
     """Write the bundle of `net` (a Classifier or a Segmenter) atomically, one graph in memory at a time.
 
     `builders` are (scorer(net), explain(net, layer)); `checks` are (scorer(path, subject, source), returning its
     session, float16 scorer(session, path, subject, source), explain(path, subject, source)). The scorer is built, its
     weights moved to the weights file, written and checked, then with `fp16_scorer` its float16 copy, then the
-    explain graph."""
+    explain graph. `int8` (calibration images, their description) also writes the INT8 scorer (int8_scorer.py)."""
     build_scorer_model, build_explain_model = builders
     check_scorer, check_fp16_scorer, check_explain = checks
     with staged_bundle(out, manifest) as staged:
         weights = net.weights.file(staged.path(WEIGHTS_FILE))
         scorer_model = build_scorer_model(net)
         half = _float16_graph(scorer_model, net.weights) if fp16_scorer else None
+        quantized = _int8_graph(scorer_model, net.weights, int8, source) if int8 is not None else None
         weights.store(scorer_model)
         scorer_session = check_scorer(staged.write(SCORER_GRAPH, scorer_model.SerializeToString()), subject, source)
         if half is not None:
             check_fp16_scorer(scorer_session, staged.write(SCORER_GRAPH_FP16, half), subject, source)
-        del scorer_model, scorer_session, half
+        if quantized is not None:
+            _check_int8_scorer(staged.write(SCORER_GRAPH_INT8, quantized), int8[0], source)
+        del scorer_model, scorer_session, half, quantized
         explain_model = build_explain_model(net, layer)
         weights.store(explain_model)
         check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), subject, source)
@@ -193,3 +218,27 @@ def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> by
     scorer.CopyFrom(scorer_skeleton)
     weights.put_back(scorer)
     return float16_scorer(scorer).SerializeToString()
+
+
+def _int8_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash, int8, origin: str) -> bytes:
+    """The INT8 scorer (int8_scorer.py), its weights inline: quantized from a copy of the scorer with its data back,
+    calibrated on int8's (images, description)."""
+    from .int8_scorer import int8_scorer
+
+    images, described = int8
+    scorer = onnx.ModelProto()
+    scorer.CopyFrom(scorer_skeleton)
+    weights.put_back(scorer)
+    return int8_scorer(scorer, images, described, origin)
+
+
+def _check_int8_scorer(path: Path, images: np.ndarray, origin: str) -> None:
+    """ONNX Runtime must load the written INT8 scorer and give finite logits on the calibration images."""
+    session = _cpu_session(path, origin, "INT8 scorer")
+    try:
+        got = session.run(None, {INPUT: images})[0]
+    except Exception as exc:
+        raise ModelLoadError(f"{origin}: the INT8 scorer fails in ONNX Runtime: {str(exc).splitlines()[0]}") from None
+    if not np.isfinite(got).all():
+        raise ModelLoadError(f"{origin}: the INT8 scorer gives non-finite logits on the calibration images; export "
+                             f"without int8_scorer")

@@ -89,6 +89,7 @@ def test_float16_gradients_match_float32_autograd(tmp_path, which, keep_io_types
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["source_precision"]["format"] == ("mixed float16" if keep_io_types else "float16")
     assert manifest["source_precision"]["gradient"].startswith("float32")
+    assert "gradients in float32" in result.describe()
 
     images = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
     explain = ort.InferenceSession(str(result.bundle.explain_path), providers=["CPUExecutionProvider"])

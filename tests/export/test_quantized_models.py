@@ -127,6 +127,7 @@ def test_dynamic_int8_gradients_match_the_fake_quantized_reference(tmp_path, nam
     result = export_onnx(int8_path, tmp_path / "bundle")
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["source_precision"]["format"] == "dynamic"
+    assert "one quantization range per image" in result.describe()
 
     images = np.random.default_rng(11).standard_normal((2, 3, size, size)).astype(np.float32)
     alone = np.concatenate([onnx_logits(int8_path, images[i:i + 1]) for i in range(2)])
@@ -157,6 +158,7 @@ def test_int8_gradients_match_the_fake_quantized_reference(tmp_path, name, fmt):
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["source_precision"]["format"] == ("QDQ" if fmt == "qdq" else "QOperator")
     assert "straight-through" in manifest["source_precision"]["gradient"]
+    assert "straight-through gradients" in result.describe()
 
     images = np.random.default_rng(11).standard_normal((2, 3, size, size)).astype(np.float32)
     # A class whose logit lies inside the output's quantization range: a saturated logit (often the top one of a
