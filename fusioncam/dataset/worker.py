@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch_retry import each_alone_on_failure
 from ..errors import FusionCamError
 from ..images import decode_model_input
 from ..metrics.evaluation import METRICS
@@ -98,22 +99,16 @@ class ExplainWorker:
     def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None],
                         regions: list | None = None, given: list | None = None):
         """{index: (row values, maps)} of the decoded images, explained together; when the block fails as a whole
-        (e.g. one image's logits are not finite), each image alone, so only the failing ones become error rows."""
-        if not images:
-            return {}
-        try:
-            return self._explain(sources, images, regions, given)
-        except FusionCamError as exc:
-            if len(images) == 1:
-                errors[next(iter(images))] = str(exc)
-                return {}
-        rows = {}
-        for index, image in images.items():
-            try:
-                rows.update(self._explain(sources, {index: image}, regions, given))
-            except FusionCamError as exc:
-                errors[index] = str(exc)
-        return rows
+        (e.g. one image's logits are not finite), each image alone (batch_retry), so only the failing ones become
+        error rows."""
+        def explained(indices):
+            found = self._explain(sources, {i: images[i] for i in indices}, regions, given)
+            return [found[i] for i in indices]
+
+        def failed(index: int, exc: Exception) -> None:
+            errors[index] = str(exc)
+
+        return {index: row for index, row in each_alone_on_failure(list(images), explained, failed) if row is not None}
 
     def _explain(self, sources: list[str], images: dict[int, np.ndarray], regions: list | None = None,
                  given: list | None = None):

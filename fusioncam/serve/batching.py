@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..batch_retry import each_alone_on_failure
 from ..errors import FusionCamError
 from ..runtime import Explainer
 from ..tasks.payloads import payloads_for
@@ -215,29 +216,33 @@ class DynamicBatcher:
             explainer.close()
 
     def _run(self, explainer: Explainer, batch: list[Job]) -> None:
-        """Explain a batch and hand each job its rows; on a failure one image caused, retry the jobs one by one."""
+        """Explain a batch and hand each job its rows as soon as they exist; on a failure one image caused
+        (a FusionCamError), the jobs are explained again one by one (batch_retry) and a job that fails alone is
+        answered BadRequest (HTTP 400)."""
+        for job, outcome in each_alone_on_failure(batch, lambda jobs: self._outcomes(explainer, jobs),
+                                                  lambda _job, exc: BadRequest(str(exc))):
+            if outcome is None:
+                job.drop()
+            elif isinstance(outcome, Exception):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
+
+    def _outcomes(self, explainer: Explainer, jobs: list[Job]) -> list[JobResult | Exception | None]:
+        """Each job's rows from one Explainer call, or what ends every job of the call alike: None when all were
+        abandoned (the call stopped at a scorer batch; each job is dropped), the exception of a bug or a runtime
+        failure (each waiting request gets it, HTTP 500, none hangs). A FusionCamError is raised on, to be retried."""
         try:
-            results = self._explain(explainer, batch)
+            return self._explain(explainer, jobs)
         except RequestAbandoned:
             log.info("model %s: a batch of %d request(s) stopped at a scorer batch: all were abandoned",
-                     self.model_name, len(batch))
-            for job in batch:
-                job.drop()
-            return
-        except FusionCamError as exc:
-            if len(batch) > 1:
-                for job in batch:
-                    self._run(explainer, [job])
-                return
-            batch[0].future.set_exception(BadRequest(str(exc)))
-            return
-        except Exception as exc:  # a bug or a runtime failure: each waiting request gets it (HTTP 500), none hangs
+                     self.model_name, len(jobs))
+            return [None] * len(jobs)
+        except FusionCamError:
+            raise
+        except Exception as exc:
             log.exception("inference failed for model %s", self.model_name)
-            for job in batch:
-                job.future.set_exception(exc)
-            return
-        for job, result in zip(batch, results):
-            job.future.set_result(result)
+            return [exc] * len(jobs)
 
     def _explain(self, explainer: Explainer, batch: list[Job]) -> list[JobResult]:
         """One Explainer call for the whole batch, split back into per-job results."""
