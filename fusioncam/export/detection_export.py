@@ -18,10 +18,10 @@ import numpy as np
 from .. import arguments
 from ..bundle import Bundle, check_bundle_destination
 from ..errors import ModelLoadError
-from ..graph_names import ANCHOR, INPUT, INSTANCE_IMAGE, REFERENCE_BOX, SCORE, TARGET
+from ..graph_names import ANCHOR, DETECTION_SCORES, INPUT, INSTANCE_IMAGE, REFERENCE_BOX, SCORE, TARGET
 from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
                              write_checked_graphs)
-from .detection_graph import (Detector, auto_detection_target, build_detection_explain, build_detection_scorer,
+from .detection_graph import (LAYOUTS, Detector, auto_detection_target, build_detection_explain, build_detection_scorer,
                               checked_layout, metadata_note, prepare_detector)
 from .layers import resolve_target
 from .onnx_loading import load_onnx
@@ -29,6 +29,7 @@ from .onnx_loading import load_onnx
 DETECTION = "detection"
 YOLO_MEAN = (0.0, 0.0, 0.0)  # Ultralytics models take RGB / 255
 YOLO_STD = (1.0, 1.0, 1.0)
+SCORE_SLACK = 1e-4  # activated class scores lie in [0, 1]; float rounding aside
 
 
 def _scorer_feed(detector: Detector, seed: int) -> dict:
@@ -77,6 +78,13 @@ def _check_explain(explain: Path, detector: Detector, origin: str) -> None:
             TARGET: np.array([0, detector.num_classes - 1], np.int64),
             REFERENCE_BOX: np.array([[0, 0, width, height]] * 2, np.float32), INSTANCE_IMAGE: np.arange(2)}
     run_explain_once(explain, feed, origin)
+    scores = _cpu_session(explain, origin, "explain").run([DETECTION_SCORES], feed)[0]
+    low, high = float(np.min(scores)), float(np.max(scores))
+    if low < -SCORE_SLACK or high > 1 + SCORE_SLACK:  # a layout mismatch reads boxes or logits as scores
+        raise ModelLoadError(
+            f"{origin}: read in layout {detector.layout!r}, the class scores of two test images span [{low:.3g}, "
+            f"{high:.3g}], not [0, 1]: the output is not in that layout ({', '.join(LAYOUTS)}: give the one the "
+            f"file was exported in), or its scores are not activated (export the model with its sigmoid)")
 
 
 def write_detection_bundle(detector: Detector, layer, out, *, target_label: str, source: str, source_sha256: str,

@@ -31,7 +31,7 @@ class TinyYolo(torch.nn.Module):
         self.head4 = torch.nn.Conv2d(24, width, 1)
         with torch.no_grad():  # sharper class scores than random init's near-0.5 sigmoids
             for head in (self.head3, self.head4):
-                head.weight.mul_(4.0)
+                head.weight.mul_(8.0)
 
     @staticmethod
     def _level(raw: torch.Tensor, stride: int) -> torch.Tensor:
@@ -99,7 +99,7 @@ class TwoRegionDetector(torch.nn.Module):
         self.relu = torch.nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.relu(self.features(x)) * self.gate
+        a = self.relu(self.features(x) * self.gate)  # the target layer: each channel lives in one quadrant
         means = a.mean(dim=(2, 3))
         scores = torch.sigmoid(torch.stack([means[:, :4].mean(1), means[:, 4:].mean(1)], 1) * 4 - 2)
         return torch.cat([self.boxes.expand(x.shape[0], -1, -1), scores[:, None, :]], 1)
