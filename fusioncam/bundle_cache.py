@@ -125,19 +125,74 @@ def onnx_bundle(path: str | os.PathLike, layer: str | None = None, input_size: t
 
 
 def module_bundle(module, layer: str, input_size: tuple[int, int], class_names: list[str] | None = None,
-                  notify: Notify | None = None) -> Bundle:
-    """A bundle for a torch.nn.Module, exported once per (weights fingerprint, class names, layer, input size)."""
+                  notify: Notify | None = None, reshape=None) -> Bundle:
+    """A bundle for a torch.nn.Module, exported once per (weights fingerprint, class names, layer, input size, and
+    `reshape`, pytorch-grad-cam's reshape_transform, by its code and bound values)."""
     from .export.torch_export import state_sha256
 
     names = hashlib.sha256(json.dumps(class_names).encode()).hexdigest() if class_names is not None else "none"
-    entry = cache_entry(type(module).__name__, f"{state_sha256(module)}|{names}", layer, input_size)
+    shaped = "" if reshape is None else f"|reshape {callable_fingerprint(reshape)}"
+    entry = cache_entry(type(module).__name__, f"{state_sha256(module)}|{names}{shaped}", layer, input_size)
 
     def build(out: Path) -> None:
         from .export import export_torch
 
-        export_torch(module, layer, out, input_size=input_size, class_names=class_names)
+        export_torch(module, layer, out, input_size=input_size, class_names=class_names, reshape=reshape)
 
     return cached_bundle(entry, build, f"{type(module).__name__} (layer {layer})", notify)
+
+
+def module_segmentation_bundle(module, layer: str, input_size: tuple[int, int], notify: Notify | None = None
+                               ) -> Bundle:
+    """A segmentation bundle for a torch.nn.Module returning per-pixel class scores, exported once per (weights
+    fingerprint, layer, input size)."""
+    from .export.torch_export import state_sha256
+
+    entry = cache_entry(f"{type(module).__name__}-segmentation", f"{state_sha256(module)}|segmentation", layer,
+                        input_size)
+
+    def build(out: Path) -> None:
+        from .export import export_torch_segmentation
+
+        export_torch_segmentation(module, layer, out, input_size=input_size)
+
+    return cached_bundle(entry, build, f"{type(module).__name__} (segmentation, layer {layer})", notify)
+
+
+def callable_fingerprint(function) -> str:
+    """What decides a reshape function's result: its code (bytecode and constants) and the values bound to it
+    (defaults, closure cells, functools.partial arguments), hashed; two different transforms never share an export."""
+    import functools
+
+    digest = hashlib.sha256()
+
+    def add(value) -> None:
+        if isinstance(value, functools.partial):
+            add(value.func)
+            add(value.args)
+            add(sorted(value.keywords.items()))
+            return
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            digest.update(f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}".encode())
+            digest.update(code.co_code)
+            digest.update(repr(code.co_consts).encode())
+            digest.update(repr(code.co_names).encode())
+            digest.update(repr(getattr(value, "__defaults__", None)).encode())
+            digest.update(repr(getattr(value, "__kwdefaults__", None)).encode())
+            for cell in getattr(value, "__closure__", None) or ():
+                digest.update(repr(cell.cell_contents).encode())
+            return
+        if callable(value) and not isinstance(value, type) and hasattr(type(value), "__call__") \
+                and not isinstance(value, (int, float, str, tuple, list)):
+            digest.update(type(value).__qualname__.encode())
+            add(type(value).__call__)
+            digest.update(repr(sorted(vars(value).items()) if hasattr(value, "__dict__") else value).encode())
+            return
+        digest.update(repr(value).encode())
+
+    add(function)
+    return digest.hexdigest()
 
 
 def bundle_for(model: str | os.PathLike, layer: str | None = None, input_size: tuple[int, int] | None = None,
