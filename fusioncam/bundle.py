@@ -21,6 +21,7 @@ MANIFEST = "manifest.json"
 EXPLAIN_GRAPH = "explain.onnx"
 SCORER_GRAPH = "scorer.onnx"
 SCORER_GRAPH_FP16 = "scorer_fp16.onnx"
+SCORER_GRAPH_INT8 = "scorer_int8.onnx"  # QDQ INT8 scorer for the CPU (export/int8_scorer.py)
 WEIGHTS_FILE = "weights.bin"  # the large weights, stored once and referenced by the graphs (ONNX external data)
 FORMAT_VERSION = 1
 
@@ -109,6 +110,11 @@ class Bundle:
     def scorer_fp16_path(self) -> Path | None:
         """The float16 scorer, or None if the bundle was exported without one."""
         return self.path / SCORER_GRAPH_FP16 if SCORER_GRAPH_FP16 in self.manifest.files else None
+
+    @property
+    def scorer_int8_path(self) -> Path | None:
+        """The INT8 scorer, or None if the bundle was exported without one."""
+        return self.path / SCORER_GRAPH_INT8 if SCORER_GRAPH_INT8 in self.manifest.files else None
 
     def class_name(self, index: int) -> str:
         names = self.manifest.class_names

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from .bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, Manifest
+from .bundle import EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, SCORER_GRAPH_INT8, Manifest
 from .errors import BundleError
 from .graph_names import (DETECTION_EXPLAIN_INPUTS, DETECTION_EXPLAIN_OUTPUTS, DETECTION_SCORER_INPUTS,
                           DETECTION_SCORER_OUTPUTS, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS,
@@ -108,7 +108,7 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
         if tuple(dims[2:]) != tuple(manifest.feature_size):
             raise _field_error(path, "feature_size", list(manifest.feature_size), f"{EXPLAIN_GRAPH}'s {output.name}",
                                f"height x width {dims[2:]}")
-    scorers = [SCORER_GRAPH] + ([SCORER_GRAPH_FP16] if SCORER_GRAPH_FP16 in manifest.files else [])
+    scorers = [SCORER_GRAPH] + [name for name in (SCORER_GRAPH_FP16, SCORER_GRAPH_INT8) if name in manifest.files]
     for name in scorers:
         scorer = _load_interface(path, name)
         _check_names(path, scorer, name, *(interface["scorer"] if segmentation

@@ -48,7 +48,8 @@ def add_subcommands(sub) -> None:
     explain.add_argument("--batch", type=positive_int, help="masked images per scorer run (default: 16 CPU, 256 GPU)")
     explain.add_argument("--precision", choices=PRECISIONS, default="fp32",
                          help="fp32 (exact, default); tf32 (CUDA: TF32 convolutions); fp16 (the bundle's float16 "
-                              "scorer: export it with --fp16-scorer)")
+                              "scorer: export it with --fp16-scorer); int8 (CPU: the bundle's INT8 scorer: export it "
+                              "with --int8-scorer)")
     explain.add_argument("--fast", nargs="?", type=positive_int, const=DEFAULT_FAST_CHANNELS, metavar="K",
                          help="fast mode, beyond the paper: Score-CAM scores only the K channels with the largest "
                               f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")

@@ -28,18 +28,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = tuple(args.input_size) if args.input_size else None
     layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
               "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
+    if args.layout is not None:  # a detector's raw output layout (export refuses it without --task detection)
+        layout["layout"] = args.layout
     if args.segmentation:
+        if args.int8_scorer:
+            raise InputError("--int8-scorer applies to classifier bundles; leave it out for --segmentation")
         result = _export_segmentation(args, size)
     elif _model_source(args.model) == "onnx":  # --task, or the task found from the model's outputs
         result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer,
-                             task=args.task, **layout)
+                             task=args.task, **layout, **_int8_options(args))
     else:
         named = named_model(args.model, args.weights)
         layer = args.layer or named.default_layer  # None: the automatic target (describe() says which)
         result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
-                               fp16_scorer=args.fp16_scorer, task=args.task, **layout)
+                               fp16_scorer=args.fp16_scorer, task=args.task, **layout, **_int8_options(args))
     print(result.describe())
     return 0
+
+
+def _int8_options(args: argparse.Namespace) -> dict:
+    """--int8-scorer [--calibration IMAGES]: the INT8 scorer options of a classifier export (none when not asked)."""
+    from ..errors import InputError
+
+    if args.calibration and not args.int8_scorer:
+        raise InputError("--calibration gives the images the INT8 scorer is calibrated on; add --int8-scorer")
+    return {"int8_scorer": True, "calibration": args.calibration or None} if args.int8_scorer else {}
 
 
 def _export_segmentation(args: argparse.Namespace, size):
@@ -62,12 +75,21 @@ def add_subcommands(sub) -> None:
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
     export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
+    export.add_argument("--int8-scorer", action="store_true",
+                        help="also write an INT8 scorer (ONNX Runtime static quantization, QDQ; explain with "
+                             "--precision int8 on the CPU)")
+    export.add_argument("--calibration", nargs="+", metavar="IMAGES",
+                        help="image files, folders or globs the INT8 scorer is calibrated on (default: the five "
+                             "sample photos)")
     export.add_argument("--segmentation", action="store_true",
                         help="the .onnx model outputs per-pixel class scores [N,C,H,W]: a segmentation bundle (explain "
                              "a class over a region: fusioncam explain --target CLASS --region ...)")
-    export.add_argument("--task", choices=("classification", "segmentation"),
+    export.add_argument("--task", choices=("classification", "segmentation", "detection"),
                         help="what the model is (default: found from its outputs: class scores [N,C] classification, "
-                             "per-pixel [N,C,H,W] segmentation)")
+                             "per-pixel [N,C,H,W] segmentation; detection is never found: give it with --layout)")
+    export.add_argument("--layout", choices=("yolov8", "yolov5"),
+                        help="with --task detection: the raw output before NMS, yolov8 [N,4+C,A] (Ultralytics "
+                             "YOLOv8/YOLO11) or yolov5 [N,A,5+C] (YOLOv5/YOLOX, with objectness); default yolov8")
     export.add_argument("--output", help="the model output holding the class scores, when it has several (default: the first)")
     export.add_argument("--token-grid", type=int, nargs=2, metavar=("H", "W"), help="the target's tokens form an HxW grid")
     export.add_argument("--prefix-tokens", type=int, metavar="K", help="the target's first K tokens are not patches (class, registers)")

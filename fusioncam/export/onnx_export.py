@@ -37,10 +37,14 @@ def export_onnx(
     token_grid: tuple[int, int] | None = None,
     prefix_tokens: int | None = None,
     channels_last: bool | None = None,
+    int8_scorer: bool = False,
+    calibration=None,
 ) -> ExportResult:
     """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe()).
 
-    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`. `output` names
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`; `int8_scorer` an
+    INT8 scorer (scorer_int8.onnx, ONNX Runtime's static quantization calibrated on `calibration`: image files or
+    folders, default the sample photos) for `Explainer(precision="int8")` on the CPU. `output` names
     the graph output holding the class scores when the model has several (default: the first, and describe() says
     so). A target that is not [N,K,h,w] is rearranged into a map: tokens [N,T,C] (k prefix tokens dropped, an h x w
     grid) and channels-last [N,h,w,C] are detected; `token_grid=(h, w)`, `prefix_tokens=k` or `channels_last=True`
@@ -63,7 +67,7 @@ def export_onnx(
         classifier, layer, out,
         target_label=layer.name, source=str(model_path), source_sha256=digest,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
-        fp16_scorer=fp16_scorer, notes=(classifier.output_note,),
+        fp16_scorer=fp16_scorer, notes=(classifier.output_note,), int8_scorer=int8_scorer, calibration=calibration,
     )
 
 

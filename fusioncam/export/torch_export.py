@@ -179,11 +179,15 @@ def export_torch(
     prefix_tokens: int | None = None,
     channels_last: bool | None = None,
     reshape=None,
+    int8_scorer: bool = False,
+    calibration=None,
 ) -> ExportResult:
     """Export a `torch.nn.Module` classifier with the module at `target_layer` as the CAM target (None: automatic,
     the last map whose positions reach the logits; describe() says which).
 
-    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`. The model may
+    `fp16_scorer` also writes a float16 scorer (scorer_fp16.onnx) for `Explainer(precision="fp16")`; `int8_scorer` an
+    INT8 scorer (scorer_int8.onnx, calibrated on `calibration`'s images, default the sample photos) for
+    `Explainer(precision="int8")` on the CPU (export/int8_scorer.py). The model may
     return a tensor, an object with `.logits` (Hugging Face) or several outputs (`output` names the class scores'
     index or key). The target module may return a tuple or an output object: its first tensor, or `target_output`.
     Tokens [N,T,C] and channels-last [N,h,w,C] become [N,C,h,w] maps (detected; `token_grid=(h, w)`,
@@ -219,5 +223,5 @@ def export_torch(
         classifier, layer, out,
         target_label=target_layer, source=source, source_sha256=state_sha256(model),
         mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer, picked_automatically=picked,
-        notes=(output_used,),
+        notes=(output_used,), int8_scorer=int8_scorer, calibration=calibration,
     )

@@ -57,12 +57,13 @@ class CpuBackend:
     allocated once. `task` (fusioncam/tasks/) names the graphs' outputs and the scorer's per-row inputs.
 
     With `fp16` the bundle's float16 scorer runs: its input buffer and float row inputs are float16 (the mask
-    kernels write the buffer) and its output comes back as float32, before anything reduces it."""
+    kernels write the buffer) and its output comes back as float32, before anything reduces it. With `int8` the
+    bundle's INT8 scorer runs (float32 input and logits, integer convolutions inside)."""
 
     xp = np
     kernels: KernelSet = numpy_kernels
 
-    def __init__(self, bundle: Bundle, task, batch_size: int, fp16: bool = False) -> None:
+    def __init__(self, bundle: Bundle, task, batch_size: int, fp16: bool = False, int8: bool = False) -> None:
         size = bundle.manifest.input_size
         self.batch_size = batch_size
         self._explain_outputs = list(task.explain_outputs)
@@ -70,7 +71,8 @@ class CpuBackend:
         self._scorer_output = task.scorer_output
         self._row_specs = task.row_input_specs(bundle.manifest)
         self._explain = cpu_session(bundle.explain_path)
-        self._scorer = cpu_session(bundle.scorer_fp16_path if fp16 else bundle.scorer_path)
+        self._scorer = cpu_session(bundle.scorer_int8_path if int8 else bundle.scorer_fp16_path if fp16
+                                   else bundle.scorer_path)
         self._input_dtype = np.float16 if fp16 else np.float32
         self._buffer = np.empty((batch_size, 3, *size), dtype=self._input_dtype)
 

@@ -26,7 +26,7 @@ from .scorer import Scorer
 log = logging.getLogger("fusioncam")
 
 DEFAULT_BATCH = {"cpu": 16, "cuda": 256}
-PRECISIONS = ("fp32", "tf32", "fp16")
+PRECISIONS = ("fp32", "tf32", "fp16", "int8")
 
 
 class Explainer:
@@ -55,7 +55,8 @@ class Explainer:
                  compat: str | None = None) -> None:
         """bundle: a bundle directory, a loaded Bundle, or the ExportResult an export returned.
 
-        precision: fp32, tf32 (CUDA) or fp16 (the bundle's float16 scorer; export with fp16_scorer=True).
+        precision: fp32, tf32 (CUDA), fp16 (the bundle's float16 scorer; export with fp16_scorer=True) or int8 (CPU:
+        the bundle's INT8 scorer for the Score-CAM-family forwards; export with int8_scorer=True; gradients stay fp32).
 
         max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
         Grad-CAM contribution relu(w_k) * mean(A_k) per image (see runtime/channel_selection.py); the others get
@@ -83,10 +84,16 @@ class Explainer:
         if precision == "fp16" and self.bundle.scorer_fp16_path is None:
             raise InputError(f"precision 'fp16' needs a float16 scorer, and bundle {self.bundle.path} has none; re-export "
                              f"it with fp16_scorer=True (fusioncam export ... --fp16-scorer)")
+        if precision == "int8" and self.bundle.scorer_int8_path is None:
+            raise InputError(f"precision 'int8' needs an INT8 scorer, and bundle {self.bundle.path} has none; re-export "
+                             f"it with int8_scorer=True (fusioncam export ... --int8-scorer)")
         if not 0.0 <= float(theta) <= 100.0:
             raise InputError(f"theta is a percentile and must be in [0, 100]; got {theta}")
         self.precision = precision
         self.device: Device = select_device(device)
+        if precision == "int8" and self.device.kind != "cpu":
+            raise InputError("precision 'int8' runs the INT8 scorer on the CPU (ONNX Runtime's CUDA provider has no "
+                             "fast kernels for its QDQ graph); use device='cpu', or fp16/tf32 on the GPU")
         batch_size = batch_size or DEFAULT_BATCH[self.device.kind]
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be a positive number of masked images per scorer run; got {batch_size}")
@@ -140,7 +147,8 @@ class Explainer:
         if self.device.kind == "cpu":
             from .cpu_backend import CpuBackend
 
-            return CpuBackend(self.bundle, self.task, self.batch_size, fp16=self.precision == "fp16")
+            return CpuBackend(self.bundle, self.task, self.batch_size, fp16=self.precision == "fp16",
+                              int8=self.precision == "int8")
         from .cuda_backend import CudaBackend
 
         return CudaBackend(self.bundle, self.task, self.batch_size, self.device.index, tf32=self.precision == "tf32",
