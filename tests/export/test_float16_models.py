@@ -20,9 +20,13 @@ from fusioncam.graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET,
 
 pytestmark = pytest.mark.slow
 
-# float16 has an 11-bit significand (relative step 9.8e-4): activations, logits and the forward's rounding differ
-# from float32 by a few steps of it, so the gradients by a few 1e-3 of their largest value.
-FLOAT16_TOLERANCE = 2e-2
+# float16 has an 11-bit significand (relative step 9.8e-4): the forward's activations differ from float32 by a few
+# steps of it (measured: 1.3e-4 of the largest for ResNet-18, 2.7e-4 for ViT). Through smooth ops the gradients do
+# too (ViT: 2.5e-4); where a ReLU's input is within that rounding of 0 its decision can differ between the float16
+# and the float32 forward, and the gradients with it (ResNet-18 at layer3, measured: 1.7e-2 relative L2 on one of the
+# two images, 8e-5 on the other).
+FLOAT16_TOLERANCE = 5e-2  # relative L2 and largest-element error of the gradient
+SMOOTH_TOLERANCE = 2e-3  # the same for a model without ReLUs (ViT: GELU)
 
 
 def _resnet18():
@@ -30,7 +34,8 @@ def _resnet18():
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
-    return model, model.layer4, "/layer4/layer4.1/relu_1/Relu_output_0", 0
+    # layer3: its gradient runs back through layer4's float16 convolutions and ReLUs (layer4's own is the head's weights)
+    return model, model.layer3, "/layer3/layer3.1/relu_1/Relu_output_0", 0
 
 
 def _vit():
@@ -104,7 +109,9 @@ def test_float16_gradients_match_float32_autograd(tmp_path, which, keep_io_types
     assert _relative(logits, shipped.run(None, {"image": half_input})[0].astype(np.float32)) <= 2e-3
 
     want_a, want_grad = _reference(model, module, images, classes, prefix)
-    assert _relative(activations, want_a) <= FLOAT16_TOLERANCE
+    assert _relative(activations, want_a) <= 1e-3
+    tolerance = SMOOTH_TOLERANCE if which == "vit" else FLOAT16_TOLERANCE
     for i in range(2):
+        l2 = float(np.linalg.norm(gradients[i] - want_grad[i]) / np.linalg.norm(want_grad[i]))
         err = _relative(gradients[i], want_grad[i])
-        assert err <= FLOAT16_TOLERANCE, f"{which} image {i}: gradient relative error {err:.2e}"
+        assert max(l2, err) <= tolerance, f"{which} image {i}: gradient relative error {err:.2e} (L2 {l2:.2e})"
