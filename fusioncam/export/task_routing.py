@@ -17,7 +17,7 @@ from .. import arguments
 from ..errors import InputError
 from .bundle_builder import ExportResult
 
-EXPORT_TASKS = ("classification", "segmentation")
+EXPORT_TASKS = ("classification", "segmentation", "detection")
 CLASSIFIER_ONLY = ("output", "target_output", "token_grid", "prefix_tokens", "channels_last", "reshape")
 SCORE_RANKS = {2: "classification", 4: "segmentation"}  # the class scores' rank -> task
 
@@ -27,7 +27,16 @@ def checked_task(task) -> str | None:
     if task is None or (isinstance(task, str) and task in EXPORT_TASKS):
         return task
     raise InputError(f"task={task!r} is not one fusioncam exports; give None (found from the model's outputs: "
-                     f"[N, C] classification, [N, C, H', W'] segmentation) or one of {', '.join(EXPORT_TASKS)}")
+                     f"[N, C] classification, [N, C, H', W'] segmentation) or one of {', '.join(EXPORT_TASKS)} "
+                     f"(detection is never found: give task='detection' and the output's layout)")
+
+
+def _detection_layout(task: str | None, options: dict):
+    """The `layout` option (detection exports only), taken out of `options`."""
+    layout = options.pop("layout", None)
+    if layout is not None and task != "detection":
+        raise InputError(f"layout= applies to task='detection' (a detector's raw output layout); got task={task!r}")
+    return layout
 
 
 def _refuse_classifier_options(options: dict) -> None:
@@ -62,6 +71,13 @@ def export_torch(model, target_layer: str | None, out: str | os.PathLike, input_
     from .torch_export import PerPixelScores, export_torch as export_torch_classifier
 
     task = checked_task(task)
+    layout = _detection_layout(task, options)
+    if task == "detection":
+        from .detection_torch import export_torch_detection
+
+        _refuse_classifier_options(options)
+        return export_torch_detection(model, target_layer, out, input_size, layout=layout, mean=mean, std=std,
+                                      class_names=class_names, fp16_scorer=fp16_scorer)
     common = dict(input_size=input_size, class_names=class_names, fp16_scorer=fp16_scorer,
                   **{name: value for name, value in (("mean", mean), ("std", std)) if value is not None})
     if task == "segmentation":
@@ -85,6 +101,14 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_la
 
     task = checked_task(task)
     arguments.path("model_path", model_path)
+    layout = _detection_layout(task, options)
+    if task == "detection":
+        from .detection_export import export_onnx_detection
+
+        _refuse_classifier_options({name: value for name, value in options.items() if name != "output"})
+        rule_options = {name: value for name, value in options.items()
+                        if name not in CLASSIFIER_ONLY or name == "output"}
+        return export_onnx_detection(model_path, out, target_layer, layout=layout or "yolov8", **rule_options)
     if task is None:
         task = onnx_task(model_path, options.get("output"))
     if task == "segmentation":
