@@ -12,12 +12,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..runtime.explainer import PRECISIONS
 from .floor import explain_pass_seconds, forward_floor, scorer_throughput
 from .latency import latency_samples, latency_summary
 from .machine import machine_record
 from .resident import gpu_used_bytes, peak_resident
 
-BENCH_PRECISIONS = ("fp32", "tf32", "fp16", "int8")
+BENCH_PRECISIONS = PRECISIONS  # every precision the Explainer offers
 COUNTS = ("scorer_forwards_run", "scorer_forwards_skipped", "method_forwards_run")  # in result.timings, not seconds
 
 
