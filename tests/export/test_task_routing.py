@@ -60,5 +60,5 @@ def test_classifier_prediction_is_the_models(tmp_path) -> None:
 
 
 def test_unknown_task_is_refused_by_name() -> None:
-    with pytest.raises(InputError, match="task='detection' is not one fusioncam exports"):
-        checked_task("detection")
+    with pytest.raises(InputError, match="task='keypoints' is not one fusioncam exports.*segmentation, detection"):
+        checked_task("keypoints")
