@@ -276,3 +276,31 @@ def test_finercam_on_a_segmentation_bundle_equals_autograd_over_the_region(lrasp
         nonzero += int(want.max() > 0.99)  # a random model's map may be 0 everywhere (relu of a negative map)
         assert max_diff(result.maps["finercam"][i], want) <= 1e-4, i
     assert nonzero >= 1
+
+
+@pytest.mark.skipif(NO_GPU is not None, reason=f"no usable CUDA GPU: {NO_GPU}")
+def test_cuda_projection_kernels_equal_the_numpy_ones():
+    import cupy as cp
+
+    from fusioncam.kernels import cuda_kernels
+    from fusioncam.kernels.pytorch_grad_cam_math import lapack_centered_projection
+
+    gpu = cuda_kernels()
+    rng = np.random.default_rng(11)
+    acts = np.maximum(rng.standard_normal((3, 20, 5, 6)), 0).astype(np.float32)  # more positions than channels
+    grads = rng.standard_normal((3, 20, 5, 6)).astype(np.float32)
+    wide = rng.standard_normal((2, 64, 3, 3)).astype(np.float32)  # fewer positions than channels
+    for name in ("hirescam_map", "elementwise_gradcam_map", "layercam_map"):
+        np.testing.assert_allclose(cp.asnumpy(getattr(gpu, name)(cp.asarray(acts), cp.asarray(grads))),
+                                   getattr(numpy_kernels, name)(acts, grads), rtol=1e-5, atol=1e-6, err_msg=name)
+    for maps in (acts, wide):
+        for center in (False, True):
+            want = numpy_kernels.first_component_projection(maps, center)
+            got = cp.asnumpy(gpu.first_component_projection(cp.asarray(maps), center))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        for kernel in ("sigmoid", "rbf", "linear"):
+            want = numpy_kernels.kernel_pca_projection(maps, kernel)
+            got = cp.asnumpy(gpu.kernel_pca_projection(cp.asarray(maps), kernel))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+        np.testing.assert_array_equal(cp.asnumpy(lapack_centered_projection(cp.asarray(maps))),
+                                      lapack_centered_projection(maps))
