@@ -25,7 +25,10 @@ TABLE_SUFFIXES = (".parquet", ".pq")
 PATH_COLUMNS = ("path", "image_path", "file", "filename", "uri", "image")  # a CSV list's or table's path column
 BYTES_COLUMNS = ("image", "bytes", "image_bytes", "content", "data")  # a table's encoded-image column
 ID_COLUMNS = ("source", "path", "id", "name", "filename", "file", "key")  # a table's row identity, beside bytes
-READER_CPUS = 0  # reading bytes is I/O: the cores stay with the explaining actors (one CPU each)
+# Reading is I/O: every reading task (Parquet reads, column selection, reading listed files) asks Ray for no CPU, so
+# that it still runs when the explaining actors hold every CPU (--workers equal to Ray's CPU count); a read task
+# asking for Ray Data's default of 1 CPU would wait for a free one forever.
+READER_CPUS = 0
 
 
 @dataclass
@@ -321,7 +324,21 @@ def _content_id(data: bytes | None) -> str:
 
 def table_rows(ray, plan: InputPlan) -> int:
     """How many rows the plan's input tables hold (from the Parquet metadata)."""
-    return sum(ray.data.read_parquet(table).count() for table in plan.tables)
+    return sum(parquet_rows(ray, table).count() for table in plan.tables)
+
+
+def parquet_rows(ray, table: str):
+    """The lazy Ray Dataset of a Parquet table (a file, a folder of parts or a URI), every one of its tasks at
+    READER_CPUS. Ray Data's newer Parquet reader (DataSourceV2, the default of Ray 2.60) lists the files in a task
+    that always asks for 1 CPU whatever read_parquet's num_cpus says, so the table is read with the reader whose
+    tasks all follow num_cpus."""
+    context = ray.data.DataContext.get_current()
+    newer = getattr(context, "use_datasource_v2", False)
+    context.use_datasource_v2 = False  # the Dataset keeps a copy of the context it was made with
+    try:
+        return ray.data.read_parquet(table, num_cpus=READER_CPUS)
+    finally:
+        context.use_datasource_v2 = newer
 
 
 def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int, image_column: str | None = None,
@@ -336,7 +353,7 @@ def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int
         parts.append(listed.map_batches(read_path_rows, batch_size=batch_images, batch_format="pyarrow",
                                         num_cpus=READER_CPUS))
     for table in plan.tables:
-        rows = ray.data.read_parquet(table)
+        rows = parquet_rows(ray, table)
         schema = rows.schema().base_schema
         columns = table_columns(schema, image_column, id_column)
         if REGION_COLUMN in schema.names and columns.image != REGION_COLUMN:  # a region per row (segmentation)
@@ -344,7 +361,7 @@ def source_dataset(ray, plan: InputPlan, done: frozenset[str], batch_images: int
                               (table if os.path.isdir(table) else os.path.dirname(table)))
         wanted = [columns.image] + ([columns.identity] if columns.identity and not columns.image_is_path else [])
         wanted += [columns.region] if columns.region else []
-        parts.append(rows.select_columns(list(dict.fromkeys(wanted))).map_batches(
+        parts.append(rows.select_columns(list(dict.fromkeys(wanted)), num_cpus=READER_CPUS).map_batches(
             read_table_rows, fn_kwargs={"columns": columns, "done": done}, batch_size=batch_images,
             batch_format="pyarrow", num_cpus=READER_CPUS))
     if not parts:
