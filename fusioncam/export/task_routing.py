@@ -18,7 +18,8 @@ from ..errors import InputError
 from .bundle_builder import ExportResult
 
 EXPORT_TASKS = ("classification", "segmentation", "detection")
-CLASSIFIER_ONLY = ("output", "target_output", "token_grid", "prefix_tokens", "channels_last", "reshape")
+CLASSIFIER_ONLY = ("output", "target_output", "token_grid", "prefix_tokens", "channels_last", "reshape", "int8_scorer",
+                   "calibration")
 SCORE_RANKS = {2: "classification", 4: "segmentation"}  # the class scores' rank -> task
 
 
