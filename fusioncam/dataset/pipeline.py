@@ -146,7 +146,7 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                "skipped_as_done": len(done), "crashed_workers": unreached,
                "table_rows_without_result": max(missing_rows, 0), "seconds": seconds,
                "images_per_second": count / seconds if seconds > 0 and count else 0.0}
-        return DatasetRun(out_dir, *write_summary(out_dir, layout, int(step), run))
+        return DatasetRun(out_dir, *write_summary(out_dir, layout, int(step), run, payloads_for(manifest).score_name))
     finally:
         if started and out is not None:
             ray.shutdown()

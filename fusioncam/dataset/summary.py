@@ -84,10 +84,13 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object]) -> tuple[dict[str, object], str]:
+def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object],
+                  score_name: str = "class probability") -> tuple[dict[str, object], str]:
     """Write summary.json and summary.md (and metrics.csv, curves.png with evaluation) atomically; return the
     summary and summary.md's text as this run wrote it (another run into the same folder may replace the file
-    later). `run` holds this run's own facts (seconds, images/s, workers, model, ...)."""
+    later). `run` holds this run's own facts (seconds, images/s, workers, model, ...); `score_name` is what the
+    metrics score, the task's (tasks/*_payloads.py: a classifier's class probability, a segmentation model's
+    region probability)."""
     evaluation, table = results_evaluation(out, layout, step)
     errors = table.filter(table.column("error").is_valid())
     summary: dict[str, object] = {
@@ -99,12 +102,13 @@ def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object
         "methods": list(layout.methods),
         "evaluate": layout.evaluate,
         "step": step if layout.evaluate else None,
+        "score": score_name if layout.evaluate else None,
         "run": run,
     }
     if evaluation is not None and len(evaluation.names):
         summary["metrics"] = metric_summary(evaluation)
         write_text_atomic(out / METRICS_CSV, metrics_csv(evaluation))
-        write_bytes_atomic(out / CURVES_PNG, _png_bytes(curves_image(evaluation)))
+        write_bytes_atomic(out / CURVES_PNG, _png_bytes(curves_image(evaluation, score_name)))
     write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     markdown = summary_markdown(summary, evaluation)
     write_text_atomic(out / SUMMARY_MD, markdown)
@@ -125,6 +129,7 @@ def summary_markdown(summary: dict[str, object], evaluation: Evaluation | None) 
         n = len(evaluation.names)
         lines += ["", f"Each cell: mean ± the half-width of a 95% interval over the n = {n} explained images, "
                       f"mean ± 1.96·sd/√n (sd: sample standard deviation; n/a for one image); deletion/insertion "
-                      f"step {evaluation.step} pixels. ↓ lower is better, ↑ higher is better.", "",
+                      f"step {evaluation.step} pixels; the score is the "
+                      f"{summary.get('score') or 'class probability'}. ↓ lower is better, ↑ higher is better.", "",
                   metrics_table(evaluation)]
     return "\n".join(lines) + "\n"

@@ -104,6 +104,8 @@ def test_region_column_rows_equal_the_explainer_with_the_same_region(bundle, pho
                 assert table.column(metric_column(method, "average_drop"))[row].as_py() == pytest.approx(
                     float(scores[method].average_drop[0]), abs=1e-4)
     assert table.column("region_area")[sources.index(str(paths[2]))].as_py() == pytest.approx(18 * 14)
+    assert run.summary["score"] == "region probability"  # what the metrics scored, the task's name for it
+    assert "the score is the region probability" in run.markdown
 
 
 def test_a_folder_explains_every_image_for_its_predicted_region_and_a_bad_region_is_an_error_row(bundle, photos,
