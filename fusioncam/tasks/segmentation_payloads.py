@@ -45,11 +45,13 @@ class SegmentationPayloads:
         return v2_regions(tensor, parameter, count, size)
 
     def v2_input_types(self, manifest) -> list[dict]:
+        """The optional `region` input, listed once (Open Inference Protocol metadata has one entry per tensor
+        name) in its mask form; UINT8 masks and FP32 or INT32 boxes [N, 4] under the same name are accepted too
+        (serve/regions.py, docs/segmentation.md)."""
         from ..serve.regions import REGION_INPUT
 
         height, width = manifest.input_size
-        return [{"name": REGION_INPUT, "datatype": "BOOL", "shape": [-1, height, width], "optional": True},
-                {"name": REGION_INPUT, "datatype": "FP32", "shape": [-1, 4], "optional": True}]
+        return [{"name": REGION_INPUT, "datatype": "BOOL", "shape": [-1, height, width], "optional": True}]
 
     def v2_output_types(self, manifest) -> list[dict]:
         out_h, out_w = manifest.output_size

@@ -200,8 +200,12 @@ def test_v2_region_parameter_and_metadata(server, explainer) -> None:
     want = explainer.explain(batch, "sky", methods=("fusion",), regions=(2, 2, 22, 12))
     np.testing.assert_allclose(result.as_numpy("fusion"), want.maps["fusion"], atol=TOLERANCE)
     metadata = client.get_model_metadata("tiny")
-    inputs = {(item["name"], item["datatype"]) for item in metadata["inputs"]}
-    assert ("region", "BOOL") in inputs and ("region", "FP32") in inputs
+    names = [item["name"] for item in metadata["inputs"]]
+    assert len(names) == len(set(names)), f"an input listed twice: {names}"  # one metadata entry per tensor name
+    assert [(item["datatype"], item["shape"]) for item in metadata["inputs"] if item["name"] == "region"] == [
+        ("BOOL", [-1, SIZE, SIZE])]  # the mask form; boxes and UINT8 masks are accepted under the same name
+    config_inputs = [item["name"] for item in client.get_model_config("tiny")["input"]]
+    assert sorted(config_inputs) == sorted(names)
     outputs = {item["name"] for item in metadata["outputs"]}
     assert {"segmentation", "region_weights", "explained_probability", *METHODS} <= outputs
     assert "probabilities" not in outputs
