@@ -19,6 +19,7 @@ import numpy as np
 
 import fusioncam
 from fusioncam.benchmarking.floor import scorer_throughput
+from fusioncam.export.int8_scorer import int8_agreement
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 from fusioncam.metrics.evaluation import evaluate_maps
 
@@ -29,8 +30,10 @@ from .run import map_agreement
 MODELS = ("efficientnet_lite0", "resnet50")
 
 
-def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool) -> dict:
-    """One model: export with the INT8 scorer, then the float32 and INT8 explainers side by side."""
+def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool,
+          explain: bool = True) -> dict:
+    """One model: export with the INT8 scorer, then the float32 and INT8 explainers side by side (with `explain`
+    False only the scorers: throughput and logits on the photos)."""
     model, layer, class_names = build_model(model_name)
     started = time.perf_counter()
     bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
@@ -43,6 +46,11 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
                  "export_with_int8_s": export_s, "batch_size": exact.batch_size}
     row["scorer_images_per_s"] = {"fp32": scorer_throughput(exact, seconds=3.0), "int8": scorer_throughput(int8, seconds=3.0)}
     row["scorer_speedup"] = row["scorer_images_per_s"]["int8"] / row["scorer_images_per_s"]["fp32"]
+    row["logits_on_photos"] = int8_agreement(np.asarray(exact.predict(images)), np.asarray(int8.predict(images)))
+    if not explain:
+        exact.close()
+        int8.close()
+        return row
     for explainer in (exact, int8):
         explainer.explain(images[:1])  # warm-up
     seconds = {"fp32": [], "int8": []}
@@ -85,13 +93,22 @@ def markdown(report: dict) -> str:
              "| model | K | scorer img/s fp32 / int8 | Fusion-CAM s/image fp32 / int8 | speed-up | mean / min r vs fp32 "
              "| deletion AUC delta | insertion AUC delta | average drop delta |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["models"]:
-        tput, sec = row["scorer_images_per_s"], row["fusion_seconds_per_image"]
+        tput, logits = row["scorer_images_per_s"], row["logits_on_photos"]
+        if "fusion_seconds_per_image" not in row:
+            lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {tput['fp32']:.1f} / "
+                         f"{tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | not measured | | | | | |")
+            continue
+        sec = row["fusion_seconds_per_image"]
         delta = row.get("faithfulness_delta", {})
         fmt = lambda key: f"{delta[key]:+.4f}" if key in delta else "not measured"  # noqa: E731
         lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {tput['fp32']:.1f} / "
                      f"{tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | {sec['fp32']:.2f} / {sec['int8']:.2f} | "
                      f"{row['fusion_speedup']:.2f}x | {row['pearson_mean']:.4f} / {row['pearson_min']:.4f} | "
                      f"{fmt('deletion_auc')} | {fmt('insertion_auc')} | {fmt('average_drop')} |")
+    lines += ["", "INT8 logits against float32 on the photos (largest difference relative to the largest float logit; "
+              "images with the same top class):"]
+    lines += [f"- {row['model']}: {row['logits_on_photos']['max_relative_difference']:.3f}, top-1 agreement "
+              f"{row['logits_on_photos']['top1_agreement']:.0%}" for row in report["models"]]
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
     parser.add_argument("--skip-faithfulness", action="store_true")
+    parser.add_argument("--scorer-only", nargs="*", choices=MODELS, default=[],
+                        help="models measured by their scorers only (throughput, logits on the photos), no Fusion-CAM")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-int8"))
     args = parser.parse_args(argv)
@@ -109,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = dict(list(sample_images().items())[: args.images])
     names = list(samples)
     images = np.stack([preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for rgb in samples.values()])
-    report = {"images": names, "models": [study(name, args.work, images, names, not args.skip_faithfulness)
-                                          for name in args.models]}
+    report = {"images": names, "models": [study(name, args.work, images, names, not args.skip_faithfulness,
+                                                explain=name not in args.scorer_only) for name in args.models]}
     from .report import machine_record
 
     report["machine_record"] = machine_record()
