@@ -134,3 +134,17 @@ def test_pytorch_grad_cam_side_by_side_on_a_torch_model(tmp_path):
     without = run_bench(bundle, BenchSettings(methods=("gradcam",), batch_sizes=(1,), seconds=0.01, device="cpu",
                                               compare=("pytorch-grad-cam",)))
     assert "not a torch model" in without["pytorch_grad_cam"]["skipped"]
+
+
+def test_int8_rows_use_the_int8_scorer_and_its_own_floor(tmp_path):
+    import fusioncam
+    from tests.support.tiny_models import save, tiny_classifier
+
+    model = save(tiny_classifier(size=16, seed=5), tmp_path / "tiny.onnx")
+    bundle = fusioncam.export_onnx(model, tmp_path / "int8.fcam", "feat", int8_scorer=True).bundle
+    report = run_bench(bundle, BenchSettings(methods=("scorecam",), batch_sizes=(2,), precisions=("fp32", "int8"),
+                                             seconds=0.02, device="cpu"))
+    assert [row["precision"] for row in report["results"]] == ["fp32", "int8"] and not report["unavailable"]
+    fp32, int8 = report["results"]
+    assert fp32["floor"]["scorer_images_per_s"] != int8["floor"]["scorer_images_per_s"]  # each scorer measured
+    assert int8["stages"]["scorer_forwards_run"] == fp32["stages"]["scorer_forwards_run"] == 8
