@@ -22,6 +22,7 @@ EXPLAIN_GRAPH = "explain.onnx"
 SCORER_GRAPH = "scorer.onnx"
 SCORER_GRAPH_FP16 = "scorer_fp16.onnx"
 SCORER_GRAPH_INT8 = "scorer_int8.onnx"  # QDQ INT8 scorer for the CPU (export/int8_scorer.py)
+HEAD_GRAPH = "head.onnx"  # the network after the target layer: activations -> logits (export/head_graph.py)
 WEIGHTS_FILE = "weights.bin"  # the large weights, stored once and referenced by the graphs (ONNX external data)
 FORMAT_VERSION = 1
 
@@ -115,6 +116,12 @@ class Bundle:
     def scorer_int8_path(self) -> Path | None:
         """The INT8 scorer, or None if the bundle was exported without one."""
         return self.path / SCORER_GRAPH_INT8 if SCORER_GRAPH_INT8 in self.manifest.files else None
+
+    @property
+    def head_path(self) -> Path | None:
+        """The head graph (activations -> logits), or None if the bundle has none (exported before head graphs
+        existed, or a target layer whose tail also reads the image: see export/head_graph.py)."""
+        return self.path / HEAD_GRAPH if HEAD_GRAPH in self.manifest.files else None
 
     def class_name(self, index: int) -> str:
         names = self.manifest.class_names

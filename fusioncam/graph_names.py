@@ -14,6 +14,8 @@ EXPLAIN_INPUTS = (INPUT, TARGET)
 EXPLAIN_OUTPUTS = (LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED)
 SCORER_INPUTS = (INPUT,)
 SCORER_OUTPUTS = (LOGITS,)
+HEAD_INPUTS = (ACTIVATIONS,)  # the head graph (export/head_graph.py): the target layer's activations [N, K, h, w]
+HEAD_OUTPUTS = (LOGITS,)  # ... to the class scores [N, classes]
 
 # Segmentation bundles (docs/segmentation.md): a class and a region per image; the scorer returns the region's score.
 REGION = "region"  # explain input: float [N, H, W] at the input resolution; a row with a negative value = predicted

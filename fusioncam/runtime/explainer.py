@@ -15,6 +15,7 @@ from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..memory_budget import check_batch_fits
 from ..tasks import Prediction, Task, task_for
 from .backend import Backend
+from .head_session import HeadSession
 from .device_select import Device, select_device
 from .explanation import Explanation
 from .input_checks import check_images
@@ -109,6 +110,7 @@ class Explainer:
         self.backend: Backend = self._make_backend()
         # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
         self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}", self.task)
+        self._head = HeadSession(self.bundle)  # the head graph, opened by AblationCAM or ReciproCAM on first use
         with self.backend.context():  # what of z0 every call shares (None where it depends on the call's targets)
             self._z0_constant = self.task.constant_baseline(self.scorer)
 
@@ -125,6 +127,7 @@ class Explainer:
         """Release the ONNX Runtime sessions and the device buffers (waits for a call in progress to finish).
         Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
         self.scorer.close()
+        self._head.close()
         self._z0_constant = None
 
     def __enter__(self) -> "Explainer":
@@ -241,7 +244,7 @@ class Explainer:
         baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
         engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
                         on_batch, self.max_channels, compat=self.compat,
-                        explain_classes=comparison_explainer(backend.explain, feed, graph))
+                        explain_classes=comparison_explainer(backend.explain, feed, graph), head=self._head)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():

@@ -34,7 +34,7 @@ class Engine:
 
     def __init__(self, scorer: Scorer, images, graph: dict, targets, baseline, theta: float, skip_constant: bool,
                  clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None,
-                 compat: str | None = None, explain_classes: Callable | None = None) -> None:
+                 compat: str | None = None, explain_classes: Callable | None = None, head=None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
         self.xp = scorer.xp
         self.kernels = scorer.kernels
@@ -47,6 +47,7 @@ class Engine:
         # (images [N, 3, H, W], classes int64 [N]) -> another explain pass's outputs for those classes, a segmentation's
         # regions kept (comparison_passes.py); FinerCAM's comparison gradients. None: no such pass for this task
         self.explain_classes = explain_classes
+        self.head = head  # the bundle's head graph (runtime/head_session.HeadSession): AblationCAM's, ReciproCAM's rows
         self.targets = targets  # per image; targets[image_index] are the rows' targets for the scorer
         self.baseline = baseline  # the all-zeros image's scores (float32 [N]) and probabilities (float64 [N])
         self.theta = float(theta)
@@ -59,6 +60,7 @@ class Engine:
         self.probe_rows = 0  # masked forwards run for the methods' probes (the Score-CAM sweep not counted)
         # Grad-CAM++'s and Score-CAM's: the authors' (compat=None) or pytorch-grad-cam's (runtime/methods/compat.py)
         self.arithmetic = arithmetic(self.kernels, compat)
+        self.compat = compat  # as given: methods whose variants differ beyond Arithmetic read it (AblationCAM)
 
     def computed(self, name: str):
         """A shared quantity if some method needed it (else None): gradcam, scorecam, sweep, ..."""

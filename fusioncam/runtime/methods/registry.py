@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ...errors import InputError
+from .ablationcam import ablationcam
 from .fusion import fusion
 from .gradient_weights import gradcam, gradcam_plus_plus, xgradcam
 from .eigen import eigencam, eigengradcam, kpcacam
 from .elementwise import gradcam_elementwise, hirescam, layercam
 from .finercam import finercam
 from .groupcam import groupcam
+from .reciprocam import reciprocam
 from .scorecam import scorecam
 from .unioncam import unioncam
 
@@ -41,6 +43,8 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("eigengradcam", "EigenGrad-CAM", eigengradcam),
     Method("kpcacam", "KPCA-CAM", kpcacam),
     Method("finercam", "FinerCAM", finercam, ("gradcam_weights",)),
+    Method("ablationcam", "Ablation-CAM", ablationcam),  # head graph (runtime/methods/head_sweep.py)
+    Method("reciprocam", "Recipro-CAM", reciprocam),  # head graph
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
