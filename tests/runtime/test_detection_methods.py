@@ -144,8 +144,10 @@ def test_default_instances_are_torchvisions_nms_of_the_detections(yolo) -> None:
     selection = InstanceSelection(min_score=0.3, max_instances=6, iou_threshold=0.5)
     with Explainer(bundle, device="cpu") as explainer:
         result = explainer.explain(images, methods="gradcam", instances=selection)
+        prediction = explainer.predict(images)
     with torch.no_grad():
         boxes, scores = instance_scores(model(torch.from_numpy(images)), layout == "yolov5")
+    np.testing.assert_allclose(prediction.logits, scores.numpy(), rtol=1e-5, atol=1e-6)  # every anchor's scores
     for image in range(2):
         best, classes = scores[image].max(dim=1)
         keep = torch.nonzero(best >= 0.3).flatten()
