@@ -35,10 +35,11 @@ class ExportResult:
     layer: Layer
     picked_automatically: bool
     notes: tuple[str, ...] = ()  # what export detected: the target's layout, which model output gave the logits
+    picking_rule: str = ""  # how the target was picked automatically, where a task's rule is not the classifier's
 
     def describe(self) -> str:
-        how = ("picked automatically: the last spatial feature map before the head whose positions reach the logits"
-               if self.picked_automatically else "as requested")
+        rule = self.picking_rule or "the last spatial feature map before the head whose positions reach the logits"
+        how = f"picked automatically: {rule}" if self.picked_automatically else "as requested"
         k, h, w = self.layer.shape[1:]
         notes = "".join(f"; {note}" for note in (self.layer.note, *self.notes) if note)
         return (f"bundle {self.bundle.path}: target '{self.bundle.manifest.target_layer}' "

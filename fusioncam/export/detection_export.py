@@ -87,8 +87,13 @@ def _check_explain(explain: Path, detector: Detector, origin: str) -> None:
             f"file was exported in), or its scores are not activated (export the model with its sigmoid)")
 
 
+ONNX_PICKING_RULE = ("the last 4-D feature map with spatial size > 1 whose channel count is not a per-level "
+                     "prediction's or its parts' (1, 2, 4, C, C + 1, C + 4, C + 5)")
+
+
 def write_detection_bundle(detector: Detector, layer, out, *, target_label: str, source: str, source_sha256: str,
-                           mean, std, class_names, picked_automatically: bool, fp16_scorer: bool) -> ExportResult:
+                           mean, std, class_names, picked_automatically: bool, fp16_scorer: bool,
+                           picking_rule: str = ONNX_PICKING_RULE) -> ExportResult:
     """Build, check and write the detection bundle atomically. The manifest's output_size is (A, C): the anchors
     and classes of the per-anchor class scores."""
     manifest = bundle_manifest(detector, layer, target_label=target_label, source=source,
@@ -100,7 +105,8 @@ def write_detection_bundle(detector: Detector, layer, out, *, target_label: str,
     notes = (f"detection layout {detector.layout}: {detector.num_anchors} anchors, {detector.num_classes} classes, "
              f"cut before NMS", metadata_note(detector), detector.output_note)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
-                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
+                        picking_rule=picking_rule)
 
 
 def export_onnx_detection(

@@ -36,6 +36,7 @@ from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, targe
 from .graph_surgery import prune_to_outputs
 from .layers import Layer, candidate_layers
 from .onnx_loading import model_opset
+from .target_layout import NCHW
 
 LAYOUTS = ("yolov8", "yolov5")
 DETECTION_RESERVED = [INPUT, ANCHOR, TARGET, REFERENCE_BOX, INSTANCE_IMAGE, SCORE, LOGITS, ACTIVATIONS, GRADIENTS,
@@ -113,10 +114,13 @@ def prepare_detector(model: onnx.ModelProto, origin: str, layout: str, input_siz
 
 
 def auto_detection_target(detector: Detector) -> Layer:
-    """The last 4-D feature map with spatial size > 1 whose channel count is neither the box-and-class width nor
-    the class count (so not a per-level prediction map)."""
-    widths = {detector.num_classes, detector.num_classes + 4, detector.num_classes + 5}
-    layers = [layer for layer in candidate_layers(detector) if min(layer.spatial) > 1 and layer.channels not in widths]
+    """The last channels-first map with spatial size > 1 whose channel count is not that of a per-level prediction
+    or its parts (1, 2, 4, C, C + 1, C + 4, C + 5: objectness, centres, boxes, class scores)."""
+    classes = detector.num_classes
+    widths = {1, 2, 4, classes, classes + 1, classes + 4, classes + 5}  # objectness, centres, boxes, scores
+    layers = [layer for layer in candidate_layers(detector)  # channels-first maps only: not tokens, not the output
+              if layer.layout.kind == NCHW and layer.name != detector.logits_name and min(layer.spatial) > 1
+              and layer.channels not in widths]
     if not layers:
         raise LayerError("no 4-D feature map with spatial size > 1 feeds the detections; pass a target layer "
                          "explicitly (see `fusioncam layers MODEL`)")

@@ -142,7 +142,8 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
     return write_detection_bundle(
         detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
         mean=(0.0, 0.0, 0.0) if mean is None else mean, std=(1.0, 1.0, 1.0) if std is None else std,
-        class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer)
+        class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
+        picking_rule="the backbone's last body stage (backbone.body.layer4), or its last backbone.features block")
 
 
 def _default_torchvision_target(model) -> str | None:

@@ -139,3 +139,11 @@ def test_cli_export_task_detection(tmp_path, capsys) -> None:
     code = main(["export", str(tmp_path / "yolo5.onnx"), "--task", "detection", "--layout", "yolov5", "--layer",
                  TARGET_TENSOR, "--out", str(tmp_path / "bundle")])
     assert code == 0 and "detection layout yolov5: 80 anchors, 3 classes" in capsys.readouterr().out
+
+
+def test_automatic_target_is_the_last_map_that_is_not_a_prediction(tmp_path) -> None:
+    """TinyYolo's p4 ReLU (24 channels) is the last map whose channel count is not a per-level prediction's (7)."""
+    export_tiny_yolo(TinyYolo(), tmp_path / "yolo.onnx")
+    result = fusioncam.export_onnx(tmp_path / "yolo.onnx", tmp_path / "b", task="detection", layout="yolov8")
+    assert result.layer.name == "/p4/p4.1/Relu_output_0" and result.layer.shape[1] == 24
+    assert "picked automatically: the last 4-D feature map with spatial size > 1 whose channel" in result.describe()
