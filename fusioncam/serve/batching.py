@@ -249,7 +249,14 @@ class DynamicBatcher:
         images = np.concatenate([job.images for job in batch]) if len(batch) > 1 else batch[0].images
         methods = batch[0].methods
         total = int(images.shape[0])
-        if methods:
+        payloads = payloads_for(explainer.bundle.manifest)
+        if hasattr(payloads, "serve_batch"):  # several rows per image (detection): the task's payloads pad per image
+            specs = None if batch[0].regions is None else [r for job in batch for r in job.regions]
+            logits, classes, probabilities, maps, facts, timings = payloads.serve_batch(
+                explainer, images, methods, specs, _stop_when_all_gone(batch))
+            forwards_run = int(timings.get("scorer_forwards_run", 0)) + int(timings.get("method_forwards_run", 0))
+            forwards_skipped = int(timings.get("scorer_forwards_skipped", 0))
+        elif methods:
             targets = np.concatenate([job.targets for job in batch])  # resolved: -1 (ARGMAX) is the top class
             regions = None if batch[0].regions is None else [r for job in batch for r in job.regions]
             explanation = explainer.explain(images, [None if t == ARGMAX else int(t) for t in targets], methods=methods,

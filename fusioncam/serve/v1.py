@@ -57,7 +57,15 @@ def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest,
     default_methods = ("fusion",) if verb == "explain" else ()
     if verb == "predict" and parameters.get("methods") is not None:
         raise BadRequest("':predict' returns predictions only; send methods to ':explain'")
-    settings = settings_of(parameters, default_methods, options.default_top_k, manifest.num_classes)
+    payloads = payloads_for(manifest)
+    own = getattr(payloads, "request_parameters", ())  # parameters the task reads itself (detection's instances)
+    settings = settings_of({k: v for k, v in parameters.items() if k not in own}, default_methods,
+                           options.default_top_k, manifest.num_classes)
+    if hasattr(payloads, "v1_instances"):  # detection: what to explain per image (its targets are instances)
+        regions = payloads.v1_instances(parameters, instances)
+        images = [_instance_image(instance, decoder, f"instance {i}") for i, instance in enumerate(instances)]
+        return ParsedRequest(images=images, targets=np.full(len(images), -1, np.int64), settings=settings,
+                             regions=regions)
     shared_targets = _shared_targets(parameters.get("target"), len(instances))
     images, targets = [], []
     for i, instance in enumerate(instances):
@@ -67,8 +75,8 @@ def parse_v1(payload: Any, verb: str, decoder: ImageDecoder, manifest: Manifest,
             target = instance["target"]
         targets.append(target_of(target, manifest, label))
         images.append(_instance_image(instance, decoder, label))
-    regions = payloads_for(manifest).v1_regions(parameters.get("region"), instances, tuple(manifest.input_size),
-                                                options.max_image_pixels)
+    regions = payloads.v1_regions(parameters.get("region"), instances, tuple(manifest.input_size),
+                                  options.max_image_pixels)
     return ParsedRequest(images=images, targets=np.asarray(targets, dtype=np.int64), settings=settings,
                          regions=regions)
 
@@ -120,6 +128,9 @@ def v1_response(request: ParsedRequest, result: JobResult, manifest: Manifest, v
     settings = request.settings
     explanations = []
     for i, image in enumerate(request.images):
+        if hasattr(payloads, "v1_explanation"):  # detection: one entry per instance, with its own maps
+            explanations.append(payloads.v1_explanation(result, i, settings, image.picture, manifest))
+            continue
         entry: dict[str, Any] = {"target": payloads.v1_target(result.classes, result.probabilities, result.facts, i,
                                                               manifest)}
         if "maps" in settings.returns:

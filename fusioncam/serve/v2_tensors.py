@@ -18,6 +18,10 @@ serve/regions.py), and answers `segmentation` INT64 [N, H', W'] (each output pix
 `class_names` [N, k] (the k classes on most pixels), `pixel_fractions` FP32 [N, k], `explained_class`,
 `explained_probability` (the region probability P) and `region_weights` FP32 [N, H', W'] instead of the
 classifier's outputs.
+
+A detection bundle (tasks/detection_payloads.py) takes the parameters `min_score`, `max_instances` and `instances`
+(JSON text) and answers `boxes` [N, I, 4], `scores` [N, I], `classes` [N, I], `class_names` [N, I], `anchors`
+[N, I], `instance_count` [N] and one [N, I, H, W] map per method, padded past each image's instance count.
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ def input_types(manifest: Manifest) -> list[dict]:
 def output_types(manifest: Manifest) -> list[dict]:
     """Predictions, the explained target (the task's: tasks/*_payloads.py), and one map per method."""
     height, width = manifest.input_size
+    payloads = payloads_for(manifest)
+    shape = payloads.v2_map_shape(manifest) if hasattr(payloads, "v2_map_shape") else [-1, height, width]
     return [
-        *payloads_for(manifest).v2_output_types(manifest),
-        *({"name": method, "datatype": "FP32", "shape": [-1, height, width]} for method in METHODS),
+        *payloads.v2_output_types(manifest),
+        *({"name": method, "datatype": "FP32", "shape": shape} for method in METHODS),
     ]
 
 
@@ -80,8 +86,9 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
     if parameters.get("methods") is not None:
         asked = tuple(m for m in METHODS if m in set(asked) | set(methods_of(parameters["methods"])))
     methods = asked if (asked or requested) else ("fusion",)
-    settings = settings_of({**parameters, "methods": list(methods) or None}, (), options.default_top_k,
-                           manifest.num_classes, timeout_unit="us")  # Triton's timeout parameter: microseconds
+    own = getattr(payloads, "request_parameters", ())  # parameters the task reads itself (detection's instances)
+    settings = settings_of({**{k: v for k, v in parameters.items() if k not in own}, "methods": list(methods) or None},
+                           (), options.default_top_k, manifest.num_classes, timeout_unit="us")  # Triton's timeout parameter: microseconds
     if requested:
         outputs = tuple(requested)
     else:
@@ -90,6 +97,10 @@ def parse_v2(request: InferRequest, decoder: ImageDecoder, manifest: Manifest,
         raise BadRequest(f"outputs {', '.join(explanation_outputs)} need a method: name one in outputs or parameters")
     region_tensor = next((t for t in request.inputs if t.name == REGION_INPUT), None)
     images = _input_images([t for t in request.inputs if t is not region_tensor], decoder, options)
+    if hasattr(payloads, "v2_instances"):  # detection: what to explain per image (its targets are instances)
+        specs = payloads.v2_instances(parameters, region_tensor, len(images))
+        return ParsedRequest(images=images, targets=np.full(len(images), -1, np.int64), settings=settings,
+                             regions=specs), outputs
     target = parameters.get("target")
     targets = np.asarray([target_of(target, manifest, f"instance {i}") for i in range(len(images))], dtype=np.int64)
     regions = payloads.v2_regions(region_tensor, parameters.get("region"), len(images), tuple(manifest.input_size))
@@ -156,9 +167,13 @@ def v2_response(request: InferRequest, parsed: ParsedRequest, result: JobResult,
 
     all_probabilities: `probabilities` holds every class's probability in class order [N, classes] (a method
     view's output, method_views.py) instead of the top k."""
-    tensors = payloads_for(manifest).v2_tensors(result.logits, result.classes, result.probabilities, result.facts,
-                                                parsed.settings.top_k, manifest, outputs)
-    tensors.update({method: result.maps[method].astype(np.float32, copy=False) for method in parsed.settings.methods})
+    payloads = payloads_for(manifest)
+    tensors = payloads.v2_tensors(result.logits, result.classes, result.probabilities, result.facts,
+                                  parsed.settings.top_k, manifest, outputs)
+    maps = {method: result.maps[method] for method in parsed.settings.methods}
+    if hasattr(payloads, "trimmed_maps"):  # detection: [N, I, H, W] to this request's largest instance count
+        maps = payloads.trimmed_maps(maps, result.facts)
+    tensors.update({method: array.astype(np.float32, copy=False) for method, array in maps.items()})
     tensors.update(extension_tensors(request.request_outputs, result.logits, manifest, all_probabilities))
     infer_outputs = []
     for name in outputs:

@@ -18,6 +18,7 @@ from ..errors import InputError
 PAYLOADS = {
     "classification": ("fusioncam.tasks.classification_payloads", "ClassificationPayloads"),
     "segmentation": ("fusioncam.tasks.segmentation_payloads", "SegmentationPayloads"),
+    "detection": ("fusioncam.tasks.detection_payloads", "DetectionPayloads"),
 }
 
 
