@@ -10,6 +10,7 @@ from ..memory_budget import check_input_size_fits
 from .bundle_builder import IMAGENET_MEAN, IMAGENET_STD, ExportResult
 from .layers import Layer
 from .onnx_export import list_onnx_layers
+from .detection_export import export_onnx_detection
 from .segmentation_export import export_onnx_segmentation, export_torch_segmentation
 from .task_routing import export_onnx, export_torch
 
@@ -34,5 +35,13 @@ def _is_torch_module(model) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ExportResult", "Layer", "export_onnx", "export_onnx_segmentation",
-           "export_torch", "export_torch_segmentation", "list_layers"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ExportResult", "Layer", "export_onnx", "export_onnx_detection",
+           "export_onnx_segmentation", "export_torch", "export_torch_detection", "export_torch_segmentation",
+           "list_layers"]
+
+
+def export_torch_detection(*args, **kwargs) -> ExportResult:
+    """fusioncam.export.detection_torch.export_torch_detection (imported on use: it needs torch)."""
+    from .detection_torch import export_torch_detection as export
+
+    return export(*args, **kwargs)

@@ -50,8 +50,9 @@ class InstanceSelection:
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.min_score) <= 1.0:
             raise InputError(f"min_score must be in [0, 1]; got {self.min_score}")
-        if isinstance(self.max_instances, bool) or int(self.max_instances) != self.max_instances or self.max_instances < 1:
-            raise InputError(f"max_instances must be a positive number of instances per image; got {self.max_instances}")
+        count = self.max_instances
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise InputError(f"max_instances must be a positive number of instances per image; got {count!r}")
         if not 0.0 < float(self.iou_threshold) <= 1.0:
             raise InputError(f"iou_threshold must be in (0, 1]; got {self.iou_threshold}")
 
@@ -133,7 +134,8 @@ def _named_instance(item, boxes: np.ndarray, scores: np.ndarray, size: tuple[int
     anchors, classes = scores.shape
     if isinstance(item, (int, np.integer)) and not isinstance(item, bool):
         if not 0 <= int(item) < anchors:
-            raise InputError(f"{where}: anchor {item} is out of range; the model has {anchors} anchors (0..{anchors - 1})")
+            raise InputError(f"{where}: anchor {item} is out of range; the model has {anchors} anchors "
+                             f"(0..{anchors - 1})")
         anchor = int(item)
         return anchor, int(scores[anchor].argmax()), boxes[anchor]
     if isinstance(item, (tuple, list)) and len(item) == 2:

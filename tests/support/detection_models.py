@@ -23,7 +23,8 @@ class TinyYolo(torch.nn.Module):
         torch.manual_seed(seed)
         self.classes, self.objectness = classes, objectness
         relu = torch.nn.ReLU
-        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), relu(), torch.nn.Conv2d(8, 16, 3, 2, 1), relu())
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), relu(),
+                                         torch.nn.Conv2d(8, 16, 3, 2, 1), relu())
         self.p3 = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, 2, 1), relu())
         self.p4 = torch.nn.Sequential(torch.nn.Conv2d(16, 24, 3, 2, 1), relu())
         width = 4 + classes + (1 if objectness else 0)
