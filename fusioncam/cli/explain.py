@@ -31,8 +31,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from ..report.segmentation import parse_region
 
         summary = explain_into_folder(explainer, sources, args.out, target=args.target, methods=args.methods,
-                                      colormap=args.colormap, regions=parse_region(args.region))
+                                      colormap=args.colormap, regions=parse_region(args.region),
+                                      instances=instance_selection(args, explainer.task.name))
     return finish(summary)
+
+
+def instance_selection(args: argparse.Namespace, task: str):
+    """A detection bundle's InstanceSelection from --min-score and --max-instances (defaults 0.25 and 10); None for
+    other tasks, which refuse the two options and --target's place is taken by the instances."""
+    from ..tasks.detection import InstanceSelection
+
+    given = [flag for flag, value in (("--min-score", args.min_score), ("--max-instances", args.max_instances))
+             if value is not None]
+    if task != "detection":
+        if given:
+            raise InputError(f"{', '.join(given)} apply to detection bundles only; this model explains a {task} task")
+        return None
+    if args.target is not None:
+        raise InputError("--target does not apply to a detection bundle: it explains each detection the model keeps "
+                         "(choose them with --min-score and --max-instances)")
+    defaults = InstanceSelection()
+    return InstanceSelection(min_score=defaults.min_score if args.min_score is None else args.min_score,
+                             max_instances=defaults.max_instances if args.max_instances is None else args.max_instances)
 
 
 def add_subcommands(sub) -> None:
@@ -65,6 +85,12 @@ def add_subcommands(sub) -> None:
     explain.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
                          help="segmentation bundles: where --target is explained: where the model predicts it "
                               "(predicted, the default), the whole image (all), or a box in the model's input pixels")
+    explain.add_argument("--min-score", type=float, metavar="S",
+                         help="detection bundles: explain the detections whose best class score is at least S "
+                              "(default 0.25), after class-wise NMS")
+    explain.add_argument("--max-instances", type=positive_int, metavar="K",
+                         help="detection bundles: explain at most K detections per image, highest scores first "
+                              "(default 10)")
     explain.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="input size for an .onnx model with a dynamic height/width")
     explain.set_defaults(run=cmd_explain)

@@ -153,20 +153,27 @@ def output_names(labels: Sequence[str]) -> list[str]:
     return unique_names(labels, lambda name: list(output_files(name, METHODS).values()))
 
 
-def planned_files(sources: Sequence[ImageSource], methods: Sequence[str]) -> list[str]:
-    """Every file name a run writes into its output folder."""
+def planned_files(sources: Sequence[ImageSource], methods: Sequence[str],
+                  instances_per_image: int | None = None) -> list[str]:
+    """Every file name a run writes into its output folder (a detection bundle's: up to instances_per_image
+    instances per image, report/detection_folder.py)."""
     planned = [INDEX_HTML, RESULTS_JSON]
     for source in sources:
-        planned += output_files(source.name, methods).values()
+        if instances_per_image is not None:
+            from .detection_folder import detection_files
+
+            planned += detection_files(source.name, methods, instances_per_image).values()
+        else:
+            planned += output_files(source.name, methods).values()
     return planned
 
 
-def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str]
-                     ) -> dict[str, str | None]:
+def check_output_dir(out: str | os.PathLike, sources: Sequence[ImageSource], methods: Sequence[str],
+                     instances_per_image: int | None = None) -> dict[str, str | None]:
     """Refuse an output folder where a file this run writes would replace an input or a file fusioncam did not write
     (output_guard.check_output_folder); nothing is created. Returns the files earlier runs recorded there."""
     inputs = {os.path.realpath(s.path): s.label for s in sources if s.path is not None}
-    return check_output_folder(out, planned_files(sources, methods), inputs)
+    return check_output_folder(out, planned_files(sources, methods, instances_per_image), inputs)
 
 
 def explain_into_folder(
@@ -178,12 +185,15 @@ def explain_into_folder(
     colormap: str = "jet",
     stream: TextIO | None = None,
     regions=None,
+    instances=None,
 ) -> RunSummary:
     """Explain each source separately with `explainer` and write its files; bad images are reported and skipped.
 
     `target` is one class for every image (index, name or None for each image's top class). Messages about
     skipped images, and a progress bar when `stream` is a terminal, go to `stream` (default stderr). `regions`
     (segmentation bundles): "predicted" (None), "all" or a box, for every image (see Explainer.explain).
+    `instances` (detection bundles): an InstanceSelection (min_score, max_instances) for every image; each image
+    then gets its detections picture and one panel per instance (report/detection_folder.py).
 
     A stop signal (see interrupts.stop_signals) ends the run at the next scorer batch or image: the image in progress
     is dropped whole, and results.json / index.html record the finished ones, marked incomplete
@@ -194,9 +204,11 @@ def explain_into_folder(
     manifest = explainer.bundle.manifest
     target = int(resolve_targets(target, 1, manifest.num_classes, manifest.class_names)[0])  # bad names fail up front
     target = None if target == ARGMAX else target  # the top class is None to explain(): -1 would be the last class
+    per_image = getattr(instances, "max_instances", None)  # a detection run's most instances per image
+    chosen = {} if instances is None else {"instances": instances}
     stop = active()
     with run_lock(out), stop.deferred():  # re-entrant: the CLI already holds it
-        earlier = check_output_dir(out, sources, methods)
+        earlier = check_output_dir(out, sources, methods, per_image)
         out = Path(out)
         create_folder(out)
         progress = ProgressBar(len(sources), stream)
@@ -213,7 +225,7 @@ def explain_into_folder(
                 report = progress.batch_reporter(source.label, started)
                 explanation = explainer.explain(batch, targets=target, methods=panel_methods(methods),
                                                 names=[source.label], on_batch=lambda done, total: (
-                                                    stop.check(), report(done, total)), regions=regions)
+                                                    stop.check(), report(done, total)), regions=regions, **chosen)
                 seconds = time.perf_counter() - started
             except Interrupted:
                 break
@@ -240,6 +252,12 @@ def write_image_outputs(out: Path, source: ImageSource, rgb: np.ndarray, explana
         from .segmentation import write_segmentation_outputs
 
         return write_segmentation_outputs(out, source, rgb, explanation, seconds, methods, colormap)
+    if getattr(explanation, "image_index", None) is not None:  # a detection bundle's: one row per instance
+        from .detection_folder import write_detection_outputs
+
+        size = tuple(next(iter(explanation.maps.values())).shape[1:])
+        return write_detection_outputs(out, source, rgb, explanation, seconds, methods, size,
+                                       explanation.logits.shape[1], colormap)
     files = output_files(source.name, methods)
     title = f"{explanation.class_name(0)}  p={float(explanation.probabilities[0]):.3f}"
     tiles = [(METHOD_TITLES[m], explanation.maps[m][0]) for m in panel_methods(methods)]
@@ -379,15 +397,18 @@ def _card(record: ImageRecord, chosen: Sequence[str], shown: str) -> str:
     links = "".join(
         f"<b>{esc(METHOD_TITLES[method])}</b> "
         + "".join(f'<a href="{esc(record.files[key])}">{esc(record.files[key])}</a>'
-                  for key in (f"{method}_overlay", f"{method}_npy"))
+                  for key in (f"{method}_overlay", f"{method}_npy") if key in record.files)
         for method in chosen
     )
+    instances = getattr(record, "instances", [])  # a detection record: each instance's panel
+    panels = "".join(f'<h2>instance {i["index"]}: {esc(i["class_name"])} (score {i["score"]:.3f})</h2>'
+                     f'<img src="{esc(i["files"]["panel"])}" alt="instance {i["index"]} panel">' for i in instances)
     return (
         f'<div class="card"><h2>{esc(record.name)}: {esc(record.class_name)} '
         f"(class {record.class_index}, p = {record.probability:.3f})</h2>"
         f'<img src="{esc(record.files["panel"])}" alt="{esc(record.name)} panel">'
         f'<p class="meta">panel: image, {esc(shown)}</p>{tables}'
-        f'<p class="files">{links}</p><p class="meta">input: {esc(record.input)}</p></div>'
+        f'<p class="files">{links}</p>{panels}<p class="meta">input: {esc(record.input)}</p></div>'
     )
 
 
