@@ -19,9 +19,11 @@ SHARED = "shared"  # the one lane of a server started with --gradient-workers 0
 
 
 def _needs_masked_forwards(name: str) -> bool:
-    """True when the method reads the Score-CAM sweep or yields probe rounds (each a batch of masked forwards)."""
+    """True when the method reads the Score-CAM sweep, yields probe rounds (each a batch of masked forwards) or runs
+    the head graph per channel or position (AblationCAM, ReciproCAM)."""
     method = REGISTRY[name]
-    return "scorecam" in method.needs or "sweep" in method.needs or inspect.isgeneratorfunction(method.run)
+    return (any(need in method.needs for need in ("scorecam", "sweep", "head"))
+            or inspect.isgeneratorfunction(method.run))
 
 
 GRADIENT_METHODS: frozenset[str] = frozenset(name for name in REGISTRY if not _needs_masked_forwards(name))

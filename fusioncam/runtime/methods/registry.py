@@ -43,8 +43,8 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("eigengradcam", "EigenGrad-CAM", eigengradcam),
     Method("kpcacam", "KPCA-CAM", kpcacam),
     Method("finercam", "FinerCAM", finercam, ("gradcam_weights",)),
-    Method("ablationcam", "Ablation-CAM", ablationcam),  # head graph (runtime/methods/head_sweep.py)
-    Method("reciprocam", "Recipro-CAM", reciprocam),  # head graph
+    Method("ablationcam", "Ablation-CAM", ablationcam, ("head",)),  # head-graph forwards (methods/head_sweep.py)
+    Method("reciprocam", "Recipro-CAM", reciprocam, ("head",)),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
