@@ -76,28 +76,53 @@ def _evaluate_into_locked_folder(args: argparse.Namespace) -> int:
     bundle = bundle_for(args.model, notify=say)
     manifest = bundle.manifest
     checked_step(args.step, manifest.input_size[0] * manifest.input_size[1])
-    subject = payloads_for(manifest).evaluation_subject(region)  # what is measured; --region refused for classifiers
+    payloads = payloads_for(manifest)
+    region = _instance_selection(args, manifest, region)
+    subject = payloads.evaluation_subject(region)  # what is measured; --region refused for classifiers
     images, names, labels, skipped = _preprocessed_inputs(args.inputs, manifest, say)
     explainer = Explainer(bundle, device=args.device, batch_size=args.batch)
     say(f"evaluating {', '.join(methods)} on {len(names)} image(s) ({explainer.device}, step {args.step})")
     run = evaluate_images(explainer, images, methods, names, args.step, region)
     done = len(run.names)
+    unit = getattr(payloads, "row_unit", "images")  # detection: one row per instance
     setup = (f"Model `{manifest.source}`, target layer `{manifest.target_layer}`, input "
-             f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {explainer.device}; n = {done} images "
+             f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {explainer.device}; n = {done} {unit} "
              f"({', '.join(run.names)}), each explained and measured for {subject}.")
     if run.interrupted:
-        setup += (f" Incomplete: the run was interrupted ({run.interrupted}) after {done} of {len(names)} images; "
+        setup += (f" Incomplete: the run was interrupted ({run.interrupted}) after {len(names) - len(run.not_evaluated)} "
+                  f"of {len(names)} images; "
                   f"not evaluated: {', '.join(run.not_evaluated)}.")
     with active().deferred():  # a signal now lets the record be written whole
         written = write_evaluation_record(out, run, setup, manifest, labels, skipped)
     if run.evaluation is not None:
         print(metrics_table(run.evaluation))
     if run.interrupted:
-        say(f"fusioncam evaluate: interrupted ({run.interrupted}) after {done} of {len(names)} image(s); "
+        say(f"fusioncam evaluate: interrupted ({run.interrupted}) after {len(names) - len(run.not_evaluated)} of {len(names)} image(s); "
              f"{out / 'results.json'} records what finished (marked incomplete)")
         return EXIT_INTERRUPTED
     say(f"wrote {', '.join(str(path) for path in written)}")
     return 1 if skipped else 0
+
+
+def _instance_selection(args: argparse.Namespace, manifest, region):
+    """A detection bundle's InstanceSelection (--min-score, --max-instances) in the place of the region; the two
+    options are refused for other tasks, and --region for a detection bundle."""
+    from ..errors import InputError
+    from ..tasks.detection import InstanceSelection
+
+    given = [flag for flag, value in (("--min-score", args.min_score), ("--max-instances", args.max_instances))
+             if value is not None]
+    task = getattr(manifest, "task", "classification") or "classification"
+    if task != "detection":
+        if given:
+            raise InputError(f"{', '.join(given)} apply to detection bundles only; this model explains a {task} task")
+        return region
+    if region is not None:
+        raise InputError("--region applies to segmentation bundles; a detection bundle explains its detections "
+                         "(choose them with --min-score and --max-instances)")
+    defaults = InstanceSelection()
+    return InstanceSelection(min_score=defaults.min_score if args.min_score is None else args.min_score,
+                             max_instances=defaults.max_instances if args.max_instances is None else args.max_instances)
 
 
 def add_subcommands(sub) -> None:
@@ -121,4 +146,9 @@ def add_subcommands(sub) -> None:
     evaluate.add_argument("--region", metavar="predicted|all|x0,y0,x1,y1",
                           help="segmentation bundles: where the class predicted on most pixels is explained and scored "
                                "(default: predicted, where the model predicts it); a box is in the model's input pixels")
+    evaluate.add_argument("--min-score", type=float, metavar="S",
+                          help="detection bundles: evaluate each detection whose best class score is at least S "
+                               "(default 0.25), after class-wise NMS")
+    evaluate.add_argument("--max-instances", type=positive_int, metavar="K",
+                          help="detection bundles: at most K detections per image, highest scores first (default 10)")
     evaluate.set_defaults(run=cmd_evaluate)

@@ -212,8 +212,9 @@ class EvaluationRun:
     names: list[str]
     interrupted: str | None = None  # SIGINT or SIGTERM
     not_evaluated: list[str] = field(default_factory=list)  # the images an interrupted run did not reach
-    facts: list[dict] = field(default_factory=list)  # per finished image, the task's facts (segmentation: region)
+    facts: list[dict] = field(default_factory=list)  # per finished row, the task's facts (segmentation: region)
     score_name: str = "class probability"  # what the protocols scored (the task's payloads)
+    row_images: list[int] = field(default_factory=list)  # each row's image (detection: a row per instance)
 
 
 def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
@@ -236,6 +237,7 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
     stop = active()
     parts: list[Evaluation] = []
     facts: list[dict] = []
+    row_images: list[int] = []
     with stop.deferred():
         try:
             for index, name in enumerate(names):
@@ -244,12 +246,16 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
                 explanation, evaluation = payloads.evaluate(explainer, image, tuple(methods), name, step, region,
                                                             on_batch=stop.check, before_method=stop.check)
                 parts.append(evaluation)
-                facts.append(payloads.evaluation_facts(explanation))
+                row_facts = payloads.evaluation_facts(explanation)  # one dict, or (detection) one per instance row
+                facts.extend(row_facts if isinstance(row_facts, list) else [row_facts])
+                row_images.extend([index] * len(evaluation.names))
         except Interrupted:
             pass
-    evaluation = _join_images(parts) if parts else None
-    finished, pending = list(names[: len(parts)]), list(names[len(parts):])
-    return EvaluationRun(evaluation, finished, stop.received if pending else None, pending, facts, payloads.score_name)
+    evaluation = _join_images(parts) if any(part.names for part in parts) else None
+    finished = [row for part in parts for row in part.names]  # the images (detection: the instances) measured
+    pending = list(names[len(parts):])
+    return EvaluationRun(evaluation, finished, stop.received if pending else None, pending, facts, payloads.score_name,
+                         row_images)
 
 
 def _join_images(parts: Sequence[Evaluation]) -> Evaluation:
@@ -281,8 +287,9 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
     evaluation = run.evaluation
     images = []
     for i, name in enumerate(run.names):
+        image = run.row_images[i] if i < len(run.row_images) else i
         images.append({
-            "name": name, "input": inputs[i] if i < len(inputs) else name, "class_index": int(evaluation.classes[i]),
+            "name": name, "input": inputs[image] if image < len(inputs) else name, "class_index": int(evaluation.classes[i]),
             **(run.facts[i] if i < len(run.facts) else {}),
             "metrics": {method: {metric: float(scores.per_image[metric][i]) for metric in METRICS}
                         for method, scores in evaluation.scores.items()},

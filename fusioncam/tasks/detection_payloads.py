@@ -315,6 +315,58 @@ class DetectionPayloads:
                  for row in tensors["classes"]], dtype=np.object_).reshape(tensors["classes"].shape)
         return tensors
 
+    # --- evaluate
+    row_unit = "instances"  # what one row of an evaluation is
+
+    def evaluate(self, explainer, image: np.ndarray, methods: tuple[str, ...], name: str, step: int, region,
+                 on_batch=None, before_method=None):
+        """(explanation, Evaluation) of one preprocessed image [1, 3, H, W]: one row per instance the selection
+        `region` (an InstanceSelection; None: the default) keeps, each method's maps scored by the instance's
+        matched score (metrics/detection.py)."""
+        selection = region if region is not None else InstanceSelection()
+        explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch,
+                                        instances=selection)
+        maps = {method: explanation.maps[method] for method in methods}
+        names = [f"{name} instance {k}" for k in range(len(explanation.classes))]
+        return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, names, before_method)
+
+    def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
+                      before_method=None):
+        """The Evaluation (metrics/evaluation.py's record) of each method's maps, one row per instance."""
+        from ..metrics.detection import evaluate_detection_maps
+        from ..metrics.evaluation import Evaluation, MethodScores
+
+        scores = {}
+        for method, method_maps in maps.items():
+            if before_method is not None:
+                before_method()
+            if len(explanation.classes) == 0:  # no detection kept: no row to score
+                empty = np.zeros(0)
+                scores[method] = MethodScores(per_image={k: empty for k in ("average_drop", "increase_in_confidence",
+                                                                             "deletion_auc", "insertion_auc")},
+                                              deletion=(empty, np.zeros((0, 0))), insertion=(empty, np.zeros((0, 0))))
+                continue
+            got = evaluate_detection_maps(explainer, images, explanation, {method: method_maps}, step)[method]
+            scores[method] = MethodScores(
+                per_image={"average_drop": got.average_drop, "increase_in_confidence": got.increase,
+                           "deletion_auc": got.deletion_auc, "insertion_auc": got.insertion_auc},
+                deletion=(got.fractions, got.deletion_curve), insertion=(got.fractions, got.insertion_curve))
+        return Evaluation(scores, list(names), np.asarray(explanation.classes, np.int64), int(step))
+
+    def evaluation_facts(self, explanation) -> list[dict[str, Any]]:
+        """Per instance row: its instance index in the image, anchor, box, class name and score."""
+        return [{"instance": k, "anchor": int(explanation.anchors[k]), "box": [float(v) for v in explanation.boxes[k]],
+                 "class_name": explanation.class_name(k), "score": float(explanation.probabilities[k])}
+                for k in range(len(explanation.classes))]
+
+    def evaluation_subject(self, region) -> str:
+        """What `fusioncam evaluate` explains and scores, for its report."""
+        selection = region if region is not None else InstanceSelection()
+        return (f"each detection the model keeps (best class score >= {selection.min_score:g}, class-wise NMS, at "
+                f"most {selection.max_instances} per image), one row per instance, each map scored by the instance's "
+                f"matched score (D-RISE's protocol: max over the model's predictions of IoU with the instance's box "
+                f"x its class score)")
+
     def trimmed_maps(self, maps: dict, facts: dict) -> dict:
         """The maps [N, I, H, W] trimmed like v2_tensors' instance tensors."""
         width = int(facts["instance_count"].max()) if len(facts["instance_count"]) else 0

@@ -109,3 +109,73 @@ def test_detection_options_are_refused_where_they_do_not_apply(bundle, photos, t
     assert code == 0  # no detection at a score of 1: an empty result, not an error
     record = json.loads((tmp_path / "b" / "results.json").read_text())["images"][0]
     assert record["instances"] == [] and record["class_name"] == "0 detections"
+
+
+STEP = 512
+
+
+def _matched_scores(model: TinyYolo, inputs: np.ndarray, cls: int, reference) -> np.ndarray:
+    """D-RISE's matched score of each input [M, 3, H, W] by the PyTorch model itself, in NumPy: max over anchors of
+    IoU(box_a, reference) x score[a, cls]."""
+    import torch
+
+    from tests.support.detection_models import instance_scores
+
+    with torch.no_grad():
+        boxes, scores = instance_scores(model(torch.from_numpy(inputs.astype(np.float32))), False)
+    boxes, scores = boxes.numpy().astype(np.float64), scores.numpy().astype(np.float64)[..., cls]
+    ref = np.asarray(reference, np.float64)
+    low, high = np.maximum(boxes[..., :2], ref[:2]), np.minimum(boxes[..., 2:], ref[2:])
+    inter = np.prod(np.clip(high - low, 0, None), axis=-1)
+    union = np.prod(boxes[..., 2:] - boxes[..., :2], axis=-1) + np.prod(ref[2:] - ref[:2]) - inter
+    return (inter / union * scores).max(axis=1)
+
+
+def _reference_metrics(model: TinyYolo, image: np.ndarray, cam: np.ndarray, cls: int, reference) -> dict:
+    """AD, IC, deletion and insertion AUC of one instance, written from the protocols (metrics.md) in NumPy."""
+    y = _matched_scores(model, image[None], cls, reference)[0]
+    o = _matched_scores(model, (image * cam)[None], cls, reference)[0]
+    plane = cam.size
+    counts = np.append(np.arange(0, plane, STEP), plane)
+    ranks = np.empty(plane, np.int64)
+    ranks[np.argsort(-cam.ravel(), kind="stable")] = np.arange(plane)
+    changed = np.stack([(ranks < k).reshape(cam.shape) for k in counts]).astype(np.float32)[:, None]
+    blurred = np.stack([cv2.GaussianBlur(c, (51, 51), 50.0, borderType=cv2.BORDER_REFLECT_101) for c in image])
+    deletion = _matched_scores(model, image[None] * (1 - changed), cls, reference)
+    insertion = _matched_scores(model, image[None] * changed + blurred[None] * (1 - changed), cls, reference)
+    x = counts / plane
+    auc = lambda p: float(((p[1:] + p[:-1]) * 0.5 * np.diff(x)).sum())  # noqa: E731
+    return {"average_drop": 100 * max(0.0, y - o) / y, "increase_in_confidence": 100.0 * (o > y),
+            "deletion_auc": auc(deletion), "insertion_auc": auc(insertion)}
+
+
+def test_evaluate_scores_each_instance_by_its_matched_score(bundle, photos, tmp_path) -> None:
+    from fusioncam.images import load_batch
+
+    out = tmp_path / "report"
+    code = main(["evaluate", *map(str, photos), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                 "--methods", ",".join(METHODS), "--step", str(STEP), "--min-score", "0.3", "--max-instances", "2"])
+    assert code == 0
+    record = json.loads((out / "results.json").read_text())
+    rows = record["images"]
+    assert len(rows) == 4 and record["score"] == "matched score"
+    model = TinyYolo().eval()
+    selection = InstanceSelection(min_score=0.3, max_instances=2)
+    with Explainer(bundle, device="cpu") as explainer:
+        manifest = explainer.bundle.manifest
+        for i, path in enumerate(photos):
+            image = load_batch([path], manifest.input_size, manifest.mean, manifest.std)[0]
+            want = explainer.explain(image, methods=METHODS, instances=selection)
+            for k in range(2):
+                row = rows[2 * i + k]
+                assert row["input"] == str(path) and row["name"] == f"photo{i} instance {k}"
+                assert row["class_index"] == int(want.classes[k]) and row["anchor"] == int(want.anchors[k])
+                for method in METHODS:
+                    expected = _reference_metrics(model, image[0], want.maps[method][k], int(want.classes[k]),
+                                                  want.reference_boxes[k])
+                    got = row["metrics"][method]
+                    for metric, value in expected.items():
+                        assert got[metric] == pytest.approx(value, abs=2e-4 if metric == "average_drop" else 1e-5), \
+                            (i, k, method, metric)
+    assert "one row per instance" in (out / "metrics.md").read_text()
+    assert (out / "curves.png").exists() and (out / "metrics.csv").exists()
