@@ -97,6 +97,11 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch_detection needs a torch.nn.Module, got {type(model).__name__}")
+    from .detection_queries import export_torch_query_detection, query_kind
+
+    if query_kind(model) is not None and layout is None:  # transformers DETR, Conditional DETR, YOLOS, RT-DETR
+        return export_torch_query_detection(model, target_layer, out, input_size, mean=mean, std=std,
+                                            class_names=class_names, fp16_scorer=fp16_scorer)
     arguments.text("target_layer", target_layer, allow_none=True)
     check_bundle_destination(out)
     kind = torchvision_kind(model)

@@ -1,0 +1,174 @@
+"""Query detectors (Hugging Face DETR, Conditional DETR, YOLOS, RT-DETR) as detection bundles.
+
+A query detector returns `logits [N, Q, C(+1)]` and `pred_boxes [N, Q, 4]` (cx, cy, w, h normalised to the image).
+`QueryDetectorOutputs` turns them into the "yolov8" layout of detection_graph.py, [N, 4 + C, Q], so each query is
+one explained instance (its index is the bundle's "anchor") and the scorer's masked score is the best-matching
+query's IoU x class score, as for the dense families. Boxes are scaled to input pixels; class scores are activated
+as each model's own post-processing in transformers does:
+
+- DETR and YOLOS: softmax over C + 1 classes, the last ("no object") column dropped (C classes remain);
+- Conditional DETR: sigmoid of each of the C logits;
+- RT-DETR: sigmoid (its config's `use_focal_loss`, the default), else softmax with the last column dropped.
+
+Target layers are module paths of the transformers model. A 4-D module output is used as it is (a backbone stage,
+RT-DETR's encoder levels); a token sequence [N, h*w, d] from a DETR/Conditional DETR encoder is reshaped to the
+[N, d, h, w] grid of the map that feeds it (`model.input_projection`), in the explain graph, by the token layout
+ViTs use (target_layout.py). YOLOS' tokens (class and detection tokens
+mixed with patches) are not reshaped: give a 4-D module for YOLOS (e.g. its patch embedding's projection).
+The image processor is not part of the graph: images are the export's input size, normalised with mean/std
+(default: ImageNet for DETR, Conditional DETR and YOLOS, 0 and 1 for RT-DETR, as their processors do).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .. import arguments
+from ..bundle import check_bundle_destination
+from ..errors import LayerError, ModelLoadError
+
+QUERY_DETECTORS = {"DetrForObjectDetection": "DETR", "ConditionalDetrForObjectDetection": "Conditional DETR",
+                   "YolosForObjectDetection": "YOLOS", "RTDetrForObjectDetection": "RT-DETR",
+                   "RTDetrV2ForObjectDetection": "RT-DETR"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PICKING_RULE = "the backbone's last stage (a module path ending in 'stages.<last>' under the model's backbone)"
+
+
+def query_kind(model) -> str | None:
+    """"DETR", "Conditional DETR", "YOLOS" or "RT-DETR" for those transformers detectors, else None."""
+    if not type(model).__module__.startswith("transformers."):
+        return None
+    return QUERY_DETECTORS.get(type(model).__name__)
+
+
+def _drops_no_object(model, kind: str) -> bool:
+    """True where the model's post-processing is a softmax over C + 1 with the no-object column dropped."""
+    if kind in ("DETR", "YOLOS"):
+        return True
+    if kind == "RT-DETR":
+        return not getattr(model.config, "use_focal_loss", True)
+    return False
+
+
+def QueryDetectorOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (a module factory)
+    """A module: images [N, 3, H, W] (normalised) -> [N, 4 + C, Q]: each query's box cx, cy, w, h in input pixels
+    and its activated class scores (see the module docstring), from a transformers query detector in eval mode."""
+    import torch
+
+    kind = query_kind(model)
+    softmax = _drops_no_object(model, kind)
+    height, width = input_size
+
+    class Outputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+            self.register_buffer("scale", torch.tensor([width, height, width, height], dtype=torch.float32))
+
+        def forward(self, x):
+            out = self.model(pixel_values=x)
+            logits, boxes = out.logits, out.pred_boxes
+            scores = torch.softmax(logits, dim=-1)[..., :-1] if softmax else torch.sigmoid(logits)
+            return torch.cat([boxes * self.scale, scores], dim=-1).transpose(1, 2)
+
+    return Outputs()
+
+
+def _default_target(model) -> str | None:
+    """The last `...stages.<i>` module under the backbone (ResNet-style backbones of DETR, Conditional DETR, RT-DETR)."""
+    stages = [name for name, _ in model.named_modules()
+              if "backbone" in name and name.rsplit(".", 2)[-2:-1] == ["stages"] and name.rsplit(".", 1)[-1].isdigit()]
+    return stages[-1] if stages else None
+
+
+def _token_grid(model, input_size: tuple[int, int]) -> tuple[int, int] | None:
+    """(h, w) of the map a DETR-style encoder flattens into tokens (`model.input_projection`'s output), or None."""
+    import torch
+
+    projection = dict(model.named_modules()).get("model.input_projection")
+    if projection is None:
+        return None
+    shapes = []
+    handle = projection.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape)))
+    try:
+        with torch.no_grad():
+            model(pixel_values=torch.zeros(1, 3, *input_size))
+    finally:
+        handle.remove()
+    return shapes[0][2:] if shapes and len(shapes[0]) == 4 else None
+
+
+def export_torch_query_detection(model, target_layer: str | None, out: str | os.PathLike,
+                                 input_size: tuple[int, int] = (128, 128), *, mean=None, std=None,
+                                 class_names: list[str] | None = None, fp16_scorer: bool = False):
+    """A detection bundle from a transformers DETR, Conditional DETR, YOLOS or RT-DETR (see the module docstring).
+    `target_layer` is a module path of `model` (default: the backbone's last stage); class names default to the
+    config's id2label."""
+    import torch
+
+    from .detection_export import write_detection_bundle
+    from .detection_graph import prepare_detector
+    from .classifier_graph import tensor_shapes
+    from .layers import resolve_target
+    from .target_layout import LayoutRequest
+    from .torch_export import FEATURES_OUTPUT, _inference_copy, export_features_wrapper, features_wrapper, state_sha256
+
+    kind = query_kind(model)
+    if kind is None:
+        raise ModelLoadError(f"{type(model).__name__} is not a transformers query detector "
+                             f"({', '.join(sorted(QUERY_DETECTORS))})")
+    arguments.text("target_layer", target_layer, allow_none=True)
+    check_bundle_destination(out)
+    copy = _inference_copy(model)
+    input_size = tuple(int(v) for v in input_size)
+    picked = target_layer is None
+    if picked:
+        target_layer = _default_target(copy)
+        if target_layer is None:
+            raise LayerError(f"{kind}: no backbone stage found; give target_layer (a module path of the model)")
+    if target_layer not in dict(copy.named_modules()):
+        raise LayerError(f"{kind}: target layer '{target_layer}' is not a module of the model; give a module path "
+                         f"(see fusioncam.list_layers(model))")
+    grid = _token_grid(copy, input_size)
+    if mean is None:
+        mean = (0.0, 0.0, 0.0) if kind == "RT-DETR" else IMAGENET_MEAN
+    if std is None:
+        std = (1.0, 1.0, 1.0) if kind == "RT-DETR" else IMAGENET_STD
+    if class_names is None:
+        labels = getattr(copy.config, "id2label", None) or {}
+        count = int(copy.config.num_labels)
+        class_names = [str(labels.get(i, i)) for i in range(count)] if len(labels) == count else None
+    source = f"{type(model).__name__} (PyTorch)"
+
+    def raw_output(output):
+        return output
+
+    def features(captured, _scores):
+        feats = captured if isinstance(captured, torch.Tensor) else captured[0]
+        tokens = isinstance(feats, torch.Tensor) and feats.dim() == 3 and grid is not None \
+            and feats.shape[1] == grid[0] * grid[1]
+        if not tokens and (not isinstance(feats, torch.Tensor) or feats.dim() != 4):
+            shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise LayerError(f"{kind}: target layer '{target_layer}' outputs {shape}; give a module with a 4-D map "
+                             f"[N, K, h, w] (a backbone stage) or, for DETR and Conditional DETR, the encoder "
+                             f"(tokens [N, h*w, d] reshaped to the input projection's grid)")
+        return feats
+
+    wrapper = features_wrapper(QueryDetectorOutputs(copy, input_size), f"model.{target_layer}", raw_output, features)
+    example = torch.zeros(2, 3, *input_size)
+    with torch.no_grad():
+        wrapper(example)
+    exported = export_features_wrapper(wrapper, example, "detector")
+    detector = prepare_detector(exported, source, "yolov8", input_size)
+    layer = resolve_target(detector, FEATURES_OUTPUT, LayoutRequest(token_grid=tuple(grid), prefix_tokens=0)
+                           if grid is not None and len(tensor_shapes(detector.model)[FEATURES_OUTPUT]) == 3
+                           else LayoutRequest())
+    result = write_detection_bundle(
+        detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
+        mean=mean, std=std, class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
+        picking_rule=PICKING_RULE)
+    return result
+
+
+__all__ = ["QueryDetectorOutputs", "export_torch_query_detection", "query_kind"]
