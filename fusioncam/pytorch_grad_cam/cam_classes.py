@@ -12,7 +12,7 @@ aggregation (ReLU, mean over layers, scaled to [0, 1]) of each layer's map. Each
 before upsampling it, so with several layers its mean weighs the layers slightly differently (0.06-0.11 max
 difference measured on a small CNN's two convolutions, correlation above 0.95). aug_smooth: pytorch-grad-cam's six
 test-time augmentations (horizontal flip x multiply by 0.9, 1, 1.1) stacked into one batch, each map un-flipped,
-then averaged.
+then averaged. eigen_smooth: see eigen_smoothing.py (each layer's map then scaled as pytorch-grad-cam scales it).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer, Explanation
 from ..runtime.methods.compat import PYTORCH_GRAD_CAM
 from ..runtime.methods.registry import REGISTRY
+from ..graph_names import LOGITS
+from .eigen_smoothing import PROJECTIONS_ALREADY, check_eigen_smooth, eigen_smoothed_map, explain_pass
 from .graph_targets import GraphTargets, graph_targets
 from .utils.image import scale_cam_image
 
@@ -68,9 +70,9 @@ class BaseCAM:
     def __call__(self, input_tensor, targets=None, aug_smooth: bool = False, eigen_smooth: bool = False
                  ) -> np.ndarray:
         """float32 maps [N, H, W] for preprocessed images [N, 3, H, W] (torch or NumPy)."""
+        eigen_smooth = bool(eigen_smooth) and self.method not in PROJECTIONS_ALREADY  # as pytorch-grad-cam ignores it
         if eigen_smooth:
-            raise InputError("eigen_smooth=True is not available in fusioncam's pytorch-grad-cam classes yet; use "
-                             "EigenCAM or EigenGradCAM, or leave eigen_smooth=False")
+            check_eigen_smooth(self.method, type(self).__name__)
         images = _as_numpy(input_tensor)
         if images.ndim != 4:
             raise InputError(f"input_tensor must be [N, 3, H, W]; got shape {tuple(images.shape)}")
@@ -79,16 +81,18 @@ class BaseCAM:
         if aug_smooth:
             stacked = np.concatenate([_augment(images, flip, factor) for flip in (False, True)
                                       for factor in AUG_FACTORS])
-            maps = self._forward(stacked, plan.repeated(2 * len(AUG_FACTORS)), keep=slice(n, 2 * n))
+            maps = self._forward(stacked, plan.repeated(2 * len(AUG_FACTORS)), slice(n, 2 * n), eigen_smooth)
             chunks = maps.reshape(2 * len(AUG_FACTORS), n, *maps.shape[1:])
             flips = np.repeat([False, True], len(AUG_FACTORS))
             restored = [chunk[..., ::-1] if flip else chunk for chunk, flip in zip(chunks, flips)]
             return np.mean(np.float32(restored), axis=0)
-        return self._forward(images, plan, keep=slice(0, n))
+        return self._forward(images, plan, slice(0, n), eigen_smooth)
 
-    def _forward(self, images: np.ndarray, plan: GraphTargets, keep: slice) -> np.ndarray:
+    def _forward(self, images: np.ndarray, plan: GraphTargets, keep: slice, eigen_smooth: bool = False) -> np.ndarray:
         """Each layer's map, aggregated as pytorch-grad-cam's aggregate_multi_layers; `outputs` from rows `keep`."""
         size = (int(images.shape[2]), int(images.shape[3]))
+        if eigen_smooth:
+            return self._eigen_smoothed(images, plan, keep, size)
         per_layer = []
         self.last_explanations = []
         for path in self.layer_paths:
@@ -103,6 +107,22 @@ class BaseCAM:
 
             self.outputs = torch.from_numpy(np.ascontiguousarray(logits[keep]))
         return scale_cam_image(np.mean(np.stack(per_layer, axis=1), axis=1))
+
+    def _eigen_smoothed(self, images: np.ndarray, plan: GraphTargets, keep: slice, size: tuple[int, int]
+                        ) -> np.ndarray:
+        """eigen_smooth: per layer, one explain pass and the projection (eigen_smoothing.py), then pytorch-grad-cam's
+        own per-layer scaling (ReLU, scaled to [0, 1], cv2-resized to the input) and aggregation."""
+        per_layer = []
+        self.last_explanations = []
+        for path in self.layer_paths:
+            outputs = explain_pass(self._explainer(path, size, plan.segmentation), images, plan.classes, plan.regions)
+            low = np.maximum(eigen_smoothed_map(self.method, outputs), 0)
+            per_layer.append(scale_cam_image(low, (size[1], size[0])))
+        if not plan.segmentation:
+            import torch
+
+            self.outputs = torch.from_numpy(np.ascontiguousarray(outputs[LOGITS][keep]))
+        return scale_cam_image(np.mean(np.maximum(np.stack(per_layer, axis=1), 0), axis=1))
 
     def _explainer(self, path: str, size: tuple[int, int], segmentation: bool) -> Explainer:
         """The Explainer of one layer at one input size, exported into the cache if needed; reused while the

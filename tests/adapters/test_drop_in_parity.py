@@ -125,3 +125,33 @@ def test_classes_without_a_registered_method_say_so(model):
     for cls in missing:
         with pytest.raises(drop_in.MethodNotAvailable, match=f"{cls.__name__} .*not available.*GradCAM"):
             cls(model=model, target_layers=[model.features[2]])
+
+
+EIGEN_SMOOTHED = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "GradCAMElementWise", "LayerCAM", "EigenCAM"]
+
+
+@pytest.mark.parametrize("name", EIGEN_SMOOTHED)
+def test_eigen_smooth_matches_the_library(name, model):
+    x = images(2, 32, seed=7)
+    targets = lambda t: [t.ClassifierOutputTarget(1), t.ClassifierOutputTarget(3)]  # noqa: E731
+    theirs, ours = both(name, model, [model.features[2]], x, targets, eigen_smooth=True)
+    assert theirs.max() > 0.99 and max_diff(ours, theirs) <= 1e-4, name
+    if name != "EigenCAM":  # the library ignores eigen_smooth for Eigen-CAM (a projection already)
+        plain, _ = both(name, model, [model.features[2]], x, targets)
+        assert max_diff(plain, theirs) > 1e-2  # the projection changes the map: it is what is compared
+
+
+def test_eigen_smooth_on_two_layers_with_aug_smooth_matches_the_library(model):
+    """With eigen_smooth each layer's map is scaled as the library scales it, so two layers agree exactly too."""
+    x = images(2, 32, seed=8)
+    layers = [model.features[0], model.features[2]]
+    theirs, ours = both("GradCAM", model, layers, x, None, eigen_smooth=True)
+    assert max_diff(ours, theirs) <= 1e-4
+    theirs, ours = both("LayerCAM", model, layers, x, None, eigen_smooth=True, aug_smooth=True)
+    assert max_diff(ours, theirs) <= 1e-4
+
+
+def test_eigen_smooth_of_a_sweep_method_is_a_clear_error(model):
+    with drop_in.ScoreCAM(model=model, target_layers=[model.features[2]], device="cpu") as cam:
+        with pytest.raises(InputError, match=r"eigen_smooth=True is not available for ScoreCAM.*gradcam"):
+            cam(input_tensor=images(1, 32), eigen_smooth=True)

@@ -1,0 +1,53 @@
+"""eigen_smooth: pytorch-grad-cam's per-layer map from the first principal component of a method's weighted
+activations (its get_2d_projection: channels centred, NumPy's SVD and its sign), instead of their channel sum.
+
+It needs the explain pass's activations and gradients only: one explain pass per layer, no method run. The weighted
+activations are each method's, as pytorch-grad-cam forms them (weights from fusioncam's kernels); Eigen-CAM,
+EigenGrad-CAM and KPCA-CAM are projections already and pytorch-grad-cam ignores eigen_smooth for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
+from ..kernels.array_math import gradcam_weights, xgradcam_weights
+from ..kernels.pytorch_grad_cam_math import lapack_centered_projection, plus_plus_weights
+from ..runtime import Explainer
+
+WEIGHTED_ACTIVATIONS = {
+    "gradcam": lambda a, g: gradcam_weights(g).astype(np.float32)[:, :, None, None] * a,
+    "gradcam++": lambda a, g: plus_plus_weights(a, g).astype(np.float32)[:, :, None, None] * a,
+    "xgradcam": lambda a, g: xgradcam_weights(a, g).astype(np.float32)[:, :, None, None] * a,
+    "hirescam": lambda a, g: g * a,
+    "gradcam-elementwise": lambda a, g: np.maximum(g * a, 0),
+    "layercam": lambda a, g: np.maximum(g, 0) * a,
+}
+PROJECTIONS_ALREADY = ("eigencam", "eigengradcam", "kpcacam")
+
+
+def check_eigen_smooth(method: str, class_name: str) -> None:
+    """An InputError for a class whose eigen_smooth fusioncam does not compute (Score-CAM's and the sweep methods'
+    weights come from scorer runs, not from the explain pass)."""
+    if method not in WEIGHTED_ACTIVATIONS and method not in PROJECTIONS_ALREADY:
+        supported = ", ".join(sorted(WEIGHTED_ACTIVATIONS))
+        raise InputError(f"eigen_smooth=True is not available for {class_name} (method '{method}'); it is for the "
+                         f"methods whose weights come from the explain pass alone: {supported}")
+
+
+def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions) -> dict[str, np.ndarray]:
+    """The explain graph's logits, activations [N, K, h, w] and gradients for these targets, on the host."""
+    manifest = explainer.bundle.manifest
+    feed = explainer.task.explain_feed(manifest, int(images.shape[0]), classes, regions, explainer.class_names)
+    backend = explainer.backend
+    with explainer._in_use("explain"):
+        graph = backend.explain(backend.asarray(images), explainer._device_feed(feed))
+        return {name: np.asarray(backend.to_host(graph[name]), dtype=np.float32)
+                for name in (LOGITS, ACTIVATIONS, GRADIENTS)}
+
+
+def eigen_smoothed_map(method: str, outputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The low-resolution map [N, h, w]: the first principal component of the method's weighted activations."""
+    acts, grads = outputs[ACTIVATIONS], outputs[GRADIENTS]
+    return np.asarray(lapack_centered_projection(WEIGHTED_ACTIVATIONS[method](acts, grads)), dtype=np.float32)
