@@ -105,7 +105,8 @@ def done_sources(out: Path) -> frozenset[str]:
 
 
 def read_results(out: str | Path, columns: Iterable[str] | None = None):
-    """The whole result table of OUT (every part), one row per source, sorted by source."""
+    """The whole result table of OUT (every part), one row per source (a detection run's: per source and instance),
+    sorted by source (and instance); a block written twice counts once."""
     import pyarrow as pa
 
     out = Path(out)
@@ -114,9 +115,17 @@ def read_results(out: str | Path, columns: Iterable[str] | None = None):
         raise OutputError(f"{out} holds no results ({out / PARTS / PART_GLOB} matches nothing)")
     if columns is not None:
         columns = list(dict.fromkeys(["source", *columns]))
+    import pyarrow.parquet as pq
+
+    per_instance = "instance" in pq.read_schema(files[0]).names  # detection: one row per (source, instance)
+    if columns is not None and per_instance:
+        columns = list(dict.fromkeys([*columns, "instance"]))
     table = pa.concat_tables([read_part(path, columns) for path in files])
-    order = sorted(range(table.num_rows), key=table.column("source").to_pylist().__getitem__)
-    table = table.take(order)
     sources = table.column("source").to_pylist()
-    first = [i for i, s in enumerate(sources) if i == 0 or s != sources[i - 1]]
+    instances = table.column("instance").to_pylist() if per_instance else [None] * len(sources)
+    keys = [(s, -1 if k is None else k) for s, k in zip(sources, instances)]
+    order = sorted(range(table.num_rows), key=keys.__getitem__)
+    table = table.take(order)
+    keys = [keys[i] for i in order]
+    first = [i for i, key in enumerate(keys) if i == 0 or key != keys[i - 1]]
     return table.take(first) if len(first) != table.num_rows else table

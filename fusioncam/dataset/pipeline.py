@@ -79,6 +79,9 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])
+        if getattr(manifest, "task", None) == "detection":
+            raise InputError("explain-dataset --evaluate is not available for detection bundles yet (its summary "
+                             "averages per image); run fusioncam evaluate on the images for per-instance metrics")
     layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype,
                        tuple(payloads_for(manifest).dataset_fields()))
     out_dir, done = None, frozenset()

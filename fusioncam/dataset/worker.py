@@ -81,8 +81,9 @@ class ExplainWorker:
         block = BatchRows(self.settings.layout)
         for i, source in enumerate(sources):
             base = {"source": source, "decode_seconds": decode_seconds.get(i), "worker": self.worker}
-            if i in rows:
-                block.add({**base, **rows[i][0]}, rows[i][1])
+            if i in rows:  # one row per explained target (detection: per instance; none found: one row, no maps)
+                for values, maps in rows[i] or [({}, None)]:
+                    block.add({**base, **values}, maps)
             else:
                 block.add({**base, "error": errors[i]})
         table = block.table()
@@ -98,7 +99,7 @@ class ExplainWorker:
 
     def _explained_rows(self, sources: list[str], images: dict[int, np.ndarray], errors: list[str | None],
                         regions: list | None = None, given: list | None = None):
-        """{index: (row values, maps)} of the decoded images, explained together; when the block fails as a whole
+        """{index: [(row values, maps), ...]} of the decoded images, explained together; when the block fails as a whole
         (e.g. one image's logits are not finite), each image alone (batch_retry), so only the failing ones become
         error rows."""
         def explained(indices):
@@ -112,7 +113,8 @@ class ExplainWorker:
 
     def _explain(self, sources: list[str], images: dict[int, np.ndarray], regions: list | None = None,
                  given: list | None = None):
-        """Explain (and evaluate, as `fusioncam evaluate` does) these images: {index: (row values, maps)}.
+        """Explain (and evaluate, as `fusioncam evaluate` does) these images: {index: [(row values, maps), ...]}
+        (one entry per explained target: a detection bundle's instances, none where it finds no detection).
         `regions` (segmentation: one per row of the block, None for a classifier) and `given` (the rows' region
         text) are the block's."""
         layout = self.settings.layout
@@ -120,8 +122,10 @@ class ExplainWorker:
         names = [sources[i] for i in indices]
         batch = np.stack([images[i] for i in indices])
         start = time.perf_counter()
+        choose = getattr(self.payloads, "dataset_instances", None)  # detection: which instances each image gets
         explanation = self.explainer.explain(batch, methods=layout.methods, names=names,
-                                             regions=None if regions is None else [regions[i] for i in indices])
+                                             regions=None if regions is None else [regions[i] for i in indices],
+                                             **({} if choose is None else {"instances": choose()}))
         explain_seconds = (time.perf_counter() - start) / len(indices)
         evaluation, evaluate_seconds = None, None
         if layout.evaluate:
@@ -129,8 +133,10 @@ class ExplainWorker:
             evaluation = self.payloads.evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in
                                                      layout.methods}, explanation, self.settings.step, names)
             evaluate_seconds = (time.perf_counter() - start) / len(indices)
-        rows = {}
-        for j, index in enumerate(indices):
+        rows: dict[int, list] = {index: [] for index in indices}
+        row_image = getattr(explanation, "image_index", None)  # detection: the image of each instance row
+        for j in range(len(explanation.classes)):
+            index = indices[j if row_image is None else int(row_image[j])]
             row = {"class_index": int(explanation.classes[j]), "class_name": explanation.class_name(j),
                    "probability": float(explanation.probabilities[j]), "explain_seconds": explain_seconds,
                    "evaluate_seconds": evaluate_seconds, "batch_images": len(indices),
@@ -148,5 +154,5 @@ class ExplainWorker:
                     row.update({metric_column(method, m): float(scores.per_image[m][j]) for m in METRICS})
                     row[curve_column(method, "deletion")] = scores.deletion[1][j].tolist()
                     row[curve_column(method, "insertion")] = scores.insertion[1][j].tolist()
-            rows[index] = (row, {m: explanation.maps[m][j] for m in layout.methods})
+            rows[index].append((row, {m: explanation.maps[m][j] for m in layout.methods}))
         return rows

@@ -315,6 +315,29 @@ class DetectionPayloads:
                  for row in tensors["classes"]], dtype=np.object_).reshape(tensors["classes"].shape)
         return tensors
 
+    # --- explain-dataset
+    def dataset_fields(self) -> list[tuple[str, Any]]:
+        """One row per instance: its index within the image, its anchor and its box (x0, y0, x1, y1, input
+        pixels); class_index, class_name and probability hold its class and score."""
+        import pyarrow as pa
+
+        return [("instance", pa.int64()), ("anchor", pa.int64()), ("box", pa.list_(pa.float64(), 4))]
+
+    def dataset_instances(self) -> InstanceSelection:
+        """What explain-dataset explains in each image: the default selection (module docstring)."""
+        return InstanceSelection()
+
+    def dataset_row(self, explanation, j: int, region: str | None) -> dict[str, Any]:
+        image = explanation.image_index
+        return {"instance": int((image[:j] == image[j]).sum()), "anchor": int(explanation.anchors[j]),
+                "box": [float(v) for v in explanation.boxes[j]]}
+
+    def dataset_regions(self, values: list, size: tuple[int, int], sources: list[str]) -> tuple[None, dict]:
+        """No regions; a row that names one becomes an error row saying why."""
+        errors = {i: f"{sources[i]}: {NOT_HERE.format(name='region')}" for i, value in enumerate(values)
+                  if value is not None}
+        return None, errors
+
     # --- evaluate
     row_unit = "instances"  # what one row of an evaluation is
 

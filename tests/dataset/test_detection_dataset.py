@@ -1,0 +1,94 @@
+"""explain-dataset on a detection bundle (a TinyYolo written as a plain ONNX file in the Ultralytics layout), on a
+local Ray (2 CPUs, 127.0.0.1, no dashboard, one worker): one row per instance (source, instance, anchor, box, class,
+score), each row's maps within 1e-5 of Explainer.explain on the same image with the same default selection;
+--evaluate is refused by name for detection bundles."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: a loopback-only local Ray
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'fusioncam[dataset]'")
+pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install 'fusioncam[dataset]'")
+
+import fusioncam  # noqa: E402
+from fusioncam.dataset import explain_dataset  # noqa: E402
+from fusioncam.dataset.rows import map_column, tensor_maps  # noqa: E402
+from fusioncam.errors import InputError  # noqa: E402
+from fusioncam.export.detection_export import export_onnx_detection  # noqa: E402
+from fusioncam.images import load_batch  # noqa: E402
+from fusioncam.tasks.detection import InstanceSelection  # noqa: E402
+from tests.support.detection_models import TARGET_TENSOR, TinyYolo, export_tiny_yolo  # noqa: E402
+
+pytestmark = pytest.mark.slow  # Ray actors start in each run
+
+METHODS = ("gradcam", "fusion")
+NAMES = ["person", "bike", "car"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("detdata")
+    export_tiny_yolo(TinyYolo().eval(), folder / "model.onnx")
+    export_onnx_detection(folder / "model.onnx", folder / "det.fcam", TARGET_TENSOR, layout="yolov8",
+                          class_names=NAMES)
+    return folder / "det.fcam"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("detphotos")
+    paths = []
+    for seed in range(3):
+        small = np.random.default_rng(40 + seed).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+        photo = cv2.resize(small, (96, 80 + 8 * seed), interpolation=cv2.INTER_CUBIC)
+        paths.append(folder / f"photo{seed}.png")
+        cv2.imwrite(str(paths[-1]), photo)
+    return folder, paths
+
+
+def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
+    folder, paths = photos
+    run = explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, batch_images=2, workers=1,
+                          map_dtype="float32")
+    table = run.table()
+    sources = table.column("source").to_pylist()
+    instances = table.column("instance").to_pylist()
+    assert table.column("error").null_count == table.num_rows
+    maps = {m: tensor_maps(table.column(map_column(m))) for m in METHODS}
+    with fusioncam.Explainer(bundle, device="cpu") as explainer:
+        manifest = explainer.bundle.manifest
+        for path in paths:
+            image = load_batch([path], manifest.input_size, manifest.mean, manifest.std)[0]
+            want = explainer.explain(image, methods=METHODS, instances=InstanceSelection())
+            rows = [i for i, s in enumerate(sources) if s == str(path)]
+            assert len(rows) == len(want.classes) > 1
+            assert [instances[i] for i in rows] == list(range(len(rows)))
+            for k, row in enumerate(rows):
+                assert table.column("anchor")[row].as_py() == int(want.anchors[k])
+                assert table.column("class_index")[row].as_py() == int(want.classes[k])
+                assert table.column("class_name")[row].as_py() == NAMES[int(want.classes[k])]
+                assert table.column("probability")[row].as_py() == pytest.approx(float(want.probabilities[k]),
+                                                                                   abs=1e-6)
+                np.testing.assert_allclose(table.column("box")[row].as_py(), want.boxes[k], atol=1e-4)
+                for method in METHODS:
+                    np.testing.assert_allclose(maps[method][row], want.maps[method][k], atol=1e-5,
+                                               err_msg=f"{path.name} instance {k} {method}")
+
+
+def test_evaluate_is_refused_for_detection(bundle, photos, tmp_path):
+    folder, _ = photos
+    with pytest.raises(InputError, match="--evaluate is not available for detection bundles"):
+        explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, evaluate=True, workers=1)
