@@ -7,12 +7,14 @@ Classifier maps use compat="pytorch-grad-cam" (pytorch-grad-cam's arithmetic whe
 authors'); segmentation bundles have no such option and use the default.
 
 Several target layers: one bundle and one explain pass per layer (not yet one pass for all), then pytorch-grad-cam's
-aggregation (ReLU, mean over layers, scaled to [0, 1]) of each layer's map. Each layer's map is fusioncam's, scaled to
-[0, 1] after upsampling (equal to pytorch-grad-cam's single-layer map); pytorch-grad-cam scales each layer's map
-before upsampling it, so with several layers its mean weighs the layers slightly differently (0.06-0.11 max
-difference measured on a small CNN's two convolutions, correlation above 0.95). aug_smooth: pytorch-grad-cam's six
+aggregation (ReLU, mean over layers, scaled to [0, 1]). pytorch-grad-cam scales each layer's low-resolution map to
+[0, 1] before upsampling it, where fusioncam's engine scales after; so for the methods whose weights come from the
+explain pass (explain_pass_maps.py) the layer maps are formed from the explain pass as pytorch-grad-cam forms them,
+and for the others (Score-CAM, the eigen methods, FinerCAM, the head-graph and fusioncam's own methods) the engine's
+maps are averaged, which weighs the layers slightly differently (0.06-0.11 max difference measured with Grad-CAM's
+engine maps on a small CNN's two convolutions). aug_smooth: pytorch-grad-cam's six
 test-time augmentations (horizontal flip x multiply by 0.9, 1, 1.1) stacked into one batch, each map un-flipped,
-then averaged. eigen_smooth: see eigen_smoothing.py (each layer's map then scaled as pytorch-grad-cam scales it).
+then averaged. eigen_smooth: explain_pass_maps.py (each layer's map then scaled as pytorch-grad-cam scales it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..runtime import Explainer, Explanation
 from ..runtime.methods.compat import PYTORCH_GRAD_CAM
 from ..runtime.methods.registry import REGISTRY
 from ..graph_names import LOGITS
-from .eigen_smoothing import PROJECTIONS_ALREADY, check_eigen_smooth, eigen_smoothed_map, explain_pass
+from .explain_pass_maps import PROJECTIONS_ALREADY, WEIGHTED_ACTIVATIONS, check_eigen_smooth, explain_pass, layer_map
 from .graph_targets import GraphTargets, graph_targets
 from .utils.image import scale_cam_image
 
@@ -91,8 +93,8 @@ class BaseCAM:
     def _forward(self, images: np.ndarray, plan: GraphTargets, keep: slice, eigen_smooth: bool = False) -> np.ndarray:
         """Each layer's map, aggregated as pytorch-grad-cam's aggregate_multi_layers; `outputs` from rows `keep`."""
         size = (int(images.shape[2]), int(images.shape[3]))
-        if eigen_smooth:
-            return self._eigen_smoothed(images, plan, keep, size)
+        if eigen_smooth or (len(self.layer_paths) > 1 and self.method in WEIGHTED_ACTIVATIONS):
+            return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
         per_layer = []
         self.last_explanations = []
         for path in self.layer_paths:
@@ -108,15 +110,15 @@ class BaseCAM:
             self.outputs = torch.from_numpy(np.ascontiguousarray(logits[keep]))
         return scale_cam_image(np.mean(np.stack(per_layer, axis=1), axis=1))
 
-    def _eigen_smoothed(self, images: np.ndarray, plan: GraphTargets, keep: slice, size: tuple[int, int]
-                        ) -> np.ndarray:
-        """eigen_smooth: per layer, one explain pass and the projection (eigen_smoothing.py), then pytorch-grad-cam's
-        own per-layer scaling (ReLU, scaled to [0, 1], cv2-resized to the input) and aggregation."""
+    def _from_explain_pass(self, images: np.ndarray, plan: GraphTargets, keep: slice, size: tuple[int, int],
+                           eigen_smooth: bool) -> np.ndarray:
+        """Per layer, one explain pass and the method's low-resolution map (explain_pass_maps.py), then
+        pytorch-grad-cam's own per-layer scaling (ReLU, scaled to [0, 1], cv2-resized to the input) and aggregation."""
         per_layer = []
         self.last_explanations = []
         for path in self.layer_paths:
             outputs = explain_pass(self._explainer(path, size, plan.segmentation), images, plan.classes, plan.regions)
-            low = np.maximum(eigen_smoothed_map(self.method, outputs), 0)
+            low = np.maximum(layer_map(self.method, outputs, eigen_smooth), 0)
             per_layer.append(scale_cam_image(low, (size[1], size[0])))
         if not plan.segmentation:
             import torch

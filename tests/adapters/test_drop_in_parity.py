@@ -62,23 +62,32 @@ def test_each_class_matches_the_library_on_one_layer(name, model):
     assert max_diff(ours, theirs) <= 1e-4, name
 
 
-@pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "LayerCAM"])
-def test_several_target_layers_average_the_library_single_layer_maps(name, model):
-    """Several layers: each layer's map (equal to the library's single-layer map), ReLU, mean, rescaled. The library
-    itself scales each layer's map to [0, 1] before upsampling it, fusioncam after; measured here, not hidden."""
+@pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"])
+def test_several_target_layers_match_the_library(name, model):
+    x = images(2, 32, seed=4)
+    layers = [model.features[0], model.features[2]]
+    theirs, ours = both(name, model, layers, x, lambda t: [t.ClassifierOutputTarget(2)] * 2)
+    single, _ = both(name, model, layers[1:], x, lambda t: [t.ClassifierOutputTarget(2)] * 2)
+    assert max_diff(theirs, single) > 1e-2  # the first layer changes the map: the aggregation is tested
+    assert max_diff(ours, theirs) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["EigenCAM", "ScoreCAM"])
+def test_several_target_layers_of_engine_methods_average_the_single_layer_maps(name, model):
+    """Methods whose maps come from the engine: each layer's map (equal to the library's single-layer map), ReLU,
+    mean, rescaled. The library scales each layer's map before upsampling it, fusioncam's engine after: measured."""
     x = images(2, 32, seed=4)
     layers = [model.features[0], model.features[2]]
     one = [both(name, model, [layer], x, lambda t: [t.ClassifierOutputTarget(2)] * 2) for layer in layers]
     for theirs, ours in one:
         assert max_diff(ours, theirs) <= 1e-4
-    expected = [np.maximum(theirs, 0) for theirs, _ in one]
-    mean = np.mean(np.stack(expected, axis=1), axis=1)
+    mean = np.mean(np.stack([np.maximum(theirs, 0) for theirs, _ in one], axis=1), axis=1)
     mean = mean - mean.min(axis=(1, 2), keepdims=True)
     expected = mean / (1e-7 + mean.max(axis=(1, 2), keepdims=True))
     library_multi, ours = both(name, model, layers, x, lambda t: [t.ClassifierOutputTarget(2)] * 2)
     assert max_diff(expected, one[1][0]) > 1e-2  # the first layer changes the map: the aggregation is tested
     assert max_diff(ours, expected) <= 1e-4
-    assert np.corrcoef(ours.ravel(), library_multi.ravel())[0, 1] > 0.95  # the library's own, scaled otherwise
+    assert np.corrcoef(ours.ravel(), library_multi.ravel())[0, 1] > 0.9  # the library's own, scaled otherwise
 
 
 @pytest.mark.parametrize("name", ["GradCAM", "ScoreCAM"])

@@ -1,9 +1,11 @@
-"""eigen_smooth: pytorch-grad-cam's per-layer map from the first principal component of a method's weighted
-activations (its get_2d_projection: channels centred, NumPy's SVD and its sign), instead of their channel sum.
+"""pytorch-grad-cam's low-resolution layer maps computed from the explain pass alone, for the methods whose weights
+come from activations and gradients: the channel sum of the method's weighted activations, or with eigen_smooth
+their first principal component (pytorch-grad-cam's get_2d_projection: channels centred, NumPy's SVD and its sign).
 
-It needs the explain pass's activations and gradients only: one explain pass per layer, no method run. The weighted
-activations are each method's, as pytorch-grad-cam forms them (weights from fusioncam's kernels); Eigen-CAM,
-EigenGrad-CAM and KPCA-CAM are projections already and pytorch-grad-cam ignores eigen_smooth for them.
+One explain pass per layer, no method run; the weighted activations are each method's as pytorch-grad-cam forms them
+(weights from fusioncam's kernels). cam_classes.py uses them for eigen_smooth, and for several target layers, where
+pytorch-grad-cam scales each layer's low-resolution map before upsampling it (the engine's maps are scaled after).
+Eigen-CAM, EigenGrad-CAM and KPCA-CAM are projections already and pytorch-grad-cam ignores eigen_smooth for them.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions) -> 
                 for name in (LOGITS, ACTIVATIONS, GRADIENTS)}
 
 
-def eigen_smoothed_map(method: str, outputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The low-resolution map [N, h, w]: the first principal component of the method's weighted activations."""
-    acts, grads = outputs[ACTIVATIONS], outputs[GRADIENTS]
-    return np.asarray(lapack_centered_projection(WEIGHTED_ACTIVATIONS[method](acts, grads)), dtype=np.float32)
+def layer_map(method: str, outputs: dict[str, np.ndarray], eigen_smooth: bool) -> np.ndarray:
+    """The low-resolution map [N, h, w] before the ReLU: the channel sum of the method's weighted activations, or
+    with eigen_smooth their first principal component."""
+    weighted = WEIGHTED_ACTIVATIONS[method](outputs[ACTIVATIONS], outputs[GRADIENTS])
+    if eigen_smooth:
+        return np.asarray(lapack_centered_projection(weighted), dtype=np.float32)
+    return weighted.sum(axis=1, dtype=np.float32)
