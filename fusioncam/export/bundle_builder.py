@@ -140,10 +140,10 @@ def write_classifier_bundle(
 
         int8 = calibration_images(calibration, tuple(manifest.input_size), manifest.mean, manifest.std)
     refusal = head_graph_refusal(classifier, layer)
-    write_checked_graphs(out, manifest, classifier, layer, fp16_scorer, source, classifier.input_size,
-                         builders=(build_scorer, build_explain),
-                         checks=(_check_scorer, _check_fp16_scorer, _check_explain), int8=int8,
-                         head=None if refusal else build_head)
+    refusal = write_checked_graphs(out, manifest, classifier, layer, fp16_scorer, source, classifier.input_size,
+                                   builders=(build_scorer, build_explain),
+                                   checks=(_check_scorer, _check_fp16_scorer, _check_explain), int8=int8,
+                                   head=None if refusal else build_head) or refusal
     head_note = f"no head graph, so no AblationCAM or ReciproCAM: {refusal}" if refusal else ""
     notes = (*notes, precision_note(manifest.source_precision), head_note)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
@@ -191,14 +191,15 @@ def bundle_manifest(net, layer: Layer, *, target_label: str, source: str, source
 
 
 def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer: Layer, fp16_scorer: bool,
-                         source: str, subject, *, builders, checks, int8=None, head=None) -> None:
+                         source: str, subject, *, builders, checks, int8=None, head=None) -> str:
     """Write the bundle of `net` (a Classifier or a Segmenter) atomically, one graph in memory at a time.
 
     `builders` are (scorer(net), explain(net, layer)); `checks` are (scorer(path, subject, source), returning its
     session, float16 scorer(session, path, subject, source), explain(path, subject, source)). The scorer is built, its
     weights moved to the weights file, written and checked, then with `fp16_scorer` its float16 copy, then the
     explain graph. `int8` (calibration images, their description) also writes the INT8 scorer (int8_scorer.py).
-    `head(net, layer)` builds the head graph (head_graph.py), written last and checked against the explain graph."""
+    `head(net, layer)` builds the head graph (head_graph.py), written last and checked against the explain graph; one
+    that fails its check is left out (the bundle is still written) and the reason returned ('' otherwise)."""
     build_scorer_model, build_explain_model = builders
     check_scorer, check_fp16_scorer, check_explain = checks
     with staged_bundle(out, manifest) as staged:
@@ -216,12 +217,18 @@ def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer:
         explain_model = build_explain_model(net, layer)
         weights.store(explain_model)
         check_explain(staged.write(EXPLAIN_GRAPH, explain_model.SerializeToString()), subject, source)
-        if head is not None:
-            del explain_model
-            head_model = head(net, layer)
-            weights.store(head_model)
-            head_path = staged.write(HEAD_GRAPH, head_model.SerializeToString())
+        if head is None:
+            return ""
+        del explain_model
+        head_model = head(net, layer)
+        weights.store(head_model)
+        head_path = staged.write(HEAD_GRAPH, head_model.SerializeToString())
+        try:
             check_head(head_path, _cpu_session(staged.path(EXPLAIN_GRAPH), source, "explain"), subject, source)
+        except ModelLoadError as exc:
+            head_path.unlink()  # staged by this export: AblationCAM and ReciproCAM are refused, the rest still works
+            return str(exc)
+    return ""
 
 
 def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:

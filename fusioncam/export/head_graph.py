@@ -76,10 +76,10 @@ def check_head(head: Path, explain_session, size: tuple[int, int], origin: str) 
     """The head graph must load and give, on the explain graph's activations, the explain graph's logits."""
     import onnxruntime as ort
 
-    from ..graph_names import ACTIVATIONS as A, TARGET
+    from ..graph_names import TARGET
 
     batch = np.random.default_rng(3).standard_normal((2, 3, *size)).astype(np.float32)
-    logits, acts = explain_session.run([LOGITS, A], {INPUT: batch, TARGET: np.array([-1, -1], dtype=np.int64)})
+    logits, acts = explain_session.run([LOGITS, ACTIVATIONS], {INPUT: batch, TARGET: np.array([-1, -1], dtype=np.int64)})
     try:
         session = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"])
         got = session.run([LOGITS], {ACTIVATIONS: acts})[0]

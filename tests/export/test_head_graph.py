@@ -64,3 +64,24 @@ def test_tail_that_reads_the_image_gets_no_head_graph(tmp_path):
     assert HEAD_GRAPH not in result.bundle.manifest.files
     text = result.describe()
     assert "no head graph, so no AblationCAM or ReciproCAM" in text and "bypass" in text
+
+
+def test_head_graph_that_fails_its_check_is_left_out(tmp_path, monkeypatch):
+    """A head graph whose logits disagree with the explain graph's is not written; the rest of the bundle is."""
+    from fusioncam.export import bundle_builder, head_graph
+
+    real = head_graph.check_head
+
+    def disagreeing(head, explain_session, size, origin):
+        import onnx
+
+        model = onnx.load(str(head), load_external_data=False)
+        assert model.graph.input[0].name == ACTIVATIONS  # the real head graph reached the check
+        real(head, explain_session, size, origin)  # passes on the real graph ...
+        raise bundle_builder.ModelLoadError(f"{origin}: the head graph's logits differ")  # ... then we make it fail
+
+    monkeypatch.setattr(bundle_builder, "check_head", disagreeing)
+    result = export_torch(Staged().eval(), "block", tmp_path / "staged.fcam", input_size=(24, 24))
+    assert HEAD_GRAPH not in result.bundle.manifest.files and not (result.bundle.path / HEAD_GRAPH).exists()
+    assert "no head graph, so no AblationCAM or ReciproCAM" in result.describe() and "logits differ" in result.describe()
+    load_bundle(result.bundle.path)  # the bundle written without it is whole
