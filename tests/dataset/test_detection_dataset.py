@@ -92,3 +92,31 @@ def test_evaluate_is_refused_for_detection(bundle, photos, tmp_path):
     folder, _ = photos
     with pytest.raises(InputError, match="--evaluate is not available for detection bundles"):
         explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, evaluate=True, workers=1)
+
+
+def test_an_image_without_detection_is_one_row_without_maps(bundle, photos):
+    """The worker itself (no Ray actor): with a selection no detection passes, each image is one row, not an error,
+    with instance, class and maps null."""
+    import pyarrow as pa
+
+    from fusioncam.dataset.rows import RowLayout
+    from fusioncam.dataset.worker import ExplainWorker, WorkerSettings
+    from fusioncam.tasks.payloads import payloads_for
+
+    _, paths = photos
+    with fusioncam.Explainer(bundle, device="cpu") as explainer:
+        fields = tuple(payloads_for(explainer.bundle.manifest).dataset_fields())
+    worker = ExplainWorker(WorkerSettings(str(bundle), RowLayout(METHODS, False, (64, 64), "float32", fields)))
+    worker.payloads = type(worker.payloads)()  # this worker's own payloads object, changed below
+    worker.payloads.dataset_instances = lambda: InstanceSelection(min_score=1.0)
+    block = pa.table({"source": [str(p) for p in paths[:2]], "bytes": [p.read_bytes() for p in paths[:2]],
+                      "error": [None, None]})
+    try:
+        table = worker(block)
+    finally:
+        worker.explainer.close()
+    assert table.num_rows == 2
+    assert table.column("error").to_pylist() == [None, None]
+    assert table.column("instance").to_pylist() == [None, None]
+    assert table.column("class_index").to_pylist() == [None, None]
+    assert np.isnan(tensor_maps(table.column(map_column("fusion")))).all()
