@@ -23,6 +23,11 @@ SHARED = [name for name, cls in drop_in.CLASS_METHODS.items()
           if hasattr(pytorch_grad_cam, name) and cls.method in REGISTRY]
 
 
+def fast_first(names):
+    """Parameters with GradCAM fast and the others marked slow (the fast subset stays near a minute in all)."""
+    return [pytest.param(name, marks=() if name == "GradCAM" else pytest.mark.slow) for name in names]
+
+
 @pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONCAM_CACHE", str(tmp_path / "cache"))
@@ -52,7 +57,7 @@ def test_shared_classes_cover_the_registered_methods():
             "KPCA_CAM", "FinerCAM"} <= set(SHARED)
 
 
-@pytest.mark.parametrize("name", SHARED)
+@pytest.mark.parametrize("name", fast_first(SHARED))
 def test_each_class_matches_the_library_on_one_layer(name, model):
     x = images(2, 32, seed=3)
     targets = None if name == "FinerCAM" else (lambda t: [t.ClassifierOutputTarget(1), t.ClassifierOutputTarget(4)])
@@ -62,7 +67,7 @@ def test_each_class_matches_the_library_on_one_layer(name, model):
     assert max_diff(ours, theirs) <= 1e-4, name
 
 
-@pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"])
+@pytest.mark.parametrize("name", fast_first(["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]))
 def test_several_target_layers_match_the_library(name, model):
     x = images(2, 32, seed=4)
     layers = [model.features[0], model.features[2]]
@@ -72,6 +77,7 @@ def test_several_target_layers_match_the_library(name, model):
     assert max_diff(ours, theirs) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["EigenCAM", "ScoreCAM"])
 def test_several_target_layers_of_engine_methods_average_the_single_layer_maps(name, model):
     """Methods whose maps come from the engine: each layer's map (equal to the library's single-layer map), ReLU,
@@ -90,7 +96,7 @@ def test_several_target_layers_of_engine_methods_average_the_single_layer_maps(n
     assert np.corrcoef(ours.ravel(), library_multi.ravel())[0, 1] > 0.9  # the library's own, scaled otherwise
 
 
-@pytest.mark.parametrize("name", ["GradCAM", "ScoreCAM"])
+@pytest.mark.parametrize("name", fast_first(["GradCAM", "ScoreCAM"]))
 def test_aug_smooth_matches_the_library(name, model):
     x = images(2, 32, seed=5)
     theirs, ours = both(name, model, [model.features[2]], x, None, aug_smooth=True)
@@ -139,7 +145,7 @@ def test_classes_without_a_registered_method_say_so(model):
 EIGEN_SMOOTHED = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "GradCAMElementWise", "LayerCAM", "EigenCAM"]
 
 
-@pytest.mark.parametrize("name", EIGEN_SMOOTHED)
+@pytest.mark.parametrize("name", fast_first(EIGEN_SMOOTHED))
 def test_eigen_smooth_matches_the_library(name, model):
     x = images(2, 32, seed=7)
     targets = lambda t: [t.ClassifierOutputTarget(1), t.ClassifierOutputTarget(3)]  # noqa: E731
@@ -150,6 +156,7 @@ def test_eigen_smooth_matches_the_library(name, model):
         assert max_diff(plain, theirs) > 1e-2  # the projection changes the map: it is what is compared
 
 
+@pytest.mark.slow
 def test_eigen_smooth_on_two_layers_with_aug_smooth_matches_the_library(model):
     """With eigen_smooth each layer's map is scaled as the library scales it, so two layers agree exactly too."""
     x = images(2, 32, seed=8)
