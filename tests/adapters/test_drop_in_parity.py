@@ -171,3 +171,16 @@ def test_eigen_smooth_of_a_sweep_method_is_a_clear_error(model):
     with drop_in.ScoreCAM(model=model, target_layers=[model.features[2]], device="cpu") as cam:
         with pytest.raises(InputError, match=r"eigen_smooth=True is not available for ScoreCAM.*gradcam"):
             cam(input_tensor=images(1, 32), eigen_smooth=True)
+
+
+def test_batch_size_attribute_reaches_the_explainer_and_keeps_the_map(model):
+    x = images(1, 32, seed=9)
+    with drop_in.ScoreCAM(model=model, target_layers=[model.features[2]], device="cpu") as cam:
+        default = cam(input_tensor=x, targets=[1])
+        cam.batch_size = 3
+        small = cam(input_tensor=x, targets=[1])
+        assert [e.batch_size for e in cam._explainers.values()] == [16, 3]
+        cam.batch_size = 0
+        with pytest.raises(InputError, match="batch_size"):
+            cam(input_tensor=x, targets=[1])
+    assert max_diff(default, small) <= 1e-6
