@@ -184,3 +184,20 @@ def test_batch_size_attribute_reaches_the_explainer_and_keeps_the_map(model):
         with pytest.raises(InputError, match="batch_size"):
             cam(input_tensor=x, targets=[1])
     assert max_diff(default, small) <= 1e-6
+
+
+def test_reshape_transforms_are_told_apart_in_the_cache_key():
+    import functools
+
+    from fusioncam.bundle_cache import callable_fingerprint
+    from fusioncam.pytorch_grad_cam.utils.reshape_transforms import swinT_reshape_transform, vit_reshape_transform
+
+    def grid(size):
+        return lambda tensor: vit_reshape_transform(tensor, size, size)
+
+    prints = {callable_fingerprint(f) for f in (
+        vit_reshape_transform, swinT_reshape_transform, functools.partial(vit_reshape_transform, height=4, width=4),
+        functools.partial(vit_reshape_transform, height=7, width=7), grid(4), grid(7))}
+    assert len(prints) == 6
+    assert callable_fingerprint(functools.partial(vit_reshape_transform, height=4, width=4)) == \
+        callable_fingerprint(functools.partial(vit_reshape_transform, height=4, width=4))
