@@ -15,6 +15,19 @@ from fusioncam.errors import BundleError
 from fusioncam.export import export_torch
 
 
+class CornerOff(nn.Module):
+    """Zeroes the top-left 4 x 4 positions of an 8 x 8 map: positions whose mosaics are all zeros."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        mask = torch.ones(1, 1, 8, 8)
+        mask[..., :4, :4] = 0
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return x * self.mask
+
+
 class SmallNet(nn.Module):
     """Two conv stages (the second is the target), global pooling, a linear head; some channels are dead (all zero)."""
 
@@ -22,7 +35,7 @@ class SmallNet(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
-        self.features = nn.Sequential(nn.Conv2d(8, 12, 3, stride=4, padding=1), nn.ReLU())
+        self.features = nn.Sequential(nn.Conv2d(8, 12, 3, stride=4, padding=1), nn.ReLU(), CornerOff())
         with torch.no_grad():
             self.features[0].bias[:3] = -100.0  # channels 0-2 never fire: the constant-channel skip applies
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
@@ -60,9 +73,13 @@ def test_ablationcam_equals_pytorch_grad_cam(small, skip):
     assert float(np.abs(got - expected).max()) < 1e-4 and float(expected.max()) > 0.99  # a real map, not zeros
 
 
-def _reciprocam_reference(model: SmallNet, images: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """Recipro-CAM from the paper, eagerly: for each position, the feature map kept there alone goes through the
-    head; the softmax probability of the class per position is the map; min-max normalised, bilinearly upsampled."""
+GAUSSIAN = torch.tensor([[1 / 16, 1 / 8, 1 / 16], [1 / 8, 1 / 4, 1 / 8], [1 / 16, 1 / 8, 1 / 16]])
+
+
+def _reciprocam_reference(model: SmallNet, images: torch.Tensor, classes: list[int], gaussian: bool) -> np.ndarray:
+    """Recipro-CAM from the paper, eagerly: for each position, the feature map kept there alone (or its 3 x 3
+    neighbourhood weighted by the paper's Gaussian) goes through the head; the softmax probability of the class per
+    position is the map; min-max normalised, bilinearly upsampled."""
     with torch.no_grad():
         feature = model.features(model.stem(images))
         n, k, h, w = feature.shape
@@ -70,7 +87,14 @@ def _reciprocam_reference(model: SmallNet, images: torch.Tensor, classes: list[i
         for i in range(n):
             mosaic = torch.zeros(h * w, k, h, w)
             for p in range(h * w):
-                mosaic[p, :, p // w, p % w] = feature[i, :, p // w, p % w]
+                y, x = p // w, p % w
+                if not gaussian:
+                    mosaic[p, :, y, x] = feature[i, :, y, x]
+                    continue
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        if 0 <= y + dy < h and 0 <= x + dx < w:
+                            mosaic[p, :, y + dy, x + dx] = feature[i, :, y + dy, x + dx] * GAUSSIAN[dy + 1, dx + 1]
             scores = torch.softmax(model.head(mosaic), dim=1)[:, classes[i]].reshape(1, 1, h, w)
             up = F.interpolate(scores, size=images.shape[2:], mode="bilinear", align_corners=False)[0, 0]
             up = up - up.min()
@@ -78,12 +102,13 @@ def _reciprocam_reference(model: SmallNet, images: torch.Tensor, classes: list[i
     return np.stack(maps)
 
 
+@pytest.mark.parametrize("method", ["reciprocam", "reciprocam-gaussian"])
 @pytest.mark.parametrize("skip", [True, False])
-def test_reciprocam_equals_eager_reference(small, skip):
+def test_reciprocam_equals_eager_reference(small, skip, method):
     model, bundle, images = small
     classes = [0, 3, 4]
-    expected = _reciprocam_reference(model, images, classes)
-    got = _explain(bundle, images, "reciprocam", classes, skip=skip)
+    expected = _reciprocam_reference(model, images, classes, gaussian=method.endswith("gaussian"))
+    got = _explain(bundle, images, method, classes, skip=skip)
     assert float(np.abs(got - expected).max()) < 1e-4 and float(expected.std()) > 0.05  # a map with contrast
 
 
@@ -124,3 +149,29 @@ def test_ablationcam_resnet18_equals_pytorch_grad_cam(tmp_path):
                           std=(1, 1, 1)).bundle
     got = _explain(bundle, images, "ablationcam", [3], compat="pytorch-grad-cam")
     assert float(np.abs(got - expected).max()) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam", "reciprocam-gaussian"])
+def test_known_answers_run_no_head_forward(small, monkeypatch, method):
+    """Channels that are all zero (AblationCAM; 0-2 are dead) and mosaics that keep only zeros (ReciproCAM: the dead
+    4 x 4 corner's positions, or those whose Gaussian neighbourhood lies inside it, share one all-zeros forward) cost
+    no head forward of their own."""
+    from fusioncam.runtime.head_session import HeadSession
+
+    model, bundle, images = small
+    with torch.no_grad():
+        live = model.features(model.stem(images)) != 0  # [N, K, h, w]
+    if method == "ablationcam":
+        expected = int(live.any(dim=(2, 3)).sum())
+        assert expected <= 3 * (12 - 3)
+    else:
+        kernel = torch.ones(1, 1, 3, 3) if method.endswith("gaussian") else torch.ones(1, 1, 1, 1)
+        reach = F.conv2d(live.any(dim=1, keepdim=True).float(), kernel, padding=kernel.shape[-1] // 2) > 0
+        per_image = reach.flatten(1).sum(dim=1)
+        expected = int(per_image.sum() + (per_image < 64).sum())  # live mosaics, and one all-zeros row per image
+        assert expected <= 3 * (64 - (9 if method.endswith("gaussian") else 16) + 1)
+    rows = []
+    real = HeadSession.logits
+    monkeypatch.setattr(HeadSession, "logits", lambda self, batch: rows.append(len(batch)) or real(self, batch))
+    _explain(bundle, images, method, [0, 1, 2])
+    assert sum(rows) == expected

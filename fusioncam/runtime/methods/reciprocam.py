@@ -4,8 +4,9 @@ the paper's plain mosaic) go through the head; the target class's softmax probab
 scores; OpenVINO XAI takes the model's own output, its softmax when the graph has one) is the h x w map, then
 norm(up(.)). h * w head-graph forwards per image, none through the backbone.
 
-Positions whose activations are all zero give the same all-zeros mosaic: one forward serves them all.
-The paper's Gaussian-neighbourhood variant (a 3 x 3 Gaussian around the kept position) is not offered yet.
+`reciprocam-gaussian` is the paper's Gaussian variant (its code's `is_gaussian`, OpenVINO XAI's ViT `use_gaussian`):
+the kept position's 3 x 3 neighbourhood, weighted by [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16, positions outside the
+map dropped. A mosaic whose kept positions are all zero is the all-zeros one: one forward serves them all.
 """
 
 from __future__ import annotations
@@ -23,26 +24,43 @@ def softmax_at(logits: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return exp[np.arange(logits.shape[0]), classes] / exp.sum(axis=1)
 
 
-def position_scores(engine: Engine) -> np.ndarray:
-    """float32 [N, h, w] (host): the target probability with the activations kept at each position alone."""
+GAUSSIAN = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], dtype=np.float32) / 16
+
+
+def mosaic_weights(h: int, w: int, gaussian: bool) -> np.ndarray:
+    """float32 [h*w, h*w]: row p weighs each position of the mosaic that keeps position p (the identity, or the
+    3 x 3 Gaussian around p clipped to the map)."""
+    if not gaussian:
+        return np.eye(h * w, dtype=np.float32)
+    weights = np.zeros((h * w, h + 2, w + 2), dtype=np.float32)
+    for p in range(h * w):
+        weights[p, p // w : p // w + 3, p % w : p % w + 3] = GAUSSIAN
+    return weights[:, 1:-1, 1:-1].reshape(h * w, h * w)
+
+
+def position_scores(engine: Engine, gaussian: bool = False) -> np.ndarray:
+    """float32 [N, h, w] (host): the target probability with the activations kept at each position alone (with
+    `gaussian`, at its Gaussian-weighted 3 x 3 neighbourhood)."""
     scorer = engine.scorer
     acts = np.ascontiguousarray(scorer.to_host(engine.acts), dtype=np.float32)
     classes = scorer.to_host(engine.explained_classes).astype(np.int64)
     n, _, h, w = acts.shape
     flat = acts.reshape(n, acts.shape[1], h * w)
+    weights = mosaic_weights(h, w, gaussian)
     active = np.ones((n, h * w), dtype=bool)
-    if engine.skip_constant:
-        active = (flat != 0).any(axis=1)
+    if engine.skip_constant:  # a mosaic that keeps only all-zero positions is all zeros
+        active = ((flat != 0).any(axis=1).astype(np.float32) @ (weights != 0).T.astype(np.float32)) > 0
     images, positions = np.nonzero(active)
-    empty = np.nonzero(~active.all(axis=1))[0]  # images with an all-zeros position: one zero mosaic each
+    empty = np.nonzero(~active.all(axis=1))[0]  # images with an all-zeros mosaic: one forward each
     row_images = np.concatenate([images, empty])
 
     def write(start: int, stop: int, buffer: np.ndarray) -> None:
         view = buffer[: stop - start].reshape(stop - start, acts.shape[1], h * w)
-        view[:] = 0
-        for row in range(start, stop):
-            if row < images.shape[0]:
-                view[row - start, :, positions[row]] = flat[images[row], :, positions[row]]
+        kept = min(stop, images.shape[0]) - start  # rows before `kept` are mosaics, the rest all-zeros rows
+        if kept > 0:
+            np.multiply(flat[images[start : start + kept]], weights[positions[start : start + kept]][:, None, :],
+                        out=view[:kept])
+        view[max(kept, 0):] = 0
 
     logits = head_logits(engine, int(row_images.shape[0]), write, "ReciproCAM")
     probabilities = softmax_at(logits, classes[row_images])
@@ -54,5 +72,9 @@ def position_scores(engine: Engine) -> np.ndarray:
 
 def reciprocam(engine: Engine) -> MethodOutput:
     """The Recipro-CAM map: per-position target probabilities, upsampled and normalised."""
-    low = engine.scorer.asarray(position_scores(engine))
-    return MethodOutput(engine.low_resolution_map(low))
+    return MethodOutput(engine.low_resolution_map(engine.scorer.asarray(position_scores(engine))))
+
+
+def reciprocam_gaussian(engine: Engine) -> MethodOutput:
+    """The Recipro-CAM map with the Gaussian-weighted neighbourhood mosaic."""
+    return MethodOutput(engine.low_resolution_map(engine.scorer.asarray(position_scores(engine, gaussian=True))))

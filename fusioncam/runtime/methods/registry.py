@@ -13,7 +13,7 @@ from .eigen import eigencam, eigengradcam, kpcacam
 from .elementwise import gradcam_elementwise, hirescam, layercam
 from .finercam import finercam
 from .groupcam import groupcam
-from .reciprocam import reciprocam
+from .reciprocam import reciprocam, reciprocam_gaussian
 from .scorecam import scorecam
 from .unioncam import unioncam
 
@@ -45,6 +45,7 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("finercam", "FinerCAM", finercam, ("gradcam_weights",)),
     Method("ablationcam", "Ablation-CAM", ablationcam, ("head",)),  # head-graph forwards (methods/head_sweep.py)
     Method("reciprocam", "Recipro-CAM", reciprocam, ("head",)),
+    Method("reciprocam-gaussian", "Recipro-CAM (Gaussian)", reciprocam_gaussian, ("head",)),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
