@@ -175,3 +175,27 @@ def test_known_answers_run_no_head_forward(small, monkeypatch, method):
     monkeypatch.setattr(HeadSession, "logits", lambda self, batch: rows.append(len(batch)) or real(self, batch))
     _explain(bundle, images, method, [0, 1, 2])
     assert sum(rows) == expected
+
+
+def test_cli_explain_writes_the_head_graph_maps(tmp_path):
+    """`fusioncam explain --methods ablationcam,reciprocam,reciprocam-gaussian` writes the Explainer's maps."""
+    import json
+
+    from fusioncam.cli.main import main
+    from fusioncam.images import preprocess, read_rgb
+    from tests.support.safety_helpers import tiny_bundle, write_images
+
+    bundle = tiny_bundle(tmp_path / "bundle")
+    image = write_images(tmp_path / "in", ["a.png"])[0]
+    methods = "ablationcam,reciprocam,reciprocam-gaussian"
+    assert main(["explain", str(image), "--model", str(bundle), "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--methods", methods]) == 0
+    record = json.loads((tmp_path / "out" / "results.json").read_text())["images"][0]
+    with Explainer(bundle, device="cpu") as explainer:
+        manifest = explainer.bundle.manifest
+        alone = explainer.explain(preprocess(read_rgb(image), manifest.input_size, manifest.mean, manifest.std)[None],
+                                  methods=methods)
+    for method in methods.split(","):
+        assert float(alone.maps[method][0].max()) > 0.99
+        np.testing.assert_allclose(np.load(tmp_path / "out" / record["files"][f"{method}_npy"]),
+                                   alone.maps[method][0], atol=1e-6)
