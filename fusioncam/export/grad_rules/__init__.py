@@ -5,6 +5,7 @@ from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers th
     conv,
     einsum,
     elementwise,
+    grid_sample,
     linear,
     normalization,
     pooling,
