@@ -24,6 +24,17 @@ def _gpus(text: str) -> float:
     return int(value) if value.is_integer() else value
 
 
+def _instances(args: argparse.Namespace):
+    """A detection bundle's InstanceSelection from --min-score and --max-instances (None when neither is given)."""
+    if args.min_score is None and args.max_instances is None:
+        return None
+    from ..tasks.detection import InstanceSelection
+
+    defaults = InstanceSelection()
+    return InstanceSelection(min_score=defaults.min_score if args.min_score is None else args.min_score,
+                             max_instances=defaults.max_instances if args.max_instances is None else args.max_instances)
+
+
 def cmd_explain_dataset(args: argparse.Namespace) -> int:
     """fusioncam explain-dataset INPUT... --model MODEL --out OUT: explain every image on Ray, Parquet out."""
     from .pipeline import explain_dataset
@@ -38,7 +49,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
                                   batch_images=args.batch_images, address=args.address, layer=args.layer,
                                   scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
                                   map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
-                                  crash_retries=args.crash_retries, notify=say)
+                                  crash_retries=args.crash_retries, notify=say, instances=_instances(args))
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
         say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
              f"blocks are in {args.out}: run the same command again to continue")
@@ -83,4 +94,9 @@ def add_subcommands(sub) -> None:
     parser.add_argument("--crash-retries", type=non_negative_int, default=CRASH_RETRIES,
                         help=f"retries of a block whose worker process died; images that still crash alone become "
                              f"error rows (default: {CRASH_RETRIES})")
+    parser.add_argument("--min-score", type=float, metavar="S",
+                        help="detection bundles: explain each detection whose best class score is at least S "
+                             "(default 0.25), after class-wise NMS; one row per instance")
+    parser.add_argument("--max-instances", type=positive_int, metavar="K",
+                        help="detection bundles: at most K detections per image, highest scores first (default 10)")
     parser.set_defaults(run=cmd_explain_dataset)

@@ -50,7 +50,7 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                     layer: str | None = None, scorer_batch: int | None = None, threads_per_worker: int | None = None,
                     step: int = DEFAULT_STEP, map_dtype: str = "float16", image_column: str | None = None,
                     id_column: str | None = None, crash_retries: int = CRASH_RETRIES,
-                    notify: Callable[[str], None] | None = None):
+                    notify: Callable[[str], None] | None = None, instances=None):
     """Explain every image of `source` with `model` on Ray Data.
 
     source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
@@ -62,6 +62,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     the running Ray, else a local one. evaluate: also each method's faithfulness metrics, as `fusioncam evaluate`.
     crash_retries: how often a block whose worker process died is retried (fusioncam.dataset.crashes); with `out`,
     images that still kill their worker when explained alone become error rows, and the run goes on.
+    instances (detection bundles): an InstanceSelection (min_score, max_instances) for every image; default
+    InstanceSelection().
 
     With `out`: writes OUT/parts/*.parquet (one row per image, see fusioncam.dataset.rows), skipping the images an
     earlier run with the same settings already wrote there, then summary.json / summary.md (metrics.csv,
@@ -82,13 +84,17 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
         if getattr(manifest, "task", None) == "detection":
             raise InputError("explain-dataset --evaluate is not available for detection bundles yet (its summary "
                              "averages per image); run fusioncam evaluate on the images for per-instance metrics")
+    if instances is not None and getattr(manifest, "task", None) != "detection":
+        raise InputError(f"--min-score and --max-instances (instances=) apply to detection bundles only; this model "
+                         f"explains a {getattr(manifest, 'task', None) or 'classification'} task")
+    chosen = {} if instances is None else {"instances": [float(instances.min_score), int(instances.max_instances)]}
     layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype,
                        tuple(payloads_for(manifest).dataset_fields()))
     out_dir, done = None, frozenset()
     if out is not None:
         out_dir = prepare_output(out, {"model": str(bundle.path), "model_sha256": manifest.manifest_sha256,
                                        "methods": list(methods), "evaluate": bool(evaluate),
-                                       "step": int(step) if evaluate else None, "map_dtype": map_dtype})
+                                       "step": int(step) if evaluate else None, "map_dtype": map_dtype, **chosen})
         done = done_sources(out_dir)
     ray, started = connect(address)
     try:
@@ -99,7 +105,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                              f"worker holds one")
         shipped = ray.put(bundle_files(bundle.path)) if address else None  # workers may be on other machines
         settings = WorkerSettings(str(bundle.path), layout, device, scorer_batch, threads, int(step),
-                                  str(out_dir) if out_dir is not None else None, manifest.manifest_sha256, shipped)
+                                  str(out_dir) if out_dir is not None else None, manifest.manifest_sha256, shipped,
+                                  instances)
 
         def explained_rows(todo: InputPlan, skip: frozenset[str], images_per_block: int, isolated: bool = False):
             """The lazy explaining dataset; `isolated`: one task at a time per actor, so that a worker that dies

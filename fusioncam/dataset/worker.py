@@ -36,6 +36,7 @@ class WorkerSettings:
     out: str | None = None  # write each block's part file here and return only the light columns
     manifest_sha256: str = ""  # the bundle's identity, to find or check a shipped copy
     bundle_ref: object = None  # a Ray ObjectRef of bundle_files(), when workers may run on other machines
+    instances: object = None  # detection: the InstanceSelection of every image (None: the task's default)
 
 
 class ExplainWorker:
@@ -125,7 +126,8 @@ class ExplainWorker:
         choose = getattr(self.payloads, "dataset_instances", None)  # detection: which instances each image gets
         explanation = self.explainer.explain(batch, methods=layout.methods, names=names,
                                              regions=None if regions is None else [regions[i] for i in indices],
-                                             **({} if choose is None else {"instances": choose()}))
+                                             **({} if choose is None else
+                                                {"instances": self.settings.instances or choose()}))
         explain_seconds = (time.perf_counter() - start) / len(indices)
         evaluation, evaluate_seconds = None, None
         if layout.evaluate:

@@ -1,7 +1,7 @@
 """explain-dataset on a detection bundle (a TinyYolo written as a plain ONNX file in the Ultralytics layout), on a
 local Ray (2 CPUs, 127.0.0.1, no dashboard, one worker): one row per instance (source, instance, anchor, box, class,
-score), each row's maps within 1e-5 of Explainer.explain on the same image with the same default selection;
---evaluate is refused by name for detection bundles."""
+score), each row's maps within 1e-5 of Explainer.explain on the same image with the same selection; an image without
+detection is one row without maps; --evaluate is refused by name for detection bundles, instances= for others."""
 
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ def photos(tmp_path_factory):
 
 def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
     folder, paths = photos
+    selection = InstanceSelection(min_score=0.3, max_instances=4)
     run = explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, batch_images=2, workers=1,
-                          map_dtype="float32")
+                          map_dtype="float32", instances=selection)
     table = run.table()
     sources = table.column("source").to_pylist()
     instances = table.column("instance").to_pylist()
@@ -72,9 +73,9 @@ def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
         manifest = explainer.bundle.manifest
         for path in paths:
             image = load_batch([path], manifest.input_size, manifest.mean, manifest.std)[0]
-            want = explainer.explain(image, methods=METHODS, instances=InstanceSelection())
+            want = explainer.explain(image, methods=METHODS, instances=selection)
             rows = [i for i, s in enumerate(sources) if s == str(path)]
-            assert len(rows) == len(want.classes) > 1
+            assert len(rows) == len(want.classes) == 4
             assert [instances[i] for i in rows] == list(range(len(rows)))
             for k, row in enumerate(rows):
                 assert table.column("anchor")[row].as_py() == int(want.anchors[k])
@@ -88,10 +89,17 @@ def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
                                                err_msg=f"{path.name} instance {k} {method}")
 
 
-def test_evaluate_is_refused_for_detection(bundle, photos, tmp_path):
+def test_evaluate_is_refused_for_detection_and_instances_for_classifiers(bundle, photos, tmp_path):
+    from tests.support.tiny_models import tiny_bundle_at
+
     folder, _ = photos
     with pytest.raises(InputError, match="--evaluate is not available for detection bundles"):
         explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, evaluate=True, workers=1)
+    (tmp_path / "clf").mkdir()
+    classifier = tiny_bundle_at(tmp_path / "clf", size=24, seed=1)
+    with pytest.raises(InputError, match="apply to detection bundles only"):
+        explain_dataset(folder, classifier, out=tmp_path / "out2", methods=METHODS, workers=1,
+                        instances=InstanceSelection())
 
 
 def test_an_image_without_detection_is_one_row_without_maps(bundle, photos):
