@@ -1,9 +1,14 @@
 """Query detectors (transformers DETR, Conditional DETR, YOLOS, RT-DETR; random weights from small configs, no
 downloads) exported with task="detection": each query is an instance; the bundle's per-query boxes and activated
 class scores equal the model's own outputs after its post-processing activation, and each explained instance's
-gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score."""
+gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score (RT-DETR: autograd with
+its detaches undone, at its decoder's input projections, the only RT-DETR targets export accepts; see
+fusioncam/export/detection_queries.py). Conditional DETR is not covered: its graph has ScatterND on the path to the
+scores, which has no gradient rule."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import onnxruntime as ort
@@ -51,6 +56,12 @@ def _small(kind: str):
             encoder_hidden_dim=32, d_model=32, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
             decoder_attention_heads=2, decoder_layers=1, num_queries=QUERIES, num_labels=CLASSES,
             decoder_in_channels=[32, 32, 32], num_denoising=0))
+        # transformers' RT-DETR init (std 0.01, zero heads, small norms) shrinks a random model's activations to ~1e-10: every
+        # encoder token's score ties, and the top-k order of ties is each runtime's own choice. PyTorch's default
+        # layer init keeps them apart.
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                module.reset_parameters()
     return model.eval()
 
 
@@ -61,8 +72,25 @@ def _activated(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
+@contextlib.contextmanager
+def _full_derivative(kind: str):
+    """RT-DETR detaches its reference points and initial queries (training-time stop-gradients); an ONNX graph keeps
+    no detach, so its gradient is the score's full derivative. The reference is torch autograd of the same forward
+    with those detaches undone (Tensor.detach as the identity) for RT-DETR; the model as it is for the others."""
+    if kind != "rt_detr":
+        yield
+        return
+    original = torch.Tensor.detach
+    torch.Tensor.detach = lambda self: self
+    try:
+        yield
+    finally:
+        torch.Tensor.detach = original
+
+
 TARGETS = {"detr": ["model.backbone.model.encoder.stages.3", "model.encoder"],
-           "yolos": ["vit.embeddings.patch_embeddings.projection"]}
+           "yolos": ["vit.embeddings.patch_embeddings.projection"],
+           "rt_detr": [None, "model.decoder_input_proj.2"]}
 
 
 def _check(kind: str, layer: str | None, tmp_path) -> None:
@@ -85,7 +113,8 @@ def _check(kind: str, layer: str | None, tmp_path) -> None:
         handle = module.register_forward_hook(lambda m, i, o: captured.append(o if torch.is_tensor(o) else o[0]))
         try:
             pixels = torch.from_numpy(normalised[image : image + 1]).requires_grad_(True)  # frozen backbones
-            out = model(pixel_values=pixels)
+            with _full_derivative(kind):
+                out = model(pixel_values=pixels)
             activated = _activated(kind, out.logits)
             score = activated[0, query, cls]
             (want,) = torch.autograd.grad(score, captured[0])
@@ -115,3 +144,9 @@ def test_query_detector_refuses_a_token_target_it_cannot_reshape(tmp_path) -> No
     with pytest.raises(LayerError, match="4-D map"):
         fusioncam.export_torch(_small("yolos"), "vit.encoder", tmp_path / "bundle", input_size=SIZE,
                                task="detection")
+
+
+def test_rt_detr_refuses_layers_whose_gradients_are_not_verified(tmp_path) -> None:
+    with pytest.raises(LayerError, match="decoder_input_proj"):
+        fusioncam.export_torch(_small("rt_detr"), "model.encoder.pan_blocks.1", tmp_path / "bundle",
+                               input_size=SIZE, task="detection")
