@@ -81,9 +81,6 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])
-        if getattr(manifest, "task", None) == "detection":
-            raise InputError("explain-dataset --evaluate is not available for detection bundles yet (its summary "
-                             "averages per image); run fusioncam evaluate on the images for per-instance metrics")
     if instances is not None and getattr(manifest, "task", None) != "detection":
         raise InputError(f"--min-score and --max-instances (instances=) apply to detection bundles only; this model "
                          f"explains a {getattr(manifest, 'task', None) or 'classification'} task")

@@ -11,7 +11,7 @@ Columns, in order (a method's TAG is its name, `gradcampp` for gradcam++):
   output resolution); for a detection bundle one row per instance (the default selection: best class score >=
   0.25, class-wise NMS, at most 10 per image) with `instance` (int64: its index within the image), `anchor` (int64)
   and `box` (4 float64: x0, y0, x1, y1 in input pixels), its class and score in class_index, class_name and
-  probability; an image with no detection gets one row with instance null and no maps
+  probability; an image with no detection gets one row with instance null and no maps (nor metrics)
 - with fusion: `b_den`, `b_reg`, `b_dr`, `b_reg2`, `b0` (float64) and `degenerate` (bool)
 - with unioncam: `union_b_den`, `union_b_reg`, `union_b_dr`, `union_b0` (float64) and `union_kept_combined` (bool)
 - with a Score-CAM sweep (scorecam, unioncam, fusion): `forwards_run`, `forwards_skipped` (int64)

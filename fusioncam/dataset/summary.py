@@ -34,9 +34,11 @@ def results_evaluation(out: Path, layout: RowLayout, step: int) -> tuple[Evaluat
     if not layout.evaluate:
         return None, table
     explained = table.filter(table.column("error").is_null())
+    if "instance" in explained.schema.names:  # detection: the rows of instances (an image without any has no metrics)
+        explained = explained.filter(explained.column("instance").is_valid())
     height, width = layout.map_size
     x = step_counts(height * width, step) / (height * width)
-    mean_curves = _mean_curves(out, layout, set(explained.column("source").to_pylist()))
+    mean_curves = _mean_curves(out, layout, set(_row_keys(explained)))
     scores = {}
     for method in layout.methods:
         per_image = {m: explained.column(metric_column(method, m)).to_numpy().astype(np.float64) for m in METRICS}
@@ -47,14 +49,26 @@ def results_evaluation(out: Path, layout: RowLayout, step: int) -> tuple[Evaluat
     return evaluation, table
 
 
-def _mean_curves(out: Path, layout: RowLayout, wanted: set[str]) -> dict[str, dict[str, np.ndarray]]:
-    """Each method's mean deletion and insertion curve over the `wanted` sources (each counted once)."""
+def _row_keys(table) -> list:
+    """Each row's identity: its source, or (source, instance) for a detection run's rows."""
+    sources = table.column("source").to_pylist()
+    if "instance" not in table.schema.names:
+        return sources
+    return list(zip(sources, table.column("instance").to_pylist()))
+
+
+def _mean_curves(out: Path, layout: RowLayout, wanted: set) -> dict[str, dict[str, np.ndarray]]:
+    """Each method's mean deletion and insertion curve over the `wanted` rows (sources, or (source, instance) for a
+    detection run; each counted once)."""
     columns = [curve_column(m, kind) for m in layout.methods for kind in ("deletion", "insertion")]
+    import pyarrow.parquet as pq
+
     sums: dict[str, np.ndarray] = {}
-    seen: set[str] = set()
+    seen: set = set()
     for path in part_files(out):
-        part = read_part(path, ["source", *columns])
-        sources = part.column("source").to_pylist()
+        keyed = ["instance"] if "instance" in pq.read_schema(path).names else []  # detection: per instance
+        part = read_part(path, ["source", *keyed, *columns])
+        sources = _row_keys(part)
         rows = [i for i, s in enumerate(sources) if s in wanted and s not in seen]
         seen.update(sources[i] for i in rows)
         for column in columns:

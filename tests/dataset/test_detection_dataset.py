@@ -17,10 +17,11 @@ pytest.importorskip("pyarrow", reason="pyarrow is not installed: pip install 'fu
 
 import fusioncam  # noqa: E402
 from fusioncam.dataset import explain_dataset  # noqa: E402
-from fusioncam.dataset.rows import map_column, tensor_maps  # noqa: E402
+from fusioncam.dataset.rows import map_column, metric_column, tensor_maps  # noqa: E402
 from fusioncam.errors import InputError  # noqa: E402
 from fusioncam.export.detection_export import export_onnx_detection  # noqa: E402
 from fusioncam.images import load_batch  # noqa: E402
+from fusioncam.metrics.detection import evaluate_detection_maps  # noqa: E402
 from fusioncam.tasks.detection import InstanceSelection  # noqa: E402
 from tests.support.detection_models import TARGET_TENSOR, TinyYolo, export_tiny_yolo  # noqa: E402
 
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.slow  # Ray actors start in each run
 
 METHODS = ("gradcam", "fusion")
 NAMES = ["person", "bike", "car"]
+FIELDS = {"average_drop": "average_drop", "increase_in_confidence": "increase", "deletion_auc": "deletion_auc",
+          "insertion_auc": "insertion_auc"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,7 +66,7 @@ def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
     folder, paths = photos
     selection = InstanceSelection(min_score=0.3, max_instances=4)
     run = explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, batch_images=2, workers=1,
-                          map_dtype="float32", instances=selection)
+                          map_dtype="float32", instances=selection, evaluate=True, step=512)
     table = run.table()
     sources = table.column("source").to_pylist()
     instances = table.column("instance").to_pylist()
@@ -74,6 +77,7 @@ def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
         for path in paths:
             image = load_batch([path], manifest.input_size, manifest.mean, manifest.std)[0]
             want = explainer.explain(image, methods=METHODS, instances=selection)
+            scores = evaluate_detection_maps(explainer, image, want, step=512)
             rows = [i for i, s in enumerate(sources) if s == str(path)]
             assert len(rows) == len(want.classes) == 4
             assert [instances[i] for i in rows] == list(range(len(rows)))
@@ -87,14 +91,17 @@ def test_one_row_per_instance_equal_to_the_explainer(bundle, photos, tmp_path):
                 for method in METHODS:
                     np.testing.assert_allclose(maps[method][row], want.maps[method][k], atol=1e-5,
                                                err_msg=f"{path.name} instance {k} {method}")
+                    for metric, field in FIELDS.items():
+                        assert table.column(metric_column(method, metric))[row].as_py() == pytest.approx(
+                            float(getattr(scores[method], field)[k]), abs=1e-4), (path.name, k, method, metric)
+    summary = run.summary
+    assert summary["metrics"]["fusion"]["deletion_auc"]["n"] == 12  # every instance row, once
 
 
-def test_evaluate_is_refused_for_detection_and_instances_for_classifiers(bundle, photos, tmp_path):
+def test_instances_are_refused_for_classifiers(photos, tmp_path):
     from tests.support.tiny_models import tiny_bundle_at
 
     folder, _ = photos
-    with pytest.raises(InputError, match="--evaluate is not available for detection bundles"):
-        explain_dataset(folder, bundle, out=tmp_path / "out", methods=METHODS, evaluate=True, workers=1)
     (tmp_path / "clf").mkdir()
     classifier = tiny_bundle_at(tmp_path / "clf", size=24, seed=1)
     with pytest.raises(InputError, match="apply to detection bundles only"):
