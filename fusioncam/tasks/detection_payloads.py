@@ -1,4 +1,6 @@
-"""A detector's encodings for serve (fusioncam/tasks/detection.py explains one instance per row).
+"""A detector's encodings for serve, evaluate and explain-dataset (fusioncam/tasks/detection.py explains one
+instance per row). `fusioncam evaluate` and explain-dataset get one row per instance, scored by its matched score
+(metrics/detection.py); explain-dataset's rows carry `instance`, `anchor` and `box` (dataset/rows.py).
 
 What a request explains, per image: the detections the model keeps (best class score >= `min_score`, class-wise NMS,
 at most `max_instances`, highest first; the request parameters, defaults 0.25 and 10), or the instances it names:
@@ -177,7 +179,7 @@ def explained_rows(explainer, images: np.ndarray, specs: list, methods: tuple[st
 
 
 class DetectionPayloads:
-    """Encodings of a detector's instances (boxes, classes, scores) and per-instance maps for serve."""
+    """Encodings of a detector's instances (boxes, classes, scores) and per-instance maps and metrics."""
 
     v2_prediction_outputs = ("boxes", "scores", "classes", "class_names", "anchors", "instance_count")
     v2_explanation_outputs: tuple[str, ...] = ()
