@@ -3,8 +3,8 @@ downloads) exported with task="detection": each query is an instance; the bundle
 class scores equal the model's own outputs after its post-processing activation, and each explained instance's
 gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score (RT-DETR: autograd with
 its detaches undone, at its decoder's input projections, the only RT-DETR targets export accepts; see
-fusioncam/export/detection_queries.py). Conditional DETR is not covered: its graph has ScatterND on the path to the
-scores, which has no gradient rule."""
+fusioncam/export/detection_queries.py). Conditional DETR's graph writes its reference points with ScatterND (slice
+assignment), differentiated by grad_rules/scatter_nd.py."""
 
 from __future__ import annotations
 
@@ -89,6 +89,7 @@ def _full_derivative(kind: str):
 
 
 TARGETS = {"detr": ["model.backbone.model.encoder.stages.3", "model.encoder"],
+           "conditional_detr": [None, "model.encoder"],
            "yolos": ["vit.embeddings.patch_embeddings.projection"],
            "rt_detr": [None, "model.decoder_input_proj.2"]}
 

@@ -14,6 +14,7 @@ from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers th
     reduce_extremes,
     resize,
     roi_align,
+    scatter_nd,
     shape_ops,
 )
 from fusioncam.export.grad_rules.registry import RULES, GradRule, grad_rule, rule_for, supported_ops
