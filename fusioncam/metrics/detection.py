@@ -18,10 +18,9 @@ from typing import Mapping
 
 from ..errors import InputError
 from ..tasks.detection import DetectionExplanation, InstanceTargets
-from .confidence import drops, increases, masked_probabilities
-from .inputs import checked_images, checked_step, device_maps
-from .perturbation_curves import DEFAULT_STEP, curve_probabilities, insertion_baselines, step_counts, trapezoid_auc
-from .segmentation import SegmentationScores as InstanceScores  # the same per-row fields: Y, O, AD, IC, AUCs, curves
+from .inputs import checked_images, checked_step
+from .perturbation_curves import DEFAULT_STEP
+from .row_scores import RowScores as InstanceScores, score_rows  # per instance: Y, O, AD, IC, the AUCs and curves
 
 
 def evaluate_detection_maps(explainer, images, explanation: DetectionExplanation,
@@ -43,29 +42,8 @@ def evaluate_detection_maps(explainer, images, explanation: DetectionExplanation
             raise InputError(f"{images.shape[0]} images given for an explanation of image "
                              f"{int(explanation.image_index.max())}; pass the explained images")
         rows_images = images[scorer.asarray(explanation.image_index)]
-        n = int(rows_images.shape[0])
-        plane = height * width
-        counts = step_counts(plane, checked_step(step, plane))
         rows = InstanceTargets(scorer.asarray(explanation.classes), scorer.asarray(explanation.reference_boxes))
-
-        def unchanged(start: int, stop: int, buffer) -> None:
-            buffer[: stop - start] = rows_images[start:stop]
-
-        on_image = scorer.to_host(scorer.class_probabilities(n, rows, unchanged))
-        baselines = insertion_baselines(scorer, rows_images)
-        results = {}
-        for name, method_maps in maps.items():
-            method_maps = device_maps(scorer, method_maps, (n, height, width))
-            on_masked = scorer.to_host(masked_probabilities(scorer, rows_images, method_maps, rows))
-            deletion = curve_probabilities(scorer, rows_images, method_maps, rows, counts)
-            insertion = curve_probabilities(scorer, rows_images, method_maps, rows, counts, baselines)
-            fractions = counts / plane
-            results[name] = InstanceScores(
-                on_image=on_image, on_masked=on_masked, average_drop=drops(on_image, on_masked),
-                increase=increases(on_image, on_masked), deletion_auc=trapezoid_auc(fractions, deletion),
-                insertion_auc=trapezoid_auc(fractions, insertion), fractions=fractions,
-                deletion_curve=deletion, insertion_curve=insertion)
-        return results
+        return score_rows(scorer, rows_images, maps, rows, checked_step(step, height * width))
 
 
 __all__ = ["InstanceScores", "evaluate_detection_maps"]

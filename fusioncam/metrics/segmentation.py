@@ -13,31 +13,16 @@ The metrics' own row writers and batching are reused: each row's target is its i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
-
-import numpy as np
 
 from ..errors import InputError
 from ..tasks.segmentation import RegionTargets, SegmentationExplanation
-from .confidence import drops, increases, masked_probabilities
-from .inputs import checked_images, checked_step, device_maps
-from .perturbation_curves import DEFAULT_STEP, curve_probabilities, insertion_baselines, step_counts, trapezoid_auc
+from .inputs import checked_images, checked_step
+from .perturbation_curves import DEFAULT_STEP
+from .row_scores import RowScores, score_rows
 
 
-@dataclass
-class SegmentationScores:
-    """Per image (float64 [N]) for one method's maps, with the curves' x [S] and P [N, S]."""
-
-    on_image: np.ndarray  # Y = P(x)
-    on_masked: np.ndarray  # O = P(x * map)
-    average_drop: np.ndarray  # 100 * max(0, Y - O) / Y
-    increase: np.ndarray  # 100 if O > Y else 0
-    deletion_auc: np.ndarray
-    insertion_auc: np.ndarray
-    fractions: np.ndarray  # x [S]: fraction of pixels changed at each step
-    deletion_curve: np.ndarray  # P [N, S]
-    insertion_curve: np.ndarray  # P [N, S]
+SegmentationScores = RowScores  # per image: Y, O, AD, IC, the AUCs and curves (metrics/row_scores.py)
 
 
 def evaluate_segmentation_maps(explainer, images, explanation: SegmentationExplanation,
@@ -56,28 +41,8 @@ def evaluate_segmentation_maps(explainer, images, explanation: SegmentationExpla
         n, _, height, width = images.shape
         if n != len(explanation):
             raise InputError(f"{n} images given for an explanation of {len(explanation)}; pass the explained images")
-        plane = height * width
-        counts = step_counts(plane, checked_step(step, plane))
         xp = scorer.xp
         # each image's target: the explanation's class and region of that image
         rows = RegionTargets(scorer.asarray(explanation.classes), scorer.asarray(explanation.region_weights),
                              xp.arange(n, dtype=xp.int64))
-
-        def unchanged(start: int, stop: int, buffer) -> None:
-            buffer[: stop - start] = images[start:stop]
-
-        on_image = scorer.to_host(scorer.class_probabilities(n, rows, unchanged))
-        baselines = insertion_baselines(scorer, images)
-        results = {}
-        for name, method_maps in maps.items():
-            method_maps = device_maps(scorer, method_maps, (n, height, width))
-            on_masked = scorer.to_host(masked_probabilities(scorer, images, method_maps, rows))
-            deletion = curve_probabilities(scorer, images, method_maps, rows, counts)
-            insertion = curve_probabilities(scorer, images, method_maps, rows, counts, baselines)
-            fractions = counts / plane
-            results[name] = SegmentationScores(
-                on_image=on_image, on_masked=on_masked, average_drop=drops(on_image, on_masked),
-                increase=increases(on_image, on_masked), deletion_auc=trapezoid_auc(fractions, deletion),
-                insertion_auc=trapezoid_auc(fractions, insertion), fractions=fractions,
-                deletion_curve=deletion, insertion_curve=insertion)
-        return results
+        return score_rows(scorer, images, maps, rows, checked_step(step, height * width))
