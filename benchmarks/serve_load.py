@@ -473,6 +473,15 @@ def parse_counts(text: str | None, model: str) -> dict:
     return counts
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server process started by a benchmark: SIGTERM, then SIGKILL after 30 s."""
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def wait_ready(base: str, server: subprocess.Popen, log: Path, seconds: float = 180.0) -> None:
     import urllib.error
     import urllib.request
@@ -625,11 +634,7 @@ def mixed_run(args, bundle, bodies: dict, references: dict) -> None:
                 phases.append(row)
             ratios[label] = rows[10]["gradcam"]["p99_s"] / rows[0]["gradcam"]["p99_s"]
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     report = {"model": model_label(args), "clients": args.clients[-1], "max_batch_size": args.max_batch_size,
               "max_latency_ms": args.max_latency_ms, "phases": phases, "gradcam_p99_ratio": ratios,
               "machine": machine_facts(), "command": "python -m benchmarks.serve_load " + " ".join(sys.argv[1:])}
@@ -702,11 +707,7 @@ def main() -> None:
                                              name, clients, counts[(name, clients)], rss_samples))
         rss_end = rss_mib(server.pid)
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
         explainer.close()
     totals = {key: sum(row[key] for row in phases)
               for key in ("requests", "good_ok", "malformed_400", "lost", "wrong", "crossed", "unexpected_status")}

@@ -17,7 +17,6 @@ import argparse
 import base64
 import concurrent.futures
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from fusioncam.bundle_cache import default_bundle
 from fusioncam.images import decode_rgb, preprocess, resized_rgb
 
 from .report import RESULTS, cpu_label, cpu_model, save_report
-from .serve_load import free_port, rss_mib, wait_ready
+from .serve_load import free_port, rss_mib, stop_server, wait_ready
 
 WIDTH, HEIGHT = 6000, 6600
 
@@ -121,11 +120,7 @@ def main() -> None:
         sampler.join()
         hwm = vm_field(server.pid, "VmHWM")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     rows = []
     for status, payload, seconds, headers in answers:
         row = {"status": status, "seconds": round(seconds, 2)}
