@@ -23,6 +23,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Stop a server subprocess: SIGTERM, then SIGKILL if it has not ended within 20 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen
@@ -85,9 +95,4 @@ def running_server(models: list[str], names: list[str], log: Path, *args: str, l
             time.sleep(0.3)
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)

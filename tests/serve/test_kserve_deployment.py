@@ -19,7 +19,6 @@ import copy
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import yaml
 from fusioncam.errors import InputError
 from fusioncam.serve.kserve_arguments import resolve
 from fusioncam.serve.listen_ports import check_ports_free
+from tests.serve.server_process import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -309,12 +309,7 @@ def running(command: list[str], http_port: int, log: Path, env: dict | None = No
             pytest.fail(f"the server did not start in 120 s:\n{log.read_text()[-3000:]}")
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
 
 
 def picture_png(seed: int) -> bytes:

@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from fusioncam.images import preprocess  # noqa: E402
-from tests.serve.test_protocols import (  # noqa: E402,F401  (module fixtures: onnx_path, bundle, explainer)
+from tests.serve.protocol_server import (  # noqa: E402,F401  (module fixtures: onnx_path, bundle, explainer)
     MAX_BODY, NAMES, SIZE, TOLERANCE, alone, b64, bundle, explainer, model_input, onnx_path, picture, png,
     running_server)
 
