@@ -13,11 +13,11 @@ def install() -> None:
     """Wrap the dataset worker's decoder so that a marked file ends the process."""
     from fusioncam.dataset import worker
 
-    decode = worker.decode_rgb
+    decode = worker.decode_model_input  # the worker's one decode -> resize -> preprocess call
 
     def decode_or_die(data: bytes, *args, **kwargs):
-        if data.startswith(CRASH_MARK):
+        if bytes(data[: len(CRASH_MARK)]) == CRASH_MARK:
             os._exit(70)
         return decode(data, *args, **kwargs)
 
-    worker.decode_rgb = decode_or_die
+    worker.decode_model_input = decode_or_die
