@@ -18,7 +18,8 @@ import fusioncam
 from fusioncam.kernels import numpy_kernels
 from fusioncam.runtime import cuda_backend
 from fusioncam.runtime.cpu_backend import cpu_session
-from fusioncam.runtime.methods import METHODS
+from fusioncam.errors import InputError
+from fusioncam.runtime.methods import METHODS, methods_for_task
 from fusioncam.runtime.stage_clock import HostClock
 
 
@@ -100,10 +101,11 @@ def bundles(tmp_path_factory) -> dict[str, object]:
                                                    input_size=(16, 16), fp16_scorer=True)}
 
 
-def _explain(explainer, task: str):
+def _explain(explainer, task: str, methods: tuple[str, ...] | None = None):
     images = np.abs(np.random.default_rng(2).standard_normal((3, 3, 16, 16))).astype(np.float32) + 0.1
     regions = None if task == "classification" else ["all", (0, 0, 8, 8), "all"]
-    return explainer.explain(images, targets=[1, 0, 1], regions=regions, methods=METHODS)
+    return explainer.explain(images, targets=[1, 0, 1], regions=regions,
+                             methods=methods or methods_for_task(task))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -121,7 +123,8 @@ def test_cuda_backend_logic_gives_the_cpu_maps(bundles, host_cuda, task, precisi
         got = _explain(explainer, task)
         scorer_runs = backend._scorer.runs
         assert backend._row_buffers.keys() == set(explainer.task.row_inputs)
-    for method in METHODS:
+    assert tuple(got.maps) == methods_for_task(task)
+    for method in methods_for_task(task):
         np.testing.assert_allclose(got.maps[method], want.maps[method], atol=1e-5, err_msg=method)
     np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
     assert type(got) is type(want) and got.forwards_run.tolist() == want.forwards_run.tolist()
@@ -131,3 +134,13 @@ def test_cuda_backend_logic_gives_the_cpu_maps(bundles, host_cuda, task, precisi
     sizes = [next(iter(run.values()))[0] for run in scorer_runs]
     assert set(sizes) == {8, 16, 20}  # batch 20's padded run sizes: warm-up ran each, explain padded its remainders
     assert backend._row_buffers == {}  # closed
+
+
+def test_methods_a_task_does_not_offer_are_a_clear_input_error(bundles) -> None:
+    offered = methods_for_task("segmentation")
+    refused = [method for method in METHODS if method not in offered]
+    assert {"ablationcam", "reciprocam", "reciprocam-gaussian"} <= set(refused) and "finercam" in offered
+    with fusioncam.Explainer(bundles["segmentation"], device="cpu") as explainer:
+        for method in refused:
+            with pytest.raises(InputError, match="head graph; this bundle's task has none"):
+                _explain(explainer, "segmentation", methods=(method,))

@@ -12,6 +12,7 @@ import torch
 import fusioncam
 from fusioncam.errors import InputError
 from fusioncam.runtime.methods import METHODS
+from fusioncam.runtime.methods.registry import REGISTRY
 from tests.support.torch_reference import sample_model
 
 SIZE = (32, 32)
@@ -61,7 +62,13 @@ def batches(rows: int) -> int:
 def test_all_methods_cost_one_explain_pass_one_sweep_and_shared_batches(bundle, images):
     explainer, calls = counting_explainer(bundle)
     explanation = explainer.explain(images, [-1, 3], methods=METHODS)
-    assert calls["explain"] == 1
+    # one shared explain pass; only FinerCAM adds its own passes (one per comparison class, the bundle has > 3 classes)
+    extra = {name: method.extra_explain_passes for name, method in REGISTRY.items() if method.extra_explain_passes}
+    assert extra == {"finercam": 3}
+    assert calls["explain"] == 1 + sum(extra.values())
+    without_finercam, without_calls = counting_explainer(bundle)
+    without_finercam.explain(images, [-1, 3], methods=[m for m in METHODS if m != "finercam"])
+    assert without_calls["explain"] == 1 and without_calls["rows"] == calls["rows"]
     sweep = int(explanation.forwards_run.sum())
     assert sweep + int(explanation.forwards_skipped.sum()) == 2 * 256  # one sweep, not one per method
     # Round 1: Fusion-CAM's x*L_den, the shared x*L_reg, Union-CAM's x*L_den, Group-CAM's blends and x_b, per image.

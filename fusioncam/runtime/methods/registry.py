@@ -11,11 +11,16 @@ from .fusion import fusion
 from .gradient_weights import gradcam, gradcam_plus_plus, xgradcam
 from .eigen import eigencam, eigengradcam, kpcacam
 from .elementwise import gradcam_elementwise, hirescam, layercam
-from .finercam import finercam
+from .finercam import COMPARISONS, finercam
 from .groupcam import groupcam
 from .reciprocam import reciprocam, reciprocam_gaussian
 from .scorecam import scorecam
 from .unioncam import unioncam
+
+
+ALL_TASKS: tuple[str, ...] = ("classification", "segmentation", "detection")
+HEAD_TASKS: tuple[str, ...] = ("classification",)  # only a classifier bundle has a head graph (methods/head_sweep.py)
+COMPARISON_TASKS: tuple[str, ...] = ("classification", "segmentation")  # tasks whose explain pass takes other classes
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Method:
     title: str
     run: Callable
     needs: tuple[str, ...] = ()  # Engine properties it reads: prepared (once, shared) before any method runs
+    tasks: tuple[str, ...] = ALL_TASKS  # the bundle tasks it runs on; on others it raises a clear InputError
+    extra_explain_passes: int = 0  # explain passes of the N images it runs beyond the one all methods share (at most)
 
 
 REGISTRY: dict[str, Method] = {method.name: method for method in (
@@ -42,13 +49,21 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("eigencam", "Eigen-CAM", eigencam),
     Method("eigengradcam", "EigenGrad-CAM", eigengradcam),
     Method("kpcacam", "KPCA-CAM", kpcacam),
-    Method("finercam", "FinerCAM", finercam, ("gradcam_weights",)),
-    Method("ablationcam", "Ablation-CAM", ablationcam, ("head",)),  # head-graph forwards (methods/head_sweep.py)
-    Method("reciprocam", "Recipro-CAM", reciprocam, ("head",)),
-    Method("reciprocam-gaussian", "Recipro-CAM (Gaussian)", reciprocam_gaussian, ("head",)),
+    Method("finercam", "FinerCAM", finercam, ("gradcam_weights",), COMPARISON_TASKS, COMPARISONS),
+    Method("ablationcam", "Ablation-CAM", ablationcam, ("head",), HEAD_TASKS),  # head-graph forwards (head_sweep.py)
+    Method("reciprocam", "Recipro-CAM", reciprocam, ("head",), HEAD_TASKS),
+    Method("reciprocam-gaussian", "Recipro-CAM (Gaussian)", reciprocam_gaussian, ("head",), HEAD_TASKS),
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
+
+
+def methods_for_task(task: str) -> tuple[str, ...]:
+    """The methods, in canonical order, that run on a bundle of this task ("classification", "segmentation",
+    "detection"); asking for another one anyway gives that method's InputError."""
+    if task not in ALL_TASKS:
+        raise InputError(f"unknown task {task!r}; choose from {', '.join(ALL_TASKS)}")
+    return tuple(name for name, method in REGISTRY.items() if task in method.tasks)
 
 
 def check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
