@@ -4,7 +4,9 @@ server's CPU goes idle), a client that disconnects frees its slot, a Grad-CAM re
 Fusion-CAM runs, and a request batched with an abandoned one still gets exactly its own maps.
 
 The slow model is slow deterministically: 1024 channels at 64x64 served with --batch 1, so its Score-CAM sweep is
-1024 scorer runs of a wide convolution (6 to 20 s here, with the load), while its Grad-CAM is one explain pass.
+1024 scorer runs of a wide convolution (6 to 20 s here, with the load), while its Grad-CAM is one explain pass. The
+deadlines that must cut a running batch are set from one Fusion-CAM timed in this process at the start (fusion_seconds),
+so they fall inside the batch on a fast idle machine as on a loaded one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tests.serve.slow_models import wide_bundle  # noqa: E402
 pytestmark = pytest.mark.slow  # one server for the module; each test waits out a deadline or two
 
 SLOW = (1024, 64)  # channels, input size
-MID = (512, 32)
+MID = (1024, 32)
 IDLE_WINDOW_S = 2.0
 IDLE_SHARE = 0.2  # idle: less than this share of the CPU rate the server had while its sweep ran
 
@@ -59,6 +61,22 @@ def explainers(bundles):
     yield made
     for explainer in made.values():
         explainer.close()
+
+
+@pytest.fixture(scope="module")
+def fusion_seconds(explainers) -> dict[str, float]:
+    """How long one Fusion-CAM of one image takes on each bundle in this process, on this machine now: the deadlines
+    that must cut a running batch are set from it, so they cut it on a fast idle machine as on a loaded one."""
+    took = {}
+    for name, (_, size), repeats in (("slow", SLOW, 1), ("mid", MID, 2)):  # mid: the faster of two (warm sessions)
+        for _ in range(repeats):
+            started = time.monotonic()
+            explainers[name].explain(model_input(png(100, size), size)[None], methods=("fusion",))
+            took[name] = min(took.get(name, np.inf), time.monotonic() - started)
+    print(f"one Fusion-CAM in the test process: {took}")
+    assert took["slow"] > 2.2, (f"the slow model's Fusion-CAM took {took['slow']:.2f} s: too fast on this machine "
+                                f"for the deadline tests (raise SLOW's channels)")
+    return took
 
 
 def png(seed: int, size: int) -> bytes:
@@ -163,24 +181,26 @@ def test_a_cancelled_grpc_call_stops_its_sweep(server):
     assert not any(result is not None for result, _ in answers), "the cancelled call got an answer"
 
 
-def test_a_queued_request_past_its_deadline_leaves_without_being_computed(server):
+def test_a_queued_request_past_its_deadline_leaves_without_being_computed(server, fusion_seconds):
     def batches_of_slow() -> float:
         text = httpx.get(f"{server.base}/metrics", timeout=10).text
         return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
                    if sample.name == "fusioncam_batch_images_count" and model_label(sample.labels) == "slow")
 
+    # the running request's deadline: after the queued one's (at 1.3 s), well before its Fusion-CAM would end
+    running_timeout = round(max(1.8, min(4.0, 0.7 * fusion_seconds["slow"])), 2)
     batches = batches_of_slow()
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         running = pool.submit(httpx.post, explain_url(server, "slow"),
-                              json=v1_body(png(3, SLOW[1]), ["fusion"], timeout=4), timeout=60)
+                              json=v1_body(png(3, SLOW[1]), ["fusion"], timeout=running_timeout), timeout=60)
         time.sleep(0.3)
-        busy = busy_rate(server)
         started = time.monotonic()
-        queued = httpx.post(explain_url(server, "slow"), json=v1_body(png(4, SLOW[1]), ["scorecam"], timeout=1),
-                            timeout=60)
-        assert queued.status_code == 504, queued.text
+        queued = pool.submit(httpx.post, explain_url(server, "slow"),
+                             json=v1_body(png(4, SLOW[1]), ["scorecam"], timeout=1), timeout=60)
+        busy = busy_rate(server, 0.8)  # while the queued request waits
+        assert queued.result().status_code == 504, queued.result().text
         assert time.monotonic() - started < 2.0, "a queued request is answered at its deadline, not when it runs"
-        assert running.result().status_code == 504
+        assert running.result().status_code == 504, f"the running Fusion-CAM ended within {running_timeout} s"
     assert_goes_idle(server, "after the running request's deadline (the queued one must not start)", busy)
     assert batches_of_slow() == batches, "a batch finished: the expired requests were computed"
 
@@ -219,14 +239,17 @@ def test_a_client_that_disconnects_frees_its_slot(server, explainers):
     assert outcomes(server, "slow")[("fusion", "cancelled")] >= 1
 
 
-def test_a_request_batched_with_an_abandoned_one_gets_exactly_its_own_maps(server, explainers):
+def test_a_request_batched_with_an_abandoned_one_gets_exactly_its_own_maps(server, explainers, fusion_seconds):
     first, second = png(9, MID[1]), png(10, MID[1])
+    # the batch of two starts when the 300 ms window closes and runs at least one single Fusion-CAM: the abandoned
+    # request's deadline falls after the window, at most halfway through that call
+    abandoned_timeout = round(max(0.45, 0.3 + 0.5 * fusion_seconds["mid"]), 2)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         abandoned = pool.submit(httpx.post, explain_url(server, "mid"),
-                                json=v1_body(first, ["fusion"], timeout=0.8), timeout=60)
+                                json=v1_body(first, ["fusion"], timeout=abandoned_timeout), timeout=60)
         time.sleep(0.05)  # inside the 300 ms batching window: one Explainer call for both
         kept = pool.submit(httpx.post, explain_url(server, "mid"), json=v1_body(second, ["fusion"]), timeout=60)
-        assert abandoned.result().status_code == 504
+        assert abandoned.result().status_code == 504, f"the batch of two ended within {abandoned_timeout} s"
         answer = kept.result()
     assert answer.status_code == 200, answer.text
     assert answer.json()["batch_images"] == 2, "the two requests were not explained in one call"
