@@ -8,6 +8,7 @@ bound output dtype; the slow one adds the broadcast/strided layout with 64-bit i
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import textwrap
 from pathlib import Path
@@ -21,11 +22,11 @@ from tests.support.cuda_kernel_sources import (
     KernelSource,
     UncheckableKernel,
     compilation_units,
-    cupy_include_dirs,
     elementwise_unit,
     kernel_sources,
-    nvrtc_compile,
 )
+from tests.support.cuda_kernel_sources import cupy_include_dirs as _cupy_include_dirs
+from tests.support.cuda_kernel_sources import nvrtc_compile as _nvrtc_compile
 
 ARCHES = ("sm_80", "sm_90")
 KERNELS = kernel_sources()
@@ -33,9 +34,28 @@ UNITS = [unit for kernel in KERNELS for unit in compilation_units(kernel)]
 COMMON_LAYOUT = LAYOUTS[0].name
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiler_process():
+    """NVRTC runs in a separate spawned interpreter: importing cuda.bindings/cuda.pathfinder in the pytest process
+    broke torch's weights-only unpickler for every later test (legacy-format checkpoints failed to load)."""
+    global _pool
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        _pool = pool
+        yield pool
+        _pool = None
+
+
+_pool = None
+
+
+def nvrtc_compile(source: str, name: str, arch: str, options: tuple[str, ...], include_dirs: list[str]) -> bytes:
+    """tests.support.cuda_kernel_sources.nvrtc_compile, run in the compiler process (CompileError comes back)."""
+    return _pool.apply(_nvrtc_compile, (source, name, arch, options, include_dirs))
+
+
 @pytest.fixture(scope="module")
-def include_dirs() -> list[str]:
-    return cupy_include_dirs()[0]
+def include_dirs(compiler_process) -> list[str]:
+    return compiler_process.apply(_cupy_include_dirs)[0]
 
 
 def test_every_kernel_constructor_in_the_sources_is_found() -> None:
