@@ -26,6 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise InputError(f"{what} {given!r} is not a regular file (it is {reason}); give a model file")
     check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
     size = tuple(args.input_size) if args.input_size else None
+    preprocessing = _preprocessing_options(args)
     layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
               "prefix_tokens": args.prefix_tokens, "channels_last": True if args.channels_last else None}
     if args.layout is not None:  # a detector's raw output layout (export refuses it without --task detection)
@@ -33,17 +34,64 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.segmentation:
         if args.int8_scorer:
             raise InputError("--int8-scorer applies to classifier bundles; leave it out for --segmentation")
-        result = _export_segmentation(args, size)
+        result = _export_segmentation(args, size, preprocessing)
     elif _model_source(args.model) == "onnx":  # --task, or the task found from the model's outputs
         result = export_onnx(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer,
-                             task=args.task, **layout, **_int8_options(args))
+                             task=args.task, **preprocessing, **layout, **_int8_options(args))
     else:
         named = named_model(args.model, args.weights)
         layer = args.layer or named.default_layer  # None: the automatic target (describe() says which)
-        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size, class_names=named.class_names,
-                               fp16_scorer=args.fp16_scorer, task=args.task, **layout, **_int8_options(args))
+        preprocessing.setdefault("class_names", named.class_names)
+        result = export_torch(named.module, layer, args.out, input_size=size or named.input_size,
+                              fp16_scorer=args.fp16_scorer, task=args.task, **preprocessing, **layout,
+                              **_int8_options(args))
     print(result.describe())
     return 0
+
+
+def _preprocessing_options(args: argparse.Namespace) -> dict:
+    """--mean/--std (three numbers each, the model's normalisation of RGB/255) and --class-names FILE (one name per
+    line, UTF-8, as YOLO's coco.names or ImageNet label lists are written): only the ones given, so each exporter
+    keeps its own defaults for the rest (ImageNet statistics for classifiers, 0 and 1 for YOLO detectors)."""
+    options: dict = {}
+    if args.mean is not None:
+        options["mean"] = tuple(args.mean)
+    if args.std is not None:
+        options["std"] = tuple(args.std)
+    if args.class_names is not None:
+        options["class_names"] = read_class_names(args.class_names)
+    return options
+
+
+def read_class_names(path: str) -> list[str]:
+    """The class names in a text file, one per line (blank lines at the end ignored), or an InputError naming the
+    file and what is wrong with it."""
+    from ..errors import InputError
+    from ..file_reading import not_regular_reason
+
+    reason = not_regular_reason(path)
+    if reason is not None:
+        raise InputError(f"--class-names {path!r} is not a regular file (it is {reason}); give a text file with "
+                         f"one class name per line")
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"--class-names {path!r} does not exist; give a text file with one class name per line") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"--class-names {path!r} is not UTF-8 text (byte {error.start}); give a text file with one "
+                         f"class name per line") from None
+    except OSError as error:
+        raise InputError(f"--class-names {path!r} cannot be read: {error.strerror}") from None
+    names = [line.strip() for line in text.splitlines()]
+    while names and not names[-1]:
+        names.pop()
+    empty = [str(number) for number, name in enumerate(names, start=1) if not name]
+    if not names:
+        raise InputError(f"--class-names {path!r} holds no class names; write one name per line")
+    if empty:
+        raise InputError(f"--class-names {path!r} has empty lines between names (line {', '.join(empty[:5])}); "
+                         f"every class needs a name, one per line, in class-index order")
+    return names
 
 
 def _int8_options(args: argparse.Namespace) -> dict:
@@ -55,7 +103,7 @@ def _int8_options(args: argparse.Namespace) -> dict:
     return {"int8_scorer": True, "calibration": args.calibration or None} if args.int8_scorer else {}
 
 
-def _export_segmentation(args: argparse.Namespace, size):
+def _export_segmentation(args: argparse.Namespace, size, preprocessing: dict):
     """fusioncam export MODEL.onnx --segmentation: a segmentation bundle (docs/segmentation.md)."""
     from ..errors import InputError
     from ..export import export_onnx_segmentation
@@ -63,7 +111,8 @@ def _export_segmentation(args: argparse.Namespace, size):
     if _model_source(args.model) != "onnx":
         raise InputError("--segmentation exports .onnx files; export a PyTorch segmentation model from Python with "
                          "fusioncam.export_torch_segmentation(model, layer, out)")
-    return export_onnx_segmentation(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer)
+    return export_onnx_segmentation(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer,
+                                    **preprocessing)
 
 
 def add_subcommands(sub) -> None:
@@ -74,6 +123,13 @@ def add_subcommands(sub) -> None:
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")
+    export.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="the model's per-channel mean of RGB/255 (default: ImageNet's; YOLO detectors 0 0 0)")
+    export.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
+                        help="the model's per-channel standard deviation of RGB/255 (default: ImageNet's; YOLO 1 1 1)")
+    export.add_argument("--class-names", metavar="FILE",
+                        help="a text file with one class name per line, in class-index order (default: the model's "
+                             "own where it carries them: Ultralytics metadata, torchvision weights)")
     export.add_argument("--fp16-scorer", action="store_true", help="also write a float16 scorer (explain with --precision fp16)")
     export.add_argument("--int8-scorer", action="store_true",
                         help="also write an INT8 scorer (ONNX Runtime static quantization, QDQ; explain with "
