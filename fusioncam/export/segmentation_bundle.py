@@ -100,7 +100,8 @@ def write_segmentation_bundle(
                          builders=(build_segmentation_scorer, build_segmentation_explain),
                          checks=(_check_scorer, _check_fp16_scorer, _check_explain))
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
-                        picked_automatically=picked_automatically)
+                        picked_automatically=picked_automatically,
+                        notes=(segmenter.output_note,) if segmenter.output_note else ())
 
 
 __all__ = ["SEGMENTATION", "write_segmentation_bundle"]

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import LayerError, ModelLoadError
 from .classifier_graph import BATCH_DIM, Classifier, prepare_scores_graph, tensor_shapes
+from .binary_map import two_class_scores
 from ..graph_names import (ACTIVATIONS, GRADIENTS, INPUT, LOGITS, REGION, REGION_WEIGHTS, SCORE, TARGET,
                            TARGET_USED)
 from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, target_maps
@@ -38,6 +39,7 @@ class Segmenter(Classifier):
     """A segmentation graph: one `[N,3,H,W]` input and per-pixel class scores `logits_name` [N, C, H', W']."""
 
     output_size: tuple[int, int] = (0, 0)  # (H', W') of the class scores
+    binary: bool = False  # a one-channel map read as two classes [0, y] (binary_map.py)
 
 
 def prepare_segmenter(model: onnx.ModelProto, origin: str, input_size: tuple[int, int] | None = None,
@@ -53,15 +55,22 @@ def prepare_segmenter(model: onnx.ModelProto, origin: str, input_size: tuple[int
             f"{origin}: output '{logits}' has shape {shape}; a segmentation model must output per-pixel class "
             f"scores [N, C, H', W'] with static C, H', W' (for image-level scores [N, C] use export_torch/export_onnx)"
         )
+    binary = shape[1] == 1
+    if binary:  # a binary map (DBNet's text probability): scores [0, y], softmax = [1 - sigmoid, sigmoid]
+        logits, binary_note = two_class_scores(model, logits)
+        output_note = "; ".join(note for note in (output_note, binary_note) if note)
+        shape = (shape[0], 2, *shape[2:])
     return Segmenter(model=model, input_name=input_name, logits_name=logits, input_size=size, num_classes=shape[1],
-                     weights=weights, output_note=output_note, output_size=(shape[2], shape[3]))
+                     weights=weights, output_note=output_note, output_size=(shape[2], shape[3]), binary=binary)
 
 
 def auto_segmentation_target(segmenter: Segmenter) -> Layer:
     """The last spatial feature map before the per-pixel classifier: the last candidate whose channel count is not
-    the number of classes (so neither the class scores nor their upsampled copies)."""
+    the number of classes (so neither the class scores nor their upsampled copies; for a binary map, not one
+    channel either: its logit and the appended background channel)."""
+    excluded = {segmenter.num_classes, 1} if segmenter.binary else {segmenter.num_classes}
     layers = [layer for layer in candidate_layers(segmenter)
-              if min(layer.spatial) > 1 and layer.channels != segmenter.num_classes]
+              if min(layer.spatial) > 1 and layer.channels not in excluded]
     if not layers:
         raise LayerError("no 4-D feature map with spatial size > 1 feeds the class scores; pass a target layer "
                          "explicitly (see `fusioncam layers MODEL`)")

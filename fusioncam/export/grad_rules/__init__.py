@@ -3,6 +3,7 @@
 from fusioncam.export.grad_rules import (  # noqa: F401  (importing registers the rules)
     activations,
     conv,
+    conv_transpose,
     einsum,
     elementwise,
     grid_sample,
