@@ -152,9 +152,29 @@ def _logits_tensor(model: onnx.ModelProto, origin: str, output: str | None = Non
     name = output if output is not None else model.graph.output[0].name
     while name in made_by and made_by[name].op_type == "Identity":
         name = made_by[name].input[0]
+    legacy = _legacy_softmax_input(made_by, name)
+    if legacy is not None:
+        return legacy
     if name in made_by and made_by[name].op_type in SOFTMAX_OPS:
         name = made_by[name].input[0]
     return name
+
+
+def _legacy_softmax_input(made_by: dict[str, onnx.NodeProto], name: str) -> str | None:
+    """The scores under an opset < 13 (Log)Softmax as ONNX's version converter rewrites it (Reshape(Softmax(
+    Flatten(y)), Shape(y)): the old softmax over all axes from `axis` on), or None. PaddlePaddle's exports
+    (rapidocr's orientation classifier, opset 11) end this way; without this their probabilities were taken for
+    logits."""
+    reshape = made_by.get(name)
+    if reshape is None or reshape.op_type != "Reshape" or len(reshape.input) < 2:
+        return None
+    softmax, shape = made_by.get(reshape.input[0]), made_by.get(reshape.input[1])
+    if softmax is None or softmax.op_type not in SOFTMAX_OPS or shape is None or shape.op_type != "Shape":
+        return None
+    flatten = made_by.get(softmax.input[0])
+    if flatten is None or flatten.op_type != "Flatten" or flatten.input[0] != shape.input[0]:
+        return None
+    return flatten.input[0]
 
 
 def _check_domains(model: onnx.ModelProto, origin: str) -> None:
