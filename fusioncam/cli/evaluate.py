@@ -69,7 +69,10 @@ def _evaluate_into_locked_folder(args: argparse.Namespace) -> int:
     from ..report.segmentation import parse_region
     from ..tasks.payloads import payloads_for
 
+    from .road_options import road_setting
+
     methods = checked_methods(args.methods)
+    road_percentiles = road_setting(args)
     region = parse_region(args.region)
     # Before the model loads (the folder itself is made only when the report is written, checked again then).
     out = check_evaluation_folder(args.out, [str(p) for p in expand_inputs(args.inputs)] if args.inputs else [])
@@ -78,11 +81,16 @@ def _evaluate_into_locked_folder(args: argparse.Namespace) -> int:
     checked_step(args.step, manifest.input_size[0] * manifest.input_size[1])
     payloads = payloads_for(manifest)
     region = _instance_selection(args, manifest, region)
+    if road_percentiles is not None:
+        from ..metrics.road import refuse_road
+
+        task = getattr(manifest, "task", "classification") or "classification"
+        refuse_road(task, None if task == "classification" else road_percentiles)
     subject = payloads.evaluation_subject(region)  # what is measured; --region refused for classifiers
     images, names, labels, skipped = _preprocessed_inputs(args.inputs, manifest, say)
     explainer = Explainer(bundle, device=args.device, batch_size=args.batch)
     say(f"evaluating {', '.join(methods)} on {len(names)} image(s) ({explainer.device}, step {args.step})")
-    run = evaluate_images(explainer, images, methods, names, args.step, region)
+    run = evaluate_images(explainer, images, methods, names, args.step, region, road_percentiles)
     done = len(run.names)
     unit = getattr(payloads, "row_unit", "images")  # detection: one row per instance
     setup = (f"Model `{manifest.source}`, target layer `{manifest.target_layer}`, input "
@@ -127,6 +135,7 @@ def _instance_selection(args: argparse.Namespace, manifest, region):
 
 def add_subcommands(sub) -> None:
     """Register the evaluate subcommand on the parser's subparsers."""
+    from .road_options import add_road_options
     from .shared import DEVICES, positive_int
     from ..runtime.methods import METHODS
 
@@ -151,4 +160,5 @@ def add_subcommands(sub) -> None:
                                "(default 0.25), after class-wise NMS")
     evaluate.add_argument("--max-instances", type=positive_int, metavar="K",
                           help="detection bundles: at most K detections per image, highest scores first (default 10)")
+    add_road_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)

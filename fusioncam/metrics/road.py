@@ -159,3 +159,10 @@ def road_scores(explainer, images, maps, targets=None, percentiles: Sequence[int
         classes, on_image = image_predictions(scorer, images, targets)
         after = road_probabilities(scorer, images, maps, classes, percentiles, noise, seed)
         return scores_from_probabilities(after, scorer.to_host(on_image), percentiles)
+
+
+def refuse_road(task: str, road_percentiles) -> None:
+    """An InputError where ROAD is asked of a task it does not cover (every task but classification)."""
+    if road_percentiles is not None:
+        raise InputError(f"ROAD (--road) scores image classes: it applies to classification bundles only; this model "
+                         f"explains a {task} task, so leave ROAD off")

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from ..interrupts import Interrupted, active
-from ..metrics.evaluation import METRICS, Evaluation, MethodScores
+from ..metrics.evaluation import Evaluation, MethodScores, measured_metrics
 from ..output_guard import RECORD, check_output_folder, create_folder, record_files
 from .explain_folder import _png_bytes, _write
 from ..runtime.methods import METHOD_TITLES
@@ -34,8 +34,12 @@ METRIC_HEADERS = {
     "increase_in_confidence": "Increase in Confidence (%) ↑",
     "deletion_auc": "Deletion AUC ↓",
     "insertion_auc": "Insertion AUC ↑",
+    "road_morf": "ROAD MoRF ↓",
+    "road_lerf": "ROAD LeRF ↑",
+    "road_combined": "ROAD combined ↑",
 }
-METRIC_DECIMALS = {"average_drop": 2, "increase_in_confidence": 2, "deletion_auc": 4, "insertion_auc": 4}
+METRIC_DECIMALS = {"average_drop": 2, "increase_in_confidence": 2, "deletion_auc": 4, "insertion_auc": 4,
+                   "road_morf": 4, "road_lerf": 4, "road_combined": 4}
 
 # Plot geometry and colours (RGB).
 PANEL_SIZE = (560, 420)  # width, height of one panel
@@ -69,10 +73,11 @@ def _cell(values: np.ndarray, metric: str) -> str:
 
 def metrics_table(evaluation: Evaluation) -> str:
     """The markdown table: one row per method, one column per metric, cells 'mean ± 95% half-width'."""
-    lines = ["| method | " + " | ".join(METRIC_HEADERS[m] for m in METRICS) + " |",
-             "| --- | " + " | ".join("---:" for _ in METRICS) + " |"]
+    metrics = measured_metrics(evaluation)
+    lines = ["| method | " + " | ".join(METRIC_HEADERS[m] for m in metrics) + " |",
+             "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for method, scores in evaluation.scores.items():
-        cells = " | ".join(_cell(scores.per_image[m], m) for m in METRICS)
+        cells = " | ".join(_cell(scores.per_image[m], m) for m in metrics)
         lines.append(f"| {method_title(method)} | {cells} |")
     return "\n".join(lines)
 
@@ -83,11 +88,12 @@ def metrics_markdown(evaluation: Evaluation, setup: str, class_names: Sequence[s
     the protocols score (the task's: a classifier's class probability, a segmentation model's region probability)."""
     n = len(evaluation.names)
     names = [_class_label(int(c), class_names) for c in evaluation.classes]
-    per_image = ["| image | class | method | " + " | ".join(METRIC_HEADERS[m] for m in METRICS) + " |",
-                 "| --- | --- | --- | " + " | ".join("---:" for _ in METRICS) + " |"]
+    metrics = measured_metrics(evaluation)
+    per_image = ["| image | class | method | " + " | ".join(METRIC_HEADERS[m] for m in metrics) + " |",
+                 "| --- | --- | --- | " + " | ".join("---:" for _ in metrics) + " |"]
     for i, image in enumerate(evaluation.names):
         for method, scores in evaluation.scores.items():
-            values = " | ".join(f"{scores.per_image[m][i]:.{METRIC_DECIMALS[m]}f}" for m in METRICS)
+            values = " | ".join(f"{scores.per_image[m][i]:.{METRIC_DECIMALS[m]}f}" for m in metrics)
             per_image.append(f"| {image} | {names[i]} | {method_title(method)} | {values} |")
     return (
         "# Faithfulness metrics\n\n"
@@ -99,10 +105,22 @@ def metrics_markdown(evaluation: Evaluation, setup: str, class_names: Sequence[s
         "image, O = on the image times the map; AD = 100·mean(max(0, Y − O)/Y), IC = 100·mean([O > Y]).\n"
         f"- Deletion and insertion AUC (RISE protocol): pixels ranked by the map, {evaluation.step} per step; deletion "
         "sets them to 0 in normalised space (the mean colour), insertion reveals them on a Gaussian-blurred copy "
-        f"(51×51, σ = 50); area under the {score_name} over the fraction of pixels changed (trapezoid rule).\n\n"
+        f"(51×51, σ = 50); area under the {score_name} over the fraction of pixels changed (trapezoid rule).\n"
+        f"{_road_line(evaluation, score_name)}\n"
         f"{metrics_table(evaluation)}\n\n"
         "## Per image\n\n" + "\n".join(per_image) + "\n"
     )
+
+
+def _road_line(evaluation: Evaluation, score_name: str) -> str:
+    """metrics.md's description of ROAD where it was measured (else nothing)."""
+    if evaluation.road_percentiles is None:
+        return ""
+    percentiles = ", ".join(str(p) for p in evaluation.road_percentiles)
+    return (f"- ROAD (RemOve And Debias, as pytorch-grad-cam computes it): at each percentile p of the map ({percentiles})"
+            " the pixels at or above it (MoRF), or those of 1 − map (LeRF), are replaced by the mean of their 8 "
+            f"neighbours (noisy linear imputation, noise 0.01, seed 0); score = {score_name} after − before, averaged "
+            "over the percentiles; combined = (LeRF − MoRF)/2.\n")
 
 
 def _class_label(index: int, class_names: Sequence[str] | None) -> str:
@@ -118,7 +136,7 @@ def metrics_csv(evaluation: Evaluation) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "metric", "mean", "ci95_low", "ci95_high", "ci95_half_width", "n"])
     for method, scores in evaluation.scores.items():
-        for metric in METRICS:
+        for metric in measured_metrics(evaluation):
             mean, half = mean_interval(scores.per_image[metric])
             writer.writerow([method, metric, *(repr(float(v)) for v in (mean, mean - half, mean + half, half)),
                              len(scores.per_image[metric])])
@@ -226,13 +244,13 @@ def check_evaluation_folder(out: str | os.PathLike, inputs: Sequence[str | os.Pa
 
 
 def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names: Sequence[str],
-                    step: int, region=None) -> EvaluationRun:
+                    step: int, region=None, road_percentiles: Sequence[int] | None = None) -> EvaluationRun:
     """Explain and evaluate the images one at a time (the metrics are per image), so a stop signal ends the run at the
     next scorer batch, method or image with every finished image's scores kept (interrupts.active).
 
     What is explained and scored is the task's (tasks/*_payloads.py): a classifier's top class by its probability, a
     segmentation model's class on most pixels over `region` (None: where it is predicted) by the region
-    probability P; `region` is refused for a classifier."""
+    probability P; `region` is refused for a classifier. `road_percentiles` (classifiers only) adds ROAD."""
     payloads = payloads_for(explainer.bundle.manifest)
     stop = active()
     parts: list[Evaluation] = []
@@ -244,7 +262,8 @@ def evaluate_images(explainer, images: np.ndarray, methods: Sequence[str], names
                 stop.check()
                 image = images[index : index + 1]
                 explanation, evaluation = payloads.evaluate(explainer, image, tuple(methods), name, step, region,
-                                                            on_batch=stop.check, before_method=stop.check)
+                                                            on_batch=stop.check, before_method=stop.check,
+                                                            road_percentiles=road_percentiles)
                 parts.append(evaluation)
                 row_facts = payloads.evaluation_facts(explanation)  # one dict, or (detection) one per instance row
                 facts.extend(row_facts if isinstance(row_facts, list) else [row_facts])
@@ -265,12 +284,12 @@ def _join_images(parts: Sequence[Evaluation]) -> Evaluation:
     for method in first.scores:
         each = [part.scores[method] for part in parts]
         scores[method] = MethodScores(
-            per_image={metric: np.concatenate([s.per_image[metric] for s in each]) for metric in METRICS},
+            per_image={metric: np.concatenate([s.per_image[metric] for s in each]) for metric in measured_metrics(first)},
             deletion=(each[0].deletion[0], np.concatenate([s.deletion[1] for s in each])),
             insertion=(each[0].insertion[0], np.concatenate([s.insertion[1] for s in each])),
         )
     return Evaluation(scores, [n for part in parts for n in part.names], np.concatenate([p.classes for p in parts]),
-                      first.step)
+                      first.step, first.road_percentiles)
 
 
 def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: str, manifest,
@@ -291,7 +310,7 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
         images.append({
             "name": name, "input": inputs[image] if image < len(inputs) else name, "class_index": int(evaluation.classes[i]),
             **(run.facts[i] if i < len(run.facts) else {}),
-            "metrics": {method: {metric: float(scores.per_image[metric][i]) for metric in METRICS}
+            "metrics": {method: {metric: float(scores.per_image[metric][i]) for metric in measured_metrics(evaluation)}
                         for method, scores in evaluation.scores.items()},
         })
     document = {
@@ -300,6 +319,7 @@ def write_evaluation_record(out: str | os.PathLike, run: EvaluationRun, setup: s
         "model": {"source": manifest.source, "target_layer": manifest.target_layer,
                   "input_size": list(manifest.input_size)},
         "step": evaluation.step if evaluation else None,
+        **({"road_percentiles": list(evaluation.road_percentiles)} if evaluation and evaluation.road_percentiles else {}),
         "score": run.score_name,
         "complete": run.interrupted is None,
         "interrupted_by": run.interrupted,

@@ -102,21 +102,22 @@ class ClassificationPayloads:
 
     # --- evaluate
     def evaluate(self, explainer, image: np.ndarray, methods: tuple[str, ...], name: str, step: int, region,
-                 on_batch=None, before_method=None):
+                 on_batch=None, before_method=None, road_percentiles=None):
         """(explanation, Evaluation) of one preprocessed image [1, 3, H, W] for its top class."""
         if region is not None:
             raise InputError(REGION_REFUSAL.replace("'region'", "--region"))
         explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch)
         maps = {method: explanation.maps[method] for method in methods}
-        return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, [name], before_method)
+        return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, [name], before_method,
+                                               road_percentiles)
 
     def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
-                      before_method=None):
+                      before_method=None, road_percentiles=None):
         """The Evaluation of each method's maps of these images for the explanation's classes (metrics/)."""
         from ..metrics.evaluation import evaluate_maps
 
         return evaluate_maps(explainer, images, maps, explanation.classes, step, names, explanation=explanation,
-                             before_method=before_method)
+                             before_method=before_method, road_percentiles=road_percentiles)
 
     def evaluation_facts(self, explanation) -> dict[str, Any]:
         return {}

@@ -344,10 +344,13 @@ class DetectionPayloads:
     row_unit = "instances"  # what one row of an evaluation is
 
     def evaluate(self, explainer, image: np.ndarray, methods: tuple[str, ...], name: str, step: int, region,
-                 on_batch=None, before_method=None):
+                 on_batch=None, before_method=None, road_percentiles=None):
         """(explanation, Evaluation) of one preprocessed image [1, 3, H, W]: one row per instance the selection
         `region` (an InstanceSelection; None: the default) keeps, each method's maps scored by the instance's
         matched score (metrics/detection.py)."""
+        from ..metrics.road import refuse_road
+
+        refuse_road("detection", road_percentiles)
         selection = region if region is not None else InstanceSelection()
         explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch,
                                         instances=selection)
@@ -356,10 +359,13 @@ class DetectionPayloads:
         return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, names, before_method)
 
     def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
-                      before_method=None):
+                      before_method=None, road_percentiles=None):
         """The Evaluation (metrics/evaluation.py's record) of each method's maps, one row per instance."""
         from ..metrics.detection import evaluate_detection_maps
         from ..metrics.evaluation import Evaluation, MethodScores
+        from ..metrics.road import refuse_road
+
+        refuse_road("detection", road_percentiles)
 
         scores = {}
         for method, method_maps in maps.items():

@@ -137,19 +137,25 @@ class SegmentationPayloads:
 
     # --- evaluate
     def evaluate(self, explainer, image: np.ndarray, methods: tuple[str, ...], name: str, step: int, region,
-                 on_batch=None, before_method=None):
+                 on_batch=None, before_method=None, road_percentiles=None):
         """(explanation, Evaluation) of one preprocessed image [1, 3, H, W] for the class predicted on most pixels
         over `region`, each method's maps scored by the region probability P (runtime/segmentation_metrics.py)."""
+        from ..metrics.road import refuse_road
+
+        refuse_road("segmentation", road_percentiles)
         explanation = explainer.explain(image, methods=tuple(methods), names=[name], on_batch=on_batch, regions=region)
         maps = {method: explanation.maps[method] for method in methods}
         return explanation, self.evaluate_maps(explainer, image, maps, explanation, step, [name], before_method)
 
     def evaluate_maps(self, explainer, images: np.ndarray, maps: dict, explanation, step: int, names: list[str],
-                      before_method=None):
+                      before_method=None, road_percentiles=None):
         """The Evaluation (metrics/evaluation.py's record) of each method's maps for the explanation's classes and
         regions, every perturbed image scored by P (metrics/segmentation.py)."""
         from ..metrics.evaluation import Evaluation, MethodScores
+        from ..metrics.road import refuse_road
         from ..metrics.segmentation import evaluate_segmentation_maps
+
+        refuse_road("segmentation", road_percentiles)
 
         scores = {}
         for method, method_maps in maps.items():

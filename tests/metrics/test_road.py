@@ -15,6 +15,7 @@ from scipy.ndimage import gaussian_filter
 
 import fusioncam
 from fusioncam.errors import InputError
+from fusioncam.metrics.evaluation import evaluate_maps, measured_metrics
 from fusioncam.metrics.road import (ROAD_PERCENTILES, checked_percentiles, removed_pixels, road_scores,
                                     road_thresholds)
 from fusioncam.metrics.road_imputation import image_noise_key, imputation_noise, imputed_images
@@ -180,3 +181,22 @@ def test_bad_noise_and_seed_and_non_classification_bundles_are_refused(small_cnn
     monkeypatch.setattr(explainer.task, "name", "segmentation", raising=False)
     with pytest.raises(InputError, match="segmentation bundle"):
         road_scores(explainer, images, maps)
+
+
+def test_evaluate_maps_adds_road_columns_equal_to_road_scores(small_cnn):
+    _, explainer, images, maps = small_cnn
+    other = smooth_maps(4, 32, 32, seed=8)
+    targets = np.array([1, 0, 4, 2])
+    evaluation = evaluate_maps(explainer, images, {"a": maps, "b": other}, targets, step=256,
+                               road_percentiles=(20, 70))
+    assert measured_metrics(evaluation)[-3:] == ("road_morf", "road_lerf", "road_combined")
+    for name, method_maps in (("a", maps), ("b", other)):
+        expected = road_scores(explainer, images, method_maps, targets, percentiles=(20, 70))
+        got = evaluation.scores[name].per_image
+        assert max_diff(got["road_morf"], expected.morf) < 1e-12
+        assert max_diff(got["road_lerf"], expected.lerf) < 1e-12
+        assert max_diff(got["road_combined"], expected.combined) < 1e-12
+    plain = evaluate_maps(explainer, images, {"a": maps}, targets, step=256)
+    assert "road_morf" not in plain.scores["a"].per_image and plain.road_percentiles is None
+    with pytest.raises(InputError, match="outside"):
+        evaluate_maps(explainer, images, {"a": maps}, targets, road_percentiles=(0, 50))
