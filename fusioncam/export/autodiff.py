@@ -21,8 +21,12 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
                onnx.TensorProto.BFLOAT16}
 
 
-def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_name: str) -> onnx.ModelProto:
-    """Return a copy of `model` with nodes appended that compute d(sum(of * seed)) / d(wrt) into tensor `grad_name`."""
+def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_name: str,
+                  also: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Return a copy of `model` with nodes appended that compute d(sum(of * seed)) / d(wrt) into tensor `grad_name`.
+
+    `also` maps tensors between `wrt` and `of` to names that receive their gradients from the same backward pass
+    (FullGrad's per-layer gradients); one that gets no gradient is a LayerError."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inferred = _inferred(model)
@@ -44,6 +48,9 @@ def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_nam
         if any(dy is not None for dy in dys):
             _backward(ctx, node, dys, reach, grads)
 
+        for name, dy in zip(node.output, dys):
+            if also and name in also and dy is not None:
+                ctx.nodes.append(onnx.helper.make_node("Identity", [dy], [also[name]], name=ctx.fresh("node_output")))
     total = _total(ctx, grads.pop(wrt, []))
     if total is None:
         raise LayerError(f"tensor {of!r} depends on {wrt!r} only through non-differentiable values "
@@ -52,6 +59,10 @@ def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_nam
     graph.node.extend(ctx.nodes)
     return out
 
+    missing = sorted(set((also or {}).values()) - {o for n in ctx.nodes for o in n.output})
+    if missing:
+        raise LayerError(f"no gradient reaches {', '.join(missing)}: those tensors do not lie between {wrt!r} and "
+                         f"{of!r} through float tensors")
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with inferred types/shapes (data propagation makes reshape targets static where it can)."""

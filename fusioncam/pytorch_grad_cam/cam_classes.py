@@ -181,9 +181,23 @@ GradCAMElementWise = _cam("GradCAMElementWise", "gradcam-elementwise", "Grad-CAM
 LayerCAM = _cam("LayerCAM", "layercam", "LayerCAM (Jiang et al., 2021).")
 EigenCAM = _cam("EigenCAM", "eigencam", "Eigen-CAM (Muhammad and Yeasin, 2020).")
 EigenGradCAM = _cam("EigenGradCAM", "eigengradcam", "EigenGrad-CAM.")
-AblationCAM = _cam("AblationCAM", "ablationcam", "Ablation-CAM (Desai and Ramaswamy, 2020).")
-FullGrad = _cam("FullGrad", "fullgrad", "FullGrad (Srinivas and Fleuret, 2019).")
-ShapleyCAM = _cam("ShapleyCAM", "shapleycam", "ShapleyCAM.")
+
+
+class FullGrad(BaseCAM):
+    """FullGrad (Srinivas and Fleuret, 2019). As pytorch-grad-cam's, it ignores target_layers (which may be empty) and
+    uses every convolution and BatchNorm bias (runtime/methods/fullgrad.py). One bundle serves it: the first target
+    layer's, or the model's last Conv2d or BatchNorm2d when none is given."""
+
+    method = "fullgrad"
+
+    def __init__(self, model, target_layers, reshape_transform=None, **kwargs):
+        if isinstance(target_layers, (list, tuple)) and not target_layers and _is_module(model):
+            target_layers = [m for m in model.modules() if type(m).__name__ in ("Conv2d", "BatchNorm2d")][-1:]
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.target_layers, self.layer_paths = self.target_layers[:1], self.layer_paths[:1]
+
+
+ShapleyCAM = _cam("ShapleyCAM", "shapleycam", "ShapleyCAM (Cai et al., 2025): Grad-CAM of G - 0.5 * (H A), in the graph.")
 ReciproCAM = _cam("ReciproCAM", "reciprocam", "ReciproCAM (Byun and Lee, 2022).")
 FusionCAM = _cam("FusionCAM", "fusion", "Fusion-CAM: Grad-CAM and Score-CAM fused (fusioncam's method).")
 GroupCAM = _cam("GroupCAM", "groupcam", "Group-CAM (Zhang et al., 2021).")

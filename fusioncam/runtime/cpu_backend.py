@@ -30,10 +30,8 @@ CPU_THREADS_ENV = "FUSIONCAM_CPU_THREADS"  # intra-op threads per session, for s
 CPU_SPINNING_ENV = "FUSIONCAM_CPU_SPINNING"
 
 
-def cpu_session(path, threads: int | None = None):
-    """An ORT CPU session using every CPU this process may use for each op (Score-CAM batches are wide enough): the
-    cgroup's CPU quota capped by the scheduler affinity (cpu_quota.py; a pod limited to 4 CPUs on a 64-core node gets
-    4, not 64), or the $FUSIONCAM_CPU_THREADS cores (a positive integer) where several explainers share the machine."""
+def cpu_session_options(threads: int | None = None):
+    """The ORT session options of cpu_session (threads, optimisation level, spinning), for graphs built in memory too."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -43,8 +41,18 @@ def cpu_session(path, threads: int | None = None):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if os.environ.get(CPU_SPINNING_ENV, "").strip() == "0":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def cpu_session(path, threads: int | None = None):
+    """An ORT CPU session using every CPU this process may use for each op (Score-CAM batches are wide enough): the
+    cgroup's CPU quota capped by the scheduler affinity (cpu_quota.py; a pod limited to 4 CPUs on a 64-core node gets
+    4, not 64), or the $FUSIONCAM_CPU_THREADS cores (a positive integer) where several explainers share the machine."""
+    import onnxruntime as ort
+
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=cpu_session_options(threads),
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # found by fuzz/bundle_fuzz.py: a replaced graph (hash recomputed) ORT cannot load
         if not type(exc).__module__.startswith("onnxruntime"):
             raise

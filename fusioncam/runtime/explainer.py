@@ -16,6 +16,7 @@ from ..memory_budget import check_batch_fits
 from ..tasks import Prediction, Task, task_for
 from .backend import Backend
 from .head_session import HeadSession
+from .derived_graphs import DerivedGraphs
 from .device_select import Device, select_device
 from .explanation import Explanation
 from .input_checks import check_images
@@ -111,6 +112,7 @@ class Explainer:
         # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
         self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}", self.task)
         self._head = HeadSession(self.bundle)  # the head graph, opened by AblationCAM or ReciproCAM on first use
+        self._derived = DerivedGraphs(self.bundle)  # FullGrad's and ShapleyCAM's graphs, built on first use
         with self.backend.context():  # what of z0 every call shares (None where it depends on the call's targets)
             self._z0_constant = self.task.constant_baseline(self.scorer)
 
@@ -128,6 +130,7 @@ class Explainer:
         Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
         self.scorer.close()
         self._head.close()
+        self._derived.close()
         self._z0_constant = None
 
     def __enter__(self) -> "Explainer":
@@ -244,7 +247,8 @@ class Explainer:
         baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
         engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
                         on_batch, self.max_channels, compat=self.compat,
-                        explain_classes=comparison_explainer(backend.explain, feed, graph), head=self._head)
+                        explain_classes=comparison_explainer(backend.explain, feed, graph), head=self._head,
+                        derived=self._derived)
         outputs = run_methods(engine, methods)
         bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
         for name, bad in bad_maps.items():

@@ -34,7 +34,8 @@ class Engine:
 
     def __init__(self, scorer: Scorer, images, graph: dict, targets, baseline, theta: float, skip_constant: bool,
                  clock: StageClock, on_batch: ProgressCallback | None = None, max_channels: int | None = None,
-                 compat: str | None = None, explain_classes: Callable | None = None, head=None) -> None:
+                 compat: str | None = None, explain_classes: Callable | None = None, head=None,
+                 derived=None) -> None:
         self.scorer = scorer  # the masked forwards of the sweep and the probes, and host/device copies
         self.xp = scorer.xp
         self.kernels = scorer.kernels
@@ -48,6 +49,7 @@ class Engine:
         # regions kept (comparison_passes.py); FinerCAM's comparison gradients. None: no such pass for this task
         self.explain_classes = explain_classes
         self.head = head  # the bundle's head graph (runtime/head_session.HeadSession): AblationCAM's, ReciproCAM's rows
+        self.derived = derived  # FullGrad's and ShapleyCAM's graphs (runtime/derived_graphs.DerivedGraphs), or None
         self.targets = targets  # per image; targets[image_index] are the rows' targets for the scorer
         self.baseline = baseline  # the all-zeros image's scores (float32 [N]) and probabilities (float64 [N])
         self.theta = float(theta)

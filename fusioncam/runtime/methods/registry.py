@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 from ...errors import InputError
 from .ablationcam import ablationcam
+from .fullgrad import fullgrad
 from .fusion import fusion
 from .gradient_weights import gradcam, gradcam_plus_plus, xgradcam
 from .eigen import eigencam, eigengradcam, kpcacam
@@ -15,12 +16,14 @@ from .finercam import COMPARISONS, finercam
 from .groupcam import groupcam
 from .reciprocam import reciprocam, reciprocam_gaussian
 from .scorecam import scorecam
+from .shapleycam import shapleycam
 from .unioncam import unioncam
 
 
 ALL_TASKS: tuple[str, ...] = ("classification", "segmentation", "detection")
 HEAD_TASKS: tuple[str, ...] = ("classification",)  # only a classifier bundle has a head graph (methods/head_sweep.py)
 COMPARISON_TASKS: tuple[str, ...] = ("classification", "segmentation")  # tasks whose explain pass takes other classes
+CLASSIFICATION_TASKS: tuple[str, ...] = ("classification",)  # FullGrad's and ShapleyCAM's derived graphs: classifiers
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("ablationcam", "Ablation-CAM", ablationcam, ("head",), HEAD_TASKS),  # head-graph forwards (head_sweep.py)
     Method("reciprocam", "Recipro-CAM", reciprocam, ("head",), HEAD_TASKS),
     Method("reciprocam-gaussian", "Recipro-CAM (Gaussian)", reciprocam_gaussian, ("head",), HEAD_TASKS),
+    # graphs derived from the bundle's own on first use (runtime/derived_graphs.py): one more pass of the N images
+    Method("fullgrad", "FullGrad", fullgrad, (), CLASSIFICATION_TASKS, 1),
+    Method("shapleycam", "ShapleyCAM", shapleycam, (), CLASSIFICATION_TASKS, 1),  # 0 where H A is exactly 0
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}
