@@ -47,8 +47,13 @@ class Layer:
         return "; ".join(note for note in notes if note)
 
 
-def logits_ancestors(model: onnx.ModelProto, logits: str) -> set[str]:
-    """Every tensor the logits depend on, through any edge."""
+SHAPE_READERS = ("Shape", "Size")  # ops whose output depends on their input's shape, never on its values
+
+
+def logits_ancestors(model: onnx.ModelProto, logits: str, values_only: bool = False) -> set[str]:
+    """Every tensor the logits depend on, through any edge; with `values_only`, not through the input of a Shape or
+    Size node, so a tensor whose only way to the logits is its shape (a QOperator graph's DequantizeLinear output
+    that only a Shape reads, for a Resize's target size) is left out: its values never change the logits."""
     made_by = {out: node for node in model.graph.node for out in node.output if out}
     seen: set[str] = set()
     stack = [logits]
@@ -58,7 +63,7 @@ def logits_ancestors(model: onnx.ModelProto, logits: str) -> set[str]:
             continue
         seen.add(name)
         node = made_by.get(name)
-        if node is not None:
+        if node is not None and not (values_only and node.op_type in SHAPE_READERS):
             stack.extend(i for i in node.input if i)
     return seen
 
@@ -77,12 +82,13 @@ def _layer_of(name: str, shape, op_type: str, input_size: tuple[int, int],
 
 
 def candidate_layers(classifier: Classifier) -> list[Layer]:
-    """Float node outputs on the way to the logits that make a map (channels-first, channels-last or tokens with
-    static sizes), in graph order; attention probabilities (Softmax outputs) are never candidates."""
+    """Float node outputs whose values reach the logits that make a map (channels-first, channels-last or tokens
+    with static sizes), in graph order; attention probabilities (Softmax outputs) and tensors that reach the logits
+    only through their shape are never candidates."""
     model = classifier.model
     shapes = tensor_shapes(model)
     types = tensor_elem_types(model)
-    ancestors = logits_ancestors(model, classifier.logits_name)
+    ancestors = logits_ancestors(model, classifier.logits_name, values_only=True)
     layers = []
     for node in model.graph.node:
         if node.op_type in SOFTMAX_OPS:
