@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli.road_options import add_road_options, road_setting
 from ..cli.shared import method_list, non_negative_int, positive_int, say
 from ..interrupts import EXIT_INTERRUPTED
 from ..metrics.perturbation_curves import DEFAULT_STEP
@@ -42,6 +43,7 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
     from ..run_lock import run_lock
 
     require_ray()  # before the model is exported: say how to install Ray first
+    road_percentiles = road_setting(args, "--evaluate", args.evaluate)
     try:
         with run_lock(args.out):  # one run at a time into OUT: a second one is refused, naming this one's pid
             run = explain_dataset(args.inputs, args.model, out=args.out, methods=args.methods, evaluate=args.evaluate,
@@ -49,7 +51,8 @@ def cmd_explain_dataset(args: argparse.Namespace) -> int:
                                   batch_images=args.batch_images, address=args.address, layer=args.layer,
                                   scorer_batch=args.batch, threads_per_worker=args.threads_per_worker, step=args.step,
                                   map_dtype=args.map_dtype, image_column=args.image_column, id_column=args.id_column,
-                                  crash_retries=args.crash_retries, notify=say, instances=_instances(args))
+                                  crash_retries=args.crash_retries, notify=say, instances=_instances(args),
+                                  road_percentiles=road_percentiles)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli.main turns both into KeyboardInterrupt)
         say(f"fusioncam explain-dataset: interrupted ({getattr(exc, 'signal_name', 'SIGINT')}); the finished "
              f"blocks are in {args.out}: run the same command again to continue")
@@ -99,4 +102,5 @@ def add_subcommands(sub) -> None:
                              "(default 0.25), after class-wise NMS; one row per instance")
     parser.add_argument("--max-instances", type=positive_int, metavar="K",
                         help="detection bundles: at most K detections per image, highest scores first (default 10)")
+    add_road_options(parser, needs="--evaluate")
     parser.set_defaults(run=cmd_explain_dataset)

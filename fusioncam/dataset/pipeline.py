@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..metrics.evaluation import checked_methods
 from ..metrics.inputs import checked_step
 from ..metrics.perturbation_curves import DEFAULT_STEP
+from ..metrics.road import checked_percentiles, refuse_road
 from ..tasks.payloads import payloads_for
 from .bundle_shipping import bundle_files
 from .crashes import CRASH_RETRIES, crashed_blocks_set_aside, write_crash_rows
@@ -50,7 +51,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                     layer: str | None = None, scorer_batch: int | None = None, threads_per_worker: int | None = None,
                     step: int = DEFAULT_STEP, map_dtype: str = "float16", image_column: str | None = None,
                     id_column: str | None = None, crash_retries: int = CRASH_RETRIES,
-                    notify: Callable[[str], None] | None = None, instances=None):
+                    notify: Callable[[str], None] | None = None, instances=None,
+                    road_percentiles: Sequence[int] | None = None):
     """Explain every image of `source` with `model` on Ray Data.
 
     source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
@@ -63,7 +65,8 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     crash_retries: how often a block whose worker process died is retried (fusioncam.dataset.crashes); with `out`,
     images that still kill their worker when explained alone become error rows, and the run goes on.
     instances (detection bundles): an InstanceSelection (min_score, max_instances) for every image; default
-    InstanceSelection().
+    InstanceSelection(). road_percentiles (classification bundles, with evaluate): also ROAD's MoRF, LeRF and
+    combined at these percentiles (metrics/road.py; e.g. ROAD_PERCENTILES, 10 to 90); None: no ROAD.
 
     With `out`: writes OUT/parts/*.parquet (one row per image, see fusioncam.dataset.rows), skipping the images an
     earlier run with the same settings already wrote there, then summary.json / summary.md (metrics.csv,
@@ -81,17 +84,20 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])
+    road_percentiles = _checked_road(road_percentiles, evaluate, getattr(manifest, "task", None) or "classification")
     if instances is not None and getattr(manifest, "task", None) != "detection":
         raise InputError(f"--min-score and --max-instances (instances=) apply to detection bundles only; this model "
                          f"explains a {getattr(manifest, 'task', None) or 'classification'} task")
     chosen = {} if instances is None else {"instances": [float(instances.min_score), int(instances.max_instances)]}
     layout = RowLayout(methods, bool(evaluate), tuple(manifest.input_size), map_dtype,
-                       tuple(payloads_for(manifest).dataset_fields()))
+                       tuple(payloads_for(manifest).dataset_fields()), road_percentiles)
     out_dir, done = None, frozenset()
     if out is not None:
         out_dir = prepare_output(out, {"model": str(bundle.path), "model_sha256": manifest.manifest_sha256,
                                        "methods": list(methods), "evaluate": bool(evaluate),
-                                       "step": int(step) if evaluate else None, "map_dtype": map_dtype, **chosen})
+                                       "step": int(step) if evaluate else None, "map_dtype": map_dtype, **chosen,
+                                       **({} if road_percentiles is None else
+                                          {"road_percentiles": list(road_percentiles)})})
         done = done_sources(out_dir)
     ray, started = connect(address)
     try:
@@ -157,6 +163,17 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     finally:
         if started and out is not None:
             ray.shutdown()
+
+
+def _checked_road(road_percentiles, evaluate: bool, task: str) -> tuple[int, ...] | None:
+    """ROAD's percentiles, checked (None: off); refused without evaluate and for bundles of other tasks."""
+    if road_percentiles is None:
+        return None
+    if not evaluate:
+        raise InputError("ROAD (road_percentiles=, --road) is a faithfulness metric measured with evaluate=True "
+                         "(--evaluate); add it, or leave ROAD off")
+    refuse_road(task, None if task == "classification" else road_percentiles)
+    return checked_percentiles(road_percentiles)
 
 
 def _drain(explained) -> int:

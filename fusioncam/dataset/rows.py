@@ -19,7 +19,8 @@ Columns, in order (a method's TAG is its name, `gradcampp` for gradcam++):
   images), `batch_images` (int64), `worker` (string: host:pid)
 - `map_TAG`: each requested method's map, a `[H, W]` tensor (Arrow's fixed_shape_tensor) of float16 (or float32)
 - with evaluation: `TAG_average_drop`, `TAG_increase_in_confidence`, `TAG_deletion_auc`, `TAG_insertion_auc`
-  (float64) and `TAG_deletion_curve`, `TAG_insertion_curve` (list of float64: the class probability per step)
+  (float64), with ROAD also `TAG_road_morf`, `TAG_road_lerf`, `TAG_road_combined` (float64, metrics/road.py),
+  and `TAG_deletion_curve`, `TAG_insertion_curve` (list of float64: the class probability per step)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..metrics.evaluation import METRICS
+from ..metrics.evaluation import METRICS, ROAD_METRICS
 from ..report.explain_folder import FILE_TAGS
 from ..runtime.explanation import BETA_NAMES, UNION_BETA_NAMES
 
@@ -63,6 +64,11 @@ class RowLayout:
     map_size: tuple[int, int]
     map_dtype: str = "float16"
     task_fields: tuple = ()  # (name, pyarrow type) pairs of the task's own columns, after `probability`
+    road_percentiles: tuple[int, ...] | None = None  # with evaluate: ROAD's percentiles (None: no ROAD columns)
+
+    def metrics(self) -> tuple[str, ...]:
+        """The per-image metric columns of each method (with evaluate): METRICS, then ROAD_METRICS with ROAD."""
+        return METRICS + ROAD_METRICS if self.road_percentiles is not None else METRICS
 
     def schema(self):
         """The pyarrow schema every part file of the run has."""
@@ -84,7 +90,7 @@ class RowLayout:
         fields += [(map_column(m), pa.fixed_shape_tensor(value_type, list(self.map_size))) for m in self.methods]
         if self.evaluate:
             for method in self.methods:
-                fields += [(metric_column(method, metric), pa.float64()) for metric in METRICS]
+                fields += [(metric_column(method, metric), pa.float64()) for metric in self.metrics()]
                 fields += [(curve_column(method, kind), pa.list_(pa.float64())) for kind in ("deletion", "insertion")]
         return pa.schema(fields)
 

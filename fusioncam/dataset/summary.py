@@ -13,7 +13,7 @@ import numpy as np
 from ..atomic import write_bytes_atomic, write_text_atomic
 from ..report.evaluation import (CURVES_PNG, METRICS_CSV, curves_image, mean_interval, method_title, metrics_csv,
                                  metrics_table)
-from ..metrics.evaluation import METRICS, Evaluation, MethodScores
+from ..metrics.evaluation import Evaluation, MethodScores, measured_metrics
 from ..metrics.perturbation_curves import step_counts
 from ..report.explain_folder import _png_bytes
 from .output import part_files, read_part, read_results
@@ -41,11 +41,13 @@ def results_evaluation(out: Path, layout: RowLayout, step: int) -> tuple[Evaluat
     mean_curves = _mean_curves(out, layout, set(_row_keys(explained)))
     scores = {}
     for method in layout.methods:
-        per_image = {m: explained.column(metric_column(method, m)).to_numpy().astype(np.float64) for m in METRICS}
+        per_image = {m: explained.column(metric_column(method, m)).to_numpy().astype(np.float64)
+                     for m in layout.metrics()}
         scores[method] = MethodScores(per_image, (x, mean_curves[method]["deletion"][None]),
                                       (x, mean_curves[method]["insertion"][None]))
     evaluation = Evaluation(scores, explained.column("source").to_pylist(),
-                            explained.column("class_index").to_numpy().astype(np.int64), int(step))
+                            explained.column("class_index").to_numpy().astype(np.int64), int(step),
+                            layout.road_percentiles)
     return evaluation, table
 
 
@@ -86,7 +88,7 @@ def metric_summary(evaluation: Evaluation) -> dict[str, dict[str, dict[str, floa
     summary = {}
     for method, scores in evaluation.scores.items():
         summary[method] = {}
-        for metric in METRICS:
+        for metric in measured_metrics(evaluation):
             mean, half = mean_interval(scores.per_image[metric])
             summary[method][metric] = {"mean": _finite(mean), "ci95_half_width": _finite(half),
                                        "ci95_low": _finite(mean - half), "ci95_high": _finite(mean + half),
@@ -116,6 +118,7 @@ def write_summary(out: Path, layout: RowLayout, step: int, run: dict[str, object
         "methods": list(layout.methods),
         "evaluate": layout.evaluate,
         "step": step if layout.evaluate else None,
+        **({"road_percentiles": list(layout.road_percentiles)} if layout.road_percentiles is not None else {}),
         "score": score_name if layout.evaluate else None,
         "run": run,
     }
@@ -144,6 +147,15 @@ def summary_markdown(summary: dict[str, object], evaluation: Evaluation | None) 
         lines += ["", f"Each cell: mean ± the half-width of a 95% interval over the n = {n} explained images, "
                       f"mean ± 1.96·sd/√n (sd: sample standard deviation; n/a for one image); deletion/insertion "
                       f"step {evaluation.step} pixels; the score is the "
-                      f"{summary.get('score') or 'class probability'}. ↓ lower is better, ↑ higher is better.", "",
+                      f"{summary.get('score') or 'class probability'}{_road_words(evaluation)}. ↓ lower is better, "
+                      f"↑ higher is better.", "",
                   metrics_table(evaluation)]
     return "\n".join(lines) + "\n"
+
+
+def _road_words(evaluation: Evaluation) -> str:
+    """summary.md's note of ROAD's settings where it was measured."""
+    if evaluation.road_percentiles is None:
+        return ""
+    return (f"; ROAD at percentiles {', '.join(str(p) for p in evaluation.road_percentiles)} (noise 0.01, seed 0; "
+            f"combined = (LeRF − MoRF)/2)")

@@ -14,7 +14,6 @@ import numpy as np
 from ..batch_retry import each_alone_on_failure
 from ..errors import FusionCamError
 from ..images import decode_model_input
-from ..metrics.evaluation import METRICS
 from ..tasks.payloads import payloads_for
 from ..runtime.cpu_backend import CPU_THREADS_ENV
 from .bundle_shipping import local_bundle
@@ -133,7 +132,8 @@ class ExplainWorker:
         if layout.evaluate:
             start = time.perf_counter()
             evaluation = self.payloads.evaluate_maps(self.explainer, batch, {m: explanation.maps[m] for m in
-                                                     layout.methods}, explanation, self.settings.step, names)
+                                                     layout.methods}, explanation, self.settings.step, names,
+                                                     road_percentiles=layout.road_percentiles)
             evaluate_seconds = (time.perf_counter() - start) / len(indices)
         rows: dict[int, list] = {index: [] for index in indices}
         row_image = getattr(explanation, "image_index", None)  # detection: the image of each instance row
@@ -153,7 +153,7 @@ class ExplainWorker:
                            forwards_skipped=int(explanation.forwards_skipped[j]))
             if evaluation is not None:
                 for method, scores in evaluation.scores.items():
-                    row.update({metric_column(method, m): float(scores.per_image[m][j]) for m in METRICS})
+                    row.update({metric_column(method, m): float(scores.per_image[m][j]) for m in layout.metrics()})
                     row[curve_column(method, "deletion")] = scores.deletion[1][j].tolist()
                     row[curve_column(method, "insertion")] = scores.insertion[1][j].tolist()
             rows[index].append((row, {m: explanation.maps[m][j] for m in layout.methods}))
