@@ -4,7 +4,9 @@ vectorised over a batch of images on the host with NumPy/SciPy.
 Each removed pixel becomes the weighted mean of its in-image 8 neighbours (1/6 for the 4 edge neighbours, 1/12 for
 the 4 diagonal ones, renormalised where the image edge cuts some off): one sparse linear system over all removed
 pixels, solved for every channel at once, plus `noise` * a standard normal per removed value. The systems of a batch
-are one block-diagonal matrix built from COO index arrays (no per-pixel Python loop) and factorised once by SuperLU.
+are one block-diagonal matrix built from index arrays (no per-pixel Python loop) and factorised once: as a band by
+LAPACK's Cholesky for images up to BANDED_MAX_WIDTH wide, by SuperLU for wider ones (measured in
+benchmarks/road_imputation.py; both exact to float64 rounding, the test checks them against each other).
 
 An image whose every pixel is removed has no known pixel to interpolate from; its system is singular with a zero
 right-hand side, and pytorch-grad-cam's spsolve returns 0 there: here such an image is set to 0 (+ noise) directly.
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sparse
+from scipy.linalg import cho_solve_banded, cholesky_banded
 from scipy.sparse.linalg import splu
 
 # (dy, dx, weight): pytorch-grad-cam's neighbors_weights
@@ -27,6 +30,8 @@ NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
     (1, 1, 1 / 12), (0, 1, 1 / 6), (-1, 1, 1 / 12), (1, -1, 1 / 12),
     (0, -1, 1 / 6), (-1, -1, 1 / 12), (1, 0, 1 / 6), (-1, 0, 1 / 6),
 )
+BANDED_MAX_WIDTH = 96  # images up to this wide are solved as a band (benchmarks/road_imputation.py; wider: SuperLU)
+SOLVE_BYTES = 64 << 20  # about the most memory one solve's matrix takes: a batch is solved in groups of this size
 
 
 def imputed_images(images: np.ndarray, removed: np.ndarray, noise: Sequence[np.ndarray | None] | None = None
@@ -40,10 +45,13 @@ def imputed_images(images: np.ndarray, removed: np.ndarray, noise: Sequence[np.n
     flat_removed = removed.reshape(batch, plane)
     counts = flat_removed.sum(axis=1)
     out = images.reshape(batch, channels, plane).copy()
-    solvable = (counts > 0) & (counts < plane)
-    solved = _solve(images.reshape(batch, channels, plane)[solvable], flat_removed[solvable], height, width)
-    for index, values in zip(np.flatnonzero(solvable), solved):
-        out[index][:, flat_removed[index]] = values
+    solvable = np.flatnonzero((counts > 0) & (counts < plane))
+    group = max(1, SOLVE_BYTES // (plane * (width + 2) * 8))  # the band (or SuperLU's factor) of one image
+    for start in range(0, solvable.size, group):
+        chosen = solvable[start:start + group]
+        solved = _solve(images.reshape(batch, channels, plane)[chosen], flat_removed[chosen], height, width)
+        for index, values in zip(chosen, solved):
+            out[index][:, flat_removed[index]] = values
     for index in np.flatnonzero(counts == plane):  # nothing known: pytorch-grad-cam's singular solve gives 0
         out[index][:] = 0.0
     if noise is not None:
@@ -65,29 +73,67 @@ def _solve(images: np.ndarray, removed: np.ndarray, height: int, width: int) -> 
     variable[unknown] = np.arange(unknown.size)
     image_of = unknown // plane
     y, x = (unknown % plane) // width, unknown % width
-    values = images.transpose(0, 2, 1).reshape(-1, channels).astype(np.float64)  # [B*P, C]
-    rhs = np.zeros((unknown.size, channels))
-    diagonal = np.zeros(unknown.size)
+    # Right-hand side on the pixel grid: each pixel's weighted sum of its known in-image neighbours (zero padding
+    # outside the image, zero at removed pixels), read at the unknowns; dense shifts, no scattered adds.
+    known = np.where(removed[:, None, :], 0.0, images.astype(np.float64)).reshape(batch, channels, height, width)
+    padded = np.pad(known, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    inside = np.pad(np.ones((height, width)), 1)
+    sums = np.zeros((batch, channels, height, width))
+    diagonal_grid = np.zeros((height, width))
+    for dy, dx, weight in NEIGHBOUR_WEIGHTS:
+        sums += weight * padded[:, :, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+        diagonal_grid += weight * inside[1 + dy:1 + dy + height, 1 + dx:1 + dx + width]
+    rhs = sums.transpose(0, 2, 3, 1).reshape(-1, channels)[unknown]  # [K, C]
+    diagonal = diagonal_grid.reshape(-1)[unknown % plane]  # the in-image neighbours' weights
     rows, cols, weights = [], [], []
     for dy, dx, weight in NEIGHBOUR_WEIGHTS:
         ny, nx = y + dy, x + dx
-        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
-        which = np.flatnonzero(inside)
+        which = np.flatnonzero((ny >= 0) & (ny < height) & (nx >= 0) & (nx < width))
         neighbour = image_of[which] * plane + ny[which] * width + nx[which]
-        diagonal[which] += weight
         is_unknown = flat[neighbour]
         rows.append(which[is_unknown])
         cols.append(variable[neighbour[is_unknown]])
-        weights.append(np.full(int(is_unknown.sum()), weight))
-        known = ~is_unknown
-        rhs[which[known]] += weight * values[neighbour[known]]  # each (row, offset) pair occurs once: no repeats
-    everything = np.arange(unknown.size)
-    matrix = sparse.csc_matrix(
-        (np.concatenate([*weights, -diagonal]), (np.concatenate([*rows, everything]), np.concatenate([*cols, everything]))),
-        shape=(unknown.size, unknown.size))
-    solution = splu(matrix).solve(-rhs)  # [K, C]: sum_j w_ij x_j - (sum_j w_ij) x_i = -sum_known w_ik v_k
+        weights.append(np.full(rows[-1].size, weight))
+    rows, cols, weights = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
+    solution = _solved(rows, cols, weights, diagonal, rhs, width)
     bounds = np.concatenate([[0], np.cumsum(removed.sum(axis=1))])
     return [solution[start:stop].T.astype(np.float32) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def _solved(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, diagonal: np.ndarray, rhs: np.ndarray,
+            width: int) -> np.ndarray:
+    """x [K, C] of (D - W) x = rhs: D the diagonal, W the neighbour weights between unknowns (rows, cols, weights,
+    symmetric), i.e. sum_j w_ij x_j - (sum_j w_ij) x_i = -sum_known w_ik v_k for every unknown i. D - W is symmetric
+    positive definite (each block has a known pixel). Unknowns in row-major order are at most width + 1 apart from
+    their neighbours, so for narrow images the matrix is a band: LAPACK's banded Cholesky on one BLAS thread (more
+    threads only wait on each other at this size); wider images go to SuperLU."""
+    size = diagonal.size
+    if width > BANDED_MAX_WIDTH:
+        matrix = sparse.csc_matrix((np.concatenate([-weights, diagonal]),
+                                    (np.concatenate([rows, np.arange(size)]), np.concatenate([cols, np.arange(size)]))),
+                                   shape=(size, size))
+        return splu(matrix).solve(rhs)
+    lower = rows > cols
+    offsets = rows[lower] - cols[lower]
+    band = np.zeros((int(offsets.max(initial=0)) + 1, size))
+    band[0] = diagonal
+    band[offsets, cols[lower]] = -weights[lower]
+    with _one_blas_thread():
+        factor = cholesky_banded(band, lower=True, check_finite=False)
+        return cho_solve_banded((factor, True), rhs, check_finite=False)
+
+
+def _one_blas_thread():
+    """A context in which BLAS/LAPACK run on one thread (threadpoolctl's controller, made once)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER = None
 
 
 def image_noise_key(image: np.ndarray) -> int:

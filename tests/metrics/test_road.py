@@ -72,6 +72,22 @@ def test_batched_imputation_equals_one_image_at_a_time():
     assert np.array_equal(together[4], np.zeros_like(images[4]))  # nothing known: 0, as pytorch-grad-cam's solve
 
 
+def test_banded_cholesky_and_superlu_agree(monkeypatch):
+    import fusioncam.metrics.road_imputation as imputation
+
+    rng = np.random.default_rng(8)
+    images = rng.standard_normal((3, 3, 30, 41)).astype(np.float32)
+    removed = smooth_maps(3, 30, 41, seed=4) >= np.array([0.2, 0.5, 0.8])[:, None, None]
+    monkeypatch.setattr(imputation, "BANDED_MAX_WIDTH", 41)
+    banded = imputed_images(images, removed)
+    monkeypatch.setattr(imputation, "BANDED_MAX_WIDTH", 40)
+    superlu = imputed_images(images, removed)
+    monkeypatch.setattr(imputation, "SOLVE_BYTES", 1)  # one image per solve
+    alone = imputed_images(images, removed)
+    assert max_diff(banded, superlu) < 1e-6 and max_diff(alone, superlu) < 1e-6
+    assert max_diff(banded[1][:, removed[1]], images[1][:, removed[1]]) > 0.1  # the removed pixels were imputed
+
+
 def test_imputation_with_noise_matches_pytorch_grad_cam_given_the_same_noise(monkeypatch):
     rng = np.random.default_rng(5)
     image = rng.standard_normal((3, 20, 17)).astype(np.float32)
