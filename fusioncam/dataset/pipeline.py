@@ -20,6 +20,7 @@ from .bundle_shipping import bundle_files
 from .crashes import CRASH_RETRIES, crashed_blocks_set_aside, write_crash_rows
 from .output import done_sources, prepare_output
 from .ray_support import cluster_cpus, connect
+from .run_progress import counted_rows
 from .rows import MAP_DTYPES, RowLayout
 from .sources import InputPlan, plan_inputs, source_dataset, table_rows
 from .summary import write_summary
@@ -131,16 +132,20 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
             return explained
         start = time.perf_counter()
         with crashed_blocks_set_aside(ray):
-            count = _drain(explained_rows(plan, done, batch_images))
+            planned, in_tables = set(plan.paths), table_rows(ray, plan)
+            # the images left, for the progress lines (a detection run writes a row per instance: no total there)
+            per_instance = getattr(manifest, "task", None) == "detection"
+            total = None if per_instance else len(planned - done) + max(in_tables - len(done - planned), 0)
+            count = _drain(explained_rows(plan, done, batch_images), notify, total)
             # The blocks set aside (a crash, or queued on a worker that crashed) again, one image per block and one
             # task per worker at a time: only the images that crash on their own stay unexplained.
-            planned, in_tables = set(plan.paths), table_rows(ray, plan)
             written = done_sources(out_dir)
             unreached = [p for p in plan.paths if p not in written]
             missing_rows = in_tables - len(written - planned)
             if unreached or missing_rows > 0:
                 todo = InputPlan(paths=unreached, tables=plan.tables if missing_rows > 0 else [])
-                count += _drain(explained_rows(todo, written, 1, isolated=True))
+                count += _drain(explained_rows(todo, written, 1, isolated=True), notify,
+                                None if per_instance else len(unreached) + max(missing_rows, 0))
                 written = done_sources(out_dir)
                 unreached = [p for p in unreached if p not in written]
                 missing_rows = in_tables - len(written - planned)
@@ -176,13 +181,12 @@ def _checked_road(road_percentiles, evaluate: bool, task: str) -> tuple[int, ...
     return checked_percentiles(road_percentiles)
 
 
-def _drain(explained) -> int:
-    """Run the lazy dataset to its end (each block writes its own part file); the number of rows it gave."""
-    count = 0
-    if explained is not None:
-        for block in explained.iter_batches(batch_size=None, batch_format="pyarrow"):
-            count += block.num_rows
-    return count
+def _drain(explained, notify: Callable[[str], None] | None = None, total: int | None = None) -> int:
+    """Run the lazy dataset to its end (each block writes its own part file); the number of rows it gave. With
+    `notify`, progress lines as the blocks come back (run_progress.counted_rows; `total`: the images to do)."""
+    if explained is None:
+        return 0
+    return counted_rows(explained.iter_batches(batch_size=None, batch_format="pyarrow"), notify, total)
 
 
 def _say(notify: Callable[[str], None] | None, message: str) -> None:
