@@ -38,7 +38,13 @@ from .fashion_mnist_data import CLASS_NAMES, DEFAULT_ROOT, DataMissing, load_spl
 
 TEST_TABLE = "test-images.parquet"
 BUNDLE = "bundle"
-EXPLAINED = "explained"
+EXPLAINED = "explained"  # explain-dataset's output folder (with ROAD inside the run: explained-road)
+
+
+def explained_folder(out: Path, args) -> Path:
+    """explain-dataset's output folder for these settings: a run with ROAD inside has its own (its run.json
+    differs), so both runs can share one study folder's model, bundle and test table."""
+    return out / (f"{EXPLAINED}-road" if args.road else EXPLAINED)
 STATE = "study.json"
 
 
@@ -162,7 +168,7 @@ class Sampler:
 
 def explain_command(out: Path, args) -> list[str]:
     command = [sys.executable, "-m", "fusioncam", "explain-dataset", str(out / TEST_TABLE), "--model",
-               str(out / BUNDLE), "--out", str(out / EXPLAINED), "--methods", ",".join(args.methods), "--evaluate",
+               str(out / BUNDLE), "--out", str(explained_folder(out, args)), "--methods", ",".join(args.methods), "--evaluate",
                "--workers", str(args.workers), "--step", str(args.step), "--batch-images", str(args.batch_images),
                "--batch", str(args.scorer_batch), "--image-column", "image", "--id-column", "id", "--map-dtype",
                "float32"]
@@ -173,7 +179,8 @@ def explain_command(out: Path, args) -> list[str]:
 
 def explain_phase(out: Path, phases: Phases, args) -> dict:
     """Run explain-dataset (resuming an unfinished run) with its output in OUT/explain.log."""
-    earlier = phases.done("explain")
+    phase = "explain-road" if args.road else "explain"
+    earlier = phases.done(phase)
     command = explain_command(out, args)
     if earlier and earlier.get("command") == command[1:] and earlier.get("returncode") == 0:
         return earlier
@@ -188,9 +195,9 @@ def explain_phase(out: Path, phases: Phases, args) -> dict:
         tail = (out / "explain.log").read_text(errors="replace").strip().splitlines()[-5:]
         raise SystemExit(f"fusioncam explain-dataset exited with {code} after {seconds:.0f} s; the log's end:\n"
                          + "\n".join(tail))
-    summary = json.loads((out / EXPLAINED / "summary.json").read_text())
+    summary = json.loads((explained_folder(out, args) / "summary.json").read_text())
     facts["dataset_run"] = summary.get("run")
-    return phases.finish("explain", facts)
+    return phases.finish(phase, facts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: every image)")
     parser.add_argument("--variant-images", type=int, default=1000,
                         help="images for fast mode and fp16 against exact (0: skip)")
-    parser.add_argument("--fast-channels", type=int, default=8, help="fast mode's max_channels (of K = 32)")
+    parser.add_argument("--fast-channels", default="8,16", help="fast mode's max_channels, one or more (of K = 32)")
     parser.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="load and memory sampling period")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and markdown go")
@@ -223,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.methods = _methods() if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m)
     args.road_percentiles = tuple(int(p) for p in args.road_percentiles.split(","))
+    args.fast_channels = tuple(int(k) for k in args.fast_channels.split(","))
     try:
         load_split("t10k", args.data)
     except DataMissing as exc:

@@ -51,7 +51,7 @@ def road_phase(out: Path, phases, args) -> dict:
     from fusioncam.images import decode_model_input
     from fusioncam.metrics.road import road_scores
 
-    from .fashion_mnist import BUNDLE, EXPLAINED, TEST_TABLE
+    from .fashion_mnist import BUNDLE, TEST_TABLE, explained_folder
 
     folder = out / ROAD
     folder.mkdir(exist_ok=True)
@@ -62,7 +62,7 @@ def road_phase(out: Path, phases, args) -> dict:
     table = pq.read_table(out / TEST_TABLE, columns=["id", "image"])
     png = dict(zip(table.column("id").to_pylist(), table.column("image").to_pylist()))
     stopped_early = False
-    for _, part in ordered_parts(out / EXPLAINED):
+    for _, part in ordered_parts(explained_folder(out, args)):
         target = folder / part.name
         if target.is_file():
             continue

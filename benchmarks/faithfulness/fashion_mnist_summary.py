@@ -90,7 +90,7 @@ def _seconds(value) -> str:
     return f"{value / 60:.1f} min" if value >= 120 else f"{value:.1f} s"
 
 
-def variants_markdown(variants: dict | None, fast_channels: int) -> list[str]:
+def variants_markdown(variants: dict | None) -> list[str]:
     if not variants:
         return []
     lines = ["## Fast mode and the float16 scorer against exact fp32 (Fusion-CAM)", "",
@@ -101,8 +101,8 @@ def variants_markdown(variants: dict | None, fast_channels: int) -> list[str]:
              " | ".join(METRIC_COLUMNS[m].header for m in ("average_drop", "increase_in_confidence", "deletion_auc",
                                                              "insertion_auc")) + " |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, title in (("fast", f"fast mode, max_channels = {fast_channels} of 32"), ("fp16", "float16 scorer")):
-        v = variants[name]
+    for name, v in variants["variants"].items():
+        title = "float16 scorer" if name == "fp16" else f"fast mode, max_channels = {name[len('fast'):]} of 32"
         cells = []
         for metric, row in v["metrics"].items():
             d = row["variant_minus_exact"]["difference"]
@@ -120,10 +120,10 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
     """Tables, JSON and markdown of the study into args.results (stem faithfulness-fashion-mnist-<machine>)."""
     from fusioncam.report.evaluation import method_title
 
-    from .fashion_mnist import EXPLAINED, TEST_TABLE
+    from .fashion_mnist import TEST_TABLE, explained_folder
 
     start = time.perf_counter()
-    table, label, per_method = per_image_metrics(out / EXPLAINED, out / TEST_TABLE, args.methods)
+    table, label, per_method = per_image_metrics(explained_folder(out, args), out / TEST_TABLE, args.methods)
     correct = table.column("class_index").to_numpy() == label
     tables = faithfulness_tables(per_method, resamples=args.resamples)
     split = {}
@@ -198,7 +198,7 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
         n = int(correct.sum() if name == "correct" else (~correct).sum())
         lines += [f"## Images the model classifies {'correctly' if name == 'correct' else 'wrongly'} ({n})", "",
                   t.method_table, "", t.paired_table, ""]
-    lines += variants_markdown(phases["variants"], args.fast_channels)
+    lines += variants_markdown(phases["variants"])
     lines += [f"Per-image metrics: [`{compact.name}`]({compact.name}) ({compact_bytes / 2**20:.1f} MiB).", ""]
     save_report(args.results, stem, report, "\n".join(lines))
     best = tables.record["best"]

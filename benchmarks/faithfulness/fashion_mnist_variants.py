@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-FAST = "fast"
 FP16 = "fp16"
 VARIANT_METRICS = ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc")
 HIGHER_IS_BETTER = {"average_drop": False, "increase_in_confidence": True, "deletion_auc": False,
@@ -47,17 +46,22 @@ def decoded_images(table_path: Path, count: int, manifest) -> tuple[list[str], n
     return ids, images, table.column("label").to_numpy().astype(np.int64)
 
 
-def compare_variants(bundle: Path, images: np.ndarray, fast_channels: int, step: int, chunk: int = 100,
+def fast_name(channels: int) -> str:
+    return f"fast{channels}"
+
+
+def compare_variants(bundle: Path, images: np.ndarray, fast_channels: tuple[int, ...], step: int, chunk: int = 100,
                      scorer_batch: int = 256) -> dict[str, np.ndarray]:
-    """Per image: the exact classes, each variant's map Pearson r with the exact map, and every metric of the exact,
-    fast and fp16 maps (scored by the exact explainer). Keys: 'classes', '<variant>_pearson', '<variant>_<metric>'
-    with variant in exact, fast, fp16."""
+    """Per image: the exact classes, each variant's map Pearson r with the exact map, and every metric of the exact
+    and variant maps (scored by the exact explainer). Keys: 'classes', '<variant>_pearson', '<variant>_<metric>'
+    with variant exact, fast<k> (each k of fast_channels) or fp16."""
     from fusioncam import Explainer
     from fusioncam.metrics.evaluation import evaluate_maps
 
     exact = Explainer(bundle, device="cpu", batch_size=scorer_batch)
-    variants = {FAST: Explainer(bundle, device="cpu", batch_size=scorer_batch, max_channels=fast_channels),
-                FP16: Explainer(bundle, device="cpu", batch_size=scorer_batch, precision="fp16")}
+    variants = {fast_name(k): Explainer(bundle, device="cpu", batch_size=scorer_batch, max_channels=k)
+                for k in fast_channels}
+    variants[FP16] = Explainer(bundle, device="cpu", batch_size=scorer_batch, precision="fp16")
     columns: dict[str, list] = {}
     for first in range(0, len(images), chunk):
         batch = images[first:first + chunk]
@@ -78,8 +82,9 @@ def variant_report(values: dict[str, np.ndarray], resamples: int) -> dict:
     """Pearson r (mean, min, share above 0.99) and each metric's variant-minus-exact paired difference."""
     from fusioncam.report.bootstrap import bootstrap_mean, paired_difference
 
-    report = {"images": int(len(values["classes"]))}
-    for name in (FAST, FP16):
+    report = {"images": int(len(values["classes"])), "variants": {}}
+    names = [key[: -len("_pearson")] for key in values if key.endswith("_pearson")]
+    for name in names:
         r = values[f"{name}_pearson"]
         finite = r[np.isfinite(r)]
         entry = {"pearson": {"mean": float(finite.mean()), "min": float(finite.min()),
@@ -91,7 +96,7 @@ def variant_report(values: dict[str, np.ndarray], resamples: int) -> dict:
             entry["metrics"][metric] = {"variant_mean": bootstrap_mean(values[f"{name}_{metric}"], resamples).as_dict(),
                                         "exact_mean": float(np.nanmean(values[f"exact_{metric}"])),
                                         "variant_minus_exact": paired.as_dict()}
-        report[name] = entry
+        report["variants"][name] = entry
     return report
 
 
@@ -104,7 +109,8 @@ def variants_phase(out: Path, phases, args) -> dict:
 
     from .fashion_mnist import BUNDLE, TEST_TABLE
 
-    settings = {"images": args.variant_images, "fast_channels": args.fast_channels, "step": args.step}
+    channels = tuple(args.fast_channels) if isinstance(args.fast_channels, (tuple, list)) else (args.fast_channels,)
+    settings = {"images": args.variant_images, "fast_channels": list(channels), "step": args.step}
     earlier = phases.done("variants")
     path = out / "variants.parquet"
     if earlier and earlier.get("settings") == settings and path.is_file():
@@ -112,10 +118,10 @@ def variants_phase(out: Path, phases, args) -> dict:
     start = time.perf_counter()
     manifest = load_bundle(out / BUNDLE).manifest
     ids, images, _ = decoded_images(out / TEST_TABLE, args.variant_images, manifest)
-    values = compare_variants(out / BUNDLE, images, args.fast_channels, args.step, scorer_batch=args.scorer_batch)
+    values = compare_variants(out / BUNDLE, images, channels, args.step, scorer_batch=args.scorer_batch)
     pq.write_table(pa.table({"id": ids, **values}), path, compression="zstd")
     report = variant_report(values, args.resamples)
-    print(f"variants: fast mode (k = {args.fast_channels}) Pearson mean {report[FAST]['pearson']['mean']:.4f}, "
-          f"fp16 {report[FP16]['pearson']['mean']:.4f} on {len(ids)} images ({time.perf_counter() - start:.0f} s)",
-          flush=True)
+    print("variants: Pearson mean " + ", ".join(f"{name} {v['pearson']['mean']:.4f}" for name, v in
+                                               report["variants"].items())
+          + f" on {len(ids)} images ({time.perf_counter() - start:.0f} s)", flush=True)
     return phases.finish("variants", {"settings": settings, "seconds": time.perf_counter() - start, **report})
