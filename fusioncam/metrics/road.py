@@ -13,11 +13,12 @@ seeded by `seed` and a hash of the image's bytes, so one image gets the same noi
 `fusioncam explain-dataset`, whatever else is in its batch.
 
 Cost: 2 * len(percentiles) imputed images per image and method, each one sparse solve on the host and one scorer
-row. benchmarks/road_imputation.py measures the solve per image, half of the pixels removed as a smooth blob, 3
-channels, side by side with pytorch-grad-cam's lil_matrix + spsolve; on 2026-12-07 on the shared 2-core
-development machine under heavy load (load average 17-20, so absolute times are several times an idle machine's):
-28x28, banded Cholesky 1.7 ms, SuperLU 3.9 ms, pytorch-grad-cam 11 ms; 64x64: 13 / 28 / 91 ms; 112x112:
-129 / 117 / 294 ms; 224x224 (25,088 unknowns): 0.77 / 1.03 / 2.4 s. A direct solve is feasible at every size; a
+row. benchmarks/road_imputation.py measures the solve per image (half of the pixels removed as a smooth blob, 3
+channels) side by side with pytorch-grad-cam's lil_matrix + spsolve; benchmarks/results/road-imputation-cpu-2cores.md
+was measured on 2026-12-07 on the shared 2-core development machine at a load average near 30, so its absolute
+times are several times an idle machine's: 28x28, banded Cholesky 5.0 ms, SuperLU 8.9 ms, pytorch-grad-cam 27 ms;
+64x64: 32 / 46 / 155 ms; 224x224 (25,088 unknowns): 3.0 / 4.6 / 11.7 s. (An earlier run of the same comparison at
+a load average near 18 gave 1.7 / 3.9 / 11 ms at 28x28.) A direct solve is feasible at every size; a
 Jacobi-preconditioned conjugate gradient on the stencil (1e-9: 75 iterations at 28x28, 525 at 224x224) took 4-9x
 as long as SuperLU, so the imputation is exact to float64 rounding (banded and SuperLU agree to 1e-7).
 """
