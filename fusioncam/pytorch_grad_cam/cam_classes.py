@@ -7,12 +7,15 @@ Classifier maps use compat="pytorch-grad-cam" (pytorch-grad-cam's arithmetic whe
 authors'); segmentation bundles have no such option and use the default.
 
 Several target layers: one bundle and one explain pass per layer (not yet one pass for all), then pytorch-grad-cam's
-aggregation (ReLU, mean over layers, scaled to [0, 1]). pytorch-grad-cam scales each layer's low-resolution map to
-[0, 1] before upsampling it, where fusioncam's engine scales after; so for the methods whose weights come from the
-explain pass (explain_pass_maps.py) the layer maps are formed from the explain pass as pytorch-grad-cam forms them,
-and for the others (Score-CAM, the eigen methods, FinerCAM, the head-graph and fusioncam's own methods) the engine's
-maps are averaged, which weighs the layers slightly differently (0.06-0.11 max difference measured with Grad-CAM's
-engine maps on a small CNN's two convolutions). aug_smooth: pytorch-grad-cam's six
+aggregation (each layer's map ReLU'd, scaled to [0, 1] at its own resolution and resized to the input; the mean over
+layers scaled to [0, 1]). For the methods whose weights come from the explain pass (explain_pass_maps.py) the layer
+maps are formed from the explain pass as pytorch-grad-cam forms them; for the engine's other maps of the form
+norm(up(relu(low))) (Score-CAM, the eigen methods, KPCA-CAM, FinerCAM, Ablation-CAM, Recipro-CAM) the scaling at the
+layer's resolution is recovered exactly from the map (layer_scaling.py); Fusion-CAM, Group-CAM and Union-CAM maps are
+averaged as they are. Each layer's Score-CAM and Ablation-CAM runs its own masked forwards or ablations, as
+pytorch-grad-cam's per-layer get_cam_weights does. Targets that are not one logit (softmax, binary, raw scores) are
+the backward seed of a copy of the explain graph (target_seed_graph.py), for the methods whose maps come from the
+explain pass. aug_smooth: pytorch-grad-cam's six
 test-time augmentations (horizontal flip x multiply by 0.9, 1, 1.1) stacked into one batch, each map un-flipped,
 then averaged. eigen_smooth: explain_pass_maps.py (each layer's map then scaled as pytorch-grad-cam scales it).
 """
@@ -28,11 +31,15 @@ from ..runtime import Explainer, Explanation
 from ..runtime.methods.compat import PYTORCH_GRAD_CAM
 from ..runtime.methods.registry import REGISTRY
 from ..graph_names import LOGITS
-from .explain_pass_maps import PROJECTIONS_ALREADY, WEIGHTED_ACTIVATIONS, check_eigen_smooth, explain_pass, layer_map
+from .explain_pass_maps import (GRADIENT_PROJECTIONS, PROJECTIONS_ALREADY, WEIGHTED_ACTIVATIONS, check_eigen_smooth,
+                                explain_pass, layer_map)
 from .graph_targets import GraphTargets, graph_targets
+from .layer_scaling import LOW_RESOLUTION_FORM, scaled_before_upsampling
+from .target_seed_graph import SeededExplain
 from .utils.image import scale_cam_image
 
 AUG_FACTORS = (0.9, 1.0, 1.1)  # pytorch-grad-cam 1.5.7's tta.Multiply factors, each with and without a flip
+TARGET_FREE = ("eigencam", "kpcacam")  # maps that do not depend on the target (pytorch-grad-cam ignores it too)
 
 
 class MethodNotAvailable(NotImplementedError):
@@ -66,6 +73,7 @@ class BaseCAM:
         self.outputs = None  # the model's outputs (logits) of the last call, a torch tensor
         self.last_explanations: list[Explanation] = []  # per layer, the last call's fusioncam explanations
         self._explainers: dict[tuple, Explainer] = {}
+        self._seeded: dict[int, SeededExplain] = {}  # by id of an Explainer: its explain graph with target seeds
 
     # ------------------------------------------------------------------ the call
 
@@ -93,6 +101,11 @@ class BaseCAM:
     def _forward(self, images: np.ndarray, plan: GraphTargets, keep: slice, eigen_smooth: bool = False) -> np.ndarray:
         """Each layer's map, aggregated as pytorch-grad-cam's aggregate_multi_layers; `outputs` from rows `keep`."""
         size = (int(images.shape[2]), int(images.shape[3]))
+        if plan.seeds is not None and self.method in TARGET_FREE:
+            plan = GraphTargets(None)
+        elif plan.seeds is not None:
+            self._check_seeded_method()
+            return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
         if eigen_smooth or (len(self.layer_paths) > 1 and self.method in WEIGHTED_ACTIVATIONS):
             return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
         per_layer = []
@@ -102,7 +115,10 @@ class BaseCAM:
             explanation = explainer.explain(images, targets=plan.classes, methods=(self.method,),
                                             regions=plan.regions)
             self.last_explanations.append(explanation)
-            per_layer.append(np.maximum(explanation.maps[self.method], 0))
+            layer = np.maximum(explanation.maps[self.method], 0)
+            if len(self.layer_paths) > 1 and self.method in LOW_RESOLUTION_FORM:  # as pytorch-grad-cam weighs layers
+                layer = scaled_before_upsampling(layer, explainer.bundle.manifest.feature_size)
+            per_layer.append(layer)
         logits = self.last_explanations[-1].logits
         if logits is not None:
             import torch
@@ -117,7 +133,9 @@ class BaseCAM:
         per_layer = []
         self.last_explanations = []
         for path in self.layer_paths:
-            outputs = explain_pass(self._explainer(path, size, plan.segmentation), images, plan.classes, plan.regions)
+            explainer = self._explainer(path, size, plan.segmentation)
+            outputs = explain_pass(explainer, images, plan.classes, plan.regions, self._seeded_explain(explainer, plan),
+                                   plan.seeds)
             low = np.maximum(layer_map(self.method, outputs, eigen_smooth), 0)
             per_layer.append(scale_cam_image(low, (size[1], size[0])))
         if not plan.segmentation:
@@ -125,6 +143,32 @@ class BaseCAM:
 
             self.outputs = torch.from_numpy(np.ascontiguousarray(outputs[LOGITS][keep]))
         return scale_cam_image(np.mean(np.maximum(np.stack(per_layer, axis=1), 0), axis=1))
+
+    def _check_seeded_method(self) -> None:
+        """Softmax, binary and raw-score targets change the explain pass's gradients (target_seed_graph.py); the
+        methods that score masked images or ablations score the target logit, so they refuse such targets."""
+        if self.method not in WEIGHTED_ACTIVATIONS and self.method not in GRADIENT_PROJECTIONS:
+            methods = ", ".join(name for name, cls in CLASS_METHODS.items()
+                                if cls.method in WEIGHTED_ACTIVATIONS or cls.method in GRADIENT_PROJECTIONS
+                                or cls.method in TARGET_FREE)
+            raise InputError(f"{type(self).__name__} scores the target class's logit, so ClassifierOutputSoftmaxTarget, "
+                             f"BinaryClassifierOutputTarget and RawScoresOutputTarget are not available for it; use "
+                             f"ClassifierOutputTarget, or one of the classes that take them: {methods}")
+
+    def _seeded_explain(self, explainer: Explainer, plan: GraphTargets) -> SeededExplain | None:
+        """The explain graph with per-image target seeds, for a plan with softmax, binary or raw-score targets."""
+        if plan.seeds is None:
+            return None
+        classes = int(explainer.bundle.manifest.num_classes)
+        if plan.binary and classes != 1:
+            raise InputError(f"BinaryClassifierOutputTarget is for a model with one output logit (as in "
+                             f"pytorch-grad-cam, where it multiplies the output by +1 or -1); this model has {classes} "
+                             f"outputs: use ClassifierOutputTarget(category) or ClassifierOutputSoftmaxTarget")
+        if id(explainer) not in self._seeded:
+            session = getattr(explainer.backend, "_explain", None)
+            providers = session.get_providers() if hasattr(session, "get_providers") else None
+            self._seeded[id(explainer)] = SeededExplain(explainer.bundle, providers)
+        return self._seeded[id(explainer)]
 
     def _explainer(self, path: str, size: tuple[int, int], segmentation: bool) -> Explainer:
         """The Explainer of one layer at one input size, exported into the cache if needed; reused while the
@@ -160,6 +204,7 @@ class BaseCAM:
         for explainer in self._explainers.values():
             explainer.close()
         self._explainers.clear()
+        self._seeded.clear()
 
 
 def _augment(images: np.ndarray, flip: bool, factor: float) -> np.ndarray:
@@ -214,6 +259,36 @@ class KPCA_CAM(BaseCAM):  # noqa: N801  (pytorch-grad-cam's name)
             raise InputError(f"KPCA_CAM: fusioncam's KPCA-CAM uses kernel='sigmoid' with gamma=None (1 / channels); "
                              f"got kernel={kernel!r}, gamma={gamma!r}")
         super().__init__(model, target_layers, reshape_transform, **kwargs)
+
+
+class AblationCAM(BaseCAM):
+    """Ablation-CAM (Desai and Ramaswamy, 2020) on the bundle's head graph (one head forward per ablated channel).
+
+    pytorch-grad-cam's arguments: `batch_size` (ablated copies per forward, 32 by default) is the Explainer's batch
+    size, the head-graph rows per run; the map does not depend on it. `ablation_layer` may be left out or be
+    pytorch-grad-cam's default AblationLayer(), whose ablated value fusioncam's compat="pytorch-grad-cam" uses (0 when
+    the image's smallest activation is 0, else that minimum - 1e7); another ablation layer is run as Python inside the
+    model, which an exported graph cannot do, so it is refused. `ratio_channels_to_ablate` below 1.0 (pytorch-grad-cam's
+    experimental choice of channels) is refused: every channel is ablated, each at the cost of one head forward."""
+
+    method = "ablationcam"
+
+    def __init__(self, model, target_layers, reshape_transform=None, ablation_layer=None, batch_size: int = 32,
+                 ratio_channels_to_ablate: float = 1.0, **kwargs):
+        if ablation_layer is not None and type(ablation_layer).__name__ != "AblationLayer":
+            raise InputError(f"AblationCAM: ablation_layer={type(ablation_layer).__name__} is not supported; fusioncam "
+                             f"ablates channels in the exported head graph with the value of pytorch-grad-cam's "
+                             f"default AblationLayer (leave ablation_layer out, or pass AblationLayer())")
+        arguments.integer("batch_size", batch_size, minimum=1)
+        if isinstance(ratio_channels_to_ablate, bool) or not isinstance(ratio_channels_to_ablate, (int, float)) \
+                or float(ratio_channels_to_ablate) != 1.0:
+            raise InputError(f"AblationCAM: ratio_channels_to_ablate={ratio_channels_to_ablate!r} is not supported; "
+                             f"fusioncam ablates every channel (1.0, the default), each with one head-graph forward "
+                             f"instead of a whole-network one")
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.batch_size = batch_size
+        self.ablation_layer = ablation_layer
+        self.ratio_channels_to_ablate = 1.0
 
 
 class FinerCAM(BaseCAM):

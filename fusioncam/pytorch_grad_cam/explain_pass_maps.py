@@ -27,6 +27,7 @@ WEIGHTED_ACTIVATIONS = {
     "layercam": lambda a, g: np.maximum(g, 0) * a,
 }
 PROJECTIONS_ALREADY = ("eigencam", "eigengradcam", "kpcacam")
+GRADIENT_PROJECTIONS = {"eigengradcam": lambda a, g: a * g}  # projected as they are (no eigen_smooth: one already)
 
 
 def check_eigen_smooth(method: str, class_name: str) -> None:
@@ -38,8 +39,15 @@ def check_eigen_smooth(method: str, class_name: str) -> None:
                          f"methods whose weights come from the explain pass alone: {supported}")
 
 
-def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions) -> dict[str, np.ndarray]:
-    """The explain graph's logits, activations [N, K, h, w] and gradients for these targets, on the host."""
+def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions, seeded=None, seeds=None
+                 ) -> dict[str, np.ndarray]:
+    """The explain graph's logits, activations [N, K, h, w] and gradients for these targets, on the host; with
+    `seeded` (a target_seed_graph.SeededExplain) and seed weights [N, 3], the gradients of those targets."""
+    if seeded is not None:
+        n = int(images.shape[0])
+        target = np.full(n, -1, np.int64) if classes is None else np.asarray(classes, np.int64)
+        return {name: np.asarray(value, dtype=np.float32) for name, value in seeded.run(images, target, seeds).items()
+                if name in (LOGITS, ACTIVATIONS, GRADIENTS)}
     manifest = explainer.bundle.manifest
     feed = explainer.task.explain_feed(manifest, int(images.shape[0]), classes, regions, explainer.class_names)
     backend = explainer.backend
@@ -51,7 +59,10 @@ def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions) -> 
 
 def layer_map(method: str, outputs: dict[str, np.ndarray], eigen_smooth: bool) -> np.ndarray:
     """The low-resolution map [N, h, w] before the ReLU: the channel sum of the method's weighted activations, or
-    with eigen_smooth their first principal component."""
+    with eigen_smooth their first principal component (EigenGrad-CAM: always the projection of A * dy/dA)."""
+    if method in GRADIENT_PROJECTIONS:
+        products = GRADIENT_PROJECTIONS[method](outputs[ACTIVATIONS], outputs[GRADIENTS])
+        return np.asarray(lapack_centered_projection(products), dtype=np.float32)
     weighted = WEIGHTED_ACTIVATIONS[method](outputs[ACTIVATIONS], outputs[GRADIENTS])
     if eigen_smooth:
         return np.asarray(lapack_centered_projection(weighted), dtype=np.float32)

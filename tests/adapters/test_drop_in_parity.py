@@ -79,9 +79,10 @@ def test_several_target_layers_match_the_library(name, model):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["EigenCAM", "ScoreCAM"])
-def test_several_target_layers_of_engine_methods_average_the_single_layer_maps(name, model):
-    """Methods whose maps come from the engine: each layer's map (equal to the library's single-layer map), ReLU,
-    mean, rescaled. The library scales each layer's map before upsampling it, fusioncam's engine after: measured."""
+def test_several_target_layers_of_engine_methods_match_the_library(name, model):
+    """Methods whose maps come from the engine: each layer's map equals the library's single-layer map, and the
+    layers are weighed as the library weighs them (scaled before upsampling: pytorch_grad_cam/layer_scaling.py), not
+    as a plain mean of the final maps."""
     x = images(2, 32, seed=4)
     layers = [model.features[0], model.features[2]]
     one = [both(name, model, [layer], x, lambda t: [t.ClassifierOutputTarget(2)] * 2) for layer in layers]
@@ -92,8 +93,8 @@ def test_several_target_layers_of_engine_methods_average_the_single_layer_maps(n
     expected = mean / (1e-7 + mean.max(axis=(1, 2), keepdims=True))
     library_multi, ours = both(name, model, layers, x, lambda t: [t.ClassifierOutputTarget(2)] * 2)
     assert max_diff(expected, one[1][0]) > 1e-2  # the first layer changes the map: the aggregation is tested
-    assert max_diff(ours, expected) <= 1e-4
-    assert np.corrcoef(ours.ravel(), library_multi.ravel())[0, 1] > 0.9  # the library's own, scaled otherwise
+    assert max_diff(library_multi, expected) > 1e-2  # the plain mean of the final maps is not the library's
+    assert max_diff(ours, library_multi) <= 1e-4
 
 
 @pytest.mark.parametrize("name", fast_first(["GradCAM", "ScoreCAM"]))
@@ -117,12 +118,11 @@ def test_library_target_objects_and_ints_give_the_same_maps(model):
     assert max_diff(other, by_ints) > 1e-2
 
 
-@pytest.mark.parametrize("target", [their_targets.ClassifierOutputSoftmaxTarget(1), our_targets.RawScoresOutputTarget(),
-                                    our_targets.BinaryClassifierOutputTarget(1), lambda output: output[0]])
-def test_targets_no_graph_computes_are_clear_errors(model, target):
+def test_targets_no_graph_computes_are_clear_errors(model):
+    """Softmax, binary and raw-score targets: tests/pytorch_grad_cam/test_output_targets.py."""
     with drop_in.GradCAM(model=model, target_layers=[model.features[2]], device="cpu") as cam:
-        with pytest.raises(InputError, match=r"ClassifierOutputTarget\(category\) and SemanticSegmentationTarget"):
-            cam(input_tensor=images(1, 32), targets=[target])
+        with pytest.raises(InputError, match=r"ClassifierOutputSoftmaxTarget.*SemanticSegmentationTarget"):
+            cam(input_tensor=images(1, 32), targets=[lambda output: output[0]])
 
 
 def test_constructor_and_call_errors(model):
