@@ -21,9 +21,6 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sparse
-from scipy.linalg import cho_solve_banded, cholesky_banded
-from scipy.sparse.linalg import splu
 
 # (dy, dx, weight): pytorch-grad-cam's neighbors_weights
 NEIGHBOUR_WEIGHTS: tuple[tuple[int, int, float], ...] = (
@@ -107,6 +104,10 @@ def _solved(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, diagonal: n
     positive definite (each block has a known pixel). Unknowns in row-major order are at most width + 1 apart from
     their neighbours, so for narrow images the matrix is a band: LAPACK's banded Cholesky on one BLAS thread (more
     threads only wait on each other at this size); wider images go to SuperLU."""
+    from scipy import sparse
+    from scipy.linalg import cho_solve_banded, cholesky_banded
+    from scipy.sparse.linalg import splu
+
     size = diagonal.size
     if width > BANDED_MAX_WIDTH:
         matrix = sparse.csc_matrix((np.concatenate([-weights, diagonal]),
