@@ -30,6 +30,7 @@ from .onnx_loading import model_opset
 FULLGRAD_MAP = "fullgrad/map"  # float32 [N, H, W] in [0, 1]: the finished FullGrad map
 SCALE_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: (v - min) / (1e-7 + max(v - min))
 PREFIX = "fullgrad/"
+QUANTIZED_CONVOLUTIONS = ("QLinearConv", "ConvInteger")  # INT8 operator-format layers whose biases are not Conv's
 
 
 def _initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -54,6 +55,11 @@ def _rank(inferred: onnx.ModelProto, name: str) -> int | None:
 def bias_layers(model: onnx.ModelProto) -> list[tuple[str, np.ndarray, str]]:
     """(output tensor, bias float32 [K], node name) for every Conv with a bias and every BatchNormalization whose
     output is a 4-D map [N, K, h, w], in graph order. A bias that is not a constant is a LayerError."""
+    quantized = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_CONVOLUTIONS})
+    if quantized:
+        raise LayerError(f"FullGrad reads the float biases of Conv and BatchNormalization layers; this graph's "
+                         f"convolutions are quantized ({', '.join(quantized)}), whose biases it cannot read; explain "
+                         f"the float32 model for FullGrad")
     values = _initializer_values(model)
     inferred = onnx.shape_inference.infer_shapes(model)
     layers = []

@@ -142,5 +142,5 @@ def test_methods_a_task_does_not_offer_are_a_clear_input_error(bundles) -> None:
     assert {"ablationcam", "reciprocam", "reciprocam-gaussian"} <= set(refused) and "finercam" in offered
     with fusioncam.Explainer(bundles["segmentation"], device="cpu") as explainer:
         for method in refused:
-            with pytest.raises(InputError, match="head graph; this bundle's task has none"):
+            with pytest.raises(InputError, match="graph.*; this bundle's task has none"):
                 _explain(explainer, "segmentation", methods=(method,))

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_lanes_follow_the_registry():
     assert GRADIENT_METHODS == {"gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam",
-                                "eigencam", "eigengradcam", "kpcacam", "finercam"}
+                                "eigencam", "eigengradcam", "kpcacam", "finercam", "fullgrad", "shapleycam"}
     assert lane_of(()) == GRADIENT and lane_of(("gradcam", "xgradcam")) == GRADIENT
     for method in set(METHODS) - GRADIENT_METHODS:
         assert lane_of((method,)) == SWEEP and lane_of(("gradcam", method)) == SWEEP

@@ -16,8 +16,8 @@ from .engine import Engine, MethodOutput
 def fullgrad(engine: Engine) -> MethodOutput:
     """FullGrad's map [N, H, W] in [0, 1] (device) for the explained classes."""
     if engine.derived is None or engine.derived.task != "classification":
-        raise InputError("fullgrad explains a classifier's class score over the whole network; this bundle's task "
-                         "has no FullGrad graph (use the other methods for segmentation and detection bundles)")
+        raise InputError("fullgrad runs on a classifier bundle's FullGrad graph (the whole network's biases); this "
+                         "bundle's task has none (use the other methods for segmentation and detection bundles)")
     scorer = engine.scorer
     images = scorer.to_host(engine.images)
     classes = scorer.to_host(engine.explained_classes).astype("int64")

@@ -36,6 +36,7 @@ class Method:
     needs: tuple[str, ...] = ()  # Engine properties it reads: prepared (once, shared) before any method runs
     tasks: tuple[str, ...] = ALL_TASKS  # the bundle tasks it runs on; on others it raises a clear InputError
     extra_explain_passes: int = 0  # explain passes of the N images it runs beyond the one all methods share (at most)
+    derived_passes: int = 0  # passes of the N images through a graph derived from the bundle's (runtime/derived_graphs.py)
 
 
 REGISTRY: dict[str, Method] = {method.name: method for method in (
@@ -57,8 +58,8 @@ REGISTRY: dict[str, Method] = {method.name: method for method in (
     Method("reciprocam", "Recipro-CAM", reciprocam, ("head",), HEAD_TASKS),
     Method("reciprocam-gaussian", "Recipro-CAM (Gaussian)", reciprocam_gaussian, ("head",), HEAD_TASKS),
     # graphs derived from the bundle's own on first use (runtime/derived_graphs.py): one more pass of the N images
-    Method("fullgrad", "FullGrad", fullgrad, (), CLASSIFICATION_TASKS, 1),
-    Method("shapleycam", "ShapleyCAM", shapleycam, (), CLASSIFICATION_TASKS, 1),  # 0 where H A is exactly 0
+    Method("fullgrad", "FullGrad", fullgrad, (), CLASSIFICATION_TASKS, derived_passes=1),  # forward, whole backward
+    Method("shapleycam", "ShapleyCAM", shapleycam, (), CLASSIFICATION_TASKS, derived_passes=1),  # 0 where H A is 0
 )}
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 METHOD_TITLES: dict[str, str] = {name: method.title for name, method in REGISTRY.items()}

@@ -19,8 +19,8 @@ from .engine import Engine, MethodOutput
 def shapleycam(engine: Engine) -> MethodOutput:
     """ShapleyCAM's map [N, H, W] (device); facts["hessian_vector_zero"] says whether H A was exactly 0."""
     if engine.derived is None or engine.derived.task != "classification":
-        raise InputError("shapleycam needs a second explain pass of a classifier's class score; this bundle's task "
-                         "has none (use the other methods for segmentation and detection bundles)")
+        raise InputError("shapleycam runs on a classifier bundle's second-derivative graph; this bundle's task has "
+                         "none (use the other methods for segmentation and detection bundles)")
     scorer = engine.scorer
     classes = scorer.to_host(engine.explained_classes).astype(np.int64)
     passed = engine.derived.hessian_vector(scorer.to_host(engine.images), classes)
