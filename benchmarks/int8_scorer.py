@@ -2,7 +2,8 @@
 against exact float32 on the CPU, side by side in one run.
 
 Per model (EfficientNet-Lite0 with its ImageNet weights at `_blocks.15`; torchvision ResNet-50 with seeded random
-weights at `layer4`), on the sample photos: the scorer's throughput in float32 and INT8 at the explainer's batch,
+weights at `layer4`, no ImageNet weights being installed), on the sample photos (`--model-images resnet50=2` explains
+only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image): the scorer's throughput in float32 and INT8 at the explainer's batch,
 Fusion-CAM seconds per image in float32 and INT8 (each image explained by both, alternating, after a warm-up of
 each), the Pearson correlation of each INT8 map with the exact float32 map, and the faithfulness metrics of
 `fusioncam evaluate` (deletion/insertion AUC, average drop, increase in confidence) of both sets of maps, all scored
@@ -19,7 +20,7 @@ import numpy as np
 
 import fusioncam
 from fusioncam.benchmarking.floor import scorer_throughput
-from fusioncam.export.int8_scorer import int8_agreement
+from fusioncam.export.int8_scorer import CALIBRATION_METADATA, int8_agreement
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 from fusioncam.metrics.evaluation import evaluate_maps
 
@@ -30,10 +31,18 @@ from .run import map_agreement
 MODELS = ("efficientnet_lite0", "resnet50")
 
 
+def int8_settings_of(bundle) -> str:
+    """How the bundle's INT8 scorer was quantized and calibrated (its graph's metadata)."""
+    import onnx
+
+    model = onnx.load(str(bundle.scorer_int8_path), load_external_data=False)
+    return next((entry.value for entry in model.metadata_props if entry.key == CALIBRATION_METADATA), "not recorded")
+
+
 def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool,
-          explain: bool = True) -> dict:
+          explain: bool = True, count: int | None = None) -> dict:
     """One model: export with the INT8 scorer, then the float32 and INT8 explainers side by side (with `explain`
-    False only the scorers: throughput and logits on the photos)."""
+    False only the scorers: throughput and logits on the photos; `count` explains only the first `count` photos)."""
     model, layer, class_names = build_model(model_name)
     started = time.perf_counter()
     bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
@@ -42,6 +51,7 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
     exact = fusioncam.Explainer(bundle, device="cpu")
     int8 = fusioncam.Explainer(bundle, device="cpu", precision="int8")
     row: dict = {"model": model_name, "layer": layer, "channels": bundle.manifest.channels,
+                 "int8_settings": int8_settings_of(bundle),
                  "weights": "ImageNet" if model_name == "efficientnet_lite0" else "seeded random (torch.manual_seed(0))",
                  "export_with_int8_s": export_s, "batch_size": exact.batch_size}
     row["scorer_images_per_s"] = {"fp32": scorer_throughput(exact, seconds=3.0), "int8": scorer_throughput(int8, seconds=3.0)}
@@ -51,6 +61,8 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
         exact.close()
         int8.close()
         return row
+    images, names = images[:count], names[:count]
+    row["images"] = names
     for explainer in (exact, int8):
         explainer.explain(images[:1])  # warm-up
     seconds = {"fp32": [], "int8": []}
@@ -89,20 +101,23 @@ def markdown(report: dict) -> str:
     """The table people read: speed-ups, agreement and faithfulness deltas per model."""
     lines = [f"# INT8 scorer against exact float32, CPU ({report['machine_record']['cpu_model']}, "
              f"{report['machine_record']['cpu_cores']} cores), {report['machine_record']['recorded_at']}", "",
-             f"Images: {', '.join(report['images'])}. Maps: Fusion-CAM, exact (no fast mode).", "",
-             "| model | K | scorer img/s fp32 / int8 | Fusion-CAM s/image fp32 / int8 | speed-up | mean / min r vs fp32 "
-             "| deletion AUC delta | insertion AUC delta | average drop delta |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"Images: {', '.join(report['images'])} (per model: the first n given in the table). Maps: "
+             f"Fusion-CAM, exact (no fast mode). INT8 scorer: {report['models'][0]['int8_settings']}.", "",
+             "| model | K | n | scorer img/s fp32 / int8 | Fusion-CAM s/image fp32 / int8 | speed-up | mean / min r vs fp32 "
+             "| deletion AUC delta | insertion AUC delta | average drop delta |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["models"]:
         tput, logits = row["scorer_images_per_s"], row["logits_on_photos"]
         if "fusion_seconds_per_image" not in row:
-            lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {tput['fp32']:.1f} / "
-                         f"{tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | not measured | | | | | |")
+            lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | 0 | "
+                         f"{tput['fp32']:.1f} / {tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | not measured | | | | "
+                         f"| |")
             continue
         sec = row["fusion_seconds_per_image"]
         delta = row.get("faithfulness_delta", {})
         fmt = lambda key: f"{delta[key]:+.4f}" if key in delta else "not measured"  # noqa: E731
-        lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {tput['fp32']:.1f} / "
-                     f"{tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | {sec['fp32']:.2f} / {sec['int8']:.2f} | "
+        lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {len(row['classes'])} | "
+                     f"{tput['fp32']:.1f} / {tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | "
+                     f"{sec['fp32']:.2f} / {sec['int8']:.2f} | "
                      f"{row['fusion_speedup']:.2f}x | {row['pearson_mean']:.4f} / {row['pearson_min']:.4f} | "
                      f"{fmt('deletion_auc')} | {fmt('insertion_auc')} | {fmt('average_drop')} |")
     lines += ["", "INT8 logits against float32 on the photos (largest difference relative to the largest float logit; "
@@ -117,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_scorer", description=__doc__)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
+    parser.add_argument("--model-images", nargs="*", default=[], metavar="MODEL=N",
+                        help="explain only the first N photos with MODEL (e.g. resnet50=2)")
     parser.add_argument("--skip-faithfulness", action="store_true")
     parser.add_argument("--scorer-only", nargs="*", choices=MODELS, default=[],
                         help="models measured by their scorers only (throughput, logits on the photos), no Fusion-CAM")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--label", default="", help="suffix of the result files' names (int8-scorer-<cpu>-<label>)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-int8"))
     args = parser.parse_args(argv)
 
@@ -128,12 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     samples = dict(list(sample_images().items())[: args.images])
     names = list(samples)
     images = np.stack([preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for rgb in samples.values()])
-    report = {"images": names, "models": [study(name, args.work, images, names, not args.skip_faithfulness,
-                                                explain=name not in args.scorer_only) for name in args.models]}
+    counts = {}
+    for item in args.model_images:
+        model_name, _, count = item.partition("=")
+        if model_name not in MODELS or not count.isdigit() or int(count) < 1:
+            parser.error(f"--model-images takes MODEL=N with MODEL one of {', '.join(MODELS)}; got {item!r}")
+        counts[model_name] = int(count)
     from .report import machine_record
 
-    report["machine_record"] = machine_record()
-    save_report(args.out, "int8-scorer-" + cpu_label(), report, markdown(report))
+    stem = "int8-scorer-" + cpu_label() + (f"-{args.label}" if args.label else "")
+    report: dict = {"images": names, "models": []}
+    for name in args.models:  # saved after each model: a long run that is stopped keeps what it measured
+        report["models"].append(study(name, args.work, images, names, not args.skip_faithfulness,
+                                      explain=name not in args.scorer_only, count=counts.get(name)))
+        report["machine_record"] = machine_record()
+        save_report(args.out, stem, report, markdown(report))
     return 0
 
 

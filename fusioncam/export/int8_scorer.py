@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +27,48 @@ from ..graph_names import INPUT
 
 CALIBRATION_METADATA = "fusioncam.int8_calibration"
 CALIBRATION_BATCH = 4  # images per calibration run
+NODE_GROUPS = ("first_conv", "depthwise", "classifier")  # what Int8Settings.float_nodes may keep in float32
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """How the scorer is quantized: ONNX Runtime's calibration method (MinMax, Percentile, Entropy), per-channel or
+    per-tensor weights, uint8 or int8 (symmetric) activations, reduce_range (7-bit weights), and which node groups
+    stay float32 (`float_nodes`, from NODE_GROUPS: the first convolution, the depthwise convolutions, the last
+    Gemm/MatMul). The default is the fastest on this project's CPU; benchmarks/int8_settings.py measures the others
+    (map correlation with exact float32 and speed)."""
+
+    method: str = "MinMax"
+    percentile: float = 99.999  # with method Percentile: the share of |values| each range keeps
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    reduce_range: bool = False
+    float_nodes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """The settings in words, for the graph's metadata and the reports."""
+        method = f"Percentile {self.percentile:g}" if self.method == "Percentile" else self.method
+        words = [f"{method} ranges", "per-channel" if self.per_channel else "per-tensor",
+                 "int8 symmetric activations" if self.symmetric_activations else "uint8 activations"]
+        if self.reduce_range:
+            words.append("reduce_range")
+        if self.float_nodes:
+            words.append("float32 " + ", ".join(self.float_nodes))
+        return ", ".join(words)
+
+
+def _float_node_names(model: onnx.ModelProto, groups: Sequence[str]) -> list[str]:
+    """Names of the nodes the groups (NODE_GROUPS, checked by int8_scorer) keep in float32 (Int8Settings.float_nodes)."""
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    names: list[str] = []
+    if "first_conv" in groups and convs:
+        names.append(convs[0].name)
+    if "depthwise" in groups:
+        names += [node.name for node in convs if any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    if "classifier" in groups:
+        linear = [node.name for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
+        names += linear[-1:]
+    return names
 
 
 def calibration_images(calibration: str | os.PathLike | Sequence[str | os.PathLike] | None, size: tuple[int, int],
@@ -60,10 +103,11 @@ class _WithoutPreprocessingHint(logging.Filter):
 
 
 class _Batches:
-    """onnxruntime.quantization's CalibrationDataReader over a float32 array, CALIBRATION_BATCH images at a time."""
+    """onnxruntime.quantization's CalibrationDataReader over a float32 array, `batch` images at a time (the
+    histogram calibrators, Percentile and Entropy, need every run the same size: they take one image a time)."""
 
-    def __init__(self, images: np.ndarray) -> None:
-        self._runs = iter([images[i : i + CALIBRATION_BATCH] for i in range(0, len(images), CALIBRATION_BATCH)])
+    def __init__(self, images: np.ndarray, batch: int = CALIBRATION_BATCH) -> None:
+        self._runs = iter([images[i : i + batch] for i in range(0, len(images), batch)])
 
     def get_next(self) -> dict | None:
         batch = next(self._runs, None)
@@ -84,10 +128,21 @@ def _preprocessed(source: Path, target: Path, large: bool) -> Path:
     return target
 
 
-def int8_scorer(scorer: onnx.ModelProto, images: np.ndarray, described: str, origin: str) -> bytes:
-    """The QDQ INT8 copy of `scorer` (weights inline, input `input`, one output), calibrated on `images`, serialized.
-    A model ONNX Runtime cannot quantize is a ModelLoadError naming `origin`."""
+def int8_scorer(scorer: onnx.ModelProto, images: np.ndarray, described: str, origin: str,
+                settings: Int8Settings = Int8Settings()) -> bytes:
+    """The QDQ INT8 copy of `scorer` (weights inline, input `input`, one output), calibrated on `images` as
+    `settings` say, serialized. A model ONNX Runtime cannot quantize is a ModelLoadError naming `origin`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if settings.method not in ("MinMax", "Percentile", "Entropy"):
+        raise InputError(f"Int8Settings.method {settings.method!r} is not a calibration method; choose MinMax, "
+                         f"Percentile or Entropy")
+    if not 50.0 < settings.percentile <= 100.0:
+        raise InputError(f"Int8Settings.percentile must be in (50, 100]; got {settings.percentile}")
+    unknown = [group for group in settings.float_nodes if group not in NODE_GROUPS]
+    if unknown:
+        raise InputError(f"Int8Settings.float_nodes: unknown group(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(NODE_GROUPS)}")
 
     with tempfile.TemporaryDirectory(prefix="fusioncam-int8-") as folder:
         source, target = Path(folder) / "scorer.onnx", Path(folder) / "scorer_int8.onnx"
@@ -97,9 +152,16 @@ def int8_scorer(scorer: onnx.ModelProto, images: np.ndarray, described: str, ori
         hint = _WithoutPreprocessingHint()
         logging.getLogger().addFilter(hint)
         try:
-            quantize_static(str(source), str(target), _Batches(images), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, use_external_data_format=large)
+            excluded = _float_node_names(onnx.load(str(source), load_external_data=False), settings.float_nodes)
+            quantize_static(str(source), str(target),
+                            _Batches(images, CALIBRATION_BATCH if settings.method == "MinMax" else 1),
+                            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
+                            activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, reduce_range=settings.reduce_range,
+                            calibrate_method=getattr(CalibrationMethod, settings.method), nodes_to_exclude=excluded,
+                            extra_options={"ActivationSymmetric": settings.symmetric_activations,
+                                           "CalibPercentile": settings.percentile},
+                            use_external_data_format=large)
         except Exception as exc:  # ONNX Runtime's quantizer: any failure names the model, not its internals
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"{origin}: ONNX Runtime's static quantization cannot quantize its scorer ({reason}); "
@@ -108,7 +170,7 @@ def int8_scorer(scorer: onnx.ModelProto, images: np.ndarray, described: str, ori
             logging.getLogger().removeFilter(hint)
         quantized = onnx.load(str(target))
     entry = quantized.metadata_props.add()
-    entry.key, entry.value = CALIBRATION_METADATA, f"calibrated by min/max on {described}"
+    entry.key, entry.value = CALIBRATION_METADATA, f"{settings.describe()}, calibrated on {described}"
     return quantized.SerializeToString()
 
 
