@@ -216,3 +216,15 @@ def test_evaluate_maps_adds_road_columns_equal_to_road_scores(small_cnn):
     assert "road_morf" not in plain.scores["a"].per_image and plain.road_percentiles is None
     with pytest.raises(InputError, match="outside"):
         evaluate_maps(explainer, images, {"a": maps}, targets, road_percentiles=(0, 50))
+
+
+def test_a_constant_map_removes_every_pixel_at_every_percentile(small_cnn):
+    model, explainer, images, _ = small_cnn
+    flat = np.zeros((4, 32, 32), dtype=np.float32)  # nothing lies below the threshold: all pixels go, both orders
+    targets = np.array([0, 1, 2, 3])
+    ours = road_scores(explainer, images, flat, targets, percentiles=(10, 90), noise=0)
+    with torch.no_grad():
+        on_image = torch.softmax(model(torch.from_numpy(images)), dim=1).numpy()[np.arange(4), targets]
+        on_zeros = torch.softmax(model(torch.zeros(1, 3, 32, 32)), dim=1).numpy()[0, targets]
+    assert max_diff(ours.morf, on_zeros - on_image) < 1e-5 and max_diff(ours.lerf, on_zeros - on_image) < 1e-5
+    assert max_diff(ours.combined, 0 * ours.combined) < 1e-12
