@@ -9,7 +9,8 @@ LAPACK's Cholesky for images up to BANDED_MAX_WIDTH wide, by SuperLU for wider o
 benchmarks/road_imputation.py; both exact to float64 rounding, the test checks them against each other).
 
 An image whose every pixel is removed has no known pixel to interpolate from; its system is singular with a zero
-right-hand side, and pytorch-grad-cam's spsolve returns 0 there: here such an image is set to 0 (+ noise) directly.
+right-hand side, and pytorch-grad-cam's spsolve returns 0 there (NaN where SuperLU detects the singularity, as on a
+13x1 image): here such an image is set to 0 (+ noise) directly.
 
 Its cost, measured against pytorch-grad-cam's and against iterative solvers, is in fusioncam/metrics/road.py's
 docstring.
