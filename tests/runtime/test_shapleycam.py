@@ -142,3 +142,42 @@ def test_shapleycam_matches_the_library_on_resnet18(tmp_path):
     theirs = library_map(pytorch_grad_cam.ShapleyCAM, model, model.layer3, x, [3, 7])
     assert result.facts["shapleycam"]["hessian_vector_zero"].all()
     assert theirs.max() > 0.99 and max_diff(result.maps["shapleycam"], theirs) <= 1e-4
+
+
+@pytest.mark.slow
+def test_vit_tokens_against_an_eager_reference(tmp_path):
+    """A timm ViT target (tokens [N, T, C], the class token dropped by the layout): LayerNorm, softmax attention and
+    GELU all have second-order rules. pytorch-grad-cam 1.5.7's ShapleyCAM fails on this model (torch has no double
+    backward for the fused attention, and with the attention unfused its reshape_transform is not applied to the
+    activations it weights), so the reference is eager torch: the double backward over the raw tokens (class token
+    included, as the library takes it), rearranged, and Grad-CAM's map of the weights mean(G - 0.5 H A)."""
+    timm = pytest.importorskip("timm")
+    from tests.support.eigen_reference import gradcam_map_from_low
+
+    torch.manual_seed(0)
+    model = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                                              num_heads=2, num_classes=5).eval()
+    bundle = tmp_path / "vit.bundle"
+    fusioncam.export_torch(model, "blocks.1.norm1", bundle, input_size=(32, 32))
+    x = images(2, 32, seed=6)
+    with fusioncam.Explainer(bundle, device="cpu") as explainer:
+        result = explainer.explain(x, targets=[1, 3], methods=("gradcam", "shapleycam"))
+
+    for block in model.blocks:
+        block.attn.fused_attn = False  # the same arithmetic, with a double backward
+    captured = {}
+    hook = model.blocks[1].norm1.register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    logits = model(torch.from_numpy(x))
+    hook.remove()
+    tokens = captured["a"]
+    grads = torch.autograd.grad(logits[0, 1] + logits[1, 3], tokens, create_graph=True)[0]
+    product = torch.autograd.grad(grads, tokens, grad_outputs=tokens)[0]
+
+    def grid(t):
+        return t.detach()[:, 1:, :].reshape(2, 4, 4, 32).permute(0, 3, 1, 2).numpy()
+
+    weights = (grid(grads) - 0.5 * grid(product)).mean(axis=(2, 3))
+    expected = gradcam_map_from_low((weights[:, :, None, None] * grid(tokens)).sum(axis=1), (32, 32))
+    assert not result.facts["shapleycam"]["hessian_vector_zero"].any()
+    assert max_diff(result.maps["shapleycam"], expected) <= 1e-4
+    assert max_diff(result.maps["shapleycam"], result.maps["gradcam"]) > 1e-3  # the product changed the map
