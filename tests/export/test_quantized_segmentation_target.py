@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
@@ -86,11 +87,24 @@ def _shape_only_float_maps(model: onnx.ModelProto) -> set[str]:
             and readers.get(node.output[0]) == ["Shape"]}
 
 
+def test_a_tensor_read_only_by_shape_is_no_value_ancestor():
+    """y = Reshape(x, Shape(Relu(x))): y depends on the Relu's output through its shape only."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Shape", ["a"], ["s"]),
+         helper.make_node("Reshape", ["x", "s"], ["y"])], "shape_only",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])])
+    model = helper.make_model(graph)
+    assert logits_ancestors(model, "y") == {"x", "a", "s", "y"}
+    assert logits_ancestors(model, "y", values_only=True) == {"x", "s", "y"}
+
+
 @pytest.fixture(scope="module")
 def qoperator_file(tmp_path_factory) -> str:
     return _qoperator_file(tmp_path_factory.mktemp("qoperator_segmentation"))
 
 
+@pytest.mark.slow  # a torch export and ONNX Runtime's static quantization
 def test_shape_only_tensors_are_no_value_ancestors(qoperator_file):
     model = onnx.load(qoperator_file)
     shape_only = _shape_only_float_maps(model)
@@ -99,6 +113,7 @@ def test_shape_only_tensors_are_no_value_ancestors(qoperator_file):
     assert not shape_only & logits_ancestors(model, "scores", values_only=True)
 
 
+@pytest.mark.slow  # a torch export and ONNX Runtime's static quantization
 def test_qoperator_segmentation_automatic_target_is_the_gated_branch(qoperator_file, tmp_path):
     path = qoperator_file
     shape_only = _shape_only_float_maps(onnx.load(path))
