@@ -142,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     """Measure every candidate (or those named) and write JSON + markdown."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_settings", description=__doc__)
     parser.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=list(CANDIDATES))
+    parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=None, help="where the export goes (default: a temporary folder)")
     args = parser.parse_args(argv)
 
-    samples = sample_images()
+    samples = dict(list(sample_images().items())[: args.images])
     names = list(samples)
     images = np.stack([preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for rgb in samples.values()])
     with tempfile.TemporaryDirectory(prefix="fusioncam-int8-settings-") as temporary:
