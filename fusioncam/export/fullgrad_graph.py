@@ -148,8 +148,17 @@ def build_fullgrad(forward: onnx.ModelProto, num_classes: int, input_size: tuple
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
     wanted = {output: f"{PREFIX}layer_gradient_{i}" for i, (output, _, _) in enumerate(layers)}
-    model = differentiate(model, wrt=INPUT, of=LOGITS, seed="explain/seed", grad_name=f"{PREFIX}input_gradient",
-                          also=wanted)
+    try:
+        model = differentiate(model, wrt=INPUT, of=LOGITS, seed="explain/seed", grad_name=f"{PREFIX}input_gradient",
+                              also=wanted)
+    except LayerError as exc:
+        unreached = [node for output, _, node in layers  # the message lists the names, each followed by , or :
+                     if f"{wanted[output]}," in str(exc) or f"{wanted[output]}:" in str(exc)]
+        if not unreached:
+            raise
+        raise LayerError(f"FullGrad: the outputs of bias layer(s) {', '.join(repr(n) for n in unreached)} do not "
+                         "reach the logits through float tensors, so they have no gradient; FullGrad needs every "
+                         "bias layer on the path from the image to the logits") from None
     build = _Nodes(model)
     size = (int(input_size[0]), int(input_size[1]))
     total = build.term(build.node("Mul", [f"{PREFIX}input_gradient", INPUT], "input_times_gradient"), "input")

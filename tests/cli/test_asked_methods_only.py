@@ -42,6 +42,7 @@ def _png(path) -> np.ndarray:
     ("gradcam", ("gradcam",)),
     ("gradcam,xgradcam", ("gradcam", "xgradcam")),
     ("fusion", ("gradcam", "scorecam", "fusion")),
+    ("fullgrad,shapleycam", ("fullgrad", "shapleycam")),
 ])
 def test_only_the_asked_methods_are_computed_and_shown(bundle, tmp_path, monkeypatch, methods, shown):
     image = write_images(tmp_path / "in", ["a.png"])[0]

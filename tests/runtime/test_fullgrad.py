@@ -102,6 +102,11 @@ def test_drop_in_fullgrad_without_target_layers(bias_net, tmp_path, monkeypatch)
     with drop_in.FullGrad(model=model, target_layers=[], device="cpu") as cam:  # the library's own target objects
         ours = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(2)] * 2)
     assert max_diff(ours, library_fullgrad(model, x, [2, 2])) <= 1e-4
+    with drop_in.FullGrad(model=model, target_layers=[model.conv1, model.bn3], device="cpu") as cam:
+        smoothed = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(2)] * 2, aug_smooth=True)
+    with pytorch_grad_cam.FullGrad(model=model, target_layers=[]) as cam:
+        expected = cam(input_tensor=torch.from_numpy(x), targets=[ClassifierOutputTarget(2)] * 2, aug_smooth=True)
+    assert max_diff(smoothed, expected) <= 1e-4 and max_diff(smoothed, ours) > 1e-3
 
 
 def test_fullgrad_runs_on_classifier_bundles_only():
@@ -159,3 +164,27 @@ def test_fullgrad_matches_the_library_on_resnet18(tmp_path):
         ours = explainer.explain(x, targets=[3, 7], methods=("fullgrad",)).maps["fullgrad"]
     theirs = library_fullgrad(model, x, [3, 7])
     assert theirs.max() > 0.99 and max_diff(ours, theirs) <= 1e-4
+
+
+def test_a_bias_layer_off_the_image_path_is_named():
+    """A convolution of a constant (not of the image) feeds the logits: it gets no gradient from the image's pass, and
+    the LayerError names that layer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fusioncam.export.fullgrad_graph import build_fullgrad
+
+    rng = np.random.default_rng(0)
+    weights = {name: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("w1", (2, 3, 3, 3)), ("b1", (2,)), ("w2", (2, 3, 3, 3)), ("b2", (2,)),
+                                   ("constant_map", (1, 3, 4, 4)))}
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["a"], pads=[1, 1, 1, 1], name="image_conv"),
+             helper.make_node("Conv", ["constant_map", "w2", "b2"], ["b"], pads=[1, 1, 1, 1], name="constant_conv"),
+             helper.make_node("Add", ["a", "b"], ["sum"], name="add"),
+             helper.make_node("GlobalAveragePool", ["sum"], ["pooled"], name="pool"),
+             helper.make_node("Flatten", ["pooled"], ["logits"], name="flatten")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2])],
+                              list(weights.values()))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(LayerError, match="FullGrad: the outputs of bias layer\\(s\\) 'constant_conv' do not reach"):
+        build_fullgrad(model, 2, (4, 4))
