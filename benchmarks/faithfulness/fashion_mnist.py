@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     from .fashion_mnist_summary import summary_phase
 
     summary_phase(out, args, {"train": {k: v for k, v in trained.items() if k != "trained"}, "export": export,
-                              "explain": explain, "variants": variants, "road": road},
+                              "explain": explain, "variants": variants, "road": road,
+                              "explain_without_road": phases.done("explain") if args.road else None},
                   {"load_average_at_start": load_at_start, "study_seconds_before_summary":
                    time.perf_counter() - started})
     return 0

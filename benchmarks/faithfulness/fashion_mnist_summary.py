@@ -116,6 +116,17 @@ def variants_markdown(variants: dict | None) -> list[str]:
     return lines + [""]
 
 
+def _without_road(explain: dict | None) -> str:
+    """The sentence on the same run without ROAD, where the study folder holds one."""
+    if not explain:
+        return ""
+    load = explain.get("monitor", {}).get("load_average_1min", {})
+    return (f" The same explain-dataset run without ROAD (`--road` left out, otherwise the same command, into its own "
+            f"folder) took {_seconds(explain['seconds'])} (load average mean {load.get('mean', float('nan')):.1f}; "
+            f"driver peak RSS {explain.get('monitor', {}).get('driver_rss_peak_bytes', 0) / 2**20:.0f} MiB): ROAD's "
+            f"host-side sparse solves are most of the time.")
+
+
 def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
     """Tables, JSON and markdown of the study into args.results (stem faithfulness-fashion-mnist-<machine>)."""
     from fusioncam.report.evaluation import method_title
@@ -154,6 +165,7 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
                            "variants": (phases["variants"] or {}).get("seconds"),
                            "road_afterwards": (phases.get("road") or {}).get("seconds_all_runs"), "summary": seconds},
         "explain_command": "python " + " ".join(explain["command"]), "dataset_run": dataset_run,
+        "explain_without_road": phases.get("explain_without_road"),
         "monitor": monitor, "load_average_at_start": extra.get("load_average_at_start"),
         "tables": tables.record, "split": {k: v.record for k, v in split.items()},
         "road_afterwards": None if road is None else {**(phases.get("road") or {}), "tables": road_tables.record,
@@ -180,7 +192,8 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
              f"{load.get('mean', float('nan')):.1f} (min {load.get('min', float('nan')):.1f}, max "
              f"{load.get('max', float('nan')):.1f}) on this shared {cpu_label()} machine; explain-dataset driver peak "
              f"RSS {monitor.get('driver_rss_peak_bytes', 0) / 2**20:.0f} MiB, its whole process tree (Ray) "
-             f"{monitor.get('tree_rss_peak_bytes', 0) / 2**20:.0f} MiB.", "",
+             f"{monitor.get('tree_rss_peak_bytes', 0) / 2**20:.0f} MiB." + _without_road(phases.get("explain_without_road")),
+             "",
              f"## Every method, {len(label)} images", "",
              f"Each cell: the mean over the images [95% percentile-bootstrap interval, {args.resamples} resamples]; "
              f"bold: the best mean of the column.", "", tables.method_table, "",
