@@ -17,6 +17,9 @@ from fusioncam.export.grad_rules import rule_for, supported_ops
 from fusioncam.export.grad_rules.quantization import CONSTANT_OUTPUTS, MEASURED_RANGE, carries_quantized_values
 from fusioncam.export.torch_scopes import exported_from_wrapper, torch_origin
 
+# nodes named under this prefix compute values the gradient holds fixed (torch's detach, which ONNX does not record),
+# e.g. a two-stage detector's proposal boxes (export/faster_rcnn.py): their outputs are constants for the walk
+HELD_FIXED = "held_fixed/"
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                onnx.TensorProto.BFLOAT16}
 
@@ -142,7 +145,7 @@ def _forward_reach(graph: onnx.GraphProto, wrt: str, ctx: GradContext) -> set[st
     tensors of quantized graphs that hold quantized values (see grad_rules/quantization.py)."""
     reach = {wrt}
     for node in graph.node:
-        if node.name.startswith(MEASURED_RANGE):  # a measured quantization range: a constant for the gradient
+        if node.name.startswith((MEASURED_RANGE, HELD_FIXED)):  # a measured range, a held value: constants
             continue
         if any(name in reach for name in _node_inputs(node)):
             constant = CONSTANT_OUTPUTS.get(node.op_type, ())

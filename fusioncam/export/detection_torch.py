@@ -102,6 +102,11 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
     if query_kind(model) is not None and layout is None:  # transformers DETR, Conditional DETR, YOLOS, RT-DETR
         return export_torch_query_detection(model, target_layer, out, input_size, mean=mean, std=std,
                                             class_names=class_names, fp16_scorer=fp16_scorer)
+    from .faster_rcnn import export_torch_faster_rcnn, is_faster_rcnn
+
+    if is_faster_rcnn(model) and layout is None:  # torchvision Faster R-CNN (two-stage: proposals held fixed)
+        return export_torch_faster_rcnn(model, target_layer, out, input_size, mean=mean, std=std,
+                                        class_names=class_names, fp16_scorer=fp16_scorer)
     arguments.text("target_layer", target_layer, allow_none=True)
     check_bundle_destination(out)
     kind = torchvision_kind(model)
