@@ -70,5 +70,36 @@ class SemanticSegmentationTarget:
         return (model_output[self.category, :, :] * mask).sum()
 
 
+class FasterRCNNBoxScoreTarget:
+    """pytorch-grad-cam's detection target: for each reference box (with its label), the detection of the model's
+    output (a torchvision detector's dict of `boxes`, `labels`, `scores`) with the largest IoU; where that IoU is
+    above `iou_threshold` and the label is the same, IoU + score is added; the target is the sum over reference
+    boxes (so it mixes objects). Callable on torch outputs, as in pytorch-grad-cam, for metric code. Not a CAM target
+    in fusioncam: its detection bundles explain one instance at a time (fusioncam/tasks/detection.py), with the
+    proposal box held fixed, while this sum's gradient also runs through the refined boxes' IoU and torchvision's
+    post-processing; a CAM given it raises an InputError."""
+
+    def __init__(self, labels, bounding_boxes, iou_threshold: float = 0.5) -> None:
+        self.labels = labels
+        self.bounding_boxes = bounding_boxes
+        self.iou_threshold = iou_threshold
+
+    def __call__(self, model_outputs):
+        import torch
+        import torchvision
+
+        boxes = model_outputs["boxes"]
+        output = torch.zeros(1, device=boxes.device, dtype=boxes.dtype)
+        if len(boxes) == 0:
+            return output
+        for box, label in zip(self.bounding_boxes, self.labels):
+            box = torch.as_tensor(box, device=boxes.device, dtype=boxes.dtype).reshape(1, 4)
+            ious = torchvision.ops.box_iou(box, boxes)[0]
+            best = ious.argmax()
+            if ious[best] > self.iou_threshold and model_outputs["labels"][best] == label:
+                output = output + ious[best] + model_outputs["scores"][best]
+        return output
+
+
 __all__ = ["ClassifierOutputTarget", "ClassifierOutputSoftmaxTarget", "BinaryClassifierOutputTarget",
-           "RawScoresOutputTarget", "SemanticSegmentationTarget"]
+           "RawScoresOutputTarget", "SemanticSegmentationTarget", "FasterRCNNBoxScoreTarget"]
