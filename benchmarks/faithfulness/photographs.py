@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +53,7 @@ DEFAULT_CURVE_STEPS = 10  # deletion/insertion: 10% of the pixels per step
 DEFAULT_ROAD_PERCENTILES = (50,)
 GRID_PHOTOS = ("chelsea", "coffee", "dog", "grace_hopper")
 GRID_TILE = 112
+WORK = Path(tempfile.gettempdir()) / "fusioncam-faithfulness-photographs"
 PICTURES = Path(__file__).resolve().parents[2] / "docs" / "faithfulness" / "photos"
 PROTOCOL_NOTE = ("This is not the papers' ImageNet protocol (Score-CAM: 2,000 labelled ImageNet validation images): "
                  "these are the real photographs installed packages ship, without labels, so each image is "
@@ -125,29 +128,69 @@ def photo_values(explainer: Explainer, image: np.ndarray, name: str, methods: Se
     return explanation, values
 
 
-def run_model(key: str, photos: Sequence[Photo], methods: Sequence[str], curve_steps: int,
-              road_percentiles: Sequence[int], grid_photos: Sequence[str] = GRID_PHOTOS, log=print) -> ModelRun:
-    """Explain and measure every photo with one model; keep the maps of `grid_photos` for the picture."""
-    started = time.perf_counter()
+def rows_folder(work: Path, key: str, methods: Sequence[str], step: int, road_percentiles: Sequence[int]) -> Path:
+    """Where one model's finished photos are kept (one folder per model and settings), so a run can be split
+    over several processes (--photos) or resumed: a photo already there is not measured again."""
+    settings = json.dumps([key, list(methods), step, list(road_percentiles)])
+    return work / key / hashlib.sha256(settings.encode()).hexdigest()[:16]
+
+
+def _save_row(folder: Path, row: PhotoRow, target_layer: str, rgb: np.ndarray | None,
+              maps: dict[str, np.ndarray] | None) -> None:
+    if rgb is not None and maps is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, rgb=rgb, **{f"map_{i}": maps[m] for i, m in enumerate(maps)})
+        write_bytes_atomic(folder / f"{row.photo.name}.npz", buffer.getvalue())
+    record = {"photo": {"name": row.photo.name, "package": row.photo.package, "path": str(row.photo.path),
+                        "subject": row.photo.subject},
+              "class_index": row.class_index, "class_name": row.class_name, "probability": row.probability,
+              "values": row.values, "seconds": row.seconds, "target_layer": target_layer}
+    write_text_atomic(folder / f"{row.photo.name}.json", json.dumps(record) + "\n")
+
+
+def measure_photos(key: str, photos: Sequence[Photo], methods: Sequence[str], step: int,
+                   road_percentiles: Sequence[int], folder: Path, grid_photos: Sequence[str] = GRID_PHOTOS,
+                   log=print) -> None:
+    """Explain and measure each photo not yet in `folder` with one model; keep the maps of `grid_photos`."""
+    todo = [p for p in photos if not (folder / f"{p.name}.json").is_file()]
+    if not todo:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
     bundle = lite_bundle(key)
     explainer = Explainer(bundle, device="cpu")
     side = LITE_MODELS[key].side
-    run = ModelRun(key, tuple(methods), curve_step(side, curve_steps), tuple(road_percentiles),
-                   bundle.manifest.target_layer)
-    images, shown = load_batch([p.path for p in photos], (side, side))
+    images, shown = load_batch([p.path for p in todo], (side, side))
     names = bundle.manifest.class_names
-    for photo, image, rgb in zip(photos, images, shown):
+    for photo, image, rgb in zip(todo, images, shown):
         t0 = time.perf_counter()
-        explanation, values = photo_values(explainer, image, photo.name, methods, run.step, run.road_percentiles)
+        explanation, values = photo_values(explainer, image, photo.name, methods, step, road_percentiles)
         index = int(explanation.classes[0])
         row = PhotoRow(photo, index, names[index] if names else str(index), float(explanation.probabilities[0]),
                        values, time.perf_counter() - t0)
-        run.rows.append(row)
-        if photo.name in grid_photos:
-            run.grid.append((photo.name, rgb, {m: explanation.maps[m][0] for m in methods}))
+        kept = photo.name in grid_photos
+        _save_row(folder, row, bundle.manifest.target_layer, rgb if kept else None,
+                  {m: explanation.maps[m][0] for m in methods} if kept else None)
         log(f"{LITE_MODELS[key].title} {photo.name}: {row.class_name} ({row.probability:.3f}), {row.seconds:.1f} s",
             flush=True)
-    run.seconds = time.perf_counter() - started
+
+
+def collected_run(key: str, photos: Sequence[Photo], methods: Sequence[str], step: int,
+                  road_percentiles: Sequence[int], folder: Path) -> ModelRun:
+    """The ModelRun of the photos measured so far in `folder` (in the photos' order; seconds: their sum)."""
+    run = ModelRun(key, tuple(methods), step, tuple(road_percentiles), "")
+    for photo in photos:
+        path = folder / f"{photo.name}.json"
+        if not path.is_file():
+            continue
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        run.target_layer = saved["target_layer"]
+        run.rows.append(PhotoRow(photo, saved["class_index"], saved["class_name"], saved["probability"],
+                                 saved["values"], saved["seconds"]))
+        run.seconds += saved["seconds"]
+        pictured = folder / f"{photo.name}.npz"
+        if pictured.is_file():
+            with np.load(pictured) as held:
+                run.grid.append((photo.name, held["rgb"], {m: held[f"map_{i}"] for i, m in enumerate(methods)}))
     return run
 
 
@@ -265,6 +308,9 @@ def parse_arguments(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS), help="folder of the JSON and markdown results")
     parser.add_argument("--pictures", default=str(PICTURES),
                         help="folder of the picture grids, the per-image CSV and each model's record (JSON)")
+    parser.add_argument("--work", default=str(WORK),
+                        help="folder of each measured photo's values (a rerun or another process with --photos "
+                             "measures only the photos not there yet)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: assemble the report from the model records in --pictures")
     return parser.parse_args(argv)
@@ -300,17 +346,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
     check_methods(methods)
     road = () if args.road_percentiles.strip().lower() == "none" else tuple(
         int(p) for p in args.road_percentiles.split(",") if p.strip())
-    if args.photos.strip():
-        wanted = _names(args.photos, "--photos", [p.name for p in photos])
-        photos = [p for p in photos if p.name in wanted]
     if not photos:
         raise InputError("no photographs found: install scikit-image, scikit-learn, matplotlib (and darknet)")
     command = ("python -m benchmarks.faithfulness.photographs "
                + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     pictures.mkdir(parents=True, exist_ok=True)
+    chosen_photos = photos
+    if args.photos.strip():
+        wanted = _names(args.photos, "--photos", [p.name for p in photos])
+        chosen_photos = [p for p in photos if p.name in wanted]
     for key in models:
         chosen = tuple(m for m in methods if m in PAPER_METHODS) if key in paper_only else methods
-        run = run_model(key, photos, chosen, args.curve_steps, road)
+        step = curve_step(LITE_MODELS[key].side, args.curve_steps)
+        folder = rows_folder(Path(args.work), key, chosen, step, road)
+        measure_photos(key, chosen_photos, chosen, step, road, folder)
+        run = collected_run(key, photos, chosen, step, road, folder)
         if run.grid:
             write_bytes_atomic(pictures / f"{key}-maps.png", _png_bytes(grid_picture(run)))
         write_text_atomic(pictures / f"{key}-per-image.csv", per_image_csv(run))
