@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON and markdown go")
     parser.add_argument("--stem", default=None, help="result file stem (default faithfulness-fashion-mnist-<machine>)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the study's own command, for the report
     args.methods = _methods() if args.methods == "all" else tuple(m.strip() for m in args.methods.split(",") if m)
     args.road_percentiles = tuple(int(p) for p in args.road_percentiles.split(","))
     args.fast_channels = tuple(int(k) for k in args.fast_channels.split(","))

@@ -164,6 +164,7 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
                            "explain_evaluate": explain["seconds"],
                            "variants": (phases["variants"] or {}).get("seconds"),
                            "road_afterwards": (phases.get("road") or {}).get("seconds_all_runs"), "summary": seconds},
+        "study_command": "python -m benchmarks.faithfulness.fashion_mnist " + " ".join(getattr(args, "argv", [])),
         "explain_command": "python " + " ".join(explain["command"]), "dataset_run": dataset_run,
         "explain_without_road": phases.get("explain_without_road"),
         "monitor": monitor, "load_average_at_start": extra.get("load_average_at_start"),
@@ -183,7 +184,8 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
              f"explained and measured for its predicted class. Deletion/insertion step {args.step} pixels "
              f"(of 784)" + (f"; ROAD at percentiles {', '.join(map(str, args.road_percentiles))}." if args.road
                             else "."), "",
-             f"Command: `{report['explain_command']}`", "",
+             f"Study command: `{report['study_command']}`; its explain-dataset command: "
+             f"`{report['explain_command']}`", "",
              f"Wall-clock: training {_seconds(train['seconds'])}, export {_seconds(phases['export']['seconds'])}, "
              f"explain + evaluate {_seconds(explain['seconds'])}"
              + (f", fast/fp16 comparison {_seconds(phases['variants']['seconds'])}" if phases["variants"] else "")
