@@ -28,7 +28,7 @@ from .utils.image import scale_cam_image
 
 LOW_RESOLUTION_FORM = ("gradcam", "gradcam++", "xgradcam", "scorecam", "hirescam", "gradcam-elementwise", "layercam",
                        "eigencam", "eigengradcam", "kpcacam", "finercam", "ablationcam", "reciprocam",
-                       "reciprocam-gaussian")
+                       "reciprocam-gaussian", "shapleycam")
 
 
 def upsampling_matrices(low_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -75,7 +75,9 @@ def test_resnet18_layer3_and_layer4_match_the_library(resnet18, name):
         ours = cam(input_tensor=torch.from_numpy(x), targets=targets)
         per_layer = [np.maximum(e.maps[cam.method], 0) for e in cam.last_explanations]
     assert theirs.max() > 0.99 and ours.dtype == np.float32 and ours.shape == theirs.shape
-    if per_layer:  # the engine's maps (the explain-pass methods form their layer maps themselves)
+    # ShapleyCAM (Grad-CAM's map here: H A is 0 on ResNet-18): on this image the plain mean of its final maps already
+    # equals the library's (9.5e-7 measured), so only the parity below is asserted for it
+    if per_layer and name != "ShapleyCAM":  # the engine's maps (the explain-pass methods form their layer maps themselves)
         plain = scale_cam_image(np.mean(per_layer, axis=0))  # the mean of the final maps: not the library's
         assert max_diff(plain, theirs) > 1e-2, name
     assert max_diff(ours, theirs) <= 1e-4, name
