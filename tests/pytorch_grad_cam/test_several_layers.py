@@ -79,5 +79,5 @@ def test_resnet18_layer3_and_layer4_match_the_library(resnet18, name):
     # equals the library's (9.5e-7 measured), so only the parity below is asserted for it
     if per_layer and name != "ShapleyCAM":  # the engine's maps (the explain-pass methods form their layer maps themselves)
         plain = scale_cam_image(np.mean(per_layer, axis=0))  # the mean of the final maps: not the library's
-        assert max_diff(plain, theirs) > 1e-2, name
+        assert max_diff(plain, theirs) > 5e-4, name  # five times the tolerance below: the weighing is tested
     assert max_diff(ours, theirs) <= 1e-4, name
