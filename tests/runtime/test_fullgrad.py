@@ -95,6 +95,7 @@ def test_the_graphs_bias_layers_are_the_librarys(bias_net):
         assert max_diff(ours, expected) <= 1e-5
 
 
+@pytest.mark.slow  # two exports into the cache and six augmented copies: several seconds
 def test_drop_in_fullgrad_without_target_layers(bias_net, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONCAM_CACHE", str(tmp_path / "cache"))
     model, _ = bias_net

@@ -109,6 +109,7 @@ def test_piecewise_linear_layers_give_a_zero_product_and_grad_cam(tmp_path):
     assert max_diff(result.maps["shapleycam"], result.maps["gradcam"]) == 0.0
 
 
+@pytest.mark.slow  # an export into the cache
 def test_drop_in_shapleycam(smooth, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONCAM_CACHE", str(tmp_path / "cache"))
     model, _ = smooth
