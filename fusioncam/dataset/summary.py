@@ -63,7 +63,6 @@ def _mean_curves(out: Path, layout: RowLayout, wanted: set) -> dict[str, dict[st
     """Each method's mean deletion and insertion curve over the `wanted` rows (sources, or (source, instance) for a
     detection run; each counted once)."""
     columns = [curve_column(m, kind) for m in layout.methods for kind in ("deletion", "insertion")]
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     sums: dict[str, np.ndarray] = {}
@@ -74,13 +73,11 @@ def _mean_curves(out: Path, layout: RowLayout, wanted: set) -> dict[str, dict[st
         sources = _row_keys(part)
         rows = [i for i, s in enumerate(sources) if s in wanted and s not in seen]
         seen.update(sources[i] for i in rows)
-        if not rows:
-            continue
-        picks = pa.array(rows, pa.int64())
-        for column in columns:  # the part's curves as one [rows, steps] array (Python lists cost 4x at 10,000 rows)
-            curves = part.column(column).combine_chunks().take(picks).flatten()
-            total = curves.to_numpy(zero_copy_only=False).astype(np.float64).reshape(len(rows), -1).sum(axis=0)
-            sums[column] = sums[column] + total if column in sums else total
+        for column in columns:
+            values = part.column(column).to_pylist()
+            for i in rows:
+                curve = np.asarray(values[i], dtype=np.float64)
+                sums[column] = sums[column] + curve if column in sums else curve
     count = max(len(seen), 1)
     return {m: {kind: sums.get(curve_column(m, kind), np.zeros(1)) / count for kind in ("deletion", "insertion")}
             for m in layout.methods}
