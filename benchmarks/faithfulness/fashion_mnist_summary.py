@@ -144,7 +144,7 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
             split[name] = t
     stem = args.stem or f"faithfulness-fashion-mnist-{cpu_label()}"
     args.results.mkdir(parents=True, exist_ok=True)
-    compact = args.results / f"{stem}-per-image.parquet"
+    compact = out / f"{stem}-per-image.parquet"  # beside the maps: 6 MB at 10,000 images, kept out of the repository
     road = None if args.road else road_afterwards(out, args.methods, table.column("source").to_pylist())
     road_tables = faithfulness_tables(road[0], resamples=args.resamples) if road is not None else None
     compact_bytes = compact_metrics(table, label, compact, road)
@@ -214,7 +214,8 @@ def summary_phase(out: Path, args, phases: dict, extra: dict) -> dict:
         lines += [f"## Images the model classifies {'correctly' if name == 'correct' else 'wrongly'} ({n})", "",
                   t.method_table, "", t.paired_table, ""]
     lines += variants_markdown(phases["variants"])
-    lines += [f"Per-image metrics: [`{compact.name}`]({compact.name}) ({compact_bytes / 2**20:.1f} MiB).", ""]
+    lines += [f"Per-image metrics: `OUT/{compact.name}` ({compact_bytes / 2**20:.1f} MiB; written by the command into "
+              f"its --out folder beside the maps, not kept in the repository).", ""]
     save_report(args.results, stem, report, "\n".join(lines))
     best = tables.record["best"]
     print("best means: " + "; ".join(f"{m}: {', '.join(method_title(x) for x in b)}" for m, b in best.items()),

@@ -134,7 +134,7 @@ def test_study_end_to_end_on_eight_images(tmp_path):
                  "--batch-images", "4", "--resamples", "200", "--results", str(results), "--stem", "fm"]) == 0
     report = json.loads((results / "fm.json").read_text())
     assert report["images"] == 8 and report["tables"]["images"] == 8
-    per_image = pq.read_table(results / "fm-per-image.parquet").to_pydict()
+    per_image = pq.read_table(out / "fm-per-image.parquet").to_pydict()
     explainer = Explainer(out / BUNDLE, device="cpu")
     ids, images, labels = decoded_images(out / "test-images.parquet", 8, explainer.bundle.manifest)
     assert per_image["id"] == ids and per_image["label"] == labels.tolist()
