@@ -122,8 +122,9 @@ def test_instance_gradients_match_torch_autograd(exported) -> None:
             (want,) = torch.autograd.grad(scores[slot, cls], captured[0])
         finally:
             handle.remove()
-        assert abs(float(got_scores[row, cls]) - float(scores[slot, cls])) <= 1e-5
-        assert abs(float(result.scores[row]) - float(scores[slot, cls])) <= 1e-5
+        score = float(scores[slot, cls].detach())
+        assert abs(float(got_scores[row, cls]) - score) <= 1e-5
+        assert abs(float(result.scores[row]) - score) <= 1e-5
         want = want[0].numpy()
         scale = float(np.abs(want).max())
         assert scale > 0
@@ -160,3 +161,35 @@ def test_refuses_a_target_inside_the_roi_head(exported, tmp_path) -> None:
     model, _, _ = exported
     with pytest.raises(LayerError, match="roi_heads.box_head.*not a feature map of the backbone"):
         fusioncam.export_torch(model, "roi_heads.box_head", tmp_path / "b", input_size=SIZE, task="detection")
+
+
+def test_cli_explain_on_the_astronaut_photo(exported, tmp_path) -> None:
+    """`fusioncam explain` on skimage's astronaut with the Faster R-CNN bundle: results.json's instances and the .npy
+    maps equal Explainer.explain on the same preprocessed image; the instances are the model's slots."""
+    import json
+
+    import cv2
+    from skimage import data
+
+    from fusioncam.cli.main import main
+    from fusioncam.images import preprocess, read_rgb
+
+    model, bundle, _ = exported
+    photo = tmp_path / "astronaut.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    assert main(["explain", str(photo), "--model", str(bundle), "--out", str(out), "--device", "cpu",
+                 "--methods", "gradcam", "--min-score", "0", "--max-instances", "2"]) == 0
+    record = json.loads((out / "results.json").read_text())["images"][0]
+    with Explainer(bundle, device="cpu") as explainer:
+        manifest = explainer.bundle.manifest
+        image = preprocess(read_rgb(photo), manifest.input_size, manifest.mean, manifest.std)[None]
+        want = explainer.explain(image, methods="gradcam", instances=InstanceSelection(min_score=0.0,
+                                                                                       max_instances=2))
+    assert len(record["instances"]) == len(want.classes) == 2
+    _, scores = _slots(bundle, image)
+    for k, entry in enumerate(record["instances"]):
+        assert entry["anchor"] == int(want.anchors[k]) and entry["class_index"] == int(want.classes[k])
+        assert entry["score"] == pytest.approx(float(scores[0, entry["anchor"], entry["class_index"]]), abs=1e-6)
+        np.testing.assert_allclose(np.load(out / entry["files"]["gradcam_npy"]), want.maps["gradcam"][k], atol=1e-5)
+        assert (out / entry["files"]["panel"]).is_file()
