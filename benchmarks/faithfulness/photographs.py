@@ -256,8 +256,10 @@ def model_markdown(record: dict) -> list[str]:
     lines = [f"## {record['title']} ({side}x{side}, target `{record['target_layer']}`)", "",
              f"n = {len(record['photos'])} photographs, {len(record['methods'])} methods; deletion/insertion step "
              f"{record['step_pixels']} pixels ({record['curve_steps']} steps); {road}. `{record['command']}`: "
-             f"{record['seconds'] / 60:.1f} min on {machine.get('cpu_model')} ({machine.get('cpu_cores')} cores, "
-             f"shared with other work, under nice), commit {machine.get('commit')}, {machine.get('recorded_at')}.", "",
+             f"{record['seconds'] / 60:.1f} min, the sum of each photo's wall-clock seconds (photos may be split "
+             f"over concurrent processes with --photos), on {machine.get('cpu_model')} ({machine.get('cpu_cores')} "
+             f"cores, shared with other work, under nice), commit {machine.get('commit')}, "
+             f"{machine.get('recorded_at')}.", "",
              f"Top classes: {classes}.", "",
              "Each cell: the mean over the photographs [its 95% percentile-bootstrap interval, 10,000 resamples]; "
              "↓ lower is better, ↑ higher is better; the best mean of each column in bold.", "",
