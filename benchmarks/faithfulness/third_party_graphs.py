@@ -14,7 +14,9 @@ needs the graphs of rapidocr-onnxruntime 1.4.4 (benchmarks/faithfulness/rapidocr
    and text-line crops of page.png, upright and turned 180 degrees, with the classifier, with every method each task
    runs, and scores the maps with fusioncam's metrics (Average Drop, Increase in Confidence, deletion and insertion
    AUC; for DBNet on the region probability);
-4. writes benchmarks/results/faithfulness-third-party-<machine>.{json,md} and the pictures in docs/faithfulness/ocr/.
+4. writes benchmarks/results/faithfulness-third-party-<machine>.{json,md} and the pictures in docs/faithfulness/ocr/;
+   `--part gradients|orientation|dbnet-page|dbnet-text` runs one part into faithfulness-third-party-<part>-<machine>
+   (the committed results were made that way, the four parts side by side).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def _write_png(path: Path, picture: np.ndarray) -> None:
 
 # KPCA-CAM eigendecomposes a kernel over the map's positions: at DBNet's 96 x 192 target that is an 18432 x 18432
 # matrix (2.7 GB, hours of numpy.linalg.eigh on 2 cores), so it is left out there and the results say so.
-TOO_LARGE_FOR_DBNET = {"kpcacam": "kernel over the 96 x 192 (page) map's positions: an 18432 x 18432 eigh"}
+TOO_LARGE_FOR_DBNET = {"kpcacam": "a kernel over every position of the target map (page.png: 96 x 192, an "
+                                   "18432 x 18432 numpy.linalg.eigh)"}
 
 
 def detector_study(shipped: Path, work: Path, methods: tuple[str, ...], pictures: Path,
