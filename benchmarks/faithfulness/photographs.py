@@ -245,8 +245,9 @@ def record_tables(record: dict) -> FaithfulnessTables:
                                 for m, row in record["per_image"].items()})
 
 
-def model_markdown(record: dict) -> list[str]:
-    """One model's section: settings, top classes, the method table and the paired table."""
+def model_markdown(record: dict, photo_names: Sequence[str] = ()) -> list[str]:
+    """One model's section: settings, top classes, the method table and the paired table; `photo_names` (the photos
+    found) that the record lacks are named as not measured."""
     machine = record["machine_record"]
     tables = record_tables(record)
     side = record["input_size"][0]
@@ -260,8 +261,11 @@ def model_markdown(record: dict) -> list[str]:
              f"over concurrent processes with --photos), on {machine.get('cpu_model')} ({machine.get('cpu_cores')} "
              f"cores, shared with other work, under nice), commit {machine.get('commit')}, "
              f"{machine.get('recorded_at')}.", "",
-             f"Top classes: {classes}.", "",
-             "Each cell: the mean over the photographs [its 95% percentile-bootstrap interval, 10,000 resamples]; "
+             f"Top classes: {classes}.", ""]
+    unmeasured = [name for name in photo_names if name not in {p["name"] for p in record["photos"]}]
+    if unmeasured:
+        lines += [f"Not measured with this model (the run was stopped before them): {', '.join(unmeasured)}.", ""]
+    lines += ["Each cell: the mean over the photographs [its 95% percentile-bootstrap interval, 10,000 resamples]; "
              "↓ lower is better, ↑ higher is better; the best mean of each column in bold.", "",
              tables.method_table, ""]
     if tables.paired_table:
@@ -269,14 +273,14 @@ def model_markdown(record: dict) -> list[str]:
     return lines
 
 
-def study_markdown(records: Sequence[dict], missing: Sequence[str]) -> str:
+def study_markdown(records: Sequence[dict], missing: Sequence[str], photo_names: Sequence[str] = ()) -> str:
     """The study's markdown: the protocol note, and per model its settings and the two tables."""
     lines = ["# Faithfulness on real photographs with real ImageNet weights (EfficientNet-Lite0/1/2)", "",
              PROTOCOL_NOTE, "",
              "Per-image values, top classes and map pictures: [docs/faithfulness/photos/](../../docs/faithfulness/photos/).",
              ""]
     for record in records:
-        lines += model_markdown(record)
+        lines += model_markdown(record, photo_names)
     if missing:
         lines += ["Pictures not found on this machine: " + "; ".join(missing) + ".", ""]
     lines += ["Left out of scikit-image's data: " + "; ".join(f"{k} ({v})" for k, v in SKIMAGE_LEFT_OUT.items())
@@ -323,7 +327,7 @@ def model_part(pictures: Path, key: str) -> Path:
     return pictures / f"{key}-values.json"
 
 
-def assemble_report(out: Path, pictures: Path, missing: Sequence[str]) -> dict:
+def assemble_report(out: Path, pictures: Path, missing: Sequence[str], photo_names: Sequence[str] = ()) -> dict:
     """The study report from every model record in `pictures` (lite0, lite1, lite2 order), written to `out`."""
     records = [json.loads(model_part(pictures, key).read_text(encoding="utf-8")) for key in LITE_MODELS
                if model_part(pictures, key).is_file()]
@@ -332,7 +336,7 @@ def assemble_report(out: Path, pictures: Path, missing: Sequence[str]) -> dict:
     report = {"study": "faithfulness on real photographs", "protocol_note": PROTOCOL_NOTE,
               "photos_missing": list(missing), "skimage_left_out": SKIMAGE_LEFT_OUT,
               "models": {record["key"]: record for record in records}, "machine_record": machine_record()}
-    save_report(out, f"faithfulness-photographs-{cpu_label()}", report, study_markdown(records, missing))
+    save_report(out, f"faithfulness-photographs-{cpu_label()}", report, study_markdown(records, missing, photo_names))
     return report
 
 
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pictures = Path(args.pictures)
     photos, missing = installed_photos(args.darknet)
     if args.report_only:
-        return assemble_report(Path(args.out), pictures, missing)
+        return assemble_report(Path(args.out), pictures, missing, [p.name for p in photos])
     models = _names(args.models, "--models", list(LITE_MODELS))
     paper_only = set(_names(args.paper_only, "--paper-only", list(LITE_MODELS))) if args.paper_only.strip() else set()
     methods = tuple(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
@@ -367,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             write_bytes_atomic(pictures / f"{key}-maps.png", _png_bytes(grid_picture(run)))
         write_text_atomic(pictures / f"{key}-per-image.csv", per_image_csv(run))
         write_text_atomic(model_part(pictures, key), json.dumps(model_record(run, command), indent=1) + "\n")
-    return assemble_report(Path(args.out), pictures, missing)
+    return assemble_report(Path(args.out), pictures, missing, [p.name for p in photos])
 
 
 if __name__ == "__main__":

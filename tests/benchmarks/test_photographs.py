@@ -106,6 +106,9 @@ def test_per_image_csv_and_the_report_hold_every_value():
     assert "| Fusion-CAM | **2.00 [" in section and "✓; 3 / 0 of 3" in section
     text = study_markdown([record], ["/usr/share/darknet/data has no dog.jpg (apt-get install darknet)"])
     assert PROTOCOL_NOTE in text and "apt-get install darknet" in text and "coins.png" in text
+    assert "Not measured" not in text
+    text = study_markdown([record], [], ["chelsea", "coffee", "dog", "eagle"])
+    assert "Not measured with this model (the run was stopped before them): eagle." in text
 
 
 @pytest.mark.slow
