@@ -164,4 +164,118 @@ def check_directions(model: onnx.ModelProto, image: np.ndarray, layer: str, scor
             "steps_taken": [float(steps[i]) for i in picked]}
 
 
-__all__ = ["STEPS", "GradientCheck", "check_directions", "check_gradient", "cut_after"]
+def rounding_error(session_scores, a: np.ndarray, *, coordinates: int = 16, points: int = 17, step: float = 1e-5,
+                   rng_seed: int = 1) -> float:
+    """A measured estimate of the float32 rounding error of `S`: along `coordinates` random coordinate axes `S` is
+    evaluated at `points` steps of `step * max |A|` around `A` (far too small a range to bend at a kink in all but
+    rare cases) and a line is fitted by least squares; the largest residual is the estimate. `session_scores` maps
+    rows [n, K*h*w] to S [n]."""
+    rng = np.random.default_rng(rng_seed)
+    offsets = np.arange(points) - points // 2
+    h0 = step * float(np.abs(a).max())
+    residuals = []
+    for k in rng.choice(a.size, size=min(coordinates, a.size), replace=False):
+        rows = np.repeat(a.reshape(1, -1), points, axis=0)
+        rows[np.arange(points), k] += (offsets * h0).astype(np.float32)
+        taken = rows[:, k].astype(np.float64) - a.ravel()[k]
+        values = session_scores(rows)
+        fit = np.polyfit(taken, values, 1)
+        residuals.append(float(np.abs(values - np.polyval(fit, taken)).max()))
+    return max(residuals)
+
+
+@dataclass(frozen=True)
+class KinkCheck:
+    """The coordinate check at one step e chosen from the measured rounding error, kinks told apart from smooth points.
+
+    Along each checked coordinate S is evaluated at 17 evenly spaced points of [x-e, x+e]. A smooth S is a parabola
+    there up to rounding; where a quadratic fit leaves a residual above `kink_residual` times the measured rounding
+    error, S has a kink (a ReLU, HardSwish or MaxPool switch downstream) within [x-e, x+e]: no derivative to
+    check there. The in-graph gradient, like autograd, takes one side, so at a kink it is compared with the nearer
+    of the one-sided differences f = (S(x+e) - S(x))/e and b = (S(x) - S(x-e))/e; that holds within tolerance
+    where one side is free of kinks and fails where kinks lie on both sides. The smooth coordinates are compared
+    with the central difference at e. Errors are normalised as check_gradient's: by max |central difference|."""
+
+    layer: str
+    tolerance: float
+    rounding_error: float  # measured, absolute, in S
+    step: float  # e, absolute (chosen so that the rounding error of f and b is tolerance / 4 of the scale)
+    step_fraction: float  # e / max |A|
+    scale: float  # max_j |central_j| at e
+    smooth: int
+    smooth_max_relative_error: float  # max over smooth k of |g_k - fd_k| / scale
+    smooth_median_relative_error: float
+    kinks: int
+    kink_one_sided_max_error: float  # max over kinks of min(|g - f|, |g - b|) / scale
+    kinks_matching_one_side: int  # kinks where that is within tolerance
+
+    def record(self) -> dict:
+        return dict(self.__dict__)
+
+
+def check_kinks(model: onnx.ModelProto, image: np.ndarray, layer: str, scores: str, activations: np.ndarray,
+                gradients: np.ndarray, seed: np.ndarray, *, samples: int = 48, top: int = 16,
+                tolerance: float = 1e-3, points: int = 8, kink_residual: float = 1.5, rng_seed: int = 0,
+                batch: int = 16) -> KinkCheck:
+    """The same coordinates as check_gradient (the `top` largest |g| and a random sample, same seed), checked at one
+    step e from the measured rounding error delta of S (rounding_error): e = 8 delta / (tolerance * scale0), scale0
+    the largest central difference at 1e-2 max |A| (the step never looks at the in-graph gradient), so a one-sided
+    difference carries at most 2 delta / e = tolerance / 4 of the scale in rounding. See KinkCheck for the rest."""
+    sub = cut_after(model, image.shape[1:], layer, scores)
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    image_name, name = sub.graph.input[0].name, sub.graph.input[1].name
+    a = np.ascontiguousarray(activations, dtype=np.float32)
+    seed = seed.astype(np.float64)
+
+    def values(rows: np.ndarray) -> np.ndarray:
+        out = []
+        for begin in range(0, len(rows), batch):
+            part = rows[begin:begin + batch]
+            images = np.repeat(image[None].astype(np.float32), len(part), axis=0)
+            s = session.run(None, {image_name: images, name: part.reshape(len(part), *a.shape)})[0]
+            out.append((s.astype(np.float64) * seed[None]).reshape(len(part), -1).sum(axis=1))
+        return np.concatenate(out)
+
+    base = values(a.reshape(1, -1))[0]
+    rng = np.random.default_rng(rng_seed)
+    flat = np.abs(gradients).ravel()
+    largest = np.argsort(flat)[::-1][:top]
+    others = np.setdiff1d(np.arange(flat.size), largest)
+    chosen = np.concatenate([largest, rng.choice(others, size=min(samples, others.size), replace=False)])
+    rows_index = np.arange(len(chosen))
+
+    def scan(h: float, points: int) -> tuple[np.ndarray, np.ndarray]:
+        """S along each chosen axis at `2 points + 1` evenly spaced offsets in [-h, h]: offsets taken [n, 2p+1]
+        (the float32 steps actually taken) and values [n, 2p+1]."""
+        offsets = (np.arange(-points, points + 1) * (h / points)).astype(np.float32)
+        rows = np.repeat(a.reshape(1, -1), len(chosen) * len(offsets), axis=0)
+        axis = np.repeat(chosen, len(offsets))
+        rows[np.arange(len(rows)), axis] += np.tile(offsets, len(chosen))
+        taken = rows[np.arange(len(rows)), axis].astype(np.float64) - a.ravel()[axis]
+        return taken.reshape(len(chosen), -1), values(rows).reshape(len(chosen), -1)
+
+    delta = rounding_error(values, a)
+    taken, along = scan(1e-2 * float(np.abs(a).max()), 1)
+    scale0 = float(np.abs((along[:, 2] - along[:, 0]) / (taken[:, 2] - taken[:, 0])).max())
+    e = 8 * delta / (tolerance * max(scale0, 1e-30))
+    taken, along = scan(e, points)
+    mid = points
+    forward = (along[:, -1] - along[:, mid]) / taken[:, -1]
+    backward = (along[:, mid] - along[:, 0]) / -taken[:, 0]
+    central = (along[:, -1] - along[:, 0]) / (taken[:, -1] - taken[:, 0])
+    residual = np.array([np.abs(v - np.polyval(np.polyfit(t, v, 2), t)).max() for t, v in zip(taken, along)])
+    scale = max(float(np.abs(central).max()), 1e-30)
+    g = gradients.ravel()[chosen].astype(np.float64)
+    kink = residual > kink_residual * delta
+    smooth_errors = np.abs(g - central)[~kink] / scale
+    one_sided = np.minimum(np.abs(g - forward), np.abs(g - backward))[kink] / scale
+    return KinkCheck(layer=layer, tolerance=tolerance, rounding_error=delta, step=e,
+                     step_fraction=e / float(np.abs(a).max()), scale=scale, smooth=int((~kink).sum()),
+                     smooth_max_relative_error=float(smooth_errors.max()) if smooth_errors.size else 0.0,
+                     smooth_median_relative_error=float(np.median(smooth_errors)) if smooth_errors.size else 0.0,
+                     kinks=int(kink.sum()), kink_one_sided_max_error=float(one_sided.max()) if one_sided.size else 0.0,
+                     kinks_matching_one_side=int((one_sided <= tolerance).sum()))
+
+
+__all__ = ["STEPS", "GradientCheck", "KinkCheck", "check_directions", "check_gradient", "check_kinks", "cut_after",
+           "rounding_error"]
