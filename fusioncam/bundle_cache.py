@@ -94,7 +94,8 @@ def default_bundle(layer: str | None = None, notify: Notify | None = None) -> Bu
             "pip install 'fusioncam[export]'"
         ) from None
     layer = layer or DEFAULT_LAYER
-    entry = cache_entry("efficientnet_lite0", file_sha256(weights), layer, (224, 224))
+    # "|flatten-head": exports made before the head-only graph could be cut out of this model are not reused
+    entry = cache_entry("efficientnet_lite0", f"{file_sha256(weights)}|flatten-head", layer, (224, 224))
 
     def build(out: Path) -> None:
         from .export import export_torch

