@@ -21,6 +21,10 @@ Coordinates: the `top` of largest |gradient| plus a random sample of the others.
 `|g_k - fd_k| / max_j |fd_j|` over the checked coordinates (normalised by the gradient's scale, as the project's
 `relative_error` does, so a coordinate whose gradient is ~0 is not divided by ~0); the largest-gradient coordinates
 are also given their own `|g_k - fd_k| / |fd_k|`.
+
+check_kinks checks the same coordinates at one step taken from a measured rounding error and tells the coordinates
+where S has a kink within the step (no derivative there; the gradient must equal a one-sided difference) from the
+smooth ones (the central difference within tolerance); check_directions differentiates along whole directions.
 """
 
 from __future__ import annotations
