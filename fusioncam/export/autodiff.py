@@ -48,24 +48,24 @@ def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_nam
     on_path = [n for n in graph.node if any(o != wrt and o in reach and o in needed for o in n.output)]
     for node in reversed(on_path):
         dys = [_total(ctx, grads.pop(name, [])) if name else None for name in node.output]
-        if any(dy is not None for dy in dys):
-            _backward(ctx, node, dys, reach, grads)
-
         for name, dy in zip(node.output, dys):
             if also and name in also and dy is not None:
                 ctx.nodes.append(onnx.helper.make_node("Identity", [dy], [also[name]], name=ctx.fresh("node_output")))
+        if any(dy is not None for dy in dys):
+            _backward(ctx, node, dys, reach, grads)
+
     total = _total(ctx, grads.pop(wrt, []))
     if total is None:
         raise LayerError(f"tensor {of!r} depends on {wrt!r} only through non-differentiable values "
                          "(shapes, indices, comparisons); its gradient would be zero")
     ctx.nodes.append(onnx.helper.make_node("Identity", [total], [grad_name], name=ctx.fresh("node_output")))
-    graph.node.extend(ctx.nodes)
-    return out
-
     missing = sorted(set((also or {}).values()) - {o for n in ctx.nodes for o in n.output})
     if missing:
         raise LayerError(f"no gradient reaches {', '.join(missing)}: those tensors do not lie between {wrt!r} and "
                          f"{of!r} through float tensors")
+    graph.node.extend(ctx.nodes)
+    return out
+
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with inferred types/shapes (data propagation makes reshape targets static where it can)."""
