@@ -13,21 +13,7 @@ pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam", reason="pytorch-grad-
 import fusioncam.pytorch_grad_cam as drop_in  # noqa: E402
 from fusioncam.errors import InputError  # noqa: E402
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit  # noqa: E402
-from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return SmallNet().eval()
+from tests.support.small_cnn import images, max_diff  # noqa: E402
 
 
 def test_batch_size_is_the_head_graph_batch_and_keeps_the_library_map(model):

@@ -30,21 +30,6 @@ class OneLogitNet(SmallNet):
         self.head = torch.nn.Linear(16, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    """One bundle cache for the module: each model and layer is exported once."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return SmallNet().eval()
-
-
 @pytest.fixture(scope="module")
 def binary_model():
     torch.manual_seed(1)

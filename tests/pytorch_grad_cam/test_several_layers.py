@@ -42,15 +42,6 @@ SHARED = [name for name, cls in drop_in.CLASS_METHODS.items() if hasattr(pytorch
           and cls.method in REGISTRY and name not in ("FullGrad",)]  # FullGrad ignores target_layers in both
 
 
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    """One bundle cache for the module: ResNet-18's layer3 and layer4 are exported once."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
-
-
 @pytest.fixture(scope="module")
 def resnet18():
     torchvision = pytest.importorskip("torchvision")
