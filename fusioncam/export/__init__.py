@@ -13,6 +13,12 @@ from .onnx_export import list_onnx_layers
 from .detection_export import export_onnx_detection
 from .segmentation_export import export_onnx_segmentation, export_torch_segmentation
 from .task_routing import export_onnx, export_torch
+from ..runtime.derived_graphs import DerivedGraphBuilders, register_builders
+from .fullgrad_graph import FULLGRAD_MAP, build_fullgrad
+from .hessian_vector import HESSIAN_VECTOR, build_hessian_vector
+
+# FullGrad's and ShapleyCAM's graphs are built on first use by the runtime, which imports nothing of the exporter
+register_builders(DerivedGraphBuilders(build_fullgrad, FULLGRAD_MAP, build_hessian_vector, HESSIAN_VECTOR))
 
 
 def list_layers(model, input_size: tuple[int, int] | None = None) -> list[Layer]:

@@ -5,11 +5,16 @@ layer's gradient kept (export/fullgrad_graph.py); ShapleyCAM's is the explain gr
 (export/hessian_vector.py). Both are built from the bundle's verified graphs when a method first asks (ResNet-18:
 under 0.1 s), so every bundle offers them without a re-export and the explain pass of the other methods is not
 slowed. Like the head graph they run on ONNX Runtime's CPU provider whatever the Explainer's device.
+
+The runtime imports nothing of the exporter: fusioncam.export hands its two graph builders over when it is
+imported (register_builders), which `import fusioncam` always does before the runtime is used.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +23,32 @@ from ..errors import UnsupportedOpError
 from ..graph_names import GRADIENTS, INPUT, TARGET
 
 _ZERO = "zero"  # the Hessian-vector product is exactly 0 for this bundle (no float path from A to its gradient)
+
+
+@dataclass(frozen=True)
+class DerivedGraphBuilders:
+    """How the derived graphs are made, and the names of their outputs (export/fullgrad_graph.py,
+    export/hessian_vector.py)."""
+
+    build_fullgrad: Callable  # (scorer ModelProto, num_classes, (H, W)) -> ModelProto
+    fullgrad_map: str
+    build_hessian_vector: Callable  # (explain ModelProto) -> ModelProto, or None where H A is exactly 0
+    hessian_vector: str
+
+
+_builders: list[DerivedGraphBuilders] = []
+
+
+def register_builders(builders: DerivedGraphBuilders) -> None:
+    """Called by fusioncam.export on import: the builders the derived graphs are made with."""
+    _builders[:] = [builders]
+
+
+def _registered() -> DerivedGraphBuilders:
+    if not _builders:
+        raise RuntimeError("fusioncam.export was not imported, so FullGrad's and ShapleyCAM's graphs cannot be built; "
+                           "import fusioncam (which imports it) first")
+    return _builders[0]
 
 
 def _load(bundle: Bundle, name: str):
@@ -47,11 +78,6 @@ class DerivedGraphs:
         self._sessions: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    @property
-    def task(self) -> str:
-        """The bundle's task: the derived graphs exist for classifiers ("classification")."""
-        return self._bundle.manifest.task
-
     def _opened(self, which: str):
         with self._lock:
             if which not in self._sessions:
@@ -59,16 +85,13 @@ class DerivedGraphs:
             return self._sessions[which]
 
     def _build(self, which: str):
-        manifest = self._bundle.manifest
+        manifest, builders = self._bundle.manifest, _registered()
         if which == "fullgrad":
-            from ..export.fullgrad_graph import build_fullgrad
-
-            model = build_fullgrad(_load(self._bundle, SCORER_GRAPH), manifest.num_classes, tuple(manifest.input_size))
+            model = builders.build_fullgrad(_load(self._bundle, SCORER_GRAPH), manifest.num_classes,
+                                            tuple(manifest.input_size))
             return _session(self._bundle, model)
-        from ..export.hessian_vector import build_hessian_vector
-
         try:
-            model = build_hessian_vector(_load(self._bundle, EXPLAIN_GRAPH))
+            model = builders.build_hessian_vector(_load(self._bundle, EXPLAIN_GRAPH))
         except UnsupportedOpError as exc:
             raise UnsupportedOpError(f"shapleycam differentiates the explain graph's gradient a second time (its "
                                      f"Hessian-vector product), and an op of the gradient lacks a rule: {exc}") from None
@@ -76,20 +99,16 @@ class DerivedGraphs:
 
     def fullgrad(self, images: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """float32 [N, H, W]: FullGrad's map of preprocessed images (host) for their classes (int64 [N])."""
-        from ..export.fullgrad_graph import FULLGRAD_MAP
-
         session = self._opened("fullgrad")
-        return session.run([FULLGRAD_MAP], {INPUT: images, TARGET: classes})[0]
+        return session.run([_registered().fullgrad_map], {INPUT: images, TARGET: classes})[0]
 
     def hessian_vector(self, images: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(G, H A) float32 [N, K, h, w] for the images and classes, or None where H A is exactly 0 for this bundle
         (then no pass runs)."""
-        from ..export.hessian_vector import HESSIAN_VECTOR
-
         session = self._opened("shapleycam")
         if isinstance(session, str):
             return None
-        grads, product = session.run([GRADIENTS, HESSIAN_VECTOR], {INPUT: images, TARGET: classes})
+        grads, product = session.run([GRADIENTS, _registered().hessian_vector], {INPUT: images, TARGET: classes})
         return grads, product
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from .engine import Engine, MethodOutput
 
 def fullgrad(engine: Engine) -> MethodOutput:
     """FullGrad's map [N, H, W] in [0, 1] (device) for the explained classes."""
-    if engine.derived is None or engine.derived.task != "classification":
+    if engine.derived is None or engine.logits is None or engine.logits.ndim != 2:  # class scores [N, C]
         raise InputError("fullgrad runs on a classifier bundle's FullGrad graph (the whole network's biases); this "
                          "bundle's task has none (use the other methods for segmentation and detection bundles)")
     scorer = engine.scorer

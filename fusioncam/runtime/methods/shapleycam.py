@@ -18,7 +18,7 @@ from .engine import Engine, MethodOutput
 
 def shapleycam(engine: Engine) -> MethodOutput:
     """ShapleyCAM's map [N, H, W] (device); facts["hessian_vector_zero"] says whether H A was exactly 0."""
-    if engine.derived is None or engine.derived.task != "classification":
+    if engine.derived is None or engine.logits is None or engine.logits.ndim != 2:  # class scores [N, C]
         raise InputError("shapleycam runs on a classifier bundle's second-derivative graph; this bundle's task has "
                          "none (use the other methods for segmentation and detection bundles)")
     scorer = engine.scorer
