@@ -126,8 +126,14 @@ def test_two_concurrent_explain_runs_one_refused_and_results_json_keeps_the_othe
         while not (out / LOCK_FILE).exists():  # the first run holds the folder
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() else ""
             time.sleep(0.01)
-        second = subprocess.run(explain(second_images), capture_output=True, text=True, timeout=120,
-                                env=env_without_gpu())
+        # the first run is paused while it holds the folder, so the second starts while the lock is held however
+        # fast the machine explains the first run's images
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(explain(second_images), capture_output=True, text=True, timeout=120,
+                                    env=env_without_gpu())
+        finally:
+            first.send_signal(signal.SIGCONT)
         first_out, first_err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:

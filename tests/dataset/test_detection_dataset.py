@@ -25,20 +25,12 @@ from fusioncam.metrics.detection import evaluate_detection_maps  # noqa: E402
 from fusioncam.tasks.detection import InstanceSelection  # noqa: E402
 from tests.support.detection_models import TARGET_TENSOR, TinyYolo, export_tiny_yolo  # noqa: E402
 
-pytestmark = pytest.mark.slow  # Ray actors start in each run
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # Ray actors start in each run
 
 METHODS = ("gradcam", "fusion")
 NAMES = ["person", "bike", "car"]
 FIELDS = {"average_drop": "average_drop", "increase_in_confidence": "increase", "deletion_auc": "deletion_auc",
           "insertion_auc": "insertion_auc"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

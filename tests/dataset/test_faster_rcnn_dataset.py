@@ -21,15 +21,7 @@ from fusioncam.images import load_batch  # noqa: E402
 from fusioncam.tasks.detection import InstanceSelection  # noqa: E402
 from tests.support.faster_rcnn_models import SIZE, faster_rcnn  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a two-stage export and Ray actors
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
-    yield
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # a two-stage export and Ray actors
 
 
 def test_one_row_per_instance_equal_to_the_explainer(tmp_path):

@@ -31,21 +31,12 @@ from fusioncam.runtime.explanation import BETA_NAMES  # noqa: E402
 from fusioncam.runtime.methods import METHODS  # noqa: E402
 from tests.support.tiny_models import tiny_bundle_at  # noqa: E402
 
-pytestmark = pytest.mark.slow  # each run starts Ray actors (about 10-20 s on 2 busy cores)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # each run starts Ray actors (about 10-20 s on 2 busy cores)
 
 SIZE = 16
 STEP = 40
 CLASS_NAMES = ["zero", "one", "two", "three", "four"]
 TIMING_COLUMNS = ("decode_seconds", "explain_seconds", "evaluate_seconds", "worker", "batch_images")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """A local Ray for this module only: 2 CPUs, bound to 127.0.0.1, no dashboard; shut down afterwards."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -144,10 +135,17 @@ def test_a_resumed_run_gives_the_uninterrupted_table(bundle, photos, tmp_path):
     assert again.summary["run"]["images_this_run"] == 0 and again.summary["images"] == len(readable) + 1
 
 
-def test_a_run_stopped_with_ctrl_c_resumes_to_the_same_table(bundle, photos, tmp_path):
+def test_a_run_stopped_with_ctrl_c_resumes_to_the_same_table(bundle, tmp_path):
     """The command in its own process (its own local Ray) is interrupted after its first part file; the rerun
-    explains only the rest, and the table equals an uninterrupted run's."""
-    folder, readable, corrupt = photos
+    explains only the rest, and the table equals an uninterrupted run's. 40 one-image blocks, so that the stop
+    lands before the last block even on an idle machine (with the 6 photos every block was written before the
+    signal took effect)."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    readable = [folder / f"p{i:02d}.png" for i in range(40)]
+    for path in readable:
+        cv2.imwrite(str(path), rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
     out = tmp_path / "stopped"
     command = [sys.executable, "-m", "fusioncam", "explain-dataset", str(folder), "--model", str(bundle), "--out",
                str(out), "--batch-images", "1"]

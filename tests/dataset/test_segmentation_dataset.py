@@ -24,20 +24,12 @@ from fusioncam.dataset.rows import map_column, metric_column, tensor_maps  # noq
 from fusioncam.images import load_batch  # noqa: E402
 from fusioncam.metrics.segmentation import evaluate_segmentation_maps  # noqa: E402
 
-pytestmark = pytest.mark.slow  # Ray actors start in each run
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # Ray actors start in each run
 
 SIZE = 24
 STEP = 96
 METHODS = ("gradcam", "scorecam", "fusion")
 NAMES = ["sky", "road", "car"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1", "the test Ray must listen on the loopback address only"
-    yield
-    ray.shutdown()
 
 
 def tiny_segmenter() -> torch.nn.Module:
