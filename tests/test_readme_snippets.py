@@ -40,6 +40,8 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     ("weights=seg_weights)", "weights=None, weights_backbone=None)", "no download: random weights"),
     ("seg_size = (520, 520)", "seg_size = (96, 96)", "a 12x12 feature map instead of 65x65: seconds, not minutes"),
     ('regions="predicted")', 'regions="all")', "random weights need not predict a single 'person' pixel"),
+    ('explain_dataset("photos/", "efficientnet_lite0"', 'explain_dataset("photos/", "resnet50.bundle"',
+     "the first block's 64x64 ResNet-18 bundle instead of EfficientNet-Lite0 at 224: the same Ray pipeline in seconds"),
 ]
 
 # fusioncam command lines of the bash blocks that run in seconds on the files the python blocks wrote.

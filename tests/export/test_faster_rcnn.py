@@ -148,7 +148,7 @@ def test_seven_methods_match_the_eager_reference(exported) -> None:
     layer = f"model.{TARGET}"
     for row in range(2):
         want = detection_methods(net, net.get_submodule(layer), inputs[0], int(result.anchors[row]),
-                                 int(result.classes[row]), result.reference_boxes[row])
+                                 int(result.classes[row]), result.reference_boxes[row], group_and_union=False)
         for method in ("gradcam", "fusion"):
             error = float(np.abs(result.maps[method][row] - want[method]).max())
             assert error <= 1e-4, f"row {row}, {method}: max abs difference {error:.2e} from the eager reference"

@@ -44,7 +44,9 @@ def conv_head_bundle(tmp_path_factory):
 
 @pytest.mark.slow
 def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
-    on = assert_skip_is_exact(conv_head_bundle, sample_batch[1])
+    names, images = sample_batch
+    two = [names.index("chelsea"), names.index("coffee")]  # two of the five: each is 1,280 forwards with and without
+    on = assert_skip_is_exact(conv_head_bundle, images[two])
     # anchors.md: 19-59% of this layer's channels are constant (all zero) on these images.
     fractions = on.forwards_skipped / 1280
     assert (fractions > 0.1).all() and (fractions < 0.7).all()

@@ -19,6 +19,8 @@ def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sa
     names, images = sample_batch
     layer = module_by_path(efficientnet_model, "_blocks.15")
     for i, name in enumerate(names):
+        if name not in ("chelsea", "coffee"):  # two of the five: each eager reference is 320 PyTorch forwards
+            continue
         reference = reference_fusion_cam(efficientnet_model, layer, torch.from_numpy(images[i]))
         assert_matches_reference(efficientnet_explanation, i, reference)
     # The anchors' top-1 predictions of this model (shared/reference/anchors.md): chelsea is an Egyptian cat (285).
@@ -26,13 +28,16 @@ def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,layer", [("resnet18", "layer4"), ("vgg16", "features.29")])
+# VGG16 (a plain 512-channel conv stack) is checked against autograd in tests/export/test_export_parity.py; the
+# runtime's arithmetic after the explain pass does not depend on the architecture, and its eager Fusion-CAM here
+# took 40 s of the suite for what ResNet-18 and EfficientNet-Lite0 already cover.
+@pytest.mark.parametrize("name,layer", [("resnet18", "layer4")])
 def test_random_torchvision_models_match_reference(tmp_path, name, layer):
     model = sample_model(name, seed=0)
     # Seeded random heads give nearly flat logits: every probability sits near 1/1000, and the betas, ratios of
     # probability differences of ~1e-6, would amplify float32 rounding far beyond 1e-5. A sharper head (logits x20)
     # makes the betas well conditioned, as they are for trained models.
-    head = model.fc if name == "resnet18" else model.classifier[-1]
+    head = model.fc
     with torch.no_grad():
         head.weight.mul_(20.0)
         head.bias.mul_(20.0)

@@ -59,14 +59,17 @@ def detection_pass(model, layer, image: np.ndarray, anchor: int, cls: int, refer
 
 
 def detection_methods(model, layer, image: np.ndarray, anchor: int, cls: int, reference, objectness: bool = False,
-                      theta: float = 10.0) -> dict:
-    """All seven maps (and Fusion-CAM's betas) of one instance."""
+                      theta: float = 10.0, group_and_union: bool = True) -> dict:
+    """All seven maps (and Fusion-CAM's betas) of one instance; without `group_and_union` the five that need no
+    masked forwards beyond Fusion-CAM's own (Group-CAM's and Union-CAM's are the costly extra ones)."""
     run = detection_pass(model, layer, image, anchor, cls, reference, objectness)
     try:
         fusion = segmentation_fusion_cam(run, theta)  # the algorithm with p(z) for every score, as for a region
-        return {"class": run.c, "betas": fusion["betas"], "gradcam": fusion["gradcam"],
+        maps = {"class": run.c, "betas": fusion["betas"], "gradcam": fusion["gradcam"],
                 "gradcam++": gradcam_plus_plus(run), "xgradcam": xgradcam(run), "scorecam": fusion["scorecam"],
-                "groupcam": group_cam(run)["map"], "unioncam": union_cam(run, fusion, theta)["map"],
                 "fusion": fusion["fusion"]}
+        if group_and_union:
+            maps.update(groupcam=group_cam(run)["map"], unioncam=union_cam(run, fusion, theta)["map"])
+        return maps
     finally:
         run.close()
