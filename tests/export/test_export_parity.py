@@ -15,7 +15,6 @@ CASES = [
     ("resnet18", "layer3", 64),
     ("resnet50", "layer4", 64),
     ("vgg16", "features.29", 64),
-    ("vgg16", "features.28", 64),
     ("mobilenet_v2", "features.18", 64),
     ("mobilenet_v3_small", "features.9", 96),
     ("densenet121", "features.denseblock3", 64),
