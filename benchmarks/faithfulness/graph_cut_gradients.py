@@ -83,22 +83,11 @@ def check_gradient(model: onnx.ModelProto, image: np.ndarray, layer: str, scores
     """Check `gradients` [K, h, w] of `S(A) = sum(seed * scores(A))` (one image; `seed` broadcasts against the
     scores, e.g. a one-hot class [C] or region weights [1, H', W']) at `activations` [K, h, w] of the preprocessed
     `image` [3, H, W] against central differences of the shipped graph cut from `layer` to `scores`."""
-    sub = cut_after(model, image.shape[1:], layer, scores)
-    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-    image_name, name = sub.graph.input[0].name, sub.graph.input[1].name
     a = np.ascontiguousarray(activations, dtype=np.float32)
+    scores_of = _cut_scores(model, image, layer, scores, a.shape)
     seed = seed.astype(np.float64)
-
-    def scores_of(rows: np.ndarray) -> np.ndarray:
-        images = np.repeat(image[None].astype(np.float32), len(rows), axis=0)
-        return session.run(None, {image_name: images, name: rows.reshape(len(rows), *a.shape)})[0].astype(np.float64)
-
     base = scores_of(a[None].reshape(1, -1))
-    rng = np.random.default_rng(rng_seed)
-    flat = np.abs(gradients).ravel()
-    largest = np.argsort(flat)[::-1][:top]
-    others = np.setdiff1d(np.arange(flat.size), largest)
-    chosen = np.concatenate([largest, rng.choice(others, size=min(samples, others.size), replace=False)])
+    chosen = _checked_coordinates(gradients, top, samples, rng_seed)
     central = np.empty((len(steps), len(chosen)))
     disagreement = np.empty((len(steps), len(chosen)))
     for s, step in enumerate(steps):
@@ -126,7 +115,7 @@ def check_gradient(model: onnx.ModelProto, image: np.ndarray, layer: str, scores
     gradient_scale = float(np.abs(fd).max())
     errors = np.abs(g - fd) / max(gradient_scale, 1e-30)
     own = np.abs(g[:top] - fd[:top]) / np.maximum(np.abs(fd[:top]), 1e-30)
-    return GradientCheck(layer=layer, coordinates=len(chosen), largest=len(largest),
+    return GradientCheck(layer=layer, coordinates=len(chosen), largest=min(top, gradients.size),
                          max_relative_error=float(errors.max()), median_relative_error=float(np.median(errors)),
                          largest_own_relative_error=float(own.max()), gradient_scale=gradient_scale,
                          steps_taken={f"{step:g}": int((picked == s).sum()) for s, step in enumerate(steps)})
@@ -225,28 +214,18 @@ def check_kinks(model: onnx.ModelProto, image: np.ndarray, layer: str, scores: s
     step e from the measured rounding error delta of S (rounding_error): e = 8 delta / (tolerance * scale0), scale0
     the largest central difference at 1e-2 max |A| (the step never looks at the in-graph gradient), so a one-sided
     difference carries at most 2 delta / e = tolerance / 4 of the scale in rounding. See KinkCheck for the rest."""
-    sub = cut_after(model, image.shape[1:], layer, scores)
-    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
-    image_name, name = sub.graph.input[0].name, sub.graph.input[1].name
     a = np.ascontiguousarray(activations, dtype=np.float32)
+    scores_of = _cut_scores(model, image, layer, scores, a.shape)
     seed = seed.astype(np.float64)
 
     def values(rows: np.ndarray) -> np.ndarray:
         out = []
         for begin in range(0, len(rows), batch):
             part = rows[begin:begin + batch]
-            images = np.repeat(image[None].astype(np.float32), len(part), axis=0)
-            s = session.run(None, {image_name: images, name: part.reshape(len(part), *a.shape)})[0]
-            out.append((s.astype(np.float64) * seed[None]).reshape(len(part), -1).sum(axis=1))
+            out.append((scores_of(part) * seed[None]).reshape(len(part), -1).sum(axis=1))
         return np.concatenate(out)
 
-    base = values(a.reshape(1, -1))[0]
-    rng = np.random.default_rng(rng_seed)
-    flat = np.abs(gradients).ravel()
-    largest = np.argsort(flat)[::-1][:top]
-    others = np.setdiff1d(np.arange(flat.size), largest)
-    chosen = np.concatenate([largest, rng.choice(others, size=min(samples, others.size), replace=False)])
-    rows_index = np.arange(len(chosen))
+    chosen = _checked_coordinates(gradients, top, samples, rng_seed)
 
     def scan(h: float, points: int) -> tuple[np.ndarray, np.ndarray]:
         """S along each chosen axis at `2 points + 1` evenly spaced offsets in [-h, h]: offsets taken [n, 2p+1]
@@ -283,3 +262,26 @@ def check_kinks(model: onnx.ModelProto, image: np.ndarray, layer: str, scores: s
 
 __all__ = ["STEPS", "GradientCheck", "KinkCheck", "check_directions", "check_gradient", "check_kinks", "cut_after",
            "rounding_error"]
+
+
+def _cut_scores(model, image: np.ndarray, layer: str, scores: str, shape: tuple[int, ...]):
+    """scores_of(rows [n, K*h*w]) -> float64 scores [n, ...]: the shipped graph cut after `layer`, run in ONNX
+    Runtime on rows of target-layer activations of `shape` (the image fed beside them, as the cut graph takes it)."""
+    sub = cut_after(model, image.shape[1:], layer, scores)
+    session = ort.InferenceSession(sub.SerializeToString(), providers=["CPUExecutionProvider"])
+    image_name, name = sub.graph.input[0].name, sub.graph.input[1].name
+
+    def scores_of(rows: np.ndarray) -> np.ndarray:
+        images = np.repeat(image[None].astype(np.float32), len(rows), axis=0)
+        return session.run(None, {image_name: images, name: rows.reshape(len(rows), *shape)})[0].astype(np.float64)
+
+    return scores_of
+
+
+def _checked_coordinates(gradients: np.ndarray, top: int, samples: int, rng_seed: int) -> np.ndarray:
+    """Flat indices: the `top` largest |gradient| coordinates, then `samples` others drawn with `rng_seed`."""
+    rng = np.random.default_rng(rng_seed)
+    flat = np.abs(gradients).ravel()
+    largest = np.argsort(flat)[::-1][:top]
+    others = np.setdiff1d(np.arange(flat.size), largest)
+    return np.concatenate([largest, rng.choice(others, size=min(samples, others.size), replace=False)])
