@@ -48,3 +48,26 @@ def test_roi_align_gradient_matches_torchvision(aligned: bool, scale: float, rat
     assert np.abs(want_grad.numpy()).max() > 0
     error = np.abs(grad - want_grad.numpy()).max() / np.abs(want_grad.numpy()).max()
     assert error <= 1e-5, f"relative gradient error {error:.2e}"
+
+
+@pytest.mark.parametrize("live", [[2], [0, 4, 5], []])
+def test_roi_align_gradient_with_boxes_whose_gradient_is_zero(live: list[int]) -> None:
+    """dY zero for every box but `live` (as in an explain graph: only the explained proposal has a gradient): the
+    rule scatters only those boxes and still equals torchvision's autograd; no live box gives a zero gradient."""
+    x = np.random.default_rng(0).standard_normal((3, 4, 7, 9)).astype(np.float32)
+    seed = np.zeros((len(BOXES), 4, 3, 2), np.float32)
+    seed[live] = np.random.default_rng(2).standard_normal((len(live), 4, 3, 2))
+    model = differentiate(_model(True, 0.5, 2, x.shape), wrt="x", of="y", seed="seed", grad_name="grad")
+    model.graph.output.append(helper.make_tensor_value_info("grad", TensorProto.FLOAT, list(x.shape)))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (grad,) = session.run(["grad"], {"x": x, "seed": seed})
+
+    tx = torch.from_numpy(x).requires_grad_(True)
+    want = roi_align(tx, torch.from_numpy(BOXES), (3, 2), spatial_scale=0.5, sampling_ratio=2, aligned=True)
+    (want_grad,) = torch.autograd.grad((want * torch.from_numpy(seed)).sum(), tx)
+    if not live:
+        assert not grad.any()
+        return
+    assert np.abs(want_grad.numpy()).max() > 0
+    error = np.abs(grad - want_grad.numpy()).max() / np.abs(want_grad.numpy()).max()
+    assert error <= 1e-5, f"relative gradient error {error:.2e}"

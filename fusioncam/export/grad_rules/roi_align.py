@@ -8,6 +8,11 @@ corners get weights hy hx, hy lx, ly hx, ly lx (ly = y - floor(y), hy = 1 - ly).
 scatter: each corner of each sample receives dY(bin) x its weight / (s x s) (ScatterElements with reduction add),
 as torchvision's roi_align backward does. The weights are separable (a y part and an x part per sample), computed in
 the graph from the boxes, which stay inputs: the boxes themselves get no gradient (as in torchvision).
+
+The scatter runs only for the boxes whose dY is not all zero (a NonZero over each box's summed |dY|, then Gather):
+an explain graph differentiates one instance's score, so of the 1000 proposals per image a two-stage detector pools,
+only the explained one has a gradient, and the scatter's index and update tensors (R x C x 4 x the samples, int64
+and float) would otherwise grow with every box pooled. Skipping zero rows is exact.
 """
 
 from __future__ import annotations
@@ -37,10 +42,15 @@ def roi_align(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozense
                                  f"MultiScaleRoIAlign uses sampling_ratio=2")
     out_h, out_w = int(attribute(node, "output_height", 1)), int(attribute(node, "output_width", 1))
     scale = float(attribute(node, "spatial_scale", 1.0))
-    x, rois, batch = node.input[0], node.input[1], node.input[2]
+    x, like = node.input[0], node.input[1]
     _, channels, height, width = ctx.static_shape(x, node, [1, 2, 3])
-    like = rois
     dtype = ctx.np_dtype(x)
+    # only the boxes with a gradient: Not(sum |dY| == 0) keeps NaN rows
+    magnitude = ctx.reduce_sum(ctx.node("Abs", [dys[0]]), [1, 2, 3], keepdims=False)
+    live = ctx.node("Not", [ctx.node("Equal", [magnitude, ctx.scalar(0.0, dys[0])])])
+    live = ctx.node("Reshape", [ctx.node("NonZero", [live]), ctx.ints([-1])])
+    rois, batch, dy_live = (ctx.node("Gather", [name, live], {"axis": 0})
+                            for name in (like, node.input[2], dys[0]))
 
     def scalar(value: float) -> str:
         return ctx.scalar(value, like)
@@ -76,8 +86,8 @@ def roi_align(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozense
     cols = [ctx.unsqueeze(v, [1, 2]) for v in xs]  # [R, 1, 1, Pw]
 
     # dY [R, C, ph, pw] repeated over each bin's ratio x ratio samples: [R, C, ph * ratio, pw * ratio]
-    dy = ctx.node("Reshape", [dys[0], ctx.ints([0, channels, out_h, 1, out_w, 1])])
-    shape = ctx.node("Concat", [ctx.node("Slice", [ctx.shape_of(dys[0]), ctx.ints([0]), ctx.ints([1]),
+    dy = ctx.node("Reshape", [dy_live, ctx.ints([0, channels, out_h, 1, out_w, 1])])
+    shape = ctx.node("Concat", [ctx.node("Slice", [ctx.shape_of(dy_live), ctx.ints([0]), ctx.ints([1]),
                                                     ctx.ints([0])]),
                                 ctx.ints([channels, out_h, ratio, out_w, ratio])], {"axis": 0})
     dy = ctx.node("Expand", [dy, shape])
