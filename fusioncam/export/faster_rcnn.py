@@ -101,6 +101,7 @@ def FasterRCNNOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (a modu
                                                          pooler.canonical_level)
             self.register_buffer("anchors", anchors.detach().clone())
             self.slots = slot_count(model, self.level_anchors)
+            self.class_boxes = False  # True: forward also returns every class's decoded box (see forward)
             self.register_buffer("size", torch.tensor([width, height, width, height], dtype=torch.float32))
 
         def proposals(self, features, n: int):
@@ -167,13 +168,16 @@ def FasterRCNNOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (a modu
             keep = torch.ones(classes, dtype=probabilities.dtype)
             keep[0] = 0  # the background class is no detection
             scores = probabilities * keep * filled[:, None]
-            refined = heads.box_coder.decode(regression, [boxes]).reshape(-1, classes, 4)
-            refined = torch.min(torch.clamp(refined, min=0.0), self.size)  # clip_boxes_to_image
+            decoded = heads.box_coder.decode(regression, [boxes]).reshape(-1, classes, 4)
+            refined = torch.min(torch.clamp(decoded, min=0.0), self.size)  # clip_boxes_to_image
             best = torch.argmax(probabilities[:, 1:], dim=1) + 1
             box = torch.gather(refined, 1, best[:, None, None].expand(best.shape[0], 1, 4))[:, 0]
             box = self.held_fixed(box * filled[:, None])
             centre, side = (box[:, :2] + box[:, 2:]) / 2, box[:, 2:] - box[:, :2]
-            return torch.cat([centre, side, scores], dim=1).reshape(n, self.slots, 4 + classes).transpose(1, 2)
+            out = torch.cat([centre, side, scores], dim=1).reshape(n, self.slots, 4 + classes).transpose(1, 2)
+            if self.class_boxes:  # faster_rcnn_box_score.py: every class's decoded box [N, P, C, 4], not held fixed
+                return out, decoded.reshape(n, self.slots, classes, 4)
+            return out
 
     return Outputs()
 
