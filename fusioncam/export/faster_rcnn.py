@@ -15,8 +15,9 @@ column per proposal slot:
   all images and levels, boxes offset per group as torchvision's batched_nms does), the best post_nms_top_n per image
   in score order. P = min(post_nms_top_n, the anchors the top-k keeps): slots past an image's proposal count are
   padding (box 0, scores 0);
-- MultiScaleRoIAlign on the slots' proposal boxes (each box's level by torchvision's LevelMapper; RoiAlign on every
-  level and the box's own level kept by a 0/1 mask, which is exact and needs no scatter), the box head and predictor;
+- MultiScaleRoIAlign on the slots' proposal boxes (each box's level by torchvision's LevelMapper; the boxes of each
+  level gathered and pooled on that level only, written back at their rows: one RoiAlign per box, as torchvision's
+  pooler does), the box head and predictor;
 - scores: softmax over the C classes with the background column (label 0) set to 0, so class indices are
   torchvision's labels; a slot's score for class c is exactly the score torchvision reports for that proposal's
   detection of class c (its postprocess_detections takes the same softmax);
@@ -145,17 +146,20 @@ def FasterRCNNOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (a modu
             return slots, filled
 
         def pooled(self, features, boxes, n: int):
-            """MultiScaleRoIAlign of [N * P] boxes: every level pooled, each box's own level kept."""
+            """MultiScaleRoIAlign of [N * P] boxes: each box pooled on its own level only (the boxes of a level
+            gathered, RoiAlign on them, the results written back at their rows), as torchvision's pooler does."""
             rois = torch.cat([(torch.arange(n * self.slots) // self.slots).to(boxes.dtype)[:, None], boxes], dim=1)
             levels = self.mapper([boxes])
             maps = _filter_input(features, pooler.featmap_names)
-            result = None
+            rows, parts = [], []
             for level, (feature, scale) in enumerate(zip(maps, self.scales)):
-                part = roi_align(feature, rois, output_size=pooler.output_size, spatial_scale=scale,
-                                 sampling_ratio=pooler.sampling_ratio)
-                mask = (levels == level).to(part.dtype)[:, None, None, None]
-                result = part * mask if result is None else result + part * mask
-            return result
+                row = torch.nonzero(levels == level)[:, 0]
+                parts.append(roi_align(feature, rois[row], output_size=pooler.output_size, spatial_scale=scale,
+                                       sampling_ratio=pooler.sampling_ratio))
+                rows.append(row)
+            pooled = torch.cat(parts)
+            result = torch.zeros((n * self.slots, *pooled.shape[1:]), dtype=pooled.dtype)
+            return result.index_put((torch.cat(rows),), pooled)
 
         def forward(self, x):
             n = x.shape[0]
