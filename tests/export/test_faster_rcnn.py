@@ -16,22 +16,22 @@ from fusioncam import Explainer
 from fusioncam.errors import LayerError
 from fusioncam.export.faster_rcnn import FasterRCNNOutputs
 from fusioncam.tasks.detection import InstanceSelection
-from tests.support.faster_rcnn_models import SIZE, SLOTS, box_head_scores, faster_rcnn, normalised, proposals
+from tests.support.faster_rcnn_models import (FPN_TARGET, SIZE, SLOTS, box_head_scores, exported_bundle, faster_rcnn,
+                                              normalised, proposals)
 from tests.support.torch_reference_detection import detection_methods
 
 # the FPN's finest output (256 channels, the map the RoI head pools): at the backbone's second block
 # (backbone.body.1, stride 2) one image's gradients differ from autograd by up to 3e-3 relative (the other's by
 # 4e-5), through the MobileNetV3 blocks' activations, not through RoiAlign
-TARGET = "backbone.fpn.layer_blocks.0"
+TARGET = FPN_TARGET
 pytestmark = pytest.mark.slow  # exporting the two-stage detector takes about half a minute
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model, bundle path, four random images [4, 3, H, W] in [0, 1])."""
+def exported():
+    """(model, bundle path, four random images [4, 3, H, W] in [0, 1]); the bundle is shared with the serve test."""
     model = faster_rcnn()
-    bundle = tmp_path_factory.mktemp("frcnn") / "frcnn.fcam"
-    fusioncam.export_torch(model, TARGET, bundle, input_size=SIZE, task="detection")
+    bundle = exported_bundle(TARGET)
     images = np.random.default_rng(0).random((4, 3, *SIZE)).astype(np.float32)
     return model, bundle, images
 

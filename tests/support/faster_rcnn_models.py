@@ -3,11 +3,18 @@ tests, and torchvision's own two-stage computation of one image, as the eager re
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
 
 SIZE = (128, 128)
 CLASSES = 5  # background + 4
 SLOTS = 40  # the RPN's post_nms_top_n in eval mode
+FPN_TARGET = "backbone.fpn.layer_blocks.0"  # the FPN's finest output (256 channels, the map the RoI head pools)
 
 
 def faster_rcnn(seed: int = 0):
@@ -64,3 +71,16 @@ def box_head_scores(model, image: torch.Tensor, boxes: torch.Tensor) -> tuple[to
     logits, regression = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, [boxes], size)))
     refined = clip_boxes_to_image(heads.box_coder.decode(regression, [boxes]), size[0])
     return torch.softmax(logits, dim=-1), refined
+
+
+@functools.lru_cache(maxsize=None)
+def exported_bundle(target: str = FPN_TARGET) -> Path:
+    """The detection bundle of faster_rcnn() at `target`, exported once per test process (the export takes about
+    half a minute) into a temporary folder removed at exit; tests read it and never change it."""
+    import fusioncam
+
+    folder = Path(tempfile.mkdtemp(prefix="frcnn-bundle-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    bundle = folder / "frcnn.fcam"
+    fusioncam.export_torch(faster_rcnn(), target, bundle, input_size=SIZE, task="detection")
+    return bundle
