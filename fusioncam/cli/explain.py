@@ -9,7 +9,8 @@ from ..runtime.channel_selection import DEFAULT_FAST_CHANNELS
 from ..runtime.explainer import PRECISIONS
 from ..runtime.methods import METHODS
 from ..runtime.methods.compat import COMPAT_MODES
-from .shared import DEVICES, expand_inputs, finish, method_list, positive_int, say
+from ..runtime.int8_sweep import DEFAULT_INT8_RESCORE
+from .shared import DEVICES, expand_inputs, finish, method_list, non_negative_int, positive_int, say
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         size = tuple(args.input_size) if args.input_size else None
         explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device,
                               batch_size=args.batch, precision=args.precision, max_channels=args.fast,
-                              compat=args.compat)
+                              compat=args.compat, int8_rescore=args.int8_rescore)
         if args.region is not None and not explainer.segmentation:
             raise InputError("--region applies to segmentation bundles only; this model explains image classes")
         from ..report.segmentation import parse_region
@@ -70,6 +71,9 @@ def add_subcommands(sub) -> None:
                          help="fp32 (exact, default); tf32 (CUDA: TF32 convolutions); fp16 (the bundle's float16 "
                               "scorer: export it with --fp16-scorer); int8 (CPU: the bundle's INT8 scorer: export it "
                               "with --int8-scorer)")
+    explain.add_argument("--int8-rescore", type=non_negative_int, metavar="M",
+                         help="with --precision int8: the Score-CAM sweep's M channels per image with the highest INT8 "
+                              f"scores rescored in float32 (default {DEFAULT_INT8_RESCORE}; 0: every sweep forward INT8)")
     explain.add_argument("--fast", nargs="?", type=positive_int, const=DEFAULT_FAST_CHANNELS, metavar="K",
                          help="fast mode, beyond the paper: Score-CAM scores only the K channels with the largest "
                               f"Grad-CAM contribution, the others get weight 0 (K default {DEFAULT_FAST_CHANNELS})")

@@ -66,12 +66,15 @@ class CpuBackend:
 
     With `fp16` the bundle's float16 scorer runs: its input buffer and float row inputs are float16 (the mask
     kernels write the buffer) and its output comes back as float32, before anything reduces it. With `int8` the
-    bundle's INT8 scorer runs (float32 input and logits, integer convolutions inside)."""
+    bundle's INT8 scorer runs (float32 input and logits, integer convolutions inside), and the float32 scorer is
+    opened beside it for the runs under `float32_scoring()` (z0, the methods' probes, the rescored channels:
+    runtime/int8_sweep.py); `int8_rescore` is the number of channels per image the INT8 sweep rescores in float32."""
 
     xp = np
     kernels: KernelSet = numpy_kernels
 
-    def __init__(self, bundle: Bundle, task, batch_size: int, fp16: bool = False, int8: bool = False) -> None:
+    def __init__(self, bundle: Bundle, task, batch_size: int, fp16: bool = False, int8: bool = False,
+                 int8_rescore: int = 0) -> None:
         size = bundle.manifest.input_size
         self.batch_size = batch_size
         self._explain_outputs = list(task.explain_outputs)
@@ -81,6 +84,8 @@ class CpuBackend:
         self._explain = cpu_session(bundle.explain_path)
         self._scorer = cpu_session(bundle.scorer_int8_path if int8 else bundle.scorer_fp16_path if fp16
                                    else bundle.scorer_path)
+        self._float32_scorer = cpu_session(bundle.scorer_path) if int8 else None
+        self.int8_rescore: int | None = int(int8_rescore) if int8 else None  # None: no INT8 sweep
         self._input_dtype = np.float16 if fp16 else np.float32
         self._buffer = np.empty((batch_size, 3, *size), dtype=self._input_dtype)
 
@@ -93,6 +98,18 @@ class CpuBackend:
         of the explained score, the targets used, ...)."""
         outputs = self._explain.run(self._explain_outputs, {INPUT: images, **inputs})
         return dict(zip(self._explain_outputs, outputs))
+
+    @contextlib.contextmanager
+    def float32_scoring(self):
+        """Within the block score_rows runs the float32 scorer where this backend runs the INT8 one."""
+        if self._float32_scorer is None:
+            yield
+            return
+        int8, self._scorer = self._scorer, self._float32_scorer
+        try:
+            yield
+        finally:
+            self._scorer = int8
 
     def input_buffer(self) -> np.ndarray:
         """The scorer's [batch_size,3,H,W] input buffer that the mask kernels write into."""
@@ -136,4 +153,4 @@ class CpuBackend:
     def close(self) -> None:
         """Drop the two ONNX Runtime sessions and the scorer buffer (ONNX Runtime frees a session's memory when
         its last reference goes); the backend is unusable afterwards."""
-        self._explain = self._scorer = self._buffer = None
+        self._explain = self._scorer = self._float32_scorer = self._buffer = None

@@ -23,6 +23,7 @@ from .input_checks import check_images
 from .methods import Engine, MethodOutput, check_methods, run_methods
 from .methods.compat import check_compat
 from .methods.comparison_passes import comparison_explainer
+from .int8_sweep import float32_scoring, int8_rescore_of
 from .scorer import Scorer
 
 log = logging.getLogger("fusioncam")
@@ -54,11 +55,15 @@ class Explainer:
     def __init__(self, bundle: str | os.PathLike | Bundle | CarriesBundle, device: str = "auto", batch_size: int | None = None,
                  precision: str = "fp32", theta: float = 10.0, skip_constant_channels: bool = True,
                  max_channels: int | None = None, cuda_options: Mapping[str, str] | None = None,
-                 compat: str | None = None) -> None:
+                 compat: str | None = None, int8_rescore: int | None = None) -> None:
         """bundle: a bundle directory, a loaded Bundle, or the ExportResult an export returned.
 
         precision: fp32, tf32 (CUDA), fp16 (the bundle's float16 scorer; export with fp16_scorer=True) or int8 (CPU:
         the bundle's INT8 scorer for the Score-CAM-family forwards; export with int8_scorer=True; gradients stay fp32).
+
+        int8_rescore (precision="int8" only; None: DEFAULT_INT8_RESCORE): the Score-CAM sweep's channels per image
+        whose INT8 scores are replaced by the float32 scorer's, those with the highest INT8 scores; z0 and the
+        methods' probes are scored in float32 too (runtime/int8_sweep.py). 0: every sweep forward INT8.
 
         max_channels (fast mode, beyond the paper): the Score-CAM sweep scores only the k channels with the largest
         Grad-CAM contribution relu(w_k) * mean(A_k) per image (see runtime/channel_selection.py); the others get
@@ -92,6 +97,7 @@ class Explainer:
         if not 0.0 <= float(theta) <= 100.0:
             raise InputError(f"theta is a percentile and must be in [0, 100]; got {theta}")
         self.precision = precision
+        self.int8_rescore = int8_rescore_of(precision, int8_rescore)
         self.device: Device = select_device(device)
         if precision == "int8" and self.device.kind != "cpu":
             raise InputError("precision 'int8' runs the INT8 scorer on the CPU (ONNX Runtime's CUDA provider has no "
@@ -114,7 +120,8 @@ class Explainer:
         self._head = HeadSession(self.bundle)  # the head graph, opened by AblationCAM or ReciproCAM on first use
         self._derived = DerivedGraphs(self.bundle)  # FullGrad's and ShapleyCAM's graphs, built on first use
         with self.backend.context():  # what of z0 every call shares (None where it depends on the call's targets)
-            self._z0_constant = self.task.constant_baseline(self.scorer)
+            with float32_scoring(self.scorer):
+                self._z0_constant = self.task.constant_baseline(self.scorer)
 
     def _in_use(self, action: str = "explain") -> ContextManager[Scorer]:
         """Hold the call lock and make the device current; a ClosedError if close() already ran."""
@@ -154,7 +161,7 @@ class Explainer:
             from .cpu_backend import CpuBackend
 
             return CpuBackend(self.bundle, self.task, self.batch_size, fp16=self.precision == "fp16",
-                              int8=self.precision == "int8")
+                              int8=self.precision == "int8", int8_rescore=self.int8_rescore or 0)
         from .cuda_backend import CudaBackend
 
         return CudaBackend(self.bundle, self.task, self.batch_size, self.device.index, tf32=self.precision == "tf32",
@@ -244,7 +251,8 @@ class Explainer:
         self._raise_if_nonfinite(backend.to_host(bad), names)
         task.check_explained(lambda name: backend.to_host(graph[name]), names, self.bundle.class_name)
         targets = task.image_targets(graph)
-        baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
+        with float32_scoring(self.scorer):  # precision="int8": z0 exact (runtime/int8_sweep.py)
+            baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
         engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
                         on_batch, self.max_channels, compat=self.compat,
                         explain_classes=comparison_explainer(backend.explain, feed, graph), head=self._head,

@@ -8,6 +8,7 @@ from typing import Callable
 
 from ...graph_names import ACTIVATIONS, GRADIENTS, LOGITS, REGION_WEIGHTS, TARGET_USED
 from ..channel_selection import gradcam_contributions, top_channels
+from ..int8_sweep import int8_score_sweep
 from ..score_sweep import ScoreSweep, score_cam_sweep
 from ..scorer import ProgressCallback, Scorer
 from ..stage_clock import StageClock
@@ -111,6 +112,12 @@ class Engine:
         mins, maxs = self.arithmetic.mask_min_max(self.acts, self.out_hw)
         selected = self.selected_channels
         self.clock.stop("shared_maps")
+        rescore = getattr(self.scorer.backend, "int8_rescore", None)  # an int with precision="int8", else None
+        if rescore is not None:  # the INT8 sweep, its top channels rescored in float32 (runtime/int8_sweep.py)
+            return int8_score_sweep(self.scorer, self.images, self.acts, mins, maxs, self.targets,
+                                    self.baseline.scores, self.clock, rescore, skip_constant=self.skip_constant,
+                                    on_batch=self.on_batch, selected=selected,
+                                    masked_inputs=self.arithmetic.write_masked_inputs)
         return score_cam_sweep(self.scorer, self.images, self.acts, mins, maxs, self.targets, self.baseline.scores,
                                self.clock, skip_constant=self.skip_constant, on_batch=self.on_batch,
                                selected=selected, masked_inputs=self.arithmetic.write_masked_inputs)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..int8_sweep import float32_scoring
+
 
 @dataclass
 class MapProbe:
@@ -60,5 +62,6 @@ def probe_probabilities(engine, probes: list[Probe]) -> dict[str, object]:
             if low < high:
                 probe.write(scorer.kernels, engine.images, slice(low - first, high - first), buffer, low - start)
 
-    probabilities = scorer.class_probabilities(total, row_classes, write, engine.clock)
+    with float32_scoring(scorer):  # precision="int8": a few rows per image, scored exactly (runtime/int8_sweep.py)
+        probabilities = scorer.class_probabilities(total, row_classes, write, engine.clock)
     return {probe.key: probabilities[first:last] for probe, first, last in zip(probes, offsets[:-1], offsets[1:])}
