@@ -212,7 +212,7 @@ def test_fullgrad_matches_the_library_on_chelsea_with_batchnorm_biases(tmp_path)
         ours = explainer.explain(x, targets=[6], methods=("fullgrad",)).maps["fullgrad"]
     theirs = library_fullgrad(model, x, [6])
     assert theirs.max() > 0.99 and max_diff(ours, theirs) <= 1e-4
-    assert max_diff(ours, input_term_only(model, x, 6)) > 0.05
+    assert max_diff(ours, input_term_only(model, x, 6)) > 0.3  # measured 0.96
 
 
 class OnnxRuntimeReluDecisions:
