@@ -33,6 +33,7 @@ from ..runtime.methods.registry import REGISTRY
 from ..graph_names import LOGITS
 from .explain_pass_maps import (GRADIENT_PROJECTIONS, PROJECTIONS_ALREADY, WEIGHTED_ACTIVATIONS, check_eigen_smooth,
                                 explain_pass, layer_map)
+from .box_score_target import BoxScoreCAM, checked_targets, uses_box_score
 from .graph_targets import GraphTargets, graph_targets
 from .layer_scaling import LOW_RESOLUTION_FORM, scaled_before_upsampling
 from .target_seed_graph import SeededExplain
@@ -87,6 +88,8 @@ class BaseCAM:
         if images.ndim != 4:
             raise InputError(f"input_tensor must be [N, 3, H, W]; got shape {tuple(images.shape)}")
         n = int(images.shape[0])
+        if uses_box_score(self.model, targets):  # a torchvision Faster R-CNN: box_score_target.py
+            return self._box_score_call(images, checked_targets(self, targets, n), aug_smooth, eigen_smooth)
         plan = graph_targets(targets, n)
         if aug_smooth:
             stacked = np.concatenate([_augment(images, flip, factor) for flip in (False, True)
@@ -97,6 +100,21 @@ class BaseCAM:
             restored = [chunk[..., ::-1] if flip else chunk for chunk, flip in zip(chunks, flips)]
             return np.mean(np.float32(restored), axis=0)
         return self._forward(images, plan, slice(0, n), eigen_smooth)
+
+    def _box_score_call(self, images: np.ndarray, targets: list, aug_smooth: bool, eigen_smooth: bool) -> np.ndarray:
+        """FasterRCNNBoxScoreTarget maps (box_score_target.py); aug_smooth as below, one batch of six augmentations
+        with the same targets (as pytorch-grad-cam gives each augmented image the same reference boxes)."""
+        if getattr(self, "_box_score", None) is None:
+            self._box_score = BoxScoreCAM()
+        if not aug_smooth:
+            return self._box_score.maps(self, images, targets, eigen_smooth)
+        n = len(images)
+        stacked = np.concatenate([_augment(images, flip, factor) for flip in (False, True) for factor in AUG_FACTORS])
+        maps = self._box_score.maps(self, stacked, targets * (2 * len(AUG_FACTORS)), eigen_smooth)
+        self.outputs = self.outputs[n : 2 * n]  # the un-augmented images' detections
+        chunks = maps.reshape(2 * len(AUG_FACTORS), n, *maps.shape[1:])
+        flips = np.repeat([False, True], len(AUG_FACTORS))
+        return np.mean(np.float32([chunk[..., ::-1] if flip else chunk for chunk, flip in zip(chunks, flips)]), axis=0)
 
     def _forward(self, images: np.ndarray, plan: GraphTargets, keep: slice, eigen_smooth: bool = False) -> np.ndarray:
         """Each layer's map, aggregated as pytorch-grad-cam's aggregate_multi_layers; `outputs` from rows `keep`."""
@@ -205,6 +223,7 @@ class BaseCAM:
             explainer.close()
         self._explainers.clear()
         self._seeded.clear()
+        self._box_score = None  # FasterRCNNBoxScoreTarget's sessions (box_score_target.py)
 
 
 def _augment(images: np.ndarray, flip: bool, factor: float) -> np.ndarray:

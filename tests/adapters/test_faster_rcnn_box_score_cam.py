@@ -1,0 +1,131 @@
+"""The drop-in's CAM classes with FasterRCNNBoxScoreTarget on a seeded torchvision Faster R-CNN (MobileNetV3-Large FPN,
+random weights, 128x128) against pytorch-grad-cam 1.5.7's own classes and target on the same model: maps within 1e-4,
+the target's value, and the detections (`outputs`) torchvision reports; with the model's transform resizing the
+images and two target layers; the methods and inputs refused with this target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fusioncam.pytorch_grad_cam as ours
+from fusioncam.errors import InputError
+from fusioncam.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget
+from tests.support.faster_rcnn_models import SIZE, faster_rcnn
+
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget as Theirs  # noqa: E402
+
+LAYER = "backbone.fpn.layer_blocks.0"
+SECOND_LAYER = "backbone.body.16"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def cache(tmp_path_factory):
+    """FUSIONCAM_CACHE pointed at a fresh folder for the module (the graphs are exported once per layer and size)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def case():
+    """(model, two images [2, 3, H, W] in [0, 1], their references (labels, boxes) per image, torchvision's
+    detections). Image 0: a detection's own box (IoU 1: the tie of IoU's max and min), a detection's box shifted by
+    2.5 pixels, a third detection, a box far from all (no match) and a detection's box with another label (no match);
+    image 1: three detections' boxes rounded to integers, as pytorch-grad-cam's tutorial makes them."""
+    model = faster_rcnn()
+    images = torch.from_numpy(np.random.default_rng(1).random((2, 3, *SIZE)).astype(np.float32))
+    with torch.no_grad():
+        found = model(list(images))
+    boxes, labels = found[0]["boxes"].numpy(), found[0]["labels"].tolist()
+    first = ([labels[0], labels[1], labels[5], 2, labels[3] % 4 + 1],
+             np.stack([boxes[0], boxes[1] + 2.5, boxes[5], np.float32([0, 0, 3, 3]), boxes[3]]))
+    second = (found[1]["labels"][[0, 2, 3]].tolist(), np.round(found[1]["boxes"][[0, 2, 3]].numpy()))
+    return model, images, [first, second], found
+
+
+def _both(name: str, model, images, references, layers=(LAYER,), **options):
+    """(pytorch-grad-cam's maps and target values, fusioncam's maps and CAM object) for class `name`."""
+    modules = [model.get_submodule(layer) for layer in layers]
+    with getattr(pgc, name)(model, target_layers=modules) as cam:
+        theirs = cam(images, targets=[Theirs(*r) for r in references], **options)
+        values = [float(Theirs(*r)(output).detach()) for r, output in zip(references, cam.outputs)]
+    with getattr(ours, name)(model, target_layers=modules) as cam:
+        mine = cam(images, targets=[FasterRCNNBoxScoreTarget(*r) for r in references], **options)
+    return theirs, values, mine, cam
+
+
+@pytest.mark.slow  # exports the detector's graph (about 20 s on 2 cores)
+def test_gradcam_map_value_and_detections_equal_pytorch_grad_cams(case) -> None:
+    model, images, references, found = case
+    theirs, values, mine, cam = _both("GradCAM", model, images, references)
+    assert mine.dtype == np.float32 and mine.shape == (2, *SIZE)
+    np.testing.assert_allclose(mine, theirs, atol=1e-4)
+    assert values[0] > 3.0 and values[1] > 3.0  # three matches each (IoU > 0.5 plus a score)
+    np.testing.assert_allclose(cam.box_scores, values, rtol=1e-4)
+    for got, want in zip(cam.outputs, found):  # torchvision's detections, from the graph and the host's NMS
+        assert got["labels"].tolist() == want["labels"].tolist()
+        np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), atol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, options", [("GradCAM", {"eigen_smooth": True}), ("HiResCAM", {}),
+                                           ("GradCAMPlusPlus", {}), ("EigenCAM", {})])
+def test_other_gradient_methods_equal_pytorch_grad_cams(case, name, options) -> None:
+    """Maps formed from the activations and the one gradient (LayerCAM, GradCAMElementWise and EigenGradCAM take the
+    same path, explain_pass_maps.layer_map, and matched within 1.1e-5 when measured; not run here for time)."""
+    model, images, references, _ = case
+    theirs, _, mine, _ = _both(name, model, images, references, **options)
+    np.testing.assert_allclose(mine, theirs, atol=1e-4)
+    assert mine.max() > 0.99
+
+
+@pytest.mark.slow
+def test_xgradcam_within_its_float32_division(case) -> None:
+    """pytorch-grad-cam divides by each channel's activation sum in float32, fusioncam in float64; FPN channels
+    whose signed activations nearly cancel make the two differ by up to about 3e-4 here."""
+    model, images, references, _ = case
+    theirs, _, mine, _ = _both("XGradCAM", model, images, references)
+    np.testing.assert_allclose(mine, theirs, atol=1e-3)
+
+
+@pytest.mark.slow  # two more graphs exported
+def test_resized_images_and_two_layers_equal_pytorch_grad_cams() -> None:
+    """The model's transform resizes 128 to 160 (boxes scaled back by 128/160 as torchvision does); the maps of
+    an FPN level and a body stage aggregated as pytorch-grad-cam aggregates them."""
+    model = faster_rcnn()
+    model.transform.min_size, model.transform.max_size = (160,), 160
+    images = torch.from_numpy(np.random.default_rng(3).random((1, 3, *SIZE)).astype(np.float32))
+    with torch.no_grad():
+        found = model(list(images))[0]
+    references = [(found["labels"][:3].tolist(), found["boxes"][:3].numpy())]
+    theirs, values, mine, cam = _both("GradCAM", model, images, references, layers=(LAYER, SECOND_LAYER))
+    np.testing.assert_allclose(mine, theirs, atol=1e-4)
+    np.testing.assert_allclose(cam.box_scores, values, rtol=1e-4)
+    assert values[0] > 3.0
+
+
+def test_refusals_name_what_to_do() -> None:
+    """Methods that score masked images or ablations, class targets on the detector, the target on a classifier,
+    reshape_transform, and a target count that is not one per image: each an InputError, before any export."""
+    model = faster_rcnn()
+    layer = [model.get_submodule(LAYER)]
+    image = torch.zeros(1, 3, *SIZE)
+    target = FasterRCNNBoxScoreTarget([1], np.float32([[0, 0, 10, 10]]))
+    with pytest.raises(InputError, match="ScoreCAM is not available with FasterRCNNBoxScoreTarget.*GradCAM"):
+        ours.ScoreCAM(model, layer)(image, targets=[target])
+    with pytest.raises(InputError, match="FasterRCNNBoxScoreTarget\\(labels=..., bounding_boxes=...\\)"):
+        ours.GradCAM(model, layer)(image, targets=[ClassifierOutputTarget(1)])
+    with pytest.raises(InputError, match="FasterRCNNBoxScoreTarget\\(labels"):
+        ours.GradCAM(model, layer)(image, targets=None)
+    with pytest.raises(InputError, match="reshape_transform is not supported"):
+        ours.GradCAM(model, layer, reshape_transform=lambda x: x)(image, targets=[target])
+    with pytest.raises(InputError, match="2 FasterRCNNBoxScoreTarget targets for 1 images"):
+        ours.GradCAM(model, layer)(image, targets=[target, target])
+    classifier = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    with pytest.raises(InputError, match="is for a torchvision FasterRCNN"):
+        ours.GradCAM(classifier, [classifier[0]])(image, targets=[target])
