@@ -35,7 +35,8 @@ class Int8Settings:
     """How the scorer is quantized: ONNX Runtime's calibration method (MinMax, Percentile, Entropy), per-channel or
     per-tensor weights, uint8 or int8 (symmetric) activations, reduce_range (7-bit weights), and which node groups
     stay float32 (`float_nodes`, from NODE_GROUPS: the first convolution, the depthwise convolutions, the last
-    Gemm/MatMul). The default is the fastest on this project's CPU; benchmarks/int8_settings.py measures the others
+    Gemm/MatMul; `float_node_prefixes`: every node whose name in the pre-processed scorer starts with one of them,
+    e.g. "/model/_conv_stem/" for a block, as benchmarks/int8_sensitivity.py ranks them). The default is the fastest on this project's CPU; benchmarks/int8_settings.py measures the others
     (map correlation with exact float32 and speed)."""
 
     method: str = "MinMax"
@@ -44,6 +45,7 @@ class Int8Settings:
     symmetric_activations: bool = False
     reduce_range: bool = False
     float_nodes: tuple[str, ...] = ()
+    float_node_prefixes: tuple[str, ...] = ()
 
     def describe(self) -> str:
         """The settings in words, for the graph's metadata and the reports."""
@@ -54,6 +56,8 @@ class Int8Settings:
             words.append("reduce_range")
         if self.float_nodes:
             words.append("float32 " + ", ".join(self.float_nodes))
+        if self.float_node_prefixes:
+            words.append("float32 nodes " + ", ".join(f"{prefix}*" for prefix in self.float_node_prefixes))
         return ", ".join(words)
 
 
@@ -69,6 +73,18 @@ def _float_node_names(model: onnx.ModelProto, groups: Sequence[str]) -> list[str
         linear = [node.name for node in model.graph.node if node.op_type in ("Gemm", "MatMul")]
         names += linear[-1:]
     return names
+
+
+def _prefixed_node_names(model: onnx.ModelProto, prefixes: Sequence[str], origin: str) -> list[str]:
+    """Names of the nodes starting with one of `prefixes` (Int8Settings.float_node_prefixes); a prefix no node name
+    starts with is an InputError naming a few of the graph's node names."""
+    names = [node.name for node in model.graph.node]
+    unmatched = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unmatched:
+        raise InputError(f"Int8Settings.float_node_prefixes: no node of {origin}'s scorer starts with "
+                         f"{', '.join(repr(prefix) for prefix in unmatched)}; its nodes are named like "
+                         f"{', '.join(repr(name) for name in names[:4])}")
+    return [name for name in names if any(name.startswith(prefix) for prefix in prefixes)]
 
 
 def calibration_images(calibration: str | os.PathLike | Sequence[str | os.PathLike] | None, size: tuple[int, int],
@@ -149,10 +165,12 @@ def int8_scorer(scorer: onnx.ModelProto, images: np.ndarray, described: str, ori
         large = scorer.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit: weights beside the graph
         onnx.save(scorer, str(source), save_as_external_data=large)
         source = _preprocessed(source, Path(folder) / "scorer_pre.onnx", large)
+        graph = onnx.load(str(source), load_external_data=False)
+        excluded = _float_node_names(graph, settings.float_nodes)
+        excluded += _prefixed_node_names(graph, settings.float_node_prefixes, origin)
         hint = _WithoutPreprocessingHint()
         logging.getLogger().addFilter(hint)
         try:
-            excluded = _float_node_names(onnx.load(str(source), load_external_data=False), settings.float_nodes)
             quantize_static(str(source), str(target),
                             _Batches(images, CALIBRATION_BATCH if settings.method == "MinMax" else 1),
                             quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,

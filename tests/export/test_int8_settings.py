@@ -141,3 +141,26 @@ def test_the_metadata_says_how_it_was_quantized(scorer):
 def test_bad_settings_are_refused_by_name(settings, message):
     with pytest.raises(InputError, match=message):  # before any quantization: no model needed
         int8_scorer(onnx.ModelProto(), CALIBRATION, "five noise images", "test model", settings)
+
+
+@pytest.mark.slow  # quantizes the scorer (ONNX Runtime's calibration)
+def test_float_node_prefixes_keep_exactly_those_nodes_float32(scorer):
+    """The nodes named by a prefix keep float32 weights in the quantized graph (so ONNX Runtime runs them as float
+    convolutions); every other convolution still reads dequantized int8 weights."""
+    convs = [node.name for node in scorer.graph.node if node.op_type == "Conv"]
+    prefix = convs[1].rsplit("/", 1)[0] + "/"  # the depthwise convolution's module, e.g. "/features/features.2/"
+    kept = _quantized(scorer, Int8Settings(float_node_prefixes=(prefix,)))
+    matched = {node.name for node in kept.graph.node if node.name.startswith(prefix) and node.op_type == "Conv"}
+    assert matched == {convs[1]}
+    assert _float_weight_consumers(kept) == matched
+    dequantized = {out for node in kept.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    node = next(node for node in kept.graph.node if node.name == convs[1])
+    assert not set(node.input[1:]) & dequantized  # weight and bias float32 (its input is a float tensor either way)
+    for other in (n for n in kept.graph.node if n.op_type == "Conv" and n.name != convs[1]):
+        assert other.input[1] in dequantized
+    assert "float32 nodes " + prefix + "*" in {e.key: e.value for e in kept.metadata_props}[CALIBRATION_METADATA]
+
+
+def test_a_float_node_prefix_no_node_has_is_refused(scorer):
+    with pytest.raises(InputError, match="no node of test model's scorer starts with '/nowhere/'"):
+        _quantized(scorer, Int8Settings(float_node_prefixes=("/nowhere/",)))
