@@ -48,6 +48,13 @@ class Manifest:
     output_size: tuple[int, int] | None = None  # segmentation: (H', W') of the class scores
     # an INT8 or float16 source: its format, ops, and how the explain graph's gradients are computed (None: float32)
     source_precision: dict | None = None
+    # the second and later target layers of a several-layer bundle, each {"target_layer", "target_tensor", "channels",
+    # "feature_size"}; the explain graph outputs their maps as activations/1, gradients/1, ... (graph_names.py) from
+    # the same backward pass. None: one target layer (left out of the hash, so bundles from before still load)
+    extra_layers: list[dict] | None = None
+    # detection bundles: the model's own NMS IoU threshold, which the default instance selection uses (None: the
+    # model does not say; left out of the hash, so bundles from before still load)
+    nms_iou_threshold: float | None = None
     format_version: int = FORMAT_VERSION
     manifest_sha256: str = ""  # SHA-256 of every other field (content_sha256): an edited manifest is detected
 
@@ -55,6 +62,10 @@ class Manifest:
         """SHA-256 of the manifest's canonical JSON without its own hash field (key order and spacing fixed)."""
         facts = asdict(self)
         facts.pop("manifest_sha256")
+        if facts["nms_iou_threshold"] is None:  # as before the field existed
+            facts.pop("nms_iou_threshold")
+        if facts["extra_layers"] is None:  # a one-layer manifest hashes as it did before the field existed
+            facts.pop("extra_layers")
         return hashlib.sha256(json.dumps(facts, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
     def seal(self) -> None:
@@ -62,7 +73,10 @@ class Manifest:
         self.manifest_sha256 = self.content_sha256()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
+        facts = asdict(self)
+        if facts["extra_layers"] is None:  # one-layer manifests are written as before the field existed
+            facts.pop("extra_layers")
+        return json.dumps(facts, indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str, origin: str) -> "Manifest":
@@ -75,6 +89,8 @@ class Manifest:
             data["std"] = tuple(data["std"])
             if data.get("output_size") is not None:
                 data["output_size"] = tuple(data["output_size"])
+            for extra in data.get("extra_layers") or ():
+                extra["feature_size"] = tuple(extra["feature_size"])
             manifest = cls(**data)
         except (ValueError, KeyError, TypeError) as exc:
             raise BundleError(f"{origin}: manifest is not a valid fusioncam manifest ({exc}); re-export the bundle") from None
@@ -95,6 +111,18 @@ class Bundle:
 
     path: Path
     manifest: Manifest
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The target layers the explain graph outputs maps of, in order (one for most bundles)."""
+        extra = self.manifest.extra_layers or []
+        return [self.manifest.target_layer, *(str(layer["target_layer"]) for layer in extra)]
+
+    @property
+    def layer_feature_sizes(self) -> list[tuple[int, int]]:
+        """Each target layer's map size (h, w), in the order of layer_names."""
+        extra = self.manifest.extra_layers or []
+        return [tuple(self.manifest.feature_size), *(tuple(layer["feature_size"]) for layer in extra)]
 
     def file(self, name: str) -> Path:
         return self.path / name

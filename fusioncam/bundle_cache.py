@@ -125,22 +125,26 @@ def onnx_bundle(path: str | os.PathLike, layer: str | None = None, input_size: t
     return cached_bundle(entry, build, str(path), notify)
 
 
-def module_bundle(module, layer: str, input_size: tuple[int, int], class_names: list[str] | None = None,
+def module_bundle(module, layer: str | list[str], input_size: tuple[int, int], class_names: list[str] | None = None,
                   notify: Notify | None = None, reshape=None) -> Bundle:
     """A bundle for a torch.nn.Module, exported once per (weights fingerprint, class names, layer, input size, and
-    `reshape`, pytorch-grad-cam's reshape_transform, by its code and bound values)."""
+    `reshape`, pytorch-grad-cam's reshape_transform, by its code and bound values). Several layers (a list of module
+    paths): one bundle with all of them, from one explain pass (export_torch)."""
     from .export.torch_export import state_sha256
 
     names = hashlib.sha256(json.dumps(class_names).encode()).hexdigest() if class_names is not None else "none"
     shaped = "" if reshape is None else f"|reshape {callable_fingerprint(reshape)}"
-    entry = cache_entry(type(module).__name__, f"{state_sha256(module)}|{names}{shaped}", layer, input_size)
+    label = layer if isinstance(layer, str) else "+".join(layer)
+    entry = cache_entry(type(module).__name__, f"{state_sha256(module)}|{names}{shaped}", label, input_size)
 
     def build(out: Path) -> None:
         from .export import export_torch
 
-        export_torch(module, layer, out, input_size=input_size, class_names=class_names, reshape=reshape)
+        export_torch(module, layer if isinstance(layer, str) else list(layer), out, input_size=input_size,
+                     class_names=class_names, reshape=reshape)
 
-    return cached_bundle(entry, build, f"{type(module).__name__} (layer {layer})", notify)
+    what = f"layer {layer}" if isinstance(layer, str) else f"layers {', '.join(layer)}"
+    return cached_bundle(entry, build, f"{type(module).__name__} ({what})", notify)
 
 
 def module_segmentation_bundle(module, layer: str, input_size: tuple[int, int], notify: Notify | None = None

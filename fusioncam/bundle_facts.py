@@ -13,7 +13,7 @@ from .errors import BundleError
 from .graph_names import (DETECTION_EXPLAIN_INPUTS, DETECTION_EXPLAIN_OUTPUTS, DETECTION_SCORER_INPUTS,
                           DETECTION_SCORER_OUTPUTS, EXPLAIN_INPUTS, EXPLAIN_OUTPUTS, INPUT, SCORER_INPUTS, SCORER_OUTPUTS,
                           SEGMENTATION_EXPLAIN_INPUTS, SEGMENTATION_EXPLAIN_OUTPUTS, SEGMENTATION_SCORER_INPUTS,
-                          SEGMENTATION_SCORER_OUTPUTS)
+                          SEGMENTATION_SCORER_OUTPUTS, layer_activations, layer_gradients)
 
 # Segmentation bundles (export/segmentation_graph.py): a class and a region per image; the scorer returns P [N].
 SEGMENTATION_INTERFACE = {
@@ -98,16 +98,28 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
     interface = TASK_INTERFACES.get(getattr(manifest, "task", "classification"))
     segmentation = interface is not None  # a task whose scorer returns one score per row
     explain_names = interface[EXPLAIN_GRAPH] if segmentation else (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS)
-    _check_names(path, explain, EXPLAIN_GRAPH, *explain_names)
+    extra_layers = getattr(manifest, "extra_layers", None) or []
+    if extra_layers and segmentation:
+        raise BundleError(f"bundle {path}: manifest field 'extra_layers' lists several target layers, which only "
+                          f"classifier bundles carry; re-export the bundle")
+    extra_names = tuple(name(i) for i in range(1, 1 + len(extra_layers)) for name in (layer_activations, layer_gradients))
+    _check_names(path, explain, EXPLAIN_GRAPH, explain_names[0], explain_names[1] + extra_names)
     _check_image_input(path, explain, EXPLAIN_GRAPH, manifest)
     _check_logits(path, explain, EXPLAIN_GRAPH, manifest)
-    for output in explain.output[1:3]:
-        dims = _dims(output)
-        if len(dims) != 4 or dims[1] != manifest.channels:
-            raise _field_error(path, "channels", manifest.channels, f"{EXPLAIN_GRAPH}'s {output.name}", f"shape {dims}")
-        if tuple(dims[2:]) != tuple(manifest.feature_size):
-            raise _field_error(path, "feature_size", list(manifest.feature_size), f"{EXPLAIN_GRAPH}'s {output.name}",
-                               f"height x width {dims[2:]}")
+    outputs = {output.name: output for output in explain.output}
+    layers = [("", manifest.channels, manifest.feature_size, explain.output[1:3])]
+    layers += [(f"extra_layers[{i - 1}].", layer["channels"], layer["feature_size"],
+                [outputs[layer_activations(i)], outputs[layer_gradients(i)]])
+               for i, layer in enumerate(extra_layers, start=1)]
+    for prefix, channels, feature_size, maps in layers:
+        for output in maps:
+            dims = _dims(output)
+            if len(dims) != 4 or dims[1] != channels:
+                raise _field_error(path, f"{prefix}channels", channels, f"{EXPLAIN_GRAPH}'s {output.name}",
+                                   f"shape {dims}")
+            if tuple(dims[2:]) != tuple(feature_size):
+                raise _field_error(path, f"{prefix}feature_size", list(feature_size),
+                                   f"{EXPLAIN_GRAPH}'s {output.name}", f"height x width {dims[2:]}")
     scorers = [SCORER_GRAPH] + [name for name in (SCORER_GRAPH_FP16, SCORER_GRAPH_INT8) if name in manifest.files]
     for name in scorers:
         scorer = _load_interface(path, name)

@@ -10,6 +10,19 @@ ACTIVATIONS = "activations"  # float32 [N, K, h, w]: the target layer's output A
 GRADIENTS = "gradients"  # float32 [N, K, h, w]: dy_c / dA (explain graph)
 TARGET_USED = "target_used"  # int64 [N]: the class explained per image, the arg-max resolved (explain graph)
 
+
+def layer_activations(index: int) -> str:
+    """The explain graph's output of target layer `index`'s activations: ACTIVATIONS for the first (every bundle),
+    "activations/1", "activations/2", ... for the further layers of a several-layer bundle (manifest extra_layers)."""
+    return ACTIVATIONS if index == 0 else f"{ACTIVATIONS}/{index}"
+
+
+def layer_gradients(index: int) -> str:
+    """The explain graph's output of target layer `index`'s gradients (GRADIENTS for the first; see
+    layer_activations)."""
+    return GRADIENTS if index == 0 else f"{GRADIENTS}/{index}"
+
+
 EXPLAIN_INPUTS = (INPUT, TARGET)
 EXPLAIN_OUTPUTS = (LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED)
 SCORER_INPUTS = (INPUT,)

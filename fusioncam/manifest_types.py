@@ -34,6 +34,29 @@ def _optional_object(name: str, value: Any) -> dict | None:
     return value
 
 
+def _extra_layers(name: str, value: Any) -> list | None:
+    """null, or a non-empty list of {"target_layer": str, "target_tensor": str, "channels": int,
+    "feature_size": [h, w]}."""
+    if value is None:
+        return None
+    keys = {"target_layer", "target_tensor", "channels", "feature_size"}
+    if not isinstance(value, list) or not value or not all(isinstance(v, dict) and set(v) == keys for v in value):
+        raise arguments.rejected(name, value, f"null or a non-empty list of objects with the fields {sorted(keys)}")
+    for layer in value:
+        _string(f"{name}'s target_layer", layer["target_layer"])
+        _string(f"{name}'s target_tensor", layer["target_tensor"])
+        arguments.integer(f"{name}'s channels", layer["channels"], minimum=1)
+        arguments.size_pair(f"{name}'s feature_size", layer["feature_size"])
+    return value
+
+
+def _optional_iou(name: str, value: Any) -> float | None:
+    """null, or an IoU threshold in (0, 1]."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+        raise arguments.rejected(name, value, "null or a number in (0, 1]")
+    return value
+
+
 FIELD_CHECKS = {
     "input_size": lambda name, value: arguments.size_pair(name, value),
     "mean": lambda name, value: arguments.channel_stats(name, value),
@@ -51,6 +74,8 @@ FIELD_CHECKS = {
     "task": _string,
     "output_size": lambda name, value: arguments.size_pair(name, value, allow_none=True),
     "source_precision": lambda name, value: _optional_object(name, value),
+    "extra_layers": _extra_layers,
+    "nms_iou_threshold": _optional_iou,
     "format_version": lambda name, value: arguments.integer(name, value),
     "manifest_sha256": _string,
 }

@@ -25,6 +25,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if reason is not None:  # a FIFO would block the export, a device never ends
             raise InputError(f"{what} {given!r} is not a regular file (it is {reason}); give a model file")
     check_bundle_destination(args.out, [p for p in (args.model, args.weights) if p and Path(p).exists()])
+    args.layer = target_layers(args.layer)
     size = tuple(args.input_size) if args.input_size else None
     preprocessing = _preprocessing_options(args)
     layout = {"output": args.output, "token_grid": tuple(args.token_grid) if args.token_grid else None,
@@ -47,6 +48,18 @@ def cmd_export(args: argparse.Namespace) -> int:
                               **_int8_options(args))
     print(result.describe())
     return 0
+
+
+def target_layers(given: list[str] | str | None) -> str | list[str] | None:
+    """--layer as export takes it: None (automatic), one name, or several (the option repeated, or names separated by
+    commas) for one bundle with every layer's maps from one explain pass."""
+    if given is None:
+        return None
+    names = [name.strip() for value in ([given] if isinstance(given, str) else given) for name in value.split(",")
+             if name.strip()]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else names
 
 
 def _preprocessing_options(args: argparse.Namespace) -> dict:
@@ -111,15 +124,20 @@ def _export_segmentation(args: argparse.Namespace, size, preprocessing: dict):
     if _model_source(args.model) != "onnx":
         raise InputError("--segmentation exports .onnx files; export a PyTorch segmentation model from Python with "
                          "fusioncam.export_torch_segmentation(model, layer, out)")
-    return export_onnx_segmentation(args.model, args.out, args.layer, input_size=size, fp16_scorer=args.fp16_scorer,
-                                    **preprocessing)
+    from ..export.task_routing import one_target_layer
+
+    return export_onnx_segmentation(args.model, args.out, one_target_layer(args.layer, "segmentation"),
+                                    input_size=size, fp16_scorer=args.fp16_scorer, **preprocessing)
 
 
 def add_subcommands(sub) -> None:
     """Register `export`."""
     export = sub.add_parser("export", help="make a bundle (explain graph + scorer) from a model")
     export.add_argument("model", help="a .onnx file, 'efficientnet_lite0', or a torchvision model name (with --weights)")
-    export.add_argument("--layer", help="target layer: a module path (PyTorch) or tensor name (ONNX); ONNX default: automatic")
+    export.add_argument("--layer", action="append",
+                        help="target layer: a module path (PyTorch) or tensor name (ONNX); default: automatic. Several "
+                             "(--layer a --layer b, or a,b): one bundle with every layer's maps from one explain pass "
+                             "(classifiers; the maps are aggregated as pytorch-grad-cam does with several layers)")
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--weights", help="state dict file for a torchvision model (loaded with weights_only=True)")
     export.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="input height and width")

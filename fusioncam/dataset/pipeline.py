@@ -80,8 +80,10 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     sources = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     plan = plan_inputs(sources, output=out)
     from ..bundle_cache import bundle_for
+    from ..runtime.several_layers import refuse_several_layers
 
     bundle = bundle_for(model, layer, notify=notify)
+    refuse_several_layers(bundle, "explain-dataset")
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])

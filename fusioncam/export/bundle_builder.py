@@ -36,14 +36,18 @@ class ExportResult:
     picked_automatically: bool
     notes: tuple[str, ...] = ()  # what export detected: the target's layout, which model output gave the logits
     picking_rule: str = ""  # how the target was picked automatically, where a task's rule is not the classifier's
+    layers: tuple[Layer, ...] = ()  # a several-layer bundle's layers in order (`layer` is the first); () for one
 
     def describe(self) -> str:
         rule = self.picking_rule or "the last spatial feature map before the head whose positions reach the logits"
         how = f"picked automatically: {rule}" if self.picked_automatically else "as requested"
         k, h, w = self.layer.shape[1:]
         notes = "".join(f"; {note}" for note in (self.layer.note, *self.notes) if note)
+        labels = self.bundle.layer_names
+        more = "".join(f"; target '{label}' (tensor '{layer.name}', K={layer.shape[1]}, {layer.shape[2]}x"
+                       f"{layer.shape[3]})" for label, layer in zip(labels[1:], self.layers[1:]))
         return (f"bundle {self.bundle.path}: target '{self.bundle.manifest.target_layer}' "
-                f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how}{notes})")
+                f"(tensor '{self.layer.name}', {self.layer.op_type} output, K={k}, {h}x{w}; {how}{notes}){more}")
 
 
 def _cpu_session(graph: Path, origin: str, which: str):
@@ -115,10 +119,10 @@ def _check_explain(explain: Path, size: tuple[int, int], origin: str) -> None:
 
 def write_classifier_bundle(
     classifier: Classifier,
-    layer: Layer,
+    layer: Layer | list[Layer],
     out: str | os.PathLike,
     *,
-    target_label: str,
+    target_label: str | list[str],
     source: str,
     source_sha256: str,
     mean=IMAGENET_MEAN,
@@ -131,23 +135,41 @@ def write_classifier_bundle(
     calibration=None,
 ) -> ExportResult:
     """Build both graphs (and with `fp16_scorer` a float16 copy of the scorer, with `int8_scorer` an INT8 one
-    calibrated on `calibration`'s images or the sample photos), check them, write the bundle atomically."""
-    manifest = bundle_manifest(classifier, layer, target_label=target_label, source=source,
-                               source_sha256=source_sha256, mean=mean, std=std, class_names=class_names)
+    calibrated on `calibration`'s images or the sample photos), check them, write the bundle atomically.
+
+    Several layers (a list of Layers, and a list of labels): one explain graph with every layer's activations and
+    gradients from one backward pass (several_layers_graph.py), the manifest's extra_layers, and no head graph (its
+    input is one layer's activations, so AblationCAM and ReciproCAM need one bundle per layer)."""
+    layers = [layer] if isinstance(layer, Layer) else list(layer)
+    labels = [target_label] if isinstance(target_label, str) else list(target_label)
+    if len(labels) != len(layers):
+        raise ModelLoadError(f"{source}: {len(labels)} target labels for {len(layers)} target layers")
+    if len(layers) > 1:  # before any work: layers the one backward cannot reach, named as the user named them
+        from .several_layers_graph import upstream_layer
+
+        upstream_layer(classifier.model.graph, [one.name for one in layers], labels)
+    layer = layers[0]
+    extra = [{"target_layer": label, "target_tensor": more.name, "channels": int(more.shape[1]),
+              "feature_size": tuple(int(v) for v in more.shape[2:])} for label, more in zip(labels[1:], layers[1:])]
+    manifest = bundle_manifest(classifier, layer, target_label=labels[0], source=source,
+                               source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
+                               **({"extra_layers": extra} if extra else {}))
     int8 = None
     if int8_scorer:
         from .int8_scorer import calibration_images
 
         int8 = calibration_images(calibration, tuple(manifest.input_size), manifest.mean, manifest.std)
-    refusal = head_graph_refusal(classifier, layer)
-    refusal = write_checked_graphs(out, manifest, classifier, layer, fp16_scorer, source, classifier.input_size,
-                                   builders=(build_scorer, build_explain),
+    refusal = ("several target layers in one bundle (export each layer as its own bundle for them)" if extra
+               else head_graph_refusal(classifier, layer))
+    refusal = write_checked_graphs(out, manifest, classifier, layers if extra else layer, fp16_scorer, source,
+                                   classifier.input_size, builders=(build_scorer, build_explain),
                                    checks=(_check_scorer, _check_fp16_scorer, _check_explain), int8=int8,
                                    head=None if refusal else build_head) or refusal
     head_note = f"no head graph, so no AblationCAM or ReciproCAM: {refusal}" if refusal else ""
     notes = (*notes, precision_note(manifest.source_precision), head_note)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
-                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note))
+                        picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
+                        layers=tuple(layers) if extra else ())
 
 
 def precision_note(source_precision: dict | None) -> str:

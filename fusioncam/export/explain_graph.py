@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -22,13 +24,20 @@ def _standard_names(classifier: Classifier, target: str | None,
                     reserved: list[str] = RESERVED) -> tuple[onnx.ModelProto, str, str | None]:
     """Copy the model (a Classifier's, or a Segmenter's) with its image input called `input` and the `reserved`
     names freed; return (model, logits/scores tensor, target tensor)."""
+    model, logits, targets = standard_names_of(classifier, [target], reserved)
+    return model, logits, targets[0]
+
+
+def standard_names_of(classifier: Classifier, targets: list[str | None],
+                      reserved: list[str] = RESERVED) -> tuple[onnx.ModelProto, str, list[str | None]]:
+    """_standard_names for several target tensors: (model, logits/scores tensor, each target's tensor now)."""
     model = onnx.ModelProto.FromString(classifier.model.SerializeToString())
     moved = free_names(model, [name for name in reserved if name != classifier.input_name])
     logits = moved.get(classifier.logits_name, classifier.logits_name)
-    target = moved.get(target, target) if target is not None else None
+    targets = [moved.get(target, target) if target is not None else None for target in targets]
     if classifier.input_name != INPUT:
         rename_tensor(model, classifier.input_name, INPUT)
-    return model, logits, target
+    return model, logits, targets
 
 
 def _set_outputs(model: onnx.ModelProto, outputs: list[tuple[str, str, int, list]]) -> None:
@@ -65,22 +74,31 @@ def _target_seed_nodes(logits: str, num_classes: int) -> tuple[list[onnx.NodePro
     return nodes, [classes, zero, one_axis]
 
 
-def target_maps(model: onnx.ModelProto, target: str, layer: Layer) -> tuple[str, str]:
-    """(activations, gradients) as [N,K,h,w] maps: the target tensor and TARGET_GRADIENT as they are, or the same
-    rearrangement of both appended to `model` (see target_layout)."""
+def target_maps(model: onnx.ModelProto, target: str, layer: Layer, gradient: str = TARGET_GRADIENT,
+                suffix: str = "") -> tuple[str, str]:
+    """(activations, gradients) as [N,K,h,w] maps: the target tensor and its gradient tensor as they are, or the same
+    rearrangement of both appended to `model` (see target_layout); `suffix` tells several layers' nodes apart."""
     if layer.layout.kind == NCHW:
-        return target, TARGET_GRADIENT
-    activations, gradients = "explain/activation_map", "explain/gradient_map"
-    for source, dest, prefix in ((target, activations, "explain/layout_a"),
-                                 (TARGET_GRADIENT, gradients, "explain/layout_g")):
+        return target, gradient
+    activations, gradients = f"explain/activation_map{suffix}", f"explain/gradient_map{suffix}"
+    for source, dest, prefix in ((target, activations, f"explain/layout_a{suffix}"),
+                                 (gradient, gradients, f"explain/layout_g{suffix}")):
         nodes, constants = layout_nodes(source, dest, layer.layout, layer.source_shape, prefix)
         model.graph.node.extend(nodes)
         model.graph.initializer.extend(constants)
     return activations, gradients
 
 
-def build_explain(classifier: Classifier, layer: Layer) -> onnx.ModelProto:
-    """The explain graph: inputs `input`, `target`; outputs logits, activations, gradients, target_used."""
+def build_explain(classifier: Classifier, layer: Layer | Sequence[Layer]) -> onnx.ModelProto:
+    """The explain graph: inputs `input`, `target`; outputs logits, activations, gradients, target_used; for several
+    layers (a sequence) also activations/1, gradients/1, ... of the further layers, from the same backward pass."""
+    if not isinstance(layer, Layer):
+        layers = list(layer)
+        if len(layers) > 1:
+            from .several_layers_graph import build_several_layers_explain
+
+            return build_several_layers_explain(classifier, layers)
+        layer = layers[0]
     model, logits, target = _standard_names(classifier, layer.name)
     graph = model.graph
     graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH_DIM]))

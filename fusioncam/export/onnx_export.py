@@ -26,7 +26,7 @@ def load_classifier(model_path: str | os.PathLike, input_size: tuple[int, int] |
 def export_onnx(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
-    target_layer: str | None = None,
+    target_layer: str | list[str] | None = None,
     *,
     input_size: tuple[int, int] | None = None,
     mean=IMAGENET_MEAN,
@@ -48,9 +48,17 @@ def export_onnx(
     the graph output holding the class scores when the model has several (default: the first, and describe() says
     so). A target that is not [N,K,h,w] is rearranged into a map: tokens [N,T,C] (k prefix tokens dropped, an h x w
     grid) and channels-last [N,h,w,C] are detected; `token_grid=(h, w)`, `prefix_tokens=k` or `channels_last=True`
-    decide for an explicit `target_layer` when detection cannot."""
+    decide for an explicit `target_layer` when detection cannot. Several tensor names (a list) give one bundle with
+    every layer's activations and gradients from one explain pass (see export_torch)."""
     arguments.path("model_path", model_path)
-    arguments.text("target_layer", target_layer, allow_none=True)
+    names = None
+    if isinstance(target_layer, (list, tuple)):
+        names = arguments.string_list("target_layer", list(target_layer), allow_none=False)
+        if not names:
+            raise LayerError("target_layer is an empty list; give one tensor name, several, or None (automatic)")
+        target_layer = names[0]
+    else:
+        arguments.text("target_layer", target_layer, allow_none=True)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer, input_size_optional=True)
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     arguments.text("output", output, allow_none=True)
@@ -59,13 +67,16 @@ def export_onnx(
         raise LayerError("token_grid, prefix_tokens and channels_last describe an explicit target_layer; "
                          "pass target_layer too (see `fusioncam layers MODEL`)")
     classifier, digest = load_classifier(model_path, input_size, output)
-    if target_layer is not None:
+    if names is not None and len(names) > 1:
+        layer = [resolve_target(classifier, name, request) for name in names]
+    elif target_layer is not None:
         layer = resolve_target(classifier, target_layer, request)
     else:
         layer = auto_target(classifier, MapReach(classifier))
     return write_classifier_bundle(
         classifier, layer, out,
-        target_label=layer.name, source=str(model_path), source_sha256=digest,
+        target_label=[one.name for one in layer] if isinstance(layer, list) else layer.name,
+        source=str(model_path), source_sha256=digest,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
         fp16_scorer=fp16_scorer, notes=(classifier.output_note,), int8_scorer=int8_scorer, calibration=calibration,
     )

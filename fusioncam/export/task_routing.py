@@ -14,7 +14,7 @@ import os
 import onnx
 
 from .. import arguments
-from ..errors import InputError
+from ..errors import InputError, LayerError
 from .bundle_builder import ExportResult
 
 EXPORT_TASKS = ("classification", "segmentation", "detection")
@@ -63,7 +63,8 @@ def onnx_task(model_path: str | os.PathLike, output: str | None = None) -> str:
     return SCORE_RANKS.get(len(outputs[0].type.tensor_type.shape.dim), "classification")
 
 
-def export_torch(model, target_layer: str | None, out: str | os.PathLike, input_size: tuple[int, int] = (224, 224),
+def export_torch(model, target_layer: str | list[str] | None, out: str | os.PathLike,
+                 input_size: tuple[int, int] = (224, 224),
                  mean=None, std=None, class_names: list[str] | None = None, fp16_scorer: bool = False, *,
                  task: str | None = None, **options) -> ExportResult:
     """A bundle from a torch.nn.Module of any task (see fusioncam.export.torch_export.export_torch for the classifier
@@ -73,6 +74,8 @@ def export_torch(model, target_layer: str | None, out: str | os.PathLike, input_
 
     task = checked_task(task)
     layout = _detection_layout(task, options)
+    if task in ("detection", "segmentation"):
+        target_layer = one_target_layer(target_layer, task)
     if task == "detection":
         from .detection_torch import export_torch_detection
 
@@ -90,10 +93,21 @@ def export_torch(model, target_layer: str | None, out: str | os.PathLike, input_
         if task is not None:  # task="classification" was asked for: its error stands
             raise
     _refuse_classifier_options(options)
-    return export_torch_segmentation(model, target_layer, out, **common)
+    return export_torch_segmentation(model, one_target_layer(target_layer, "segmentation"), out, **common)
 
 
-def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_layer: str | None = None, *,
+def one_target_layer(target_layer, task: str):
+    """`target_layer` for a task whose bundles explain one layer: a LayerError for several (a list of two or more),
+    the single name of a one-element list."""
+    if isinstance(target_layer, (list, tuple)):
+        if len(target_layer) != 1:
+            raise LayerError(f"several target layers ({', '.join(map(str, target_layer))}) in one bundle are for "
+                             f"classifiers; a {task} bundle explains one layer: export one bundle per layer")
+        return target_layer[0]
+    return target_layer
+
+
+def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_layer: str | list[str] | None = None, *,
                 task: str | None = None, **options) -> ExportResult:
     """A bundle from an `.onnx` model of any task (see fusioncam.export.onnx_export.export_onnx for the options):
     `task` None finds it from the rank of the model's class-score output."""
@@ -104,6 +118,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_la
     arguments.path("model_path", model_path)
     layout = _detection_layout(task, options)
     if task == "detection":
+        target_layer = one_target_layer(target_layer, task)
         from .detection_export import export_onnx_detection
 
         _refuse_classifier_options({name: value for name, value in options.items() if name != "output"})
@@ -113,6 +128,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_la
     if task is None:
         task = onnx_task(model_path, options.get("output"))
     if task == "segmentation":
+        target_layer = one_target_layer(target_layer, task)
         _refuse_classifier_options(options)  # given ones are refused; the others (None) are not the rule's
         rule_options = {name: value for name, value in options.items() if name not in CLASSIFIER_ONLY}
         return export_onnx_segmentation(model_path, out, target_layer, **rule_options)

@@ -52,27 +52,34 @@ def state_sha256(model) -> str:
     return digest.hexdigest()
 
 
-def features_wrapper(model, layer_path: str, scores, features):
+def features_wrapper(model, layer_path: str | list[str], scores, features):
     """A torch module returning (scores(model output), features(target module output, those scores)), the target's
-    output captured by a forward hook; a target that does not run exactly once is a LayerError."""
+    output captured by a forward hook; a target that does not run exactly once is a LayerError. Several layer paths
+    (a list) give (scores, features of the first, features of the second, ...), `features(output, scores, path)`."""
     import torch
 
-    target = module_by_path(model, layer_path)
+    paths = [layer_path] if isinstance(layer_path, str) else list(layer_path)
+    targets = [module_by_path(model, path) for path in paths]
 
     class Wrapper(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
-            self.captured = []
-            target.register_forward_hook(lambda _m, _i, out: self.captured.append(out))
+            self.captured = [[] for _ in paths]
+            for target, captured in zip(targets, self.captured):
+                target.register_forward_hook(lambda _m, _i, out, captured=captured: captured.append(out))
 
         def forward(self, x):
-            self.captured.clear()
+            for captured in self.captured:
+                captured.clear()
             head = scores(self.model(x))
-            if len(self.captured) != 1:
-                raise LayerError(f"target layer '{layer_path}' runs {len(self.captured)} times in one forward; "
-                                 f"pick a module that runs exactly once")
-            return head, features(self.captured[0], head)
+            for path, captured in zip(paths, self.captured):
+                if len(captured) != 1:
+                    raise LayerError(f"target layer '{path}' runs {len(captured)} times in one forward; "
+                                     f"pick a module that runs exactly once")
+            if isinstance(layer_path, str):
+                return head, features(self.captured[0][0], head)
+            return (head, *(features(captured[0], head, path) for path, captured in zip(paths, self.captured)))
 
     return Wrapper().eval()
 
@@ -81,8 +88,9 @@ class _WithFeatures:
     """Builds a torch module returning (logits, target tensor) via a forward hook."""
 
     @staticmethod
-    def wrap(model, layer_path: str, target_output=None, output=None):
-        def features(captured, logits):
+    def wrap(model, layer_path: str | list[str], target_output=None, output=None):
+        def features(captured, logits, path=layer_path):
+            layer_path = path
             feats = pick_tensor(captured, target_output, f"target layer '{layer_path}'")
             if feats.dim() not in (3, 4):
                 raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
@@ -98,23 +106,29 @@ class _WithFeatures:
         return features_wrapper(model, layer_path, lambda out: model_logits(out, output), features)
 
 
-def _export_torchscript(wrapper, example) -> onnx.ModelProto:
-    """The TorchScript exporter: fast, dynamic batch via dynamic_axes."""
+def features_output(index: int) -> str:
+    """The exported graph's tensor of target layer `index`'s features (FEATURES_OUTPUT for the first)."""
+    return FEATURES_OUTPUT if index == 0 else f"{FEATURES_OUTPUT}_{index}"
+
+
+def _export_torchscript(wrapper, example, features: int = 1) -> onnx.ModelProto:
+    """The TorchScript exporter: fast, dynamic batch via dynamic_axes (`features`: target tensors the wrapper returns)."""
     import torch
 
+    names = [features_output(i) for i in range(features)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             wrapper, (example,), buffer, dynamo=False, opset_version=EXPORT_OPSET,
-            input_names=[INPUT], output_names=[LOGITS, FEATURES_OUTPUT],
-            dynamic_axes={INPUT: {0: "N"}, LOGITS: {0: "N"}, FEATURES_OUTPUT: {0: "N"}},
+            input_names=[INPUT], output_names=[LOGITS, *names],
+            dynamic_axes={INPUT: {0: "N"}, LOGITS: {0: "N"}, **{name: {0: "N"} for name in names}},
             do_constant_folding=True,
         )
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-def _export_dynamo(wrapper, example) -> onnx.ModelProto:
+def _export_dynamo(wrapper, example, features: int = 1) -> onnx.ModelProto:
     """The torch.export-based exporter, for models the TorchScript exporter rejects."""
     import contextlib
 
@@ -123,13 +137,14 @@ def _export_dynamo(wrapper, example) -> onnx.ModelProto:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, input_names=[INPUT], output_names=[LOGITS, FEATURES_OUTPUT],
+            wrapper, (example,), dynamo=True, input_names=[INPUT],
+            output_names=[LOGITS, *(features_output(i) for i in range(features))],
             dynamic_shapes=({0: torch.export.Dim("N", min=1, max=65536)},), verbose=False,
         )
     return program.model_proto
 
 
-def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int], target_output=None,
+def _torch_to_onnx(model, layer_path: str | list[str], input_size: tuple[int, int], target_output=None,
                    output=None) -> tuple[onnx.ModelProto, str]:
     """Export (logits, target features): TorchScript exporter first (fast), dynamo exporter when it refuses.
 
@@ -141,23 +156,25 @@ def _torch_to_onnx(model, layer_path: str, input_size: tuple[int, int], target_o
     with torch.no_grad():
         wrapper(example)  # raises the LayerError/ModelLoadError above with a clear message before exporting
         note = output_note(wrapper.model(example), output)
-    return export_features_wrapper(wrapper, example), note
+    features = 1 if isinstance(layer_path, str) else len(layer_path)
+    return export_features_wrapper(wrapper, example, features=features), note
 
 
-def export_features_wrapper(wrapper, example, what: str = "model") -> onnx.ModelProto:
+def export_features_wrapper(wrapper, example, what: str = "model", features: int = 1) -> onnx.ModelProto:
     """Export a features_wrapper module: TorchScript exporter first (fast), dynamo exporter when it refuses; the
-    returned graph keeps the target features as an inner tensor, not an output."""
+    returned graph keeps the target features (`features` tensors, features_output(i)) as inner tensors, not outputs."""
     try:
-        exported = _export_torchscript(wrapper, example)
+        exported = _export_torchscript(wrapper, example, features)
     except Exception as first:  # e.g. adaptive pooling to a non-divisor size: the dynamo exporter handles it
         try:
-            exported = _export_dynamo(wrapper, example)
+            exported = _export_dynamo(wrapper, example, features)
         except Exception as second:
             raise ModelLoadError(
                 f"PyTorch could not export the {what} to ONNX: TorchScript exporter: {str(first).splitlines()[0]}; "
                 f"dynamo exporter: {str(second).splitlines()[0]}"
             ) from None
-    kept = [out for out in exported.graph.output if out.name != FEATURES_OUTPUT]
+    inner = {features_output(i) for i in range(features)}
+    kept = [out for out in exported.graph.output if out.name not in inner]
     del exported.graph.output[:]
     exported.graph.output.extend(kept)
     return exported
@@ -165,7 +182,7 @@ def export_features_wrapper(wrapper, example, what: str = "model") -> onnx.Model
 
 def export_torch(
     model,
-    target_layer: str | None,
+    target_layer: str | list[str] | None,
     out: str | os.PathLike,
     input_size: tuple[int, int] = (224, 224),
     mean=IMAGENET_MEAN,
@@ -192,12 +209,27 @@ def export_torch(
     index or key). The target module may return a tuple or an output object: its first tensor, or `target_output`.
     Tokens [N,T,C] and channels-last [N,h,w,C] become [N,C,h,w] maps (detected; `token_grid=(h, w)`,
     `prefix_tokens=k`, `channels_last=True` decide when detection cannot), or `reshape`, a function that rearranges
-    the module's tensor into [N,K,h,w] (pytorch-grad-cam's reshape_transform)."""
+    the module's tensor into [N,K,h,w] (pytorch-grad-cam's reshape_transform).
+
+    Several target layers (a list of module paths, e.g. ["layer3", "layer4"]) give one bundle whose explain graph
+    returns every layer's activations and gradients from one forward and backward pass (export/several_layers_graph.py;
+    the layout options and `reshape` apply to each layer, as pytorch-grad-cam's reshape_transform does); such a bundle
+    has no head graph (AblationCAM, ReciproCAM), and the layers must lie along one path."""
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch needs a torch.nn.Module, got {type(model).__name__}")
-    arguments.text("target_layer", target_layer, allow_none=True)
+    if isinstance(target_layer, (list, tuple)):
+        paths = arguments.string_list("target_layer", list(target_layer), allow_none=False)
+        if not paths:
+            raise LayerError("target_layer is an empty list; give one module path, several, or None (automatic)")
+        target_layer = paths[0] if len(paths) == 1 else paths
+    if isinstance(target_layer, list):
+        if target_output is not None:
+            raise LayerError("target_output picks one output of one target module; with several target layers "
+                             "export each layer that needs it as its own bundle")
+    else:
+        arguments.text("target_layer", target_layer, allow_none=True)
     arguments.callable_or_none("reshape", reshape)
     arguments.export_arguments(out, input_size, mean, std, class_names, fp16_scorer)
     check_bundle_destination(out)  # before any work: never replace what fusioncam did not write
@@ -212,16 +244,21 @@ def export_torch(
         target_layer = auto_torch_target(model, size, output)
     exported, output_used = _torch_to_onnx(model, target_layer, size, target_output, output)
     classifier = prepare_classifier(exported, source, size)
-    if reshape is not None:
-        shapes = tensor_shapes(classifier.model)
-        layout = gathered_layout(reshape, shapes[FEATURES_OUTPUT], f"target layer '{target_layer}'")
-        map_shape = layout.map_shape(shapes[FEATURES_OUTPUT])
-        layer = Layer(FEATURES_OUTPUT, map_shape, "reshape", layout, shapes[FEATURES_OUTPUT])
-    else:
-        layer = resolve_target(classifier, FEATURES_OUTPUT, request)
+    paths = target_layer if isinstance(target_layer, list) else [target_layer]
+    layers = [_target_map(classifier, features_output(i), path, reshape, request) for i, path in enumerate(paths)]
     return write_classifier_bundle(
-        classifier, layer, out,
+        classifier, layers if len(layers) > 1 else layers[0], out,
         target_label=target_layer, source=source, source_sha256=state_sha256(model),
         mean=mean, std=std, class_names=class_names, fp16_scorer=fp16_scorer, picked_automatically=picked,
         notes=(output_used,), int8_scorer=int8_scorer, calibration=calibration,
     )
+
+
+def _target_map(classifier, tensor: str, path: str, reshape, request: LayoutRequest) -> Layer:
+    """The Layer of one exported target tensor: rearranged by `reshape` (pytorch-grad-cam's reshape_transform) when
+    given, else resolved (layout detected, or as `request` says)."""
+    if reshape is None:
+        return resolve_target(classifier, tensor, request)
+    shapes = tensor_shapes(classifier.model)
+    layout = gathered_layout(reshape, shapes[tensor], f"target layer '{path}'")
+    return Layer(tensor, layout.map_shape(shapes[tensor]), "reshape", layout, shapes[tensor])

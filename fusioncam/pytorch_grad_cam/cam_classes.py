@@ -6,17 +6,18 @@ exported into the cache on first use (per target layer, input size and weights, 
 Classifier maps use compat="pytorch-grad-cam" (pytorch-grad-cam's arithmetic where it differs from the methods'
 authors'); segmentation bundles have no such option and use the default.
 
-Several target layers: one bundle and one explain pass per layer (not yet one pass for all), then pytorch-grad-cam's
-aggregation (each layer's map ReLU'd, scaled to [0, 1] at its own resolution and resized to the input; the mean over
-layers scaled to [0, 1]). For the methods whose weights come from the explain pass (explain_pass_maps.py) the layer
-maps are formed from the explain pass as pytorch-grad-cam forms them; for the engine's other maps of the form
-norm(up(relu(low))) (Score-CAM, the eigen methods, KPCA-CAM, FinerCAM, Ablation-CAM, Recipro-CAM) the scaling at the
-layer's resolution is recovered exactly from the map (layer_scaling.py); Fusion-CAM, Group-CAM and Union-CAM maps are
-averaged as they are. Each layer's Score-CAM and Ablation-CAM runs its own masked forwards or ablations, as
-pytorch-grad-cam's per-layer get_cam_weights does. Targets that are not one logit (softmax, binary, raw scores) are
-the backward seed of a copy of the explain graph (target_seed_graph.py), for the methods whose maps come from the
-explain pass. aug_smooth: pytorch-grad-cam's six
-test-time augmentations (horizontal flip x multiply by 0.9, 1, 1.1) stacked into one batch, each map un-flipped,
+Several target layers: one bundle holding every layer and one explain pass for all of them (export/
+several_layers_graph.py; the Explainer aggregates the layers' maps, runtime/layer_aggregation.py), or one bundle per
+layer for segmentation models and for AblationCAM, ReciproCAM and ShapleyCAM (whose graphs are built from one layer);
+then pytorch-grad-cam's aggregation (each layer's map ReLU'd, scaled to [0, 1] at its own resolution and resized to
+the input; the mean over layers scaled to [0, 1]). For the methods whose weights come from the explain pass
+(explain_pass_maps.py) the layer maps are formed from the explain pass as pytorch-grad-cam forms them; for the
+engine's other maps of the form norm(up(relu(low))) (Score-CAM, the eigen methods, KPCA-CAM, FinerCAM, Ablation-CAM,
+Recipro-CAM) the scaling at the layer's resolution is recovered exactly from the map (runtime/layer_aggregation.py);
+Fusion-CAM, Group-CAM and Union-CAM maps are averaged as they are. Each layer's Score-CAM and Ablation-CAM runs its
+own masked forwards or ablations, as pytorch-grad-cam's per-layer get_cam_weights does. Targets that are not one
+logit (softmax, binary, raw scores) are the backward seed of a copy of the explain graph (target_seed_graph.py), for
+the methods whose maps come from the explain pass. aug_smooth: pytorch-grad-cam's six test-time augmentations (horizontal flip x multiply by 0.9, 1, 1.1) stacked into one batch, each map un-flipped,
 then averaged. eigen_smooth: explain_pass_maps.py (each layer's map then scaled as pytorch-grad-cam scales it).
 """
 
@@ -30,6 +31,7 @@ from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer, Explanation
 from ..runtime.methods.compat import PYTORCH_GRAD_CAM
 from ..runtime.methods.registry import REGISTRY
+from ..runtime.several_layers import layer_view, one_layer_methods
 from ..graph_names import LOGITS
 from .explain_pass_maps import (GRADIENT_PROJECTIONS, PROJECTIONS_ALREADY, WEIGHTED_ACTIVATIONS, check_eigen_smooth,
                                 explain_pass, layer_map)
@@ -72,7 +74,8 @@ class BaseCAM:
         self.device = device
         self.batch_size: int | None = None  # masked images per scorer run (None: fusioncam's default)
         self.outputs = None  # the model's outputs (logits) of the last call, a torch tensor
-        self.last_explanations: list[Explanation] = []  # per layer, the last call's fusioncam explanations
+        self.last_explanations: list[Explanation] = []  # per bundle, the last call's explanations (layer_maps: each
+        # layer's maps where one bundle holds several layers)
         self._explainers: dict[tuple, Explainer] = {}
         self._seeded: dict[int, SeededExplain] = {}  # by id of an Explainer: its explain graph with target seeds
 
@@ -128,11 +131,14 @@ class BaseCAM:
             return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
         per_layer = []
         self.last_explanations = []
-        for path in self.layer_paths:
-            explainer = self._explainer(path, size, plan.segmentation)
+        groups = self._layer_groups(plan.segmentation)
+        for layers, count in groups:
+            explainer = self._explainer(layers, size, plan.segmentation)
             explanation = explainer.explain(images, targets=plan.classes, methods=(self.method,),
                                             regions=plan.regions)
             self.last_explanations.append(explanation)
+            if count > 1:  # one bundle for every layer: the Explainer aggregated them as pytorch-grad-cam does
+                continue
             layer = np.maximum(explanation.maps[self.method], 0)
             if len(self.layer_paths) > 1 and self.method in LOW_RESOLUTION_FORM:  # as pytorch-grad-cam weighs layers
                 layer = scaled_before_upsampling(layer, explainer.bundle.manifest.feature_size)
@@ -142,20 +148,24 @@ class BaseCAM:
             import torch
 
             self.outputs = torch.from_numpy(np.ascontiguousarray(logits[keep]))
+        if not per_layer:
+            return self.last_explanations[0].maps[self.method]
         return scale_cam_image(np.mean(np.stack(per_layer, axis=1), axis=1))
 
     def _from_explain_pass(self, images: np.ndarray, plan: GraphTargets, keep: slice, size: tuple[int, int],
                            eigen_smooth: bool) -> np.ndarray:
-        """Per layer, one explain pass and the method's low-resolution map (explain_pass_maps.py), then
-        pytorch-grad-cam's own per-layer scaling (ReLU, scaled to [0, 1], cv2-resized to the input) and aggregation."""
+        """One explain pass per bundle (one for every layer, or one per layer: _layer_groups) and each layer's
+        low-resolution map of the method (explain_pass_maps.py), then pytorch-grad-cam's own per-layer scaling (ReLU,
+        scaled to [0, 1], cv2-resized to the input) and aggregation."""
         per_layer = []
         self.last_explanations = []
-        for path in self.layer_paths:
-            explainer = self._explainer(path, size, plan.segmentation)
+        for layers, count in self._layer_groups(plan.segmentation):
+            explainer = self._explainer(layers, size, plan.segmentation)
             outputs = explain_pass(explainer, images, plan.classes, plan.regions, self._seeded_explain(explainer, plan),
                                    plan.seeds)
-            low = np.maximum(layer_map(self.method, outputs, eigen_smooth), 0)
-            per_layer.append(scale_cam_image(low, (size[1], size[0])))
+            for index in range(count):
+                low = np.maximum(layer_map(self.method, layer_view(outputs, index), eigen_smooth), 0)
+                per_layer.append(scale_cam_image(low, (size[1], size[0])))
         if not plan.segmentation:
             import torch
 
@@ -188,9 +198,18 @@ class BaseCAM:
             self._seeded[id(explainer)] = SeededExplain(explainer.bundle, providers)
         return self._seeded[id(explainer)]
 
-    def _explainer(self, path: str, size: tuple[int, int], segmentation: bool) -> Explainer:
-        """The Explainer of one layer at one input size, exported into the cache if needed; reused while the
-        weights, the size and batch_size stay the same."""
+    def _layer_groups(self, segmentation: bool) -> list[tuple[str | tuple[str, ...], int]]:
+        """(the layer path, or the paths, of one bundle; how many layers it holds) for each bundle a call uses: one
+        bundle with every target layer, its explain pass run once for all of them (export/several_layers_graph.py),
+        or one bundle per layer for segmentation models and the methods that run a graph built from one layer (the
+        head graph: AblationCAM, ReciproCAM; ShapleyCAM's; runtime/several_layers.py)."""
+        if len(self.layer_paths) > 1 and not segmentation and self.method not in one_layer_methods():
+            return [(tuple(self.layer_paths), len(self.layer_paths))]
+        return [(path, 1) for path in self.layer_paths]
+
+    def _explainer(self, path: str | tuple[str, ...], size: tuple[int, int], segmentation: bool) -> Explainer:
+        """The Explainer of one layer (or of a tuple of layers, one bundle) at one input size, exported into the
+        cache if needed; reused while the weights, the size and batch_size stay the same."""
         from ..export.torch_export import state_sha256
 
         arguments.integer("batch_size", self.batch_size, minimum=1, allow_none=True)
@@ -204,7 +223,8 @@ class BaseCAM:
                                      "segmentation export reads [N, K, h, w] target maps")
                 bundle, compat = module_segmentation_bundle(self.model, path, size), None
             else:
-                bundle = module_bundle(self.model, path, size, reshape=self.reshape_transform)
+                bundle = module_bundle(self.model, path if isinstance(path, str) else list(path), size,
+                                       reshape=self.reshape_transform)
                 compat = PYTORCH_GRAD_CAM
             self._explainers[key] = Explainer(bundle, device=self.device, batch_size=self.batch_size, compat=compat)
         return self._explainers[key]

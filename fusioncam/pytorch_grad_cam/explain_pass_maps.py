@@ -17,6 +17,7 @@ from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
 from ..kernels.array_math import gradcam_weights, xgradcam_weights
 from ..kernels.pytorch_grad_cam_math import lapack_centered_projection, plus_plus_weights
 from ..runtime import Explainer
+from ..runtime.several_layers import extra_output_names
 
 WEIGHTED_ACTIVATIONS = {
     "gradcam": lambda a, g: gradcam_weights(g).astype(np.float32)[:, :, None, None] * a,
@@ -42,19 +43,20 @@ def check_eigen_smooth(method: str, class_name: str) -> None:
 def explain_pass(explainer: Explainer, images: np.ndarray, classes, regions, seeded=None, seeds=None
                  ) -> dict[str, np.ndarray]:
     """The explain graph's logits, activations [N, K, h, w] and gradients for these targets, on the host; with
-    `seeded` (a target_seed_graph.SeededExplain) and seed weights [N, 3], the gradients of those targets."""
+    `seeded` (a target_seed_graph.SeededExplain) and seed weights [N, 3], the gradients of those targets. A
+    several-layer bundle's further layers come from the same pass (activations/1, ...; several_layers.layer_view)."""
+    names = (LOGITS, ACTIVATIONS, GRADIENTS, *extra_output_names(explainer.bundle))
     if seeded is not None:
         n = int(images.shape[0])
         target = np.full(n, -1, np.int64) if classes is None else np.asarray(classes, np.int64)
         return {name: np.asarray(value, dtype=np.float32) for name, value in seeded.run(images, target, seeds).items()
-                if name in (LOGITS, ACTIVATIONS, GRADIENTS)}
+                if name in names}
     manifest = explainer.bundle.manifest
     feed = explainer.task.explain_feed(manifest, int(images.shape[0]), classes, regions, explainer.class_names)
     backend = explainer.backend
     with explainer._in_use("explain"):
         graph = backend.explain(backend.asarray(images), explainer._device_feed(feed))
-        return {name: np.asarray(backend.to_host(graph[name]), dtype=np.float32)
-                for name in (LOGITS, ACTIVATIONS, GRADIENTS)}
+        return {name: np.asarray(backend.to_host(graph[name]), dtype=np.float32) for name in names}
 
 
 def layer_map(method: str, outputs: dict[str, np.ndarray], eigen_smooth: bool) -> np.ndarray:

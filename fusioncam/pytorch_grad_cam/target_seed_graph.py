@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BundleError
-from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
+from ..graph_names import INPUT, TARGET
 
 SEED = "explain/seed"  # the backward seed [N, C] of export/explain_graph.py
 ONEHOT = "explain/onehot_bool"
@@ -112,11 +112,12 @@ class SeededExplain:
         self._session = ort.InferenceSession(seeded_explain_model(bundle.explain_path), sess_options=options,
                                              providers=providers or ["CPUExecutionProvider"])
         self.num_classes = int(bundle.manifest.num_classes)
+        self._outputs = [output.name for output in self._session.get_outputs()]  # several layers: activations/1, ...
 
     def run(self, images: np.ndarray, classes: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:
-        """{logits, activations, gradients, target_used} for images [N, 3, H, W], classes int64 [N] (-1: arg-max)
-        and seed weights float32 [N, 3]."""
-        names = [LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED]
+        """{logits, activations, gradients, target_used} (and a several-layer bundle's activations/1, gradients/1,
+        ...) for images [N, 3, H, W], classes int64 [N] (-1: arg-max) and seed weights float32 [N, 3]."""
+        names = self._outputs
         feed = {INPUT: np.ascontiguousarray(images, np.float32), TARGET: np.asarray(classes, np.int64),
                 SEED_WEIGHTS: np.ascontiguousarray(seeds, np.float32)}
         return dict(zip(names, self._session.run(names, feed)))

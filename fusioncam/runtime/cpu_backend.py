@@ -14,6 +14,7 @@ from ..graph_names import INPUT
 from ..kernels import KernelSet, numpy_kernels
 from .backend import EMPTY_INPUTS
 from .batch_plan import row_ranges
+from .several_layers import extra_output_names
 from .stage_clock import HostClock
 
 
@@ -77,7 +78,7 @@ class CpuBackend:
                  int8_rescore: int = 0) -> None:
         size = bundle.manifest.input_size
         self.batch_size = batch_size
-        self._explain_outputs = list(task.explain_outputs)
+        self._explain_outputs = [*task.explain_outputs, *extra_output_names(bundle)]  # several target layers
         self._row_inputs = tuple(task.row_inputs)
         self._scorer_output = task.scorer_output
         self._row_specs = task.row_input_specs(bundle.manifest)

@@ -13,6 +13,7 @@ from ..kernels import KernelSet, cuda_kernels
 from .backend import EMPTY_INPUTS
 from .batch_plan import padded_rows, padded_run_sizes, row_ranges
 from .cpu_backend import zero_row_inputs
+from .several_layers import extra_output_names, extra_output_specs
 from .stage_clock import CudaEventClock
 
 
@@ -51,8 +52,8 @@ class CudaBackend:
         self.device_index = device_index
         self.batch_size = batch_size
         manifest = bundle.manifest
-        self._explain_specs = task.explain_output_specs(manifest)
-        self._explain_outputs = tuple(task.explain_outputs)
+        self._explain_specs = {**task.explain_output_specs(manifest), **extra_output_specs(bundle)}
+        self._explain_outputs = (*task.explain_outputs, *extra_output_names(bundle))  # several target layers
         self._row_specs = task.row_input_specs(manifest)
         self._scorer_output = task.scorer_output
         self._device = cupy.cuda.Device(device_index)

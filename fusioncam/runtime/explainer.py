@@ -11,7 +11,7 @@ import numpy as np
 from .. import arguments
 from ..bundle import Bundle, CarriesBundle, bundle_of, load_bundle
 from ..errors import InputError, NonFiniteError
-from ..graph_names import ACTIVATIONS, GRADIENTS, LOGITS
+from ..graph_names import LOGITS, layer_activations, layer_gradients
 from ..memory_budget import check_batch_fits
 from ..tasks import Prediction, Task, task_for
 from .backend import Backend
@@ -25,6 +25,9 @@ from .methods.compat import check_compat
 from .methods.comparison_passes import comparison_explainer
 from .int8_sweep import float32_scoring, int8_rescore_of
 from .scorer import Scorer
+from .layer_aggregation import aggregate_layers
+from .several_layers import (check_several_layer_methods, layer_comparisons, layer_count, layer_view,
+                             shared_comparisons)
 
 log = logging.getLogger("fusioncam")
 
@@ -217,6 +220,7 @@ class Explainer:
         """
         images = arguments.image_array("images", images)
         methods = check_methods(arguments.method_names("methods", methods))
+        check_several_layer_methods(self.bundle, methods)
         arguments.callable_or_none("on_batch", on_batch)
         manifest = self.bundle.manifest
         images = check_images(images, manifest.input_size)
@@ -240,32 +244,46 @@ class Explainer:
 
     def _explain_on_device(self, images, feed: dict, names: list[str], methods: tuple[str, ...],
                            on_batch=None) -> Explanation:
-        """One explain pass, then the methods over one shared engine (the algorithm page, batched over images)."""
+        """One explain pass, then the methods over one shared engine (the algorithm page, batched over images); on a
+        several-layer bundle one engine per layer over the same pass (several_layers.py)."""
         backend, kernels, task = self.backend, self.backend.kernels, self.task
+        layers = layer_count(self.bundle)
         clock = backend.clock()
         clock.start("explain_pass")
         bad = kernels.nonfinite_rows(images)
         graph = backend.explain(images, feed)
-        bad = bad | kernels.nonfinite_rows(graph[LOGITS], graph[ACTIVATIONS], graph[GRADIENTS])
+        maps = [graph[name(i)] for i in range(layers) for name in (layer_activations, layer_gradients)]
+        bad = bad | kernels.nonfinite_rows(graph[LOGITS], *maps)
         clock.stop("explain_pass")
         self._raise_if_nonfinite(backend.to_host(bad), names)
         task.check_explained(lambda name: backend.to_host(graph[name]), names, self.bundle.class_name)
         targets = task.image_targets(graph)
         with float32_scoring(self.scorer):  # precision="int8": z0 exact (runtime/int8_sweep.py)
             baseline = task.baseline(self.scorer, targets, self._z0_constant, clock)
-        engine = Engine(self.scorer, images, graph, targets, baseline, self.theta, self.skip_constant_channels, clock,
-                        on_batch, self.max_channels, compat=self.compat,
-                        explain_classes=comparison_explainer(backend.explain, feed, graph), head=self._head,
-                        derived=self._derived)
-        outputs = run_methods(engine, methods)
-        bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
-        for name, bad in bad_maps.items():
-            self._raise_if_nonfinite(bad, names, f"the {name} map of")
-        return self._explanation(engine, outputs, graph)
+        comparisons = comparison_explainer(backend.explain, feed, graph)
+        if layers > 1:
+            comparisons = shared_comparisons(comparisons)
+        engines, layer_outputs = [], []
+        for index in range(layers):
+            engine = Engine(self.scorer, images, layer_view(graph, index), targets, baseline, self.theta,
+                            self.skip_constant_channels, clock, on_batch, self.max_channels, compat=self.compat,
+                            explain_classes=layer_comparisons(comparisons, index), head=self._head,
+                            derived=self._derived)
+            outputs = run_methods(engine, methods)
+            bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}
+            for name, bad in bad_maps.items():
+                self._raise_if_nonfinite(bad, names, f"the {name} map of")
+            engines.append(engine)
+            layer_outputs.append(outputs)
+        return self._explanation(engines, layer_outputs, graph)
 
-    def _explanation(self, engine: Engine, outputs: dict[str, MethodOutput], graph: dict) -> Explanation:
+    def _explanation(self, engines: list[Engine], layer_outputs: list[dict[str, MethodOutput]],
+                     graph: dict) -> Explanation:
         """Everything computed, copied to the host (what did not run stays None); the task adds its own fields
-        (classes, probabilities, logits, ...) from the explain pass's outputs."""
+        (classes, probabilities, logits, ...) from the explain pass's outputs. Several layers: `maps` aggregated
+        over the layers (layer_aggregation.py), `layer_maps` each layer's, the rest the first layer's, the sweep's
+        forward counts summed over the layers."""
+        engine, outputs = engines[0], layer_outputs[0]
         backend = self.backend
         copies: dict[tuple[int, np.dtype], np.ndarray] = {}
 
@@ -283,16 +301,26 @@ class Explainer:
             return {key: host_facts(value) if isinstance(value, dict) else backend.to_host(value)
                     for key, value in facts.items()}
 
-        sweep = engine.computed("sweep")
-        forwards_run = host(sweep.forwards_run, np.int64) if sweep is not None else None
-        forwards_skipped = host(sweep.forwards_skipped, np.int64) if sweep is not None else None
+        sweeps = [one.computed("sweep") for one in engines if one.computed("sweep") is not None]
+        forwards_run = sum(host(sweep.forwards_run, np.int64) for sweep in sweeps) if sweeps else None
+        forwards_skipped = sum(host(sweep.forwards_skipped, np.int64) for sweep in sweeps) if sweeps else None
         timings = engine.clock.totals()
         timings["total"] = sum(timings.values())
         timings["scorer_forwards_run"] = int(forwards_run.sum()) if forwards_run is not None else 0
         timings["scorer_forwards_skipped"] = int(forwards_skipped.sum()) if forwards_skipped is not None else 0
-        timings["method_forwards_run"] = int(engine.probe_rows)
+        timings["method_forwards_run"] = int(sum(one.probe_rows for one in engines))
+        maps = {name: host(out.map) for name, out in outputs.items()}
+        layer_maps = {}
+        if len(engines) > 1:
+            labels = self.bundle.layer_names
+            layer_maps = {label: {name: backend.to_host(out.map).astype(np.float32, copy=False)
+                                  for name, out in per_layer.items()}
+                          for label, per_layer in zip(labels, layer_outputs)}
+            sizes = self.bundle.layer_feature_sizes
+            maps = {name: aggregate_layers(name, [layer_maps[label][name] for label in labels], sizes, self.compat)
+                    for name in outputs}
         fields = dict(
-            maps={name: host(out.map) for name, out in outputs.items()},
+            maps=maps, layer_maps=layer_maps,
             timings=timings,
             method_maps={name: {key: host(m) for key, m in out.maps.items()} for name, out in outputs.items()},
             facts={name: host_facts(out.facts) for name, out in outputs.items()},

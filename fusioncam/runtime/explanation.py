@@ -48,6 +48,9 @@ class Explanation:
     shared: dict[str, np.ndarray] = field(default_factory=dict)  # shared maps that ran: gradcam, scorecam
     forwards_run: np.ndarray | None = None  # int64 [N]: Score-CAM masked forwards actually run per image
     forwards_skipped: np.ndarray | None = None  # int64 [N]: forwards answered from the cached all-zeros logit
+    # a several-layer bundle's maps per target layer (layer name -> method -> [N,H,W]); `maps` then aggregates them
+    # (runtime/layer_aggregation.py) and method_maps, facts and shared are the first layer's. {} for one layer
+    layer_maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     device: str = "cpu"
     class_names: list[str] | None = field(default=None, repr=False)
 

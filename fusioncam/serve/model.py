@@ -28,6 +28,7 @@ from ..bundle_cache import bundle_for
 from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer
 from ..runtime.cpu_backend import CPU_SPINNING_ENV
+from ..runtime.several_layers import refuse_several_layers
 from ..tasks.payloads import payloads_for
 from . import metrics
 from .batching import DynamicBatcher, Job, JobResult
@@ -55,6 +56,7 @@ class FusionCamModel(kserve.Model):
         self.bundle = bundle if isinstance(bundle, Bundle) else bundle_for(bundle)
         manifest = self.bundle.manifest
         try:
+            refuse_several_layers(self.bundle, "fusioncam serve")
             payloads_for(manifest)  # the task's request and answer encodings (fusioncam/tasks/*_payloads.py)
         except InputError as exc:
             raise ModelLoadError(f"bundle {self.bundle.path}: {exc}") from None

@@ -55,17 +55,24 @@ def test_resnet18_one_layer(resnet18, name, layer):
     assert max_diff(ours, theirs) <= 1e-4
 
 
+def exported_bundles(tmp_path) -> list[str]:
+    """The bundles the drop-in exported into the test's cache (the `cache` fixture's folder)."""
+    return sorted(path.name for path in (tmp_path / "cache" / "bundles").iterdir() if path.is_dir())
+
+
 @pytest.mark.parametrize("name", ["GradCAM", "GradCAMPlusPlus", "LayerCAM"])
-def test_resnet18_layer3_and_layer4(resnet18, name):
+def test_resnet18_layer3_and_layer4(resnet18, name, tmp_path):
     x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
     theirs, ours = both(name, resnet18, [resnet18.layer3, resnet18.layer4], x, None)
     assert max_diff(ours, theirs) <= 1e-4
+    assert len(exported_bundles(tmp_path)) == 1 and "layer3_layer4" in exported_bundles(tmp_path)[0]  # one for both
 
 
-def test_resnet18_eigen_smooth(resnet18):
+def test_resnet18_eigen_smooth(resnet18, tmp_path):
     x = np.random.default_rng(6).standard_normal((2, 3, 64, 64)).astype(np.float32)
     theirs, ours = both("GradCAM", resnet18, [resnet18.layer3, resnet18.layer4], x, None, eigen_smooth=True)
     assert max_diff(ours, theirs) <= 1e-4
+    assert len(exported_bundles(tmp_path)) == 1
 
 
 def test_resnet18_aug_smooth(resnet18):

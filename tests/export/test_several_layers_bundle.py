@@ -1,0 +1,142 @@
+"""Several target layers in one bundle: one explain graph whose outputs are each layer's activations and gradients of
+the same target score, checked against torch autograd; one explain pass per Explainer call (counted), each layer's
+maps equal to a one-layer bundle's; one-layer manifests unchanged; the surfaces that take one layer refuse more."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fusioncam  # noqa: E402
+from fusioncam import Explainer  # noqa: E402
+from fusioncam.errors import InputError, LayerError  # noqa: E402
+from fusioncam.graph_names import INPUT, TARGET, layer_activations, layer_gradients  # noqa: E402
+from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
+
+LAYERS = ["features.2", "features.1"]  # the user's order: the later layer first (the backward stops at the earlier)
+SIZE = (32, 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SmallNet().eval()
+
+
+@pytest.fixture(scope="module")
+def bundles(model, tmp_path_factory):
+    """The two-layer bundle and each layer's own bundle."""
+    folder = tmp_path_factory.mktemp("several_layers")
+    both = fusioncam.export_torch(model, LAYERS, folder / "both", input_size=SIZE)
+    alone = [fusioncam.export_torch(model, layer, folder / layer, input_size=SIZE) for layer in LAYERS]
+    return both, alone
+
+
+def _autograd(model, x: np.ndarray, classes: list[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(activations, d logit_c / d activations) of each of LAYERS by torch autograd."""
+    modules = dict(model.named_modules())
+    captured = {}
+    hooks = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+             for name in LAYERS]
+    try:
+        logits = model(torch.from_numpy(x))
+        score = logits[torch.arange(len(classes)), torch.tensor(classes)].sum()
+        grads = torch.autograd.grad(score, [captured[name] for name in LAYERS])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(captured[name].detach().numpy(), grad.numpy()) for name, grad in zip(LAYERS, grads)]
+
+
+def test_each_layers_gradients_equal_torch_autograd(model, bundles):
+    both, _ = bundles
+    manifest = both.bundle.manifest
+    assert both.bundle.layer_names == LAYERS
+    assert manifest.extra_layers == [{"target_layer": "features.1", "target_tensor": manifest.extra_layers[0]
+                                      ["target_tensor"], "channels": 8, "feature_size": (16, 16)}]
+    assert (manifest.channels, manifest.feature_size) == (16, (8, 8))
+    assert both.bundle.head_path is None  # a head graph is built from one layer
+    session = ort.InferenceSession(str(both.bundle.explain_path), providers=["CPUExecutionProvider"])
+    x = images(3, 32, seed=4)
+    classes = [0, 3, 4]
+    names = [name(i) for i in range(2) for name in (layer_activations, layer_gradients)]
+    got = dict(zip(names, session.run(names, {INPUT: x, TARGET: np.array(classes, np.int64)})))
+    for index, (acts, grads) in enumerate(_autograd(model, x, classes)):
+        assert float(np.abs(grads).max()) > 1e-3  # a gradient that is there to compare
+        assert max_diff(got[layer_activations(index)], acts) <= 1e-4
+        assert max_diff(got[layer_gradients(index)], grads) <= 1e-4
+
+
+def test_one_explain_pass_gives_each_layers_maps(bundles, monkeypatch):
+    both, alone = bundles
+    x = images(2, 32, seed=5)
+    methods = ("gradcam", "scorecam", "layercam")
+    with Explainer(both, device="cpu") as explainer:
+        session = explainer.backend._explain
+        runs = []
+        real_run = session.run
+        monkeypatch.setattr(session, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k), raising=False)
+        result = explainer.explain(x, targets=[1, 2], methods=methods)
+    assert len(runs) == 1  # one forward + backward for both layers
+    assert list(result.layer_maps) == LAYERS
+    per_layer = []
+    for layer, bundle in zip(LAYERS, alone):
+        with Explainer(bundle, device="cpu") as one:
+            own = one.explain(x, targets=[1, 2], methods=methods)
+        for method in methods:
+            assert max_diff(result.layer_maps[layer][method], own.maps[method]) <= 1e-6, (layer, method)
+        per_layer.append(own.maps)
+    # without compat: the mean of the layers' maps, scaled to [0, 1] per image
+    for method in methods:
+        mean = (per_layer[0][method] + per_layer[1][method]) / 2
+        low = mean.min(axis=(1, 2), keepdims=True)
+        expected = (mean - low) / ((mean - low).max(axis=(1, 2), keepdims=True) + 1e-7)
+        assert max_diff(result.maps[method], expected) <= 1e-6
+    # both layers' Score-CAM sweeps ran (8 + 16 channels a image, constant channels skipped)
+    assert int(result.forwards_run.sum() + result.forwards_skipped.sum()) == 2 * (8 + 16)
+
+
+def test_one_layer_manifests_are_written_as_before(bundles):
+    _, alone = bundles
+    written = json.loads((alone[0].bundle.path / "manifest.json").read_text())
+    assert "extra_layers" not in written and alone[0].bundle.manifest.extra_layers is None
+    assert alone[0].bundle.head_path is not None
+
+
+def test_what_takes_one_layer_refuses_several(bundles, tmp_path):
+    both, _ = bundles
+    with Explainer(both, device="cpu") as explainer:
+        with pytest.raises(InputError, match="ablationcam.*several target layers.*features.2, features.1"):
+            explainer.explain(images(1, 32), methods=("gradcam", "ablationcam"))
+    from fusioncam.runtime.several_layers import refuse_several_layers
+
+    with pytest.raises(InputError, match="fusioncam serve takes bundles with one target layer"):
+        refuse_several_layers(both.bundle, "fusioncam serve")
+
+
+class _Branches(torch.nn.Module):
+    """Two convolutions side by side on the image, summed: neither feeds the other."""
+
+    def __init__(self):
+        super().__init__()
+        self.left = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.right = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head((self.left(x) + self.right(x)).mean(dim=(2, 3)))
+
+
+def test_layers_on_separate_branches_are_refused(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(LayerError, match="'left', 'right' lie on separate branches"):
+        fusioncam.export_torch(_Branches().eval(), ["left", "right"], tmp_path / "b", input_size=(8, 8))
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(LayerError, match="a segmentation bundle explains one layer"):
+        fusioncam.export_torch(_Branches().eval(), ["left", "right"], tmp_path / "s", input_size=(8, 8),
+                               task="segmentation")
