@@ -161,7 +161,9 @@ class DetectionTask:
     row_inputs = (TARGET, REFERENCE_BOX)
     scorer_output = SCORE
     compat_note = ("whose Score-CAM scores D-RISE's IoU x class score of the best-matching prediction; "
-                   "pytorch-grad-cam's FasterRCNNBoxScoreTarget is not reproduced for dense detectors")
+                   "pytorch-grad-cam's FasterRCNNBoxScoreTarget is reproduced on a torchvision Faster R-CNN module by "
+                   "fusioncam.pytorch_grad_cam's classes (e.g. GradCAM(model=..., target_layers=[...]) called with "
+                   "targets=[FasterRCNNBoxScoreTarget(labels, bounding_boxes)]), not on bundles")
 
     def explain_feed(self, manifest, n: int, targets, regions, class_names) -> dict[str, np.ndarray]:
         """Placeholder rows (anchor 0, class 0, the whole image) for N images; explained_rows replaces them with

@@ -2,7 +2,8 @@
 
 fusioncam differentiates inside an exported ONNX graph, so a target is not run as Python: each class here names a
 score the graph computes. `ClassifierOutputTarget(c)` (the logit of class c) and `SemanticSegmentationTarget(c,
-mask)` (class c's scores summed over the mask) are what the graphs compute; the others are accepted by name so code
+mask)` (class c's scores summed over the mask), and `FasterRCNNBoxScoreTarget` on a torchvision Faster R-CNN
+(pytorch_grad_cam/box_score_target.py) are what the graphs compute; the others are accepted by name so code
 written for pytorch-grad-cam imports unchanged, and a CAM given one raises an InputError naming the supported
 targets (never a map of another score). Each is also callable on a torch output, as in pytorch-grad-cam, so metric
 code that calls targets keeps working.
@@ -74,10 +75,10 @@ class FasterRCNNBoxScoreTarget:
     """pytorch-grad-cam's detection target: for each reference box (with its label), the detection of the model's
     output (a torchvision detector's dict of `boxes`, `labels`, `scores`) with the largest IoU; where that IoU is
     above `iou_threshold` and the label is the same, IoU + score is added; the target is the sum over reference
-    boxes (so it mixes objects). Callable on torch outputs, as in pytorch-grad-cam, for metric code. Not a CAM target
-    in fusioncam: its detection bundles explain one instance at a time (fusioncam/tasks/detection.py), with the
-    proposal box held fixed, while this sum's gradient also runs through the refined boxes' IoU and torchvision's
-    post-processing; a CAM given it raises an InputError."""
+    boxes (so it mixes objects). Callable on torch outputs, as in pytorch-grad-cam, for metric code. A CAM class of
+    fusioncam.pytorch_grad_cam given it with a torchvision Faster R-CNN computes this sum and its gradient in an
+    exported graph (pytorch_grad_cam/box_score_target.py; pytorch-grad-cam's own FasterRCNNBoxScoreTarget works
+    the same); Explainer bundles do not take it (they explain one instance at a time, fusioncam/tasks/detection.py)."""
 
     def __init__(self, labels, bounding_boxes, iou_threshold: float = 0.5) -> None:
         self.labels = labels
