@@ -1,7 +1,7 @@
 """fusioncam.pytorch_grad_cam.utils.model_targets.FasterRCNNBoxScoreTarget against pytorch-grad-cam's own on a seeded
 torchvision Faster R-CNN: the same score and the same autograd gradient at a backbone layer, the same Grad-CAM map
-when pytorch-grad-cam's GradCAM runs each; a fusioncam CAM refuses it by name (detection bundles explain one
-instance at a time)."""
+when pytorch-grad-cam's GradCAM runs each; the classifier and segmentation targets' reader refuses it by name (CAMs on
+a torchvision Faster R-CNN take it: test_faster_rcnn_box_score_cam.py)."""
 
 from __future__ import annotations
 
