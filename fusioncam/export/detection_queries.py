@@ -10,16 +10,21 @@ as each model's own post-processing in transformers does:
 - Conditional DETR: sigmoid of each of the C logits;
 - RT-DETR: sigmoid (its config's `use_focal_loss`, the default), else softmax with the last column dropped.
 
-Target layers are module paths of the transformers model. A 4-D module output is used as it is (a backbone stage,
-RT-DETR's encoder levels); a token sequence [N, h*w, d] from a DETR/Conditional DETR encoder is reshaped to the
-[N, d, h, w] grid of the map that feeds it (`model.input_projection`), in the explain graph, by the token layout
-ViTs use (target_layout.py). YOLOS' tokens (class and detection tokens
-mixed with patches) are not reshaped: give a 4-D module for YOLOS (e.g. its patch embedding's projection).
-RT-DETR targets are limited to its decoder's input projections (`model.decoder_input_proj.<level>`, default level 0):
-there the gradient matches torch autograd of the model with its detaches undone (RT-DETR detaches its reference
-points and initial queries, training-time stop-gradients an ONNX graph does not record, so fusioncam's gradient is
-the score's full derivative); at backbone and hybrid-encoder layers it does not match yet (relative error about 1 to
-3 on a small random model), so those targets are refused.
+Target layers are module paths of the transformers model (default: the backbone's last stage). A 4-D module output
+is used as it is (a backbone stage, RT-DETR's hybrid-encoder levels `model.encoder.fpn_blocks.<last>` and
+`model.encoder.pan_blocks.<i>`, its decoder's input projections); a token sequence [N, h*w, d] from a
+DETR/Conditional DETR encoder is reshaped to the [N, d, h, w] grid of the map that feeds it
+(`model.input_projection`), in the explain graph, by the token layout ViTs use (target_layout.py). YOLOS' tokens
+(class and detection tokens mixed with patches) are not reshaped: give a 4-D module for YOLOS (e.g. its patch
+embedding's projection).
+RT-DETR detaches its reference points and initial queries (the top-k encoder tokens' boxes and features), training-
+time stop-gradients an ONNX graph does not record, so fusioncam's gradient is the score's full derivative: the
+derivative of the function the model computes, which its finite differences give; the tests compare it with torch
+autograd of the model with those detaches undone, at the backbone's last stage and the hybrid encoder's three
+outputs. (That reference hands each BatchNorm2d a contiguous copy of its incoming gradient:
+for a one-image batch, PyTorch's CPU backward of an eval BatchNorm2d permutes the gradient RT-DETR's
+`flatten(2).transpose(1, 2)` after its decoder input projections hands it, which made autograd at the encoder and
+backbone wrong, not fusioncam; see tests/export/test_detection_queries.py.)
 The image processor is not part of the graph: images are the export's input size, normalised with mean/std
 (default: ImageNet for DETR, Conditional DETR and YOLOS, 0 and 1 for RT-DETR, as their processors do).
 """
@@ -37,9 +42,9 @@ QUERY_DETECTORS = {"DetrForObjectDetection": "DETR", "ConditionalDetrForObjectDe
                    "RTDetrV2ForObjectDetection": "RT-DETR"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PICKING_RULE = ("the backbone's last stage (a module path ending in 'stages.<last>' under the model's backbone); "
-                "RT-DETR: its decoder's finest input projection (model.decoder_input_proj.0)")
-RT_DETR_TARGET = "model.decoder_input_proj.0"
+PICKING_RULE = "the backbone's last stage (a module path ending in 'stages.<last>' under the model's backbone)"
+RT_DETR_LEVELS = {"RT-DETR": "; RT-DETR's hybrid encoder returns one map per level: give one level's module, "
+                             "model.encoder.fpn_blocks.<last> (finest), model.encoder.pan_blocks.<i>"}
 
 
 def query_kind(model) -> str | None:
@@ -130,12 +135,6 @@ def export_torch_query_detection(model, target_layer: str | None, out: str | os.
     copy = _inference_copy(model)
     input_size = tuple(int(v) for v in input_size)
     picked = target_layer is None
-    if kind == "RT-DETR":
-        target_layer = RT_DETR_TARGET if picked else target_layer
-        if not target_layer.startswith("model.decoder_input_proj."):
-            raise LayerError(f"RT-DETR: target layer '{target_layer}' is not one of the decoder's input projections "
-                             f"(model.decoder_input_proj.<level>): only there do fusioncam's gradients match torch "
-                             f"autograd in the tests; backbone and hybrid-encoder layers differ and are refused")
     if target_layer is None:
         target_layer = _default_target(copy)
         if target_layer is None:
@@ -163,9 +162,10 @@ def export_torch_query_detection(model, target_layer: str | None, out: str | os.
             and feats.shape[1] == grid[0] * grid[1]
         if not tokens and (not isinstance(feats, torch.Tensor) or feats.dim() != 4):
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            levels = RT_DETR_LEVELS.get(kind, "")
             raise LayerError(f"{kind}: target layer '{target_layer}' outputs {shape}; give a module with a 4-D map "
                              f"[N, K, h, w] (a backbone stage) or, for DETR and Conditional DETR, the encoder "
-                             f"(tokens [N, h*w, d] reshaped to the input projection's grid)")
+                             f"(tokens [N, h*w, d] reshaped to the input projection's grid){levels}")
         return feats
 
     wrapper = features_wrapper(QueryDetectorOutputs(copy, input_size), f"model.{target_layer}", raw_output, features)

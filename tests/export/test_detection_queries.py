@@ -2,9 +2,10 @@
 downloads) exported with task="detection": each query is an instance; the bundle's per-query boxes and activated
 class scores equal the model's own outputs after its post-processing activation, and each explained instance's
 gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score (RT-DETR: autograd with
-its detaches undone, at its decoder's input projections, the only RT-DETR targets export accepts; see
-fusioncam/export/detection_queries.py). Conditional DETR's graph writes its reference points with ScatterND (slice
-assignment), differentiated by grad_rules/scatter_nd.py."""
+its detaches undone and contiguous gradients into its BatchNorm2d layers, at the backbone's last stage and the hybrid
+encoder's three output levels, that reference itself checked against the model's finite differences; see
+_full_derivative, _contiguous_batch_norm_gradients and fusioncam/export/detection_queries.py). Conditional DETR's
+graph writes its reference points with ScatterND (slice assignment), differentiated by grad_rules/scatter_nd.py."""
 
 from __future__ import annotations
 
@@ -88,10 +89,35 @@ def _full_derivative(kind: str):
         torch.Tensor.detach = original
 
 
+@contextlib.contextmanager
+def _contiguous_batch_norm_gradients(model: torch.nn.Module):
+    """PyTorch's CPU backward of an eval-mode BatchNorm2d whose input is a contiguous one-image batch and whose
+    incoming gradient has the strides `flatten(2).transpose(1, 2)` gives it ((C, 1, W*C, C)) returns that gradient's
+    memory read as contiguous: a permuted, wrong input gradient (torch 2.14.1;
+    test_reference_batch_norm_gradient_is_the_affine_maps). RT-DETR flattens its decoder input projections' outputs
+    (conv + BatchNorm2d) to tokens that way, so autograd at every layer before them (the hybrid encoder, the
+    backbone) was wrong by a relative 1 to 3 while fusioncam's gradient matched the model's finite differences. The
+    reference hands each BatchNorm2d a contiguous copy of its incoming gradient (same values); the forward is
+    unchanged."""
+    def contiguous_gradient(_module, _inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: grad.contiguous())
+
+    handles = [m.register_forward_hook(contiguous_gradient) for m in model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 TARGETS = {"detr": ["model.backbone.model.encoder.stages.3", "model.encoder"],
            "conditional_detr": [None, "model.encoder"],
            "yolos": ["vit.embeddings.patch_embeddings.projection"],
-           "rt_detr": [None, "model.decoder_input_proj.2"]}
+           # RT-DETR: the backbone's last stage (default) and the hybrid encoder's outputs (levels 0, 1, 2; each
+           # reaches the decoder through its decoder_input_proj, conv + BatchNorm2d)
+           "rt_detr": [None, "model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0", "model.encoder.pan_blocks.1"]}
 
 
 def _check(kind: str, layer: str | None, tmp_path) -> None:
@@ -114,7 +140,7 @@ def _check(kind: str, layer: str | None, tmp_path) -> None:
         handle = module.register_forward_hook(lambda m, i, o: captured.append(o if torch.is_tensor(o) else o[0]))
         try:
             pixels = torch.from_numpy(normalised[image : image + 1]).requires_grad_(True)  # frozen backbones
-            with _full_derivative(kind):
+            with _full_derivative(kind), _contiguous_batch_norm_gradients(model):
                 out = model(pixel_values=pixels)
             activated = _activated(kind, out.logits)
             score = activated[0, query, cls]
@@ -136,6 +162,48 @@ def _check(kind: str, layer: str | None, tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_rt_detr_reference_is_the_models_derivative() -> None:
+    """The RT-DETR reference (autograd with detaches undone, contiguous BatchNorm2d gradients) is the derivative of the
+    function the model computes: along a random direction at the backbone's last stage and at two hybrid-encoder
+    outputs, its directional derivative equals float64 central differences of the model's score (the perturbation
+    added to the layer's output by a forward hook) within 1e-5 of the gradient's norm."""
+    model = _small("rt_detr").double()
+    pixels = torch.from_numpy(np.random.default_rng(0).random((1, 3, *SIZE)))
+    layers = ("model.backbone.model.encoder.stages.3", "model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0")
+    captured, shift = {}, {}
+
+    def perturbed(module, _inputs, output):
+        captured[module] = output
+        return output + shift[module] if module in shift else None
+
+    modules = [model.get_submodule(layer) for layer in layers]
+    handles = [module.register_forward_hook(perturbed) for module in modules]
+
+    def score() -> torch.Tensor:
+        return torch.sigmoid(model(pixel_values=pixels).logits)[0, 0, 0]
+
+    try:
+        with _full_derivative("rt_detr"), _contiguous_batch_norm_gradients(model):
+            gradients = torch.autograd.grad(score(), [captured[module] for module in modules])
+        rng = np.random.default_rng(1)
+        for layer, module, gradient in zip(layers, modules, gradients):
+            direction = torch.from_numpy(rng.standard_normal(tuple(gradient.shape)))
+            direction /= direction.norm()
+            step = 1e-6 * float(captured[module].detach().abs().max())
+            sides = []
+            for sign in (1.0, -1.0):
+                shift[module] = sign * step * direction
+                with torch.no_grad():
+                    sides.append(float(score()))
+            shift.clear()
+            central = (sides[0] - sides[1]) / (2 * step)
+            assert abs(float((gradient * direction).sum()) - central) <= 1e-5 * float(gradient.norm()), layer
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,layer", [(k, layer) for k, layers in TARGETS.items() for layer in layers])
 def test_query_detector_gradients_boxes_and_scores(kind, layer, tmp_path) -> None:
     _check(kind, layer, tmp_path)
@@ -147,7 +215,41 @@ def test_query_detector_refuses_a_token_target_it_cannot_reshape(tmp_path) -> No
                                task="detection")
 
 
-def test_rt_detr_refuses_layers_whose_gradients_are_not_verified(tmp_path) -> None:
-    with pytest.raises(LayerError, match="decoder_input_proj"):
-        fusioncam.export_torch(_small("rt_detr"), "model.encoder.pan_blocks.1", tmp_path / "bundle",
-                               input_size=SIZE, task="detection")
+def test_rt_detr_refuses_its_whole_encoder_and_names_its_levels(tmp_path) -> None:
+    with pytest.raises(LayerError, match=r"one map per level.*model\.encoder\.pan_blocks"):
+        fusioncam.export_torch(_small("rt_detr"), "model.encoder", tmp_path / "bundle", input_size=SIZE,
+                               task="detection")
+
+
+def test_rt_detr_default_target_is_the_backbones_last_stage(tmp_path) -> None:
+    from fusioncam.export.detection_queries import _default_target
+
+    assert _default_target(_small("rt_detr")) == "model.backbone.model.encoder.stages.3"
+
+
+@pytest.mark.parametrize("layout,batch", [("tokens", 1), ("tokens", 2), ("channels_last", 1), ("contiguous", 1)])
+def test_reference_batch_norm_gradient_is_the_affine_maps(layout, batch) -> None:
+    """The reference's eval-mode BatchNorm2d input gradient, under _contiguous_batch_norm_gradients, is dy * weight /
+    sqrt(running_var + eps) per channel (BN in eval is that affine map) whatever the strides of the incoming
+    gradient: those RT-DETR's flatten(2).transpose(1, 2) gives it (for one image (C, 1, W*C, C)), explicit
+    channels-last, and contiguous. Without the hooks torch 2.14.1's CPU kernel gets the one-image "tokens" case
+    wrong (it returns that gradient's memory read as contiguous: errors as large as the gradient) and the others
+    right."""
+    torch.manual_seed(0)
+    norm = torch.nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.running_mean.uniform_(-1.0, 1.0)
+    x = torch.randn(batch, 4, 3, 5, requires_grad=True)
+    upstream = torch.randn(batch, 4, 3, 5)
+    with _contiguous_batch_norm_gradients(norm):
+        y = norm(x)
+    if layout == "tokens":  # the gradient reaches y through the transpose: channels-last strides
+        tokens = upstream.flatten(2).transpose(1, 2).contiguous()
+        (got,) = torch.autograd.grad((y.flatten(2).transpose(1, 2) * tokens).sum(), x)
+    else:
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        (got,) = torch.autograd.grad(y, x, upstream.contiguous(memory_format=memory_format))
+    factor = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach().reshape(1, -1, 1, 1)
+    assert torch.allclose(got, upstream * factor, rtol=1e-6, atol=1e-6)
