@@ -16,6 +16,7 @@ import fusioncam  # noqa: E402
 from fusioncam import Explainer  # noqa: E402
 from fusioncam.errors import InputError, LayerError  # noqa: E402
 from fusioncam.graph_names import INPUT, TARGET, layer_activations, layer_gradients  # noqa: E402
+from tests.runtime.test_cuda_backend_on_host import host_cuda  # noqa: E402,F401  (the fixture)
 from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
 
 LAYERS = ["features.2", "features.1"]  # the user's order: the later layer first (the backward stops at the earlier)
@@ -140,3 +141,59 @@ def test_layers_on_separate_branches_are_refused(tmp_path):
     with pytest.raises(LayerError, match="a segmentation bundle explains one layer"):
         fusioncam.export_torch(_Branches().eval(), ["left", "right"], tmp_path / "s", input_size=(8, 8),
                                task="segmentation")
+
+
+def test_cli_export_takes_several_layers_of_an_onnx_model(model, tmp_path, capsys):
+    import onnx
+
+    from fusioncam.bundle import load_bundle
+    from fusioncam.cli.main import main
+
+    path = tmp_path / "small.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, *SIZE),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    convs = [node.output[0] for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"]
+    assert main(["export", str(path), "--layer", convs[1], "--layer", convs[0], "--out", str(tmp_path / "a")]) == 0
+    assert f"target '{convs[0]}'" in capsys.readouterr().out
+    assert main(["export", str(path), "--layer", f"{convs[1]},{convs[0]}", "--out", str(tmp_path / "b")]) == 0
+    for out in ("a", "b"):
+        bundle = load_bundle(tmp_path / out)
+        assert bundle.layer_names == [convs[1], convs[0]]
+        assert bundle.layer_feature_sizes == [(8, 8), (16, 16)]
+
+
+def test_the_cuda_backends_logic_reads_every_layer(bundles, host_cuda):
+    """The CUDA backend allocates and binds each layer's outputs (its logic run on the host, as in
+    tests/runtime/test_cuda_backend_on_host.py: CuPy as NumPy, the CUDA sessions as CPU ones)."""
+    from fusioncam.runtime import cuda_backend
+
+    both, _ = bundles
+    x = images(2, 32, seed=6)
+    with Explainer(both, device="cpu") as cpu:
+        want = cpu.explain(x, targets=[0, 4], methods=("gradcam", "scorecam"))
+    with Explainer(both, device="cpu") as explainer:
+        backend = cuda_backend.CudaBackend(explainer.bundle, explainer.task, 16)
+        explainer.scorer.backend.close()
+        explainer.backend = explainer.scorer.backend = backend
+        with explainer.scorer.in_use("test") as scorer:
+            explainer._z0_constant = explainer.task.constant_baseline(scorer)
+        got = explainer.explain(x, targets=[0, 4], methods=("gradcam", "scorecam"))
+    for layer in LAYERS:
+        for method in ("gradcam", "scorecam"):
+            assert max_diff(got.layer_maps[layer][method], want.layer_maps[layer][method]) <= 1e-5, (layer, method)
+
+
+def test_serve_and_explain_dataset_refuse_a_several_layer_bundle(bundles, tmp_path):
+    pytest.importorskip("kserve")
+    from fusioncam.dataset.pipeline import explain_dataset
+    from fusioncam.errors import ModelLoadError
+    from fusioncam.serve.model import FusionCamModel
+
+    both, _ = bundles
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.png").write_bytes(b"")  # an image name to find; never read (the bundle is refused first)
+    with pytest.raises(ModelLoadError, match="fusioncam serve takes bundles with one target layer"):
+        FusionCamModel("model", both.bundle.path)
+    with pytest.raises(InputError, match="explain-dataset takes bundles with one target layer"):
+        explain_dataset(tmp_path / "photos", both.bundle.path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any work
