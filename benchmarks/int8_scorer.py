@@ -3,10 +3,12 @@ against exact float32 on the CPU, side by side in one run.
 
 Per model (EfficientNet-Lite0 with its ImageNet weights at `_blocks.15`; torchvision ResNet-50 with seeded random
 weights at `layer4`, no ImageNet weights being installed), on the sample photos (`--model-images resnet50=2` explains
-only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image): the scorer's throughput in float32 and INT8 at the explainer's batch,
-Fusion-CAM seconds per image in float32 and INT8 (each image explained by both, alternating, after a warm-up of
-each), the Pearson correlation of each INT8 map with the exact float32 map, and the faithfulness metrics of
-`fusioncam evaluate` (deletion/insertion AUC, average drop, increase in confidence) of both sets of maps, all scored
+only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image): the scorer's
+throughput in float32 and INT8 at the explainer's batch, then Fusion-CAM with the float32 explainer and one INT8
+explainer per `--rescore M` (`Explainer(precision="int8", int8_rescore=M)`: the sweep's M top channels per image
+rescored in float32): seconds per image (each image explained by every explainer in turn, after a warm-up of each),
+the Pearson correlation of each INT8 map with the exact float32 map, and the faithfulness metrics of
+`fusioncam evaluate` (deletion/insertion AUC, average drop, increase in confidence) of every set of maps, all scored
 by the float32 scorer, with their differences. JSON and markdown land in benchmarks/results/int8-scorer-<cpu>.*.
 """
 
@@ -39,87 +41,112 @@ def int8_settings_of(bundle) -> str:
     return next((entry.value for entry in model.metadata_props if entry.key == CALIBRATION_METADATA), "not recorded")
 
 
+def variant_label(rescore: int) -> str:
+    """The name of the INT8 explainer with `rescore` channels per image rescored in float32."""
+    return f"int8 m={rescore}"
+
+
 def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool,
-          explain: bool = True, count: int | None = None) -> dict:
-    """One model: export with the INT8 scorer, then the float32 and INT8 explainers side by side (with `explain`
-    False only the scorers: throughput and logits on the photos; `count` explains only the first `count` photos)."""
+          explain: bool = True, count: int | None = None, rescores: tuple[int, ...] = (0,)) -> dict:
+    """One model: export with the INT8 scorer, then the float32 explainer and one INT8 explainer per `rescores`
+    entry (Explainer(precision="int8", int8_rescore=m): the sweep's m top channels per image rescored in float32)
+    side by side (with `explain` False only the scorers: throughput and logits on the photos; `count` explains only
+    the first `count` photos)."""
     model, layer, class_names = build_model(model_name)
     started = time.perf_counter()
     bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
                                     int8_scorer=True).bundle
     export_s = time.perf_counter() - started
     exact = fusioncam.Explainer(bundle, device="cpu")
-    int8 = fusioncam.Explainer(bundle, device="cpu", precision="int8")
+    variants = {variant_label(m): fusioncam.Explainer(bundle, device="cpu", precision="int8", int8_rescore=m)
+                for m in rescores}
+    first_int8 = next(iter(variants.values()))
     row: dict = {"model": model_name, "layer": layer, "channels": bundle.manifest.channels,
-                 "int8_settings": int8_settings_of(bundle),
+                 "int8_settings": int8_settings_of(bundle), "rescores": list(rescores),
                  "weights": "ImageNet" if model_name == "efficientnet_lite0" else "seeded random (torch.manual_seed(0))",
                  "export_with_int8_s": export_s, "batch_size": exact.batch_size}
-    row["scorer_images_per_s"] = {"fp32": scorer_throughput(exact, seconds=3.0), "int8": scorer_throughput(int8, seconds=3.0)}
+    row["scorer_images_per_s"] = {"fp32": scorer_throughput(exact, seconds=3.0),
+                                  "int8": scorer_throughput(first_int8, seconds=3.0)}
     row["scorer_speedup"] = row["scorer_images_per_s"]["int8"] / row["scorer_images_per_s"]["fp32"]
-    row["logits_on_photos"] = int8_agreement(np.asarray(exact.predict(images)), np.asarray(int8.predict(images)))
+    row["logits_on_photos"] = int8_agreement(np.asarray(exact.predict(images)), np.asarray(first_int8.predict(images)))
+    explainers = {"fp32": exact, **variants}
     if not explain:
-        exact.close()
-        int8.close()
+        for explainer in explainers.values():
+            explainer.close()
         return row
     images, names = images[:count], names[:count]
     row["images"] = names
-    for explainer in (exact, int8):  # warm-up: both graphs at every run size (a full Fusion-CAM would cost 2051
-        explainer.warm_up()            # forwards per precision on ResNet-50)
-    seconds = {"fp32": [], "int8": []}
-    maps = {"fp32": [], "int8": []}
+    for explainer in explainers.values():  # warm-up: both graphs at every run size (a full Fusion-CAM would cost
+        explainer.warm_up()                # 2051 forwards per precision on ResNet-50)
+    seconds: dict[str, list[float]] = {label: [] for label in explainers}
+    maps: dict[str, list[np.ndarray]] = {label: [] for label in explainers}
+    forwards: dict[str, list[int]] = {label: [] for label in explainers}
     classes = []
     for i in range(len(images)):
-        for label, explainer in (("fp32", exact), ("int8", int8)):
+        for label, explainer in explainers.items():  # each image by every explainer in turn
             start = time.perf_counter()
             explanation = explainer.explain(images[i : i + 1])
             seconds[label].append(time.perf_counter() - start)
             maps[label].append(explanation.fusion[0])
+            forwards[label].append(int(explanation.forwards_run[0]) + int(explanation.timings["method_forwards_run"]))
             if label == "fp32":
                 classes.append(int(explanation.classes[0]))
-        print(f"{model_name} {names[i]}: fp32 {seconds['fp32'][-1]:.2f} s, int8 {seconds['int8'][-1]:.2f} s", flush=True)
-    row["fusion_seconds_per_image"] = {label: float(np.mean(values)) for label, values in seconds.items()}
-    row["fusion_seconds"] = seconds
-    row["fusion_speedup"] = row["fusion_seconds_per_image"]["fp32"] / row["fusion_seconds_per_image"]["int8"]
-    agreement = [map_agreement(maps["int8"][i], maps["fp32"][i]) for i in range(len(images))]
-    row["pearson_per_image"] = dict(zip(names, (a["pearson"] for a in agreement)))
-    row["pearson_mean"] = float(np.mean([a["pearson"] for a in agreement]))
-    row["pearson_min"] = float(np.min([a["pearson"] for a in agreement]))
+        print(f"{model_name} {names[i]}: " + ", ".join(f"{label} {values[-1]:.2f} s" for label, values in seconds.items()),
+              flush=True)
     row["classes"] = classes
+    row["fusion_seconds"] = seconds
+    row["forwards_per_image"] = {label: float(np.mean(values)) for label, values in forwards.items()}
+    row["fusion_seconds_per_image"] = {label: float(np.mean(values)) for label, values in seconds.items()}
+    row["fusion_speedup"] = {label: row["fusion_seconds_per_image"]["fp32"] / row["fusion_seconds_per_image"][label]
+                             for label in variants}
+    row["pearson_per_image"], row["pearson_mean"], row["pearson_min"] = {}, {}, {}
+    for label in variants:
+        agreement = [map_agreement(maps[label][i], maps["fp32"][i])["pearson"] for i in range(len(images))]
+        row["pearson_per_image"][label] = dict(zip(names, agreement))
+        row["pearson_mean"][label] = float(np.mean(agreement))
+        row["pearson_min"][label] = float(np.min(agreement))
     if faithfulness:
         stacked = {label: np.stack(values) for label, values in maps.items()}
         scores = evaluate_maps(exact, images, stacked, targets=np.asarray(classes), names=names).scores
         means = {label: {metric: float(np.mean(values)) for metric, values in score.per_image.items()}
                  for label, score in scores.items()}
         row["faithfulness_mean"] = means
-        row["faithfulness_delta"] = {metric: means["int8"][metric] - means["fp32"][metric] for metric in means["fp32"]}
-    exact.close()
-    int8.close()
+        row["faithfulness_delta"] = {label: {metric: means[label][metric] - means["fp32"][metric]
+                                             for metric in means["fp32"]} for label in variants}
+    for explainer in explainers.values():
+        explainer.close()
     return row
 
 
 def markdown(report: dict) -> str:
-    """The table people read: speed-ups, agreement and faithfulness deltas per model."""
-    lines = [f"# INT8 scorer against exact float32, CPU ({report['machine_record']['cpu_model']}, "
-             f"{report['machine_record']['cpu_cores']} cores), {report['machine_record']['recorded_at']}", "",
-             f"Images: {', '.join(report['images'])} (per model: the first n given in the table). Maps: "
-             f"Fusion-CAM, exact (no fast mode). INT8 scorer: {report['models'][0]['int8_settings']}.", "",
-             "| model | K | n | scorer img/s fp32 / int8 | Fusion-CAM s/image fp32 / int8 | speed-up | mean / min r vs fp32 "
-             "| deletion AUC delta | insertion AUC delta | average drop delta |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """The table people read: per model and INT8 variant, speed-up, agreement and faithfulness deltas."""
+    record = report["machine_record"]
+    lines = [f"# INT8 scorer against exact float32, CPU ({record['cpu_model']}, {record['cpu_cores']} cores), "
+             f"{record['recorded_at']}", "",
+             f"Images: {', '.join(report['images'])} (per model: the first n given in the table). Maps: Fusion-CAM, "
+             f"exact (no fast mode). INT8 scorer: {report['models'][0]['int8_settings']}. `int8 m=M`: "
+             f"`Explainer(precision=\"int8\", int8_rescore=M)`, the sweep's M top channels per image rescored in "
+             f"float32 (z0 and the probes in float32 in every INT8 variant). Targets: speed-up >= 1.8x, mean r >= 0.99.",
+             "", "| model | K | n | scorer img/s fp32 / int8 | variant | forwards/image | Fusion-CAM s/image | speed-up "
+             "| mean / min r vs fp32 | r per photo | deletion AUC delta | insertion AUC delta | average drop delta "
+             "| increase in confidence delta |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in report["models"]:
-        tput, logits = row["scorer_images_per_s"], row["logits_on_photos"]
+        tput = row["scorer_images_per_s"]
+        head = (f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | "
+                f"{len(row.get('classes', []))} | {tput['fp32']:.1f} / {tput['int8']:.1f} ({row['scorer_speedup']:.2f}x)")
         if "fusion_seconds_per_image" not in row:
-            lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | 0 | "
-                         f"{tput['fp32']:.1f} / {tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | not measured | | | | "
-                         f"| |")
+            lines.append(head + " | not measured | | | | | | | | | |")
             continue
         sec = row["fusion_seconds_per_image"]
-        delta = row.get("faithfulness_delta", {})
-        fmt = lambda key: f"{delta[key]:+.4f}" if key in delta else "not measured"  # noqa: E731
-        lines.append(f"| {row['model']} `{row['layer']}` ({row['weights']}) | {row['channels']} | {len(row['classes'])} | "
-                     f"{tput['fp32']:.1f} / {tput['int8']:.1f} ({row['scorer_speedup']:.2f}x) | "
-                     f"{sec['fp32']:.2f} / {sec['int8']:.2f} | "
-                     f"{row['fusion_speedup']:.2f}x | {row['pearson_mean']:.4f} / {row['pearson_min']:.4f} | "
-                     f"{fmt('deletion_auc')} | {fmt('insertion_auc')} | {fmt('average_drop')} |")
+        lines.append(head + f" | fp32 | {row['forwards_per_image']['fp32']:.0f} | {sec['fp32']:.2f} | | | | | | | |")
+        for label in row["fusion_speedup"]:
+            delta = row.get("faithfulness_delta", {}).get(label, {})
+            fmt = lambda key: f"{delta[key]:+.4f}" if key in delta else "not measured"  # noqa: E731
+            per_photo = ", ".join(f"{value:.3f}" for value in row["pearson_per_image"][label].values())
+            lines.append(f"| | | | | {label} | {row['forwards_per_image'][label]:.0f} | {sec[label]:.2f} | "
+                         f"{row['fusion_speedup'][label]:.2f}x | {row['pearson_mean'][label]:.4f} / "
+                         f"{row['pearson_min'][label]:.4f} | {per_photo} | {fmt('deletion_auc')} | "
+                         f"{fmt('insertion_auc')} | {fmt('average_drop')} | {fmt('increase_in_confidence')} |")
     lines += ["", "INT8 logits against float32 on the photos (largest difference relative to the largest float logit; "
               "images with the same top class):"]
     lines += [f"- {row['model']}: {row['logits_on_photos']['max_relative_difference']:.3f}, top-1 agreement "
@@ -137,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-faithfulness", action="store_true")
     parser.add_argument("--scorer-only", nargs="*", choices=MODELS, default=[],
                         help="models measured by their scorers only (throughput, logits on the photos), no Fusion-CAM")
+    parser.add_argument("--rescore", type=lambda text: tuple(int(v) for v in text.split(",")), default=(0,),
+                        metavar="M,M,...", help="one INT8 explainer per M: int8_rescore=M (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--label", default="", help="suffix of the result files' names (int8-scorer-<cpu>-<label>)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-int8"))
@@ -158,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"images": names, "models": []}
     for name in args.models:  # saved after each model: a long run that is stopped keeps what it measured
         report["models"].append(study(name, args.work, images, names, not args.skip_faithfulness,
-                                      explain=name not in args.scorer_only, count=counts.get(name)))
+                                      explain=name not in args.scorer_only, count=counts.get(name),
+                                      rescores=args.rescore))
         report["machine_record"] = machine_record()
         save_report(args.out, stem, report, markdown(report))
     return 0

@@ -147,4 +147,8 @@ def test_int8_rows_use_the_int8_scorer_and_its_own_floor(tmp_path):
     assert [row["precision"] for row in report["results"]] == ["fp32", "int8"] and not report["unavailable"]
     fp32, int8 = report["results"]
     assert fp32["floor"]["scorer_images_per_s"] != int8["floor"]["scorer_images_per_s"]  # each scorer measured
-    assert int8["stages"]["scorer_forwards_run"] == fp32["stages"]["scorer_forwards_run"] == 8
+    from fusioncam.runtime.int8_sweep import DEFAULT_INT8_RESCORE
+
+    assert fp32["stages"]["scorer_forwards_run"] == 8  # 2 images x 4 channels
+    # the INT8 sweep's 8 forwards, then each image's top min(DEFAULT_INT8_RESCORE, 4) channels again in float32
+    assert int8["stages"]["scorer_forwards_run"] == 8 + 2 * min(DEFAULT_INT8_RESCORE, 4)
