@@ -93,12 +93,15 @@ ONNX_PICKING_RULE = ("the last 4-D feature map with spatial size > 1 whose chann
 
 def write_detection_bundle(detector: Detector, layer, out, *, target_label: str, source: str, source_sha256: str,
                            mean, std, class_names, picked_automatically: bool, fp16_scorer: bool,
-                           picking_rule: str = ONNX_PICKING_RULE) -> ExportResult:
+                           picking_rule: str = ONNX_PICKING_RULE,
+                           nms_iou_threshold: float | None = None) -> ExportResult:
     """Build, check and write the detection bundle atomically. The manifest's output_size is (A, C): the anchors
-    and classes of the per-anchor class scores."""
+    and classes of the per-anchor class scores; nms_iou_threshold is the model's own NMS IoU threshold (None: the
+    model does not say), which the default instance selection uses."""
     manifest = bundle_manifest(detector, layer, target_label=target_label, source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
                                task=DETECTION, output_size=(detector.num_anchors, detector.num_classes))
+    manifest.nms_iou_threshold = None if nms_iou_threshold is None else float(nms_iou_threshold)
     write_checked_graphs(out, manifest, detector, layer, fp16_scorer, source, detector,
                          builders=(build_detection_scorer, build_detection_explain),
                          checks=(_check_scorer, _check_fp16_scorer, _check_explain))

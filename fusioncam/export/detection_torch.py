@@ -153,7 +153,8 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
         detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
         mean=(0.0, 0.0, 0.0) if mean is None else mean, std=(1.0, 1.0, 1.0) if std is None else std,
         class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
-        picking_rule="the backbone's last body stage (backbone.body.layer4), or its last backbone.features block")
+        picking_rule="the backbone's last body stage (backbone.body.layer4), or its last backbone.features block",
+        nms_iou_threshold=float(copy.nms_thresh) if kind is not None else None)  # RetinaNet/FCOS/SSD's own
 
 
 def _default_torchvision_target(model) -> str | None:

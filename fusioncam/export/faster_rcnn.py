@@ -264,7 +264,7 @@ def export_torch_faster_rcnn(model, target_layer: str | None, out: str | os.Path
     return write_detection_bundle(
         detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
         mean=mean, std=std, class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
-        picking_rule=PICKING_RULE)
+        picking_rule=PICKING_RULE, nms_iou_threshold=float(copy.roi_heads.nms_thresh))
 
 
 __all__ = ["FasterRCNNOutputs", "export_torch_faster_rcnn", "is_faster_rcnn", "mark_held_fixed"]

@@ -7,8 +7,10 @@ class score after the model's activation at that anchor; objectness x class prob
 How instances are chosen (`Explainer.explain(images, instances=...)`):
 
 - None or an `InstanceSelection(min_score, max_instances, iou_threshold)`: every detection the model keeps: anchors
-  whose best class score is >= min_score, class-wise NMS on the host at iou_threshold (Ultralytics' default 0.7),
-  the max_instances highest per image. An image with no detection above min_score gives no rows; a call where no
+  whose best class score is >= min_score, class-wise NMS on the host at iou_threshold, the max_instances highest per
+  image. iou_threshold None (the default) is the model's own NMS threshold, recorded in the bundle's manifest at
+  export (`nms_iou_threshold`: torchvision's `nms_thresh`, Faster R-CNN's `roi_heads.nms_thresh`), else
+  Ultralytics' default 0.7 (ONNX files made elsewhere, query detectors). An image with no detection above min_score gives no rows; a call where no
   image has one returns an empty result (maps of shape [0, H, W]), not an error;
 - a list with one entry per image, each a list of instances named by the user: an int (an anchor index; the
   reference box is that anchor's box) or a (class, box) pair (class index or name; box x0, y0, x1, y1 inside the
@@ -41,11 +43,12 @@ from . import Baseline, Prediction, TensorSpec
 @dataclass(frozen=True)
 class InstanceSelection:
     """Which detections explain() picks by default: best class score >= min_score, class-wise NMS at iou_threshold
-    on the host, at most max_instances per image (highest scores first)."""
+    on the host, at most max_instances per image (highest scores first). iou_threshold None: the bundle's own
+    (`model_iou_threshold`)."""
 
     min_score: float = 0.25
     max_instances: int = 10
-    iou_threshold: float = 0.7
+    iou_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.min_score) <= 1.0:
@@ -53,8 +56,17 @@ class InstanceSelection:
         count = self.max_instances
         if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
             raise InputError(f"max_instances must be a positive number of instances per image; got {count!r}")
-        if not 0.0 < float(self.iou_threshold) <= 1.0:
-            raise InputError(f"iou_threshold must be in (0, 1]; got {self.iou_threshold}")
+        if self.iou_threshold is not None and not 0.0 < float(self.iou_threshold) <= 1.0:
+            raise InputError(f"iou_threshold must be in (0, 1] or None (the model's own); got {self.iou_threshold}")
+
+
+DEFAULT_IOU_THRESHOLD = 0.7  # Ultralytics' NMS default, for bundles that record no threshold of their own
+
+
+def model_iou_threshold(manifest) -> float:
+    """The NMS IoU threshold the bundle's model uses (recorded at export), else DEFAULT_IOU_THRESHOLD."""
+    recorded = getattr(manifest, "nms_iou_threshold", None)
+    return DEFAULT_IOU_THRESHOLD if recorded is None else float(recorded)
 
 
 @dataclass(frozen=True)
@@ -100,16 +112,18 @@ def box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms_instances(boxes: np.ndarray, scores: np.ndarray, selection: InstanceSelection) -> list[tuple[int, int]]:
-    """(anchor, class) of the detections one image keeps: best class per anchor >= min_score, greedy class-wise NMS,
-    highest first, at most max_instances."""
+def nms_instances(boxes: np.ndarray, scores: np.ndarray, selection: InstanceSelection,
+                  model_threshold: float = DEFAULT_IOU_THRESHOLD) -> list[tuple[int, int]]:
+    """(anchor, class) of the detections one image keeps: best class per anchor >= min_score, greedy class-wise NMS
+    at selection.iou_threshold (None: model_threshold), highest first, at most max_instances."""
+    threshold = model_threshold if selection.iou_threshold is None else float(selection.iou_threshold)
     classes = scores.argmax(axis=1)
     best = scores[np.arange(len(scores)), classes]
     order = [int(a) for a in np.argsort(-best, kind="stable") if best[a] >= selection.min_score]
     kept: list[int] = []
     for anchor in order:
         same = [k for k in kept if classes[k] == classes[anchor]]
-        if same and box_iou(boxes[same], boxes[anchor]).max() > selection.iou_threshold:
+        if same and box_iou(boxes[same], boxes[anchor]).max() > threshold:
             continue
         kept.append(anchor)
         if len(kept) == selection.max_instances:
@@ -189,7 +203,8 @@ class DetectionTask:
         if instances is None or isinstance(instances, InstanceSelection):
             selection = instances or InstanceSelection()
             for i in range(n):
-                rows += [(i, a, c, boxes[i, a]) for a, c in nms_instances(boxes[i], scores[i], selection)]
+                rows += [(i, a, c, boxes[i, a])
+                         for a, c in nms_instances(boxes[i], scores[i], selection, model_iou_threshold(manifest))]
         else:
             if not isinstance(instances, (list, tuple)) or len(instances) != n:
                 raise InputError(f"instances= must be None, an InstanceSelection, or a list of {n} lists (one per "
@@ -303,5 +318,5 @@ def _zero_rows(start: int, stop: int, buffer) -> None:
 
 DETECTION = DetectionTask()
 
-__all__ = ["DETECTION", "DetectionExplanation", "DetectionTask", "InstanceSelection", "InstanceTargets", "box_iou",
-           "nms_instances"]
+__all__ = ["DEFAULT_IOU_THRESHOLD", "DETECTION", "DetectionExplanation", "DetectionTask", "InstanceSelection",
+           "InstanceTargets", "box_iou", "model_iou_threshold", "nms_instances"]

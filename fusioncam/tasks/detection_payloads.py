@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .detection import InstanceSelection, _named_instance, nms_instances
+from .detection import InstanceSelection, _named_instance, model_iou_threshold, nms_instances
 
 INSTANCE_PARAMETERS = ("min_score", "max_instances", "instances")
 NOT_HERE = ("a detection bundle explains instances: leave out '{name}' and give 'min_score', 'max_instances' or "
@@ -150,7 +150,7 @@ def predicted_rows(explainer, images: np.ndarray, specs: list) -> list[ImageRows
             chosen = [_named_instance(item, boxes[i], scores[i], size, explainer.class_names,
                                       f"instance {i}, named instance {j}")[:2] for j, item in enumerate(spec.items)]
         else:
-            chosen = nms_instances(boxes[i], scores[i], spec)
+            chosen = nms_instances(boxes[i], scores[i], spec, model_iou_threshold(explainer.bundle.manifest))
         anchors = np.array([a for a, _ in chosen], np.int64)
         classes = np.array([c for _, c in chosen], np.int64)
         rows.append(ImageRows(boxes[i, anchors].reshape(-1, 4), scores[i, anchors, classes], classes, anchors, {}))

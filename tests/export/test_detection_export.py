@@ -59,7 +59,9 @@ def _activated_scores(model, kind: str, features):
 def test_torchvision_dense_detectors_gradients_boxes_and_scores(kind, tmp_path) -> None:
     model = _torchvision_model(kind)
     layer = "backbone.body.layer4" if kind != "ssdlite" else "backbone.features.0"
-    export_torch_detection(model, layer, tmp_path / "bundle", input_size=SIZE)
+    result = export_torch_detection(model, layer, tmp_path / "bundle", input_size=SIZE)
+    # the model's own NMS threshold (RetinaNet 0.5, FCOS 0.6, SSDlite 0.55) for the default instance selection
+    assert result.bundle.manifest.nms_iou_threshold == pytest.approx(model.nms_thresh)
     images = np.random.default_rng(0).random((2, 3, *SIZE)).astype(np.float32)
     mean = np.array(model.transform.image_mean, np.float32)[:, None, None]
     std = np.array(model.transform.image_std, np.float32)[:, None, None]

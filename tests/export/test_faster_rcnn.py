@@ -157,6 +157,40 @@ def test_seven_methods_match_the_eager_reference(exported) -> None:
             assert abs(float(result.betas[name][row]) - value) <= 1e-4, (row, name)
 
 
+def test_default_selection_is_torchvisions_detections(exported) -> None:
+    """The manifest records the model's roi_heads.nms_thresh (0.5), and the default selection (IoU threshold left to
+    the model) is exactly torchvision's post-processed output: same detections, scores, labels and boxes, in order.
+    min_score is just above every slot's second-best class score, so a proposal passes for at most one class, as
+    fusioncam's best-class-per-slot selection assumes (torchvision's postprocess takes every class above its
+    score_thresh). At Ultralytics' 0.7 the selection keeps more than torchvision."""
+    from fusioncam.tasks.detection_payloads import predicted_rows
+
+    model, bundle, images = exported
+    inputs = normalised(model, images).numpy()
+    _, scores = _slots(bundle, inputs)
+    min_score = float(np.sort(scores[..., 1:], axis=-1)[..., -2].max()) + 1e-6
+    settings = model.roi_heads.score_thresh, model.roi_heads.detections_per_img
+    model.roi_heads.score_thresh, model.roi_heads.detections_per_img = min_score, 100
+    try:
+        with torch.no_grad():
+            detections = model(list(torch.from_numpy(images)))
+    finally:
+        model.roi_heads.score_thresh, model.roi_heads.detections_per_img = settings
+    with Explainer(bundle, device="cpu") as explainer:
+        assert explainer.bundle.manifest.nms_iou_threshold == model.roi_heads.nms_thresh == 0.5
+        chosen = predicted_rows(explainer, inputs, [InstanceSelection(min_score=min_score, max_instances=100)] * 4)
+        wider = predicted_rows(explainer, inputs, [InstanceSelection(min_score, 100, iou_threshold=0.7)] * 4)
+        explained = explainer.explain(inputs[:1], methods="gradcam",
+                                      instances=InstanceSelection(min_score=min_score, max_instances=100))
+    np.testing.assert_array_equal(explained.anchors, chosen[0].anchors)
+    for image, (rows, found) in enumerate(zip(chosen, detections)):
+        assert len(rows.anchors) == len(found["scores"]) >= 5, image
+        np.testing.assert_array_equal(rows.classes, found["labels"].numpy())
+        np.testing.assert_allclose(rows.scores, found["scores"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(rows.boxes, found["boxes"].numpy(), atol=1e-2)
+    assert sum(len(rows.anchors) for rows in wider) > sum(len(rows.anchors) for rows in chosen)
+
+
 def test_refuses_a_target_inside_the_roi_head(exported, tmp_path) -> None:
     model, _, _ = exported
     with pytest.raises(LayerError, match="roi_heads.box_head.*not a feature map of the backbone"):

@@ -20,7 +20,8 @@ httpx = pytest.importorskip("httpx", reason="httpx is not installed: pip install
 tritonhttp = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'fusioncam[test]'")
 
 import fusioncam  # noqa: E402
-from fusioncam.tasks.detection import InstanceSelection, nms_instances  # noqa: E402
+from fusioncam.bundle import load_bundle  # noqa: E402
+from fusioncam.tasks.detection import InstanceSelection, model_iou_threshold, nms_instances  # noqa: E402
 from tests.serve.server_process import running_server  # noqa: E402
 from tests.support.faster_rcnn_models import SIZE, exported_bundle, faster_rcnn, normalised  # noqa: E402
 
@@ -57,7 +58,7 @@ def server(bundle, tmp_path_factory):
 
 def test_v1_predict_and_explain_equal_the_explainer(server, bundle, images, want) -> None:
     """v1 :predict gives each image's default detections (slot, class, score, box) as the host NMS over the bundle's
-    slots picks them; v1 :explain gives the same instances with each method's map equal to the Explainer's."""
+    slots picks them at the model's own IoU threshold (roi_heads.nms_thresh, 0.5); v1 :explain gives the same instances with each method's map equal to the Explainer's."""
     body = {"instances": [{"data": image.tolist()} for image in images],
             "parameters": {"min_score": SELECTION.min_score, "max_instances": SELECTION.max_instances}}
     predicted = httpx.post(f"{server.base}/v1/models/frcnn:predict", json=body, timeout=120)
@@ -65,12 +66,14 @@ def test_v1_predict_and_explain_equal_the_explainer(server, bundle, images, want
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(bundle / "explain.onnx"), providers=["CPUExecutionProvider"])
+    manifest = load_bundle(bundle).manifest
+    assert manifest.nms_iou_threshold == 0.5
     n = len(images)
     boxes, scores = session.run(["detection_boxes", "detection_scores"], {
         "input": images, "anchor": np.zeros(n, np.int64), "target": np.zeros(n, np.int64),
         "reference_box": np.array([[0, 0, *SIZE[::-1]]] * n, np.float32), "instance_image": np.arange(n)})
     for i, prediction in enumerate(predicted.json()["predictions"]):
-        chosen = nms_instances(boxes[i], scores[i], SELECTION)
+        chosen = nms_instances(boxes[i], scores[i], SELECTION, model_iou_threshold(manifest))
         mine = np.flatnonzero(want.image_index == i)
         assert prediction["anchors"] == [a for a, _ in chosen] == want.anchors[mine].tolist()
         assert prediction["classes"] == [c for _, c in chosen] == want.classes[mine].tolist()
