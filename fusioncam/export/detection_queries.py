@@ -21,10 +21,10 @@ RT-DETR detaches its reference points and initial queries (the top-k encoder tok
 time stop-gradients an ONNX graph does not record, so fusioncam's gradient is the score's full derivative: the
 derivative of the function the model computes, which its finite differences give; the tests compare it with torch
 autograd of the model with those detaches undone, at the backbone's last stage and the hybrid encoder's three
-outputs. (That reference hands each BatchNorm2d a contiguous copy of its incoming gradient:
-for a one-image batch, PyTorch's CPU backward of an eval BatchNorm2d permutes the gradient RT-DETR's
-`flatten(2).transpose(1, 2)` after its decoder input projections hands it, which made autograd at the encoder and
-backbone wrong, not fusioncam; see tests/export/test_detection_queries.py.)
+outputs (RT-DETR v2: the backbone's last stage). (That reference hands each BatchNorm2d a contiguous copy of its
+incoming gradient: for a one-image batch, PyTorch's CPU backward of an eval BatchNorm2d permutes the gradient
+RT-DETR's `flatten(2).transpose(1, 2)` after its decoder input projections hands it, which made autograd at the
+encoder and backbone wrong, not fusioncam; see tests/export/test_detection_queries.py.)
 The image processor is not part of the graph: images are the export's input size, normalised with mean/std
 (default: ImageNet for DETR, Conditional DETR and YOLOS, 0 and 1 for RT-DETR, as their processors do).
 """

@@ -1,11 +1,12 @@
-"""Query detectors (transformers DETR, Conditional DETR, YOLOS, RT-DETR; random weights from small configs, no
-downloads) exported with task="detection": each query is an instance; the bundle's per-query boxes and activated
-class scores equal the model's own outputs after its post-processing activation, and each explained instance's
-gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score (RT-DETR: autograd with
-its detaches undone and contiguous gradients into its BatchNorm2d layers, at the backbone's last stage and the hybrid
-encoder's three output levels, that reference itself checked against the model's finite differences; see
-_full_derivative, _contiguous_batch_norm_gradients and fusioncam/export/detection_queries.py). Conditional DETR's
-graph writes its reference points with ScatterND (slice assignment), differentiated by grad_rules/scatter_nd.py."""
+"""Query detectors (transformers DETR, Conditional DETR, YOLOS, RT-DETR and RT-DETR v2; random weights from small
+configs, no downloads) exported with task="detection": each query is an instance; the bundle's per-query boxes and
+activated class scores equal the model's own outputs after its post-processing activation, and each explained
+instance's gradient w.r.t. the target layer is within 1e-4 relative of torch autograd of that same score (RT-DETR:
+autograd with its detaches undone and contiguous gradients into its BatchNorm2d layers, at the backbone's last stage
+and the hybrid encoder's three output levels (v2: its backbone's last stage), that reference itself checked against
+the model's finite differences; see _full_derivative, _contiguous_batch_norm_gradients and
+fusioncam/export/detection_queries.py). Conditional DETR's graph writes its reference points with ScatterND (slice
+assignment), differentiated by grad_rules/scatter_nd.py."""
 
 from __future__ import annotations
 
@@ -52,11 +53,15 @@ def _small(kind: str):
 
         backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
                                       out_features=["stage2", "stage3", "stage4"])
-        model = t.RTDetrForObjectDetection(t.RTDetrConfig(
+        # RT-DETR v2 (per-level sampling points in its deformable attention) needs two decoder layers: transformers
+        # 5.25 cannot build it with one (its bbox_embed weight tying finds nothing to tie)
+        config, detector = ((t.RTDetrV2Config, t.RTDetrV2ForObjectDetection) if kind == "rt_detr_v2"
+                            else (t.RTDetrConfig, t.RTDetrForObjectDetection))
+        model = detector(config(
             backbone_config=backbone, use_pretrained_backbone=False, encoder_in_channels=[16, 16, 32],
             encoder_hidden_dim=32, d_model=32, encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2,
-            decoder_attention_heads=2, decoder_layers=1, num_queries=QUERIES, num_labels=CLASSES,
-            decoder_in_channels=[32, 32, 32], num_denoising=0))
+            decoder_attention_heads=2, decoder_layers=2 if kind == "rt_detr_v2" else 1, num_queries=QUERIES,
+            num_labels=CLASSES, decoder_in_channels=[32, 32, 32], num_denoising=0))
         # transformers' RT-DETR init (std 0.01, zero heads, small norms) shrinks a random model's activations to ~1e-10: every
         # encoder token's score ties, and the top-k order of ties is each runtime's own choice. PyTorch's default
         # layer init keeps them apart.
@@ -78,7 +83,7 @@ def _full_derivative(kind: str):
     """RT-DETR detaches its reference points and initial queries (training-time stop-gradients); an ONNX graph keeps
     no detach, so its gradient is the score's full derivative. The reference is torch autograd of the same forward
     with those detaches undone (Tensor.detach as the identity) for RT-DETR; the model as it is for the others."""
-    if kind != "rt_detr":
+    if kind not in ("rt_detr", "rt_detr_v2"):
         yield
         return
     original = torch.Tensor.detach
@@ -117,7 +122,8 @@ TARGETS = {"detr": ["model.backbone.model.encoder.stages.3", "model.encoder"],
            "yolos": ["vit.embeddings.patch_embeddings.projection"],
            # RT-DETR: the backbone's last stage (default) and the hybrid encoder's outputs (levels 0, 1, 2; each
            # reaches the decoder through its decoder_input_proj, conv + BatchNorm2d)
-           "rt_detr": [None, "model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0", "model.encoder.pan_blocks.1"]}
+           "rt_detr": [None, "model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0", "model.encoder.pan_blocks.1"],
+           "rt_detr_v2": [None]}
 
 
 def _check(kind: str, layer: str | None, tmp_path) -> None:
