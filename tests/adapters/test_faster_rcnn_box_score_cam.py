@@ -1,7 +1,7 @@
 """The drop-in's CAM classes with FasterRCNNBoxScoreTarget on a seeded torchvision Faster R-CNN (MobileNetV3-Large FPN,
 random weights, 128x128) against pytorch-grad-cam 1.5.7's own classes and target on the same model: maps within 1e-4,
 the target's value, and the detections (`outputs`) torchvision reports; with the model's transform resizing the
-images and two target layers; the methods and inputs refused with this target."""
+images and two target layers; aug_smooth; the methods and inputs refused with this target."""
 
 from __future__ import annotations
 
@@ -130,3 +130,19 @@ def test_refusals_name_what_to_do() -> None:
     classifier = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     with pytest.raises(InputError, match="is for a torchvision FasterRCNN"):
         ours.GradCAM(classifier, [classifier[0]])(image, targets=[target])
+
+
+@pytest.mark.slow
+def test_aug_smooth_equals_pytorch_grad_cams(case) -> None:
+    """aug_smooth: the six augmentations (flip x 0.9, 1, 1.1) each with the same references, as pytorch-grad-cam
+    gives them. The references are the two best detections of each augmented image (rounded), so every augmented
+    image matches some (pytorch-grad-cam fails where no image of an augmented batch matches)."""
+    model, images, _, _ = case
+    augmented = [images[:1].flip(-1) if flip else images[:1] for flip in (False, True)]
+    with torch.no_grad():
+        found = [model(list(image * factor))[0] for image in augmented for factor in (0.9, 1.0, 1.1)]
+    labels = sum((f["labels"][:2].tolist() for f in found), [])
+    boxes = np.round(np.concatenate([f["boxes"][:2].numpy() for f in found]))
+    theirs, _, mine, _ = _both("GradCAM", model, images[:1], [(labels, boxes)], aug_smooth=True)
+    np.testing.assert_allclose(mine, theirs, atol=1e-4)
+    assert mine.max() > 0.5
