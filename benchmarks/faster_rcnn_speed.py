@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--fast", type=int, default=32, help="Fusion-CAM's max_channels")
     parser.add_argument("--proposals", type=int, default=100,
-                        help="the RPN's post_nms_top_n in eval mode (torchvision's default, 1000, ran out of this "
-                             "machine's 23 GB in the export's checks: RoiAlign's gradient scatter on every level)")
+                        help="the RPN's post_nms_top_n in eval mode (torchvision's default is 1000; "
+                             "benchmarks/faster_rcnn_memory.py measures that count's memory)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
