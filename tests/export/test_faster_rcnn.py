@@ -159,7 +159,8 @@ def test_seven_methods_match_the_eager_reference(exported) -> None:
 
 def test_default_selection_is_torchvisions_detections(exported) -> None:
     """The manifest records the model's roi_heads.nms_thresh (0.5), and the default selection (IoU threshold left to
-    the model) is exactly torchvision's post-processed output: same detections, scores, labels and boxes, in order.
+    the model) is exactly torchvision's post-processed output: same detections, scores, labels and boxes, in order
+    (as `fusioncam serve` and Explainer.explain choose them).
     min_score is just above every slot's second-best class score, so a proposal passes for at most one class, as
     fusioncam's best-class-per-slot selection assumes (torchvision's postprocess takes every class above its
     score_thresh). At Ultralytics' 0.7 the selection keeps more than torchvision."""
@@ -180,9 +181,11 @@ def test_default_selection_is_torchvisions_detections(exported) -> None:
         assert explainer.bundle.manifest.nms_iou_threshold == model.roi_heads.nms_thresh == 0.5
         chosen = predicted_rows(explainer, inputs, [InstanceSelection(min_score=min_score, max_instances=100)] * 4)
         wider = predicted_rows(explainer, inputs, [InstanceSelection(min_score, 100, iou_threshold=0.7)] * 4)
-        explained = explainer.explain(inputs[:1], methods="gradcam",
-                                      instances=InstanceSelection(min_score=min_score, max_instances=100))
-    np.testing.assert_array_equal(explained.anchors, chosen[0].anchors)
+        manifest = explainer.bundle.manifest  # Explainer.explain's own choice of rows (before any map is computed)
+        _, feed, _ = explainer.task.explained_rows(
+            explainer.scorer, inputs, explainer.task.explain_feed(manifest, 4, None, None, None),
+            InstanceSelection(min_score=min_score, max_instances=100), [f"image {i}" for i in range(4)], manifest, None)
+    np.testing.assert_array_equal(feed["anchor"], np.concatenate([rows.anchors for rows in chosen]))
     for image, (rows, found) in enumerate(zip(chosen, detections)):
         assert len(rows.anchors) == len(found["scores"]) >= 5, image
         np.testing.assert_array_equal(rows.classes, found["labels"].numpy())
