@@ -124,21 +124,19 @@ def box_score_graphs(model, target_layer: str, input_size: tuple[int, int]) -> t
     scale = nodes.add("Reshape", [BOX_SCALE, const("scale_shape", np.array([-1, 1, 1, 4], np.int64))], "scale_4d")
     boxes = nodes.add("Mul", [clipped, scale], "boxes")  # torchvision's transform.postprocess (resize_boxes)
 
-    def onehot(index: str, count: int, shape: list[int], name: str) -> str:
-        ids = const(f"{name}_ids", np.arange(count, dtype=np.int64).reshape(shape))
-        column = nodes.add("Unsqueeze", [index, const("axes_2_3", np.array([2, 3], np.int64))], f"{name}_column")
-        return nodes.add("Cast", [nodes.add("Equal", [column, ids], f"{name}_bool")], name, to=TensorProto.FLOAT)
-
-    chosen = nodes.add("Mul", [onehot(MATCH_SLOTS, slots, [1, 1, slots, 1], "slot_onehot"),
-                               onehot(MATCH_CLASSES, classes, [1, 1, 1, classes], "class_onehot")], "chosen")  # NMPC
-    axis1 = const("axis1", np.array([1], np.int64))
-    picked_score = nodes.reduce("ReduceSum", nodes.add("Mul", [chosen, nodes.add("Unsqueeze", [scores, axis1],
-                                                                                 "scores_5d")], "score_only"),
-                                [2, 3], "matched_score")  # [N, M]
-    chosen_5d = nodes.add("Unsqueeze", [chosen, const("axis4", np.array([4], np.int64))], "chosen_5d")
-    picked_box = nodes.reduce("ReduceSum", nodes.add("Mul", [chosen_5d, nodes.add("Unsqueeze", [boxes, axis1],
-                                                                                  "boxes_5d")], "box_only"),
-                              [2, 3], "matched_box")  # [N, M, 4]
+    # each match's (slot, class) as one index into the flattened [P * C] axis; GatherElements' gradient scatter-adds
+    # (a detection matched by two references counts twice, as in pytorch-grad-cam's sum)
+    index = nodes.add("Add", [nodes.add("Mul", [MATCH_SLOTS, const("classes", np.array(classes, np.int64))],
+                                        "slot_offset"), MATCH_CLASSES], "match_index")  # [N, M]
+    flat_scores = nodes.add("Reshape", [scores, const("flat_scores_shape", np.array([0, -1], np.int64))],
+                            "flat_scores")  # [N, P * C]
+    picked_score = nodes.add("GatherElements", [flat_scores, index], "matched_score", axis=1)  # [N, M]
+    flat_boxes = nodes.add("Reshape", [boxes, const("flat_boxes_shape", np.array([0, -1, 4], np.int64))],
+                           "flat_boxes")  # [N, P * C, 4]
+    index_3d = nodes.add("Add", [nodes.add("Unsqueeze", [index, const("axis2", np.array([2], np.int64))],
+                                           "match_index_column"), const("four_zeros", np.zeros((1, 1, 4), np.int64))],
+                         "match_index_3d")  # [N, M, 4]
+    picked_box = nodes.add("GatherElements", [flat_boxes, index_3d], "matched_box", axis=1)  # [N, M, 4]
     half = const("half", np.array(0.5, np.float32))
 
     def extreme(a: str, b: str, sign: str, name: str) -> str:

@@ -222,7 +222,8 @@ class BoxScoreCAM:
 
     def maps(self, cam, images: np.ndarray, targets: list, eigen_smooth: bool) -> np.ndarray:
         """float32 [N, H, W]: the method's map per image for its target, aggregated over the target layers as
-        pytorch-grad-cam does; sets cam.outputs to the detections (torchvision's output dicts plus `slots`)."""
+        pytorch-grad-cam does; sets cam.outputs to the detections (torchvision's output dicts plus `slots`) and
+        cam.box_scores to each image's target value (float32 [N], the sum of IoU + score over its matches)."""
         inputs, scale, size = network_inputs(cam.model, images)
         height, width = images.shape[2:]
         layers = []
