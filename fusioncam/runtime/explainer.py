@@ -214,6 +214,12 @@ class Explainer:
         the result per instance: None (every detection kept above a score threshold after NMS), an
         InstanceSelection, or per image a list of anchor indices or (class, box) pairs.
 
+        A bundle with several target layers (export_torch(model, ["layer3", "layer4"], ...)) is explained in the same
+        one explain pass, one engine per layer (each layer's own Score-CAM sweep); `result.layer_maps` holds each
+        layer's maps and `result.maps` their aggregate (runtime/layer_aggregation.py: pytorch-grad-cam's with
+        compat="pytorch-grad-cam", else the mean scaled to [0, 1]). Methods that run a graph built from one layer
+        (AblationCAM, ReciproCAM, FullGrad, ShapleyCAM) are refused on it.
+
         The targets (and regions) are read by the bundle's task (Task.explain_feed), which also shapes the result:
         an Explanation, a segmentation bundle's SegmentationExplanation (with region_weights), or a detection
         bundle's DetectionExplanation (one row per instance).
