@@ -16,6 +16,7 @@ import fusioncam  # noqa: E402
 from fusioncam import Explainer  # noqa: E402
 from fusioncam.errors import InputError, LayerError  # noqa: E402
 from fusioncam.graph_names import INPUT, TARGET, layer_activations, layer_gradients  # noqa: E402
+from fusioncam.runtime.methods.finercam import COMPARISONS  # noqa: E402
 from tests.runtime.test_cuda_backend_on_host import host_cuda  # noqa: E402,F401  (the fixture)
 from tests.support.small_cnn import SmallNet, images, max_diff  # noqa: E402
 
@@ -76,14 +77,14 @@ def test_each_layers_gradients_equal_torch_autograd(model, bundles):
 def test_one_explain_pass_gives_each_layers_maps(bundles, monkeypatch):
     both, alone = bundles
     x = images(2, 32, seed=5)
-    methods = ("gradcam", "scorecam", "layercam")
+    methods = ("gradcam", "scorecam", "layercam", "finercam")
     with Explainer(both, device="cpu") as explainer:
         session = explainer.backend._explain
         runs = []
         real_run = session.run
         monkeypatch.setattr(session, "run", lambda *a, **k: runs.append(1) or real_run(*a, **k), raising=False)
         result = explainer.explain(x, targets=[1, 2], methods=methods)
-    assert len(runs) == 1  # one forward + backward for both layers
+    assert len(runs) == 1 + COMPARISONS  # one forward + backward for both layers, FinerCAM's comparisons shared
     assert list(result.layer_maps) == LAYERS
     per_layer = []
     for layer, bundle in zip(LAYERS, alone):
