@@ -42,11 +42,11 @@ def _extra_layers(name: str, value: Any) -> list | None:
     keys = {"target_layer", "target_tensor", "channels", "feature_size"}
     if not isinstance(value, list) or not value or not all(isinstance(v, dict) and set(v) == keys for v in value):
         raise arguments.rejected(name, value, f"null or a non-empty list of objects with the fields {sorted(keys)}")
-    for layer in value:
-        _string(f"{name}'s target_layer", layer["target_layer"])
-        _string(f"{name}'s target_tensor", layer["target_tensor"])
-        arguments.integer(f"{name}'s channels", layer["channels"], minimum=1)
-        arguments.size_pair(f"{name}'s feature_size", layer["feature_size"])
+    for index, layer in enumerate(value):
+        _string(f"{name}, layer {index}'s target_layer", layer["target_layer"])
+        _string(f"{name}, layer {index}'s target_tensor", layer["target_tensor"])
+        arguments.integer(f"{name}, layer {index}'s channels", layer["channels"], minimum=1)
+        arguments.size_pair(f"{name}, layer {index}'s feature_size", layer["feature_size"])
     return value
 
 

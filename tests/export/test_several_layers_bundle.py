@@ -198,3 +198,24 @@ def test_serve_and_explain_dataset_refuse_a_several_layer_bundle(bundles, tmp_pa
     with pytest.raises(InputError, match="explain-dataset takes bundles with one target layer"):
         explain_dataset(tmp_path / "photos", both.bundle.path, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_a_manifest_whose_extra_layers_disagree_with_the_graph_is_refused(bundles, tmp_path):
+    import shutil
+
+    from fusioncam.bundle import Manifest, load_bundle
+    from fusioncam.errors import BundleError
+
+    both, _ = bundles
+    for change, message in ((lambda extra: extra.update(channels=9), r"'extra_layers\[0\]\.channels' says 9"),
+                            (lambda extra: extra.update(feature_size=[4, 4]), r"'extra_layers\[0\]\.feature_size'"),
+                            (lambda extra: extra.update(channels="8"), "manifest field 'extra_layers', layer 0's channels must be an integer")):
+        copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(both.bundle.path, copy)
+        facts = json.loads((copy / "manifest.json").read_text())
+        change(facts["extra_layers"][0])
+        manifest = Manifest(**{**facts, "manifest_sha256": ""})
+        facts["manifest_sha256"] = manifest.content_sha256()  # re-sealed: only the facts check can tell
+        (copy / "manifest.json").write_text(json.dumps(facts))
+        with pytest.raises(BundleError, match=message):
+            load_bundle(copy)
