@@ -35,7 +35,7 @@ from .utils.image import scale_cam_image
 
 TARGET_NAME = "FasterRCNNBoxScoreTarget"
 EIGEN_CAM = "eigencam"
-TIE_TOLERANCE = 1e-2  # pixels: a reference coordinate this close to its detection's is taken as equal to it
+TIE_TOLERANCE = 1e-2  # pixels: a (non-integer) reference coordinate this close to its detection's is a copy of it
 SMALL_BOX = 1e-2  # torchvision's postprocess_detections drops boxes with a side under this (remove_small_boxes)
 
 
@@ -175,8 +175,8 @@ def postprocessed(roi_heads, scores: np.ndarray, boxes: np.ndarray, scale: np.nd
 def matched(found: dict, target) -> list[tuple[int, int, np.ndarray]]:
     """pytorch-grad-cam's FasterRCNNBoxScoreTarget rule on one image's detections: for each reference box and label,
     the detection of largest IoU (the first of equals); kept where IoU > iou_threshold and the labels agree. Returns
-    (slot, class, reference box) per match; a reference coordinate within TIE_TOLERANCE of the detection's is
-    replaced by the detection's (see below)."""
+    (slot, class, reference box) per match; a reference coordinate that is not a whole number and lies within
+    TIE_TOLERANCE of the detection's is replaced by the detection's (see below)."""
     import torch
     import torchvision
 
@@ -200,9 +200,11 @@ def matched(found: dict, target) -> list[tuple[int, int, np.ndarray]]:
             reference = box[0].numpy()
             # a reference copied from torchvision's detections is that detection's box in torch, but ONNX Runtime's
             # decoding puts the graph's box up to ~5e-3 pixels away, on either side of IoU's kink: such coordinates
-            # are taken as equal, where the gradient splits as torch's does at a tie
+            # are taken as equal, where the gradient splits as torch's does at a tie. Whole numbers are not copies
+            # (references rounded as pytorch-grad-cam's tutorial rounds them: torch's side of the kink is kept)
+            copied = (np.abs(reference - detection) <= TIE_TOLERANCE) & (reference != np.round(reference))
             out.append((int(found["slots"][index]), int(found["labels"][index]),
-                        np.where(np.abs(reference - detection) <= TIE_TOLERANCE, detection, reference)))
+                        np.where(copied, detection, reference)))
     return out
 
 
