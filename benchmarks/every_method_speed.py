@@ -113,6 +113,8 @@ def measure(batches: list[int], repeats: int, slow_repeats: int, only: list[str]
                 continue
             cell: dict = {"measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                           "load_average_1min_before": os.getloadavg()[0]}
+            if cells is not None:
+                cell["measured_alone"] = True  # with --cells, at another time than the rest of the table
             if one_image_warmup:
                 cell["warmup"] = "one image"
             kwargs = {"model": model, "target_layers": [model.layer4]}
@@ -169,7 +171,7 @@ def markdown(report: dict) -> str:
     lines = ["# Every classification method: fusioncam.pytorch_grad_cam and pytorch-grad-cam, seconds per image", "",
              f"{report['machine']}, {report['date']}; {report['model']}; {report['image']}; {report['targets']}; "
              f"median of {report['repeats']} calls after a warm-up (pytorch-grad-cam's ScoreCAM and AblationCAM: "
-             f"batch 1, {report['slow_repeats']} call, no warm-up); torch {report['torch']} "
+             f"{report['slow_repeats']} call, no warm-up); torch {report['torch']} "
              f"({report['torch_threads']} threads), pytorch-grad-cam {report['grad_cam']}; 1-minute load average "
              f"{load['before']:.1f} before and {load['after']:.1f} at the last cell (a shared machine: other jobs ran; "
              f"each cell's load average is in the JSON)." + ("" if report.get("complete") else
@@ -192,7 +194,7 @@ def markdown(report: dict) -> str:
         difference = f"{max(diffs):.1e}" if diffs else "-"
         lines.append(f"| {method} | {row['class'] or '-'} | " + " | ".join(parts) + f" | {difference} |")
     later = [(method, n, cell) for method, row in report["methods"].items() for n, cell in row["batches"].items()
-             if "measured_at" in cell]
+             if cell.get("measured_alone")]
     if later:
         lines += ["", "Cells measured on their own (`--cells`), both libraries side by side in that cell:", ""]
         for method, n, cell in sorted(later, key=lambda item: item[2]["measured_at"]):
@@ -202,8 +204,10 @@ def markdown(report: dict) -> str:
                 count = len(cell.get(f"{key}_times_s", []))
                 return f"{count} timed call{'s' if count != 1 else ''}"
 
-            if cell.get("pytorch_grad_cam_s_per_image") is None:
-                library = "pytorch-grad-cam not run"
+            if "pytorch_grad_cam_error" in cell:
+                library = "pytorch-grad-cam failed (the JSON has its error)"
+            elif cell.get("pytorch_grad_cam_s_per_image") is None:
+                library = "pytorch-grad-cam has no such class"
             elif report["methods"][method]["class"] in SLOW_IN_PYTORCH_GRAD_CAM:
                 library = f"pytorch-grad-cam {calls('pytorch_grad_cam')} without warm-up"
             else:
