@@ -7,7 +7,7 @@ graph's proposal slots are a static 1000 per image), exported at --size (default
 process (its own peak RSS: /proc sampled every 2 ms, native allocations included); the parent kills a child whose
 resident memory passes --cap-gb (default 12: the machine is shared) and records that it did. `--before REV` also runs
 the same measurement with fusioncam as it was at REV (`git archive REV fusioncam`, imported from a temporary
-folder). Writes benchmarks/results/faster-rcnn-memory-<cpu>.json and .md.
+folder). Writes benchmarks/results/faster-rcnn-memory-<slots>-<cpu>.json and .md.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{sec(r.get('gradcam_1_seconds'))} | {gib(r.get('gradcam_1_peak_bytes'))} | "
                      f"{sec(r.get('gradcam_4_seconds'))} | {gib(r.get('gradcam_4_peak_bytes'))} | "
                      f"{r.get('error', '')} |")
-    save_report(RESULTS, f"faster-rcnn-memory-{cpu_label()}", report, "\n".join(lines) + "\n")
+    save_report(RESULTS, f"faster-rcnn-memory-{args.slots}-{cpu_label()}", report, "\n".join(lines) + "\n")
     return report
 
 
