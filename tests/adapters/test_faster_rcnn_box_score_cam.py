@@ -113,7 +113,9 @@ def test_resized_images_and_two_layers_equal_pytorch_grad_cams() -> None:
 def test_refusals_name_what_to_do() -> None:
     """Methods that score masked images or ablations, class targets on the detector, the target on a classifier,
     reshape_transform, and a target count that is not one per image: each an InputError, before any export."""
-    model = faster_rcnn()
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=5).eval()
     layer = [model.get_submodule(LAYER)]
     image = torch.zeros(1, 3, *SIZE)
     target = FasterRCNNBoxScoreTarget([1], np.float32([[0, 0, 10, 10]]))
