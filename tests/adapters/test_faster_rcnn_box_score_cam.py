@@ -35,7 +35,8 @@ def case():
     """(model, two images [2, 3, H, W] in [0, 1], their references (labels, boxes) per image, torchvision's
     detections). Image 0: a detection's own box (IoU 1: the tie of IoU's max and min), a detection's box shifted by
     2.5 pixels, a third detection, a box far from all (no match) and a detection's box with another label (no match);
-    image 1: three detections' boxes rounded to integers, as pytorch-grad-cam's tutorial makes them."""
+    image 1: two detections' boxes rounded to integers, as pytorch-grad-cam's tutorial makes them (fewer matches
+    than image 0: padded rows in the graph)."""
     model = faster_rcnn()
     images = torch.from_numpy(np.random.default_rng(1).random((2, 3, *SIZE)).astype(np.float32))
     with torch.no_grad():
@@ -43,7 +44,7 @@ def case():
     boxes, labels = found[0]["boxes"].numpy(), found[0]["labels"].tolist()
     first = ([labels[0], labels[1], labels[5], 2, labels[3] % 4 + 1],
              np.stack([boxes[0], boxes[1] + 2.5, boxes[5], np.float32([0, 0, 3, 3]), boxes[3]]))
-    second = (found[1]["labels"][[0, 2, 3]].tolist(), np.round(found[1]["boxes"][[0, 2, 3]].numpy()))
+    second = (found[1]["labels"][[0, 2]].tolist(), np.round(found[1]["boxes"][[0, 2]].numpy()))
     return model, images, [first, second], found
 
 
@@ -64,7 +65,7 @@ def test_gradcam_map_value_and_detections_equal_pytorch_grad_cams(case) -> None:
     theirs, values, mine, cam = _both("GradCAM", model, images, references)
     assert mine.dtype == np.float32 and mine.shape == (2, *SIZE)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
-    assert values[0] > 3.0 and values[1] > 3.0  # three matches each (IoU > 0.5 plus a score)
+    assert values[0] > 3.0 and values[1] > 2.0  # three and two matches (IoU > 0.5 plus a score each)
     np.testing.assert_allclose(cam.box_scores, values, rtol=1e-4)
     for got, want in zip(cam.outputs, found):  # torchvision's detections, from the graph and the host's NMS
         assert got["labels"].tolist() == want["labels"].tolist()
