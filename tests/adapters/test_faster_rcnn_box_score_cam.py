@@ -149,3 +149,18 @@ def test_aug_smooth_equals_pytorch_grad_cams(case) -> None:
     theirs, _, mine, _ = _both("GradCAM", model, images[:1], [(labels, boxes)], aug_smooth=True)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
     assert mine.max() > 0.5
+
+
+@pytest.mark.slow
+def test_an_image_without_a_match_gets_a_zero_map(case) -> None:
+    """No reference matches (pytorch-grad-cam's loss would have no gradient): the map is 0 and the target 0, and the
+    other image's map is what it is alone."""
+    model, images, references, _ = case
+    layer = [model.get_submodule(LAYER)]
+    nothing = FasterRCNNBoxScoreTarget([1], np.float32([[0, 0, 3, 3]]))
+    with ours.GradCAM(model, target_layers=layer) as cam:
+        both = cam(images, targets=[nothing, FasterRCNNBoxScoreTarget(*references[1])])
+        assert cam.box_scores[0] == 0 and cam.box_scores[1] > 2.0
+        alone = cam(images[1:], targets=[FasterRCNNBoxScoreTarget(*references[1])])
+    assert not both[0].any()
+    np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
