@@ -106,7 +106,9 @@ def write_detection_bundle(detector: Detector, layer, out, *, target_label: str,
                          builders=(build_detection_scorer, build_detection_explain),
                          checks=(_check_scorer, _check_fp16_scorer, _check_explain))
     notes = (f"detection layout {detector.layout}: {detector.num_anchors} anchors, {detector.num_classes} classes, "
-             f"cut before NMS", metadata_note(detector), detector.output_note)
+             f"cut before NMS", metadata_note(detector), detector.output_note,
+             "" if nms_iou_threshold is None else f"default instances: NMS at the model's own IoU threshold "
+                                                  f"{float(nms_iou_threshold):g}")
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
                         picking_rule=picking_rule)

@@ -62,6 +62,7 @@ def test_torchvision_dense_detectors_gradients_boxes_and_scores(kind, tmp_path) 
     result = export_torch_detection(model, layer, tmp_path / "bundle", input_size=SIZE)
     # the model's own NMS threshold (RetinaNet 0.5, FCOS 0.6, SSDlite 0.55) for the default instance selection
     assert result.bundle.manifest.nms_iou_threshold == pytest.approx(model.nms_thresh)
+    assert any(f"own IoU threshold {model.nms_thresh:g}" in note for note in result.notes)
     images = np.random.default_rng(0).random((2, 3, *SIZE)).astype(np.float32)
     mean = np.array(model.transform.image_mean, np.float32)[:, None, None]
     std = np.array(model.transform.image_std, np.float32)[:, None, None]
