@@ -47,7 +47,7 @@ def roi_align(ctx: GradContext, node: onnx.NodeProto, dys: list, needs: frozense
     dtype = ctx.np_dtype(x)
     # only the boxes with a gradient: Not(sum |dY| == 0) keeps NaN rows
     magnitude = ctx.reduce_sum(ctx.node("Abs", [dys[0]]), [1, 2, 3], keepdims=False)
-    live = ctx.node("Not", [ctx.node("Equal", [magnitude, ctx.scalar(0.0, dys[0])])])
+    live = ctx.node("Not", [ctx.node("Equal", [magnitude, ctx.scalar(0.0, x)])])
     live = ctx.node("Reshape", [ctx.node("NonZero", [live]), ctx.ints([-1])])
     rois, batch, dy_live = (ctx.node("Gather", [name, live], {"axis": 0})
                             for name in (like, node.input[2], dys[0]))
