@@ -23,6 +23,7 @@ SCORER_GRAPH = "scorer.onnx"
 SCORER_GRAPH_FP16 = "scorer_fp16.onnx"
 SCORER_GRAPH_INT8 = "scorer_int8.onnx"  # QDQ INT8 scorer for the CPU (export/int8_scorer.py)
 HEAD_GRAPH = "head.onnx"  # the network after the target layer: activations -> logits (export/head_graph.py)
+HEAD_GRAPH_MORE = "head_{index}.onnx"  # a several-layer bundle's head graph of its further layer `index`
 WEIGHTS_FILE = "weights.bin"  # the large weights, stored once and referenced by the graphs (ONNX external data)
 FORMAT_VERSION = 1
 
@@ -149,11 +150,22 @@ class Bundle:
     def head_path(self) -> Path | None:
         """The head graph (activations -> logits), or None if the bundle has none (exported before head graphs
         existed, or a target layer whose tail also reads the image: see export/head_graph.py)."""
-        return self.path / HEAD_GRAPH if HEAD_GRAPH in self.manifest.files else None
+        return self.head_path_of(0)
+
+    def head_path_of(self, index: int) -> Path | None:
+        """Target layer `index`'s head graph (its activations -> logits; head_graph_file), or None without one."""
+        name = head_graph_file(index)
+        return self.path / name if name in self.manifest.files else None
 
     def class_name(self, index: int) -> str:
         names = self.manifest.class_names
         return names[index] if names and 0 <= index < len(names) else f"class {index}"
+
+
+def head_graph_file(index: int) -> str:
+    """The file of target layer `index`'s head graph: HEAD_GRAPH for the first, head_1.onnx, ... for the further
+    layers of a several-layer bundle."""
+    return HEAD_GRAPH if index == 0 else HEAD_GRAPH_MORE.format(index=index)
 
 
 class StagedBundle:

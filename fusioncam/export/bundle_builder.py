@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..bundle import (EXPLAIN_GRAPH, HEAD_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, SCORER_GRAPH_INT8, WEIGHTS_FILE, Bundle, Manifest,
-                      staged_bundle)
+from ..bundle import (EXPLAIN_GRAPH, SCORER_GRAPH, SCORER_GRAPH_FP16, SCORER_GRAPH_INT8, WEIGHTS_FILE, Bundle, Manifest,
+                      head_graph_file, staged_bundle)
 from ..errors import ModelLoadError
-from ..graph_names import INPUT, TARGET
+from ..graph_names import INPUT, TARGET, layer_activations
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .classifier_graph import Classifier
 from .explain_graph import build_explain, build_scorer
@@ -138,8 +138,8 @@ def write_classifier_bundle(
     calibrated on `calibration`'s images or the sample photos), check them, write the bundle atomically.
 
     Several layers (a list of Layers, and a list of labels): one explain graph with every layer's activations and
-    gradients from one backward pass (several_layers_graph.py), the manifest's extra_layers, and no head graph (its
-    input is one layer's activations, so AblationCAM and ReciproCAM need one bundle per layer)."""
+    gradients from one backward pass (several_layers_graph.py), the manifest's extra_layers, and a head graph per
+    layer (head.onnx, head_1.onnx, ...: each layer's activations -> logits) where the layer has one."""
     layers = [layer] if isinstance(layer, Layer) else list(layer)
     labels = [target_label] if isinstance(target_label, str) else list(target_label)
     if len(labels) != len(layers):
@@ -159,13 +159,15 @@ def write_classifier_bundle(
         from .int8_scorer import calibration_images
 
         int8 = calibration_images(calibration, tuple(manifest.input_size), manifest.mean, manifest.std)
-    refusal = ("several target layers in one bundle (export each layer as its own bundle for them)" if extra
-               else head_graph_refusal(classifier, layer))
+    refusal = "" if extra else head_graph_refusal(classifier, layer)  # several layers: each layer's, when written
     refusal = write_checked_graphs(out, manifest, classifier, layers if extra else layer, fp16_scorer, source,
                                    classifier.input_size, builders=(build_scorer, build_explain),
                                    checks=(_check_scorer, _check_fp16_scorer, _check_explain), int8=int8,
                                    head=None if refusal else build_head) or refusal
-    head_note = f"no head graph, so no AblationCAM or ReciproCAM: {refusal}" if refusal else ""
+    head_note = ""
+    if refusal:
+        head_note = (f"no head graph for some target layers, so no AblationCAM or ReciproCAM on this bundle ({refusal})"
+                     if extra else f"no head graph, so no AblationCAM or ReciproCAM: {refusal}")
     notes = (*notes, precision_note(manifest.source_precision), head_note)
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
@@ -221,7 +223,9 @@ def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer:
     weights moved to the weights file, written and checked, then with `fp16_scorer` its float16 copy, then the
     explain graph. `int8` (calibration images, their description) also writes the INT8 scorer (int8_scorer.py).
     `head(net, layer)` builds the head graph (head_graph.py), written last and checked against the explain graph; one
-    that fails its check is left out (the bundle is still written) and the reason returned ('' otherwise)."""
+    that fails its check is left out (the bundle is still written) and the reason returned ('' otherwise). For several
+    layers (`layer` a list) each layer's head graph is written (head_graph_file) where it can be, and the reasons of
+    those that cannot are returned, each as "layer i: reason"."""
     build_scorer_model, build_explain_model = builders
     check_scorer, check_fp16_scorer, check_explain = checks
     with staged_bundle(out, manifest) as staged:
@@ -242,15 +246,25 @@ def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer:
         if head is None:
             return ""
         del explain_model
-        head_model = head(net, layer)
-        weights.store(head_model)
-        head_path = staged.write(HEAD_GRAPH, head_model.SerializeToString())
-        try:
-            check_head(head_path, _cpu_session(staged.path(EXPLAIN_GRAPH), source, "explain"), subject, source)
-        except ModelLoadError as exc:
-            head_path.unlink()  # staged by this export: AblationCAM and ReciproCAM are refused, the rest still works
-            return str(exc)
-    return ""
+        layers = layer if isinstance(layer, list) else [layer]
+        explain_session = _cpu_session(staged.path(EXPLAIN_GRAPH), source, "explain")
+        refusals = []
+        for index, one in enumerate(layers):
+            reason = head_graph_refusal(net, one) if len(layers) > 1 else ""
+            if reason:
+                refusals.append(f"layer {index}: {reason}")
+                continue
+            head_model = head(net, one)
+            weights.store(head_model)
+            head_path = staged.write(head_graph_file(index), head_model.SerializeToString())
+            del head_model
+            try:
+                check_head(head_path, explain_session, subject, source,
+                           **({"activations": layer_activations(index)} if index else {}))
+            except ModelLoadError as exc:
+                head_path.unlink()  # staged by this export: AblationCAM and ReciproCAM are refused, the rest still works
+                refusals.append(f"layer {index}: {exc}" if len(layers) > 1 else str(exc))
+    return "; ".join(refusals)
 
 
 def _float16_graph(scorer_skeleton: onnx.ModelProto, weights: WeightStash) -> bytes:

@@ -72,14 +72,16 @@ def _cut_head(classifier: Classifier, layer: Layer) -> tuple[onnx.ModelProto, st
     return model, ""
 
 
-def check_head(head: Path, explain_session, size: tuple[int, int], origin: str) -> None:
-    """The head graph must load and give, on the explain graph's activations, the explain graph's logits."""
+def check_head(head: Path, explain_session, size: tuple[int, int], origin: str, activations: str = ACTIVATIONS
+               ) -> None:
+    """The head graph must load and give, on the explain graph's activations (output `activations`: a
+    several-layer bundle's activations/i for layer i), the explain graph's logits."""
     import onnxruntime as ort
 
     from ..graph_names import TARGET
 
     batch = np.random.default_rng(3).standard_normal((2, 3, *size)).astype(np.float32)
-    logits, acts = explain_session.run([LOGITS, ACTIVATIONS], {INPUT: batch, TARGET: np.array([-1, -1], dtype=np.int64)})
+    logits, acts = explain_session.run([LOGITS, activations], {INPUT: batch, TARGET: np.array([-1, -1], dtype=np.int64)})
     try:
         session = ort.InferenceSession(str(head), providers=["CPUExecutionProvider"])
         got = session.run([LOGITS], {ACTIVATIONS: acts})[0]

@@ -8,7 +8,8 @@ authors'); segmentation bundles have no such option and use the default.
 
 Several target layers: one bundle holding every layer and one explain pass for all of them (export/
 several_layers_graph.py; the Explainer aggregates the layers' maps, runtime/layer_aggregation.py), or one bundle per
-layer for segmentation models and for AblationCAM, ReciproCAM and ShapleyCAM (whose graphs are built from one layer);
+layer for segmentation models and for ShapleyCAM (whose graph is derived from one layer's; AblationCAM and ReciproCAM
+run each layer's head graph of the one bundle);
 then pytorch-grad-cam's aggregation (each layer's map ReLU'd, scaled to [0, 1] at its own resolution and resized to
 the input; the mean over layers scaled to [0, 1]). For the methods whose weights come from the explain pass
 (explain_pass_maps.py) the layer maps are formed from the explain pass as pytorch-grad-cam forms them; for the
@@ -201,8 +202,8 @@ class BaseCAM:
     def _layer_groups(self, segmentation: bool) -> list[tuple[str | tuple[str, ...], int]]:
         """(the layer path, or the paths, of one bundle; how many layers it holds) for each bundle a call uses: one
         bundle with every target layer, its explain pass run once for all of them (export/several_layers_graph.py),
-        or one bundle per layer for segmentation models and the methods that run a graph built from one layer (the
-        head graph: AblationCAM, ReciproCAM; ShapleyCAM's; runtime/several_layers.py)."""
+        or one bundle per layer for segmentation models and the methods that run a graph derived from one layer's
+        (ShapleyCAM's; runtime/several_layers.py)."""
         if len(self.layer_paths) > 1 and not segmentation and self.method not in one_layer_methods():
             return [(tuple(self.layer_paths), len(self.layer_paths))]
         return [(path, 1) for path in self.layer_paths]

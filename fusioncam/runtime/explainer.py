@@ -120,7 +120,8 @@ class Explainer:
         self.backend: Backend = self._make_backend()
         # The batched scorer service, shared with the metrics; its lock serialises every call on this Explainer.
         self.scorer = Scorer(self.backend, f"Explainer for {self.bundle.path}", self.task)
-        self._head = HeadSession(self.bundle)  # the head graph, opened by AblationCAM or ReciproCAM on first use
+        # the head graph of each target layer, opened by AblationCAM or ReciproCAM on first use
+        self._heads = [HeadSession(self.bundle, index) for index in range(layer_count(self.bundle))]
         self._derived = DerivedGraphs(self.bundle)  # FullGrad's and ShapleyCAM's graphs, built on first use
         with self.backend.context():  # what of z0 every call shares (None where it depends on the call's targets)
             with float32_scoring(self.scorer):
@@ -139,7 +140,8 @@ class Explainer:
         """Release the ONNX Runtime sessions and the device buffers (waits for a call in progress to finish).
         Calling it again does nothing; using the Explainer afterwards raises ClosedError."""
         self.scorer.close()
-        self._head.close()
+        for head in self._heads:
+            head.close()
         self._derived.close()
         self._z0_constant = None
 
@@ -217,8 +219,8 @@ class Explainer:
         A bundle with several target layers (export_torch(model, ["layer3", "layer4"], ...)) is explained in the same
         one explain pass, one engine per layer (each layer's own Score-CAM sweep); `result.layer_maps` holds each
         layer's maps and `result.maps` their aggregate (runtime/layer_aggregation.py: pytorch-grad-cam's with
-        compat="pytorch-grad-cam", else the mean scaled to [0, 1]). Methods that run a graph built from one layer
-        (AblationCAM, ReciproCAM, FullGrad, ShapleyCAM) are refused on it.
+        compat="pytorch-grad-cam", else the mean scaled to [0, 1]). AblationCAM and ReciproCAM run each layer's head
+        graph; FullGrad and ShapleyCAM, whose graphs are derived from one layer's, are refused on it.
 
         The targets (and regions) are read by the bundle's task (Task.explain_feed), which also shapes the result:
         an Explanation, a segmentation bundle's SegmentationExplanation (with region_weights), or a detection
@@ -273,7 +275,7 @@ class Explainer:
         for index in range(layers):
             engine = Engine(self.scorer, images, layer_view(graph, index), targets, baseline, self.theta,
                             self.skip_constant_channels, clock, on_batch, self.max_channels, compat=self.compat,
-                            explain_classes=layer_comparisons(comparisons, index), head=self._head,
+                            explain_classes=layer_comparisons(comparisons, index), head=self._heads[index],
                             derived=self._derived)
             outputs = run_methods(engine, methods)
             bad_maps = {name: backend.to_host(kernels.nonfinite_rows(out.map)) for name, out in outputs.items()}

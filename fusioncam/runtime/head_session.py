@@ -9,7 +9,7 @@ import threading
 
 import numpy as np
 
-from ..bundle import HEAD_GRAPH, Bundle
+from ..bundle import Bundle, head_graph_file
 from ..errors import BundleError
 from ..graph_names import ACTIVATIONS, LOGITS
 
@@ -17,8 +17,9 @@ from ..graph_names import ACTIVATIONS, LOGITS
 class HeadSession:
     """The head graph of one bundle; `logits(rows)` runs it. Opened lazily: bundles without one still explain."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, layer: int = 0) -> None:
         self._bundle = bundle
+        self._layer = layer  # which target layer's head graph (a several-layer bundle has one per layer)
         self._session = None
         self._lock = threading.Lock()
 
@@ -26,10 +27,11 @@ class HeadSession:
         """The session, opened now if needed; a BundleError says how to get a head graph when the bundle has none."""
         with self._lock:
             if self._session is None:
-                path = self._bundle.head_path
+                path = self._bundle.head_path_of(self._layer)
                 if path is None:
                     raise BundleError(
-                        f"bundle {self._bundle.path} has no head graph ({HEAD_GRAPH}), which AblationCAM and ReciproCAM "
+                        f"bundle {self._bundle.path} has no head graph ({head_graph_file(self._layer)}, of target "
+                        f"layer '{self._bundle.layer_names[self._layer]}'), which AblationCAM and ReciproCAM "
                         f"run: it was exported before head graphs existed (re-export it with this fusioncam), or its "
                         f"target layer's output is not the only path from the image to the logits (export said so; "
                         f"re-export at a later layer, e.g. the last block of the last stage)")

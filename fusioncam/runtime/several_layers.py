@@ -1,8 +1,9 @@
 """What an Explainer does differently on a bundle with several target layers (manifest extra_layers): one explain
 pass returns every layer's activations and gradients; each layer gets its own Engine over that pass (its own
 Grad-CAM weights, its own Score-CAM sweep over its channels, as pytorch-grad-cam's per-layer get_cam_weights does);
-the maps are then aggregated per method (layer_aggregation.py). The head graph and the derived graphs are built
-from one target layer, so the methods that run them are refused on such bundles."""
+the maps are then aggregated per method (layer_aggregation.py). AblationCAM and ReciproCAM run each layer's own head
+graph (head.onnx, head_1.onnx, ...); FullGrad's and ShapleyCAM's graphs are derived from one target layer's, so
+those two are refused on such bundles."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ def extra_output_specs(bundle: Bundle) -> dict[str, TensorSpec]:
 
 
 def one_layer_methods() -> tuple[str, ...]:
-    """The methods that run a graph built from one target layer (the head graph, FullGrad's and ShapleyCAM's)."""
-    return tuple(name for name, method in REGISTRY.items() if "head" in method.needs or method.derived_passes)
+    """The methods that run a graph derived from one target layer's (FullGrad's and ShapleyCAM's,
+    runtime/derived_graphs.py)."""
+    return tuple(name for name, method in REGISTRY.items() if method.derived_passes)
 
 
 def check_several_layer_methods(bundle: Bundle, methods: tuple[str, ...]) -> None:
@@ -45,8 +47,8 @@ def check_several_layer_methods(bundle: Bundle, methods: tuple[str, ...]) -> Non
     refused = [name for name in methods if name in one_layer_methods()]
     if refused and layer_count(bundle) > 1:
         raise InputError(f"{', '.join(refused)} cannot run on bundle {bundle.path}, which has several target layers "
-                         f"({', '.join(bundle.layer_names)}): they run a graph built from one target layer (the head "
-                         f"graph after it, or FullGrad's and ShapleyCAM's); export one bundle per layer for them")
+                         f"({', '.join(bundle.layer_names)}): they run a graph derived from one target layer's; "
+                         f"export one bundle per layer for them")
 
 
 def layer_view(graph: dict, index: int) -> dict:

@@ -62,7 +62,7 @@ def test_each_layers_gradients_equal_torch_autograd(model, bundles):
     assert manifest.extra_layers == [{"target_layer": "features.1", "target_tensor": manifest.extra_layers[0]
                                       ["target_tensor"], "channels": 8, "feature_size": (16, 16)}]
     assert (manifest.channels, manifest.feature_size) == (16, (8, 8))
-    assert both.bundle.head_path is None  # a head graph is built from one layer
+    assert [both.bundle.head_path_of(i).name for i in range(2)] == ["head.onnx", "head_1.onnx"]  # one per layer
     session = ort.InferenceSession(str(both.bundle.explain_path), providers=["CPUExecutionProvider"])
     x = images(3, 32, seed=4)
     classes = [0, 3, 4]
@@ -77,7 +77,7 @@ def test_each_layers_gradients_equal_torch_autograd(model, bundles):
 def test_one_explain_pass_gives_each_layers_maps(bundles, monkeypatch):
     both, alone = bundles
     x = images(2, 32, seed=5)
-    methods = ("gradcam", "scorecam", "layercam", "finercam")
+    methods = ("gradcam", "scorecam", "layercam", "finercam", "ablationcam", "reciprocam")  # the last two: heads
     with Explainer(both, device="cpu") as explainer:
         session = explainer.backend._explain
         runs = []
@@ -113,8 +113,8 @@ def test_one_layer_manifests_are_written_as_before(bundles):
 def test_what_takes_one_layer_refuses_several(bundles, tmp_path):
     both, _ = bundles
     with Explainer(both, device="cpu") as explainer:
-        with pytest.raises(InputError, match="ablationcam.*several target layers.*features.2, features.1"):
-            explainer.explain(images(1, 32), methods=("gradcam", "ablationcam"))
+        with pytest.raises(InputError, match="shapleycam cannot run.*several target layers.*features.2, features.1"):
+            explainer.explain(images(1, 32), methods=("gradcam", "shapleycam"))
     from fusioncam.runtime.several_layers import refuse_several_layers
 
     with pytest.raises(InputError, match="fusioncam serve takes bundles with one target layer"):
