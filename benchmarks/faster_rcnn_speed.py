@@ -2,7 +2,7 @@
 
 torchvision fasterrcnn_resnet50_fpn (random weights, no download: the timing does not depend on them, except
 through how many proposals survive NMS, which the report gives) exported at --size (default 320x320) with the
-automatic target (backbone.body.layer4, K=2048) and --proposals slots (default 100, torchvision's is 1000), one image: the export, Grad-CAM (the explain pass) for the 1 and 4
+automatic target (backbone.body.layer4, K=2048) and --proposals slots (default 1000, torchvision's own), one image: the export, Grad-CAM (the explain pass) for the 1 and 4
 best slots, and Fusion-CAM in fast mode (--fast channels) for 1 slot (every masked forward runs the whole detector,
 RPN and NMS included). Each configuration once after a warm-up call. Writes
 benchmarks/results/faster-rcnn-speed-<cpu>.json and .md.
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--fast", type=int, default=32, help="Fusion-CAM's max_channels")
-    parser.add_argument("--proposals", type=int, default=100,
+    parser.add_argument("--proposals", type=int, default=1000,
                         help="the RPN's post_nms_top_n in eval mode (torchvision's default is 1000; "
                              "benchmarks/faster_rcnn_memory.py measures that count's memory)")
     args = parser.parse_args(argv)
