@@ -260,7 +260,7 @@ def write_checked_graphs(out: str | os.PathLike, manifest: Manifest, net, layer:
             del head_model
             try:
                 check_head(head_path, explain_session, subject, source,
-                           **({"activations": layer_activations(index)} if index else {}))
+                           **(dict(activations=layer_activations(index)) if index else {}))
             except ModelLoadError as exc:
                 head_path.unlink()  # staged by this export: AblationCAM and ReciproCAM are refused, the rest still works
                 refusals.append(f"layer {index}: {exc}" if len(layers) > 1 else str(exc))
