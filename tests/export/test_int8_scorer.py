@@ -61,7 +61,7 @@ def test_the_bundle_records_a_per_channel_qdq_int8_scorer(bundle):
 
 def test_the_explainer_scores_with_the_int8_graph_and_explains_with_float32(bundle):
     x = images(3, SIZE[0], seed=4)
-    # int8_rescore=0: every sweep forward INT8 (the default rescores 32 channels, all of SmallNet's 16, in float32)
+    # int8_rescore=0 (the default, named so that this test keeps checking an all-INT8 sweep)
     int8 = fusioncam.Explainer(bundle, device="cpu", precision="int8", int8_rescore=0)
     exact = fusioncam.Explainer(bundle, device="cpu")
     direct = ort.InferenceSession(str(bundle.scorer_int8_path), providers=["CPUExecutionProvider"])
