@@ -7,8 +7,10 @@ natural photo's. Calibration here: photos that are NOT the five evaluation photo
 code (the float32 explainer's explain pass gives A; `runtime.methods.compat.arithmetic(...).mask_min_max` and
 `.write_masked_inputs`, the kernels the sweep writes its rows with) for channels drawn at random (seeded) among the
 photo's non-constant ones, plus the all-zeros image. Then `benchmarks.int8_scorer.study` on EfficientNet-Lite0
-`_blocks.15`: Fusion-CAM float32 vs INT8 per image in one run, map correlation with exact float32.
-Results: benchmarks/results/int8-scorer-<cpu>-masked-calibration.*.
+`_blocks.15`: Fusion-CAM float32 vs INT8 per image in one run, map correlation with exact float32. `--with-samples`
+adds the five evaluation photos and their masked images (an upper bound: calibrated on the inputs it is scored on),
+`--method` ONNX Runtime's calibration method, `--seed` another draw of channels.
+Results: benchmarks/results/int8-scorer-<cpu>-<label>.* (label default masked-calibration).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import fusioncam
+from fusioncam.export.int8_scorer import Int8Settings
 from fusioncam.graph_names import ACTIVATIONS
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, load_batch, preprocess, sample_images
 from fusioncam.runtime.methods.compat import arithmetic
@@ -65,9 +68,9 @@ def sweep_masked_images(bundle, photos: np.ndarray, per_photo: int, seed: int = 
     return out
 
 
-def masked_calibration(files: list[Path], per_photo: int, with_samples: bool):
+def masked_calibration(files: list[Path], per_photo: int, with_samples: bool, seed: int = 0):
     """calibrate(bundle) for benchmarks.int8_scorer.study: the photos in `files` (and the five sample photos with
-    `with_samples`), each photo's `per_photo` masked images, and the all-zeros image."""
+    `with_samples`), each photo's `per_photo` masked images (channels drawn with `seed`), and the all-zeros image."""
 
     def calibrate(bundle) -> tuple[np.ndarray, str]:
         size, mean, std = tuple(bundle.manifest.input_size), bundle.manifest.mean, bundle.manifest.std
@@ -77,10 +80,10 @@ def masked_calibration(files: list[Path], per_photo: int, with_samples: bool):
             samples = np.stack([preprocess(rgb, size, mean, std) for rgb in sample_images().values()])
             photos = np.concatenate([photos, samples])
             named += ", and the 5 sample photos"
-        masked = sweep_masked_images(bundle, photos, per_photo)
+        masked = sweep_masked_images(bundle, photos, per_photo, seed)
         zeros = np.zeros((1, *photos.shape[1:]), dtype=np.float32)
         described = (f"{len(photos)} photos ({named}), {len(masked)} of the sweep's masked images of them "
-                     f"({per_photo} random channels per photo) and the all-zeros image")
+                     f"({per_photo} random channels per photo, seed {seed}) and the all-zeros image")
         print(f"calibration: {described}", flush=True)
         return np.concatenate([photos, masked, zeros]), described
 
@@ -96,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-photo", type=int, default=32, help="masked images per calibration photo (default 32)")
     parser.add_argument("--with-samples", action="store_true",
                         help="also calibrate on the five sample photos (the evaluation photos) and their masked images")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random channels (default 0)")
+    parser.add_argument("--method", choices=("MinMax", "Percentile", "Entropy"), default="MinMax",
+                        help="ONNX Runtime's calibration method (Int8Settings.method; default MinMax)")
     parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos are explained")
     parser.add_argument("--skip-faithfulness", action="store_true")
     parser.add_argument("--label", default="masked-calibration")
@@ -110,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     samples = dict(list(sample_images().items())[: args.images])
     names = list(samples)
     images = np.stack([preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for rgb in samples.values()])
-    calibrate = masked_calibration(files, args.per_photo, args.with_samples)
-    report: dict = {"images": names, "models": [], "per_photo": args.per_photo, "with_samples": args.with_samples}
+    calibrate = masked_calibration(files, args.per_photo, args.with_samples, args.seed)
+    report: dict = {"images": names, "models": [], "per_photo": args.per_photo, "with_samples": args.with_samples,
+                    "seed": args.seed, "method": args.method}
     stem = f"int8-scorer-{cpu_label()}-{args.label}"
     for name in args.models:
-        report["models"].append(study(name, args.work, images, names, not args.skip_faithfulness, calibrate=calibrate))
+        report["models"].append(study(name, args.work, images, names, not args.skip_faithfulness, calibrate=calibrate,
+                                      settings=Int8Settings(method=args.method)))
         report["machine_record"] = machine_record()
         save_report(args.out, stem, report, markdown(report))
     return 0

@@ -48,12 +48,13 @@ def variant_label(rescore: int) -> str:
 
 def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool,
           explain: bool = True, count: int | None = None, rescores: tuple[int, ...] = (0,),
-          calibrate=None) -> dict:
+          calibrate=None, settings=None) -> dict:
     """One model: export with the INT8 scorer, then the float32 explainer and one INT8 explainer per `rescores`
     entry (Explainer(precision="int8", int8_rescore=m): the sweep's m top channels per image rescored in float32)
     side by side (with `explain` False only the scorers: throughput and logits on the photos; `count` explains only
     the first `count` photos). `calibrate(bundle) -> (images, described)`, if given, calibrates the INT8 scorer on
-    those images instead of the export's default (benchmarks/int8_masked_calibration.py)."""
+    those images instead of the export's default, quantized with `settings` (an Int8Settings; None: the default)
+    (benchmarks/int8_masked_calibration.py)."""
     model, layer, class_names = build_model(model_name)
     started = time.perf_counter()
     bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
@@ -61,11 +62,12 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
     if calibrate is not None:
         from .int8_settings import _WithCandidate
         import onnx
-        from fusioncam.export.int8_scorer import int8_scorer
+        from fusioncam.export.int8_scorer import Int8Settings, int8_scorer
 
         calibration, described = calibrate(bundle)
         candidate = work / f"{model_name}-scorer-int8-calibrated.onnx"
-        candidate.write_bytes(int8_scorer(onnx.load(str(bundle.scorer_path)), calibration, described, model_name))
+        candidate.write_bytes(int8_scorer(onnx.load(str(bundle.scorer_path)), calibration, described, model_name,
+                                          settings or Int8Settings()))
         bundle = _WithCandidate(path=bundle.path, manifest=bundle.manifest, candidate=candidate)
     export_s = time.perf_counter() - started
     exact = fusioncam.Explainer(bundle, device="cpu")
