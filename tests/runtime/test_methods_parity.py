@@ -11,7 +11,8 @@ from fusioncam.graph_names import TARGET
 from fusioncam.kernels import numpy_kernels as K
 from fusioncam.kernels.array_math import channel_percentiles, group_bounds
 from fusioncam.runtime.methods import METHODS
-from tests.support.torch_reference import module_by_path, sample_model
+from tests.support.sharp_resnet18 import SIZE, sharp_resnet18, sharp_resnet18_bundle
+from tests.support.torch_reference import module_by_path
 from tests.support.torch_reference_methods import Pass, gaussian_blur, reference_methods, xgradcam
 from tests.support.parity import GRADIENT_METHODS, assert_methods_match, max_diff
 
@@ -54,27 +55,28 @@ def test_gradient_weight_methods_on_efficientnet_lite0(efficientnet, sample_batc
 
 
 @pytest.mark.slow
-def test_sweep_methods_on_efficientnet_lite0_two_samples(efficientnet, sample_batch):
+def test_sweep_methods_on_efficientnet_lite0_chelsea(efficientnet, sample_batch):
+    """Group-CAM, Union-CAM, Score-CAM and Fusion-CAM of chelsea against the eager reference (320 + 32 PyTorch
+    forwards); its Fusion-CAM reference is also chelsea's Fusion-CAM check (test_runtime_parity checks coffee's).
+    Batches of two images with every method are checked on ResNet-18 in test_all_methods_on_random_resnet18."""
     model, layer, explainer = efficientnet
     names, images = sample_batch
-    chosen = [names.index("chelsea"), names.index("coffee")]
+    chosen = [names.index("chelsea")]
     explanation = explainer.explain(images[chosen], methods=("scorecam", "groupcam", "unioncam", "fusion"))
-    # the eager reference (320 + 32 PyTorch forwards) for chelsea; coffee's Fusion-CAM is checked in test_runtime_parity
     reference = reference_methods(model, layer, torch.from_numpy(images[chosen[0]]), methods=("groupcam", "unioncam"))
     assert_methods_match(explanation, 0, reference)
-    assert explanation.group_scores.shape == (2, 32)  # K = 320: 32 groups of 10
+    assert explanation.group_scores.shape == (1, 32)  # K = 320: 32 groups of 10
 
 
 @pytest.mark.slow
-def test_all_methods_on_random_resnet18(tmp_path):
-    model = sample_model("resnet18", seed=0)
-    with torch.no_grad():  # sharper logits: well-conditioned betas (see test_runtime_parity)
-        model.fc.weight.mul_(20.0)
-        model.fc.bias.mul_(20.0)
-    fusioncam.export_torch(model, "layer4", tmp_path / "r.fcam", input_size=(64, 64))
-    images = np.random.default_rng(3).standard_normal((2, 3, 64, 64)).astype(np.float32)
+def test_all_methods_on_random_resnet18():
+    """Every method on the seeded ResNet-18 with a sharpened head (well-conditioned betas), its `layer4` bundle
+    shared with test_runtime_parity and test_skip_constant (tests/support/sharp_resnet18.py)."""
+    model = sharp_resnet18()
+    images = np.random.default_rng(3).standard_normal((2, 3, *SIZE)).astype(np.float32)
     targets = [None, 590]  # image 0's top class, image 1's second class: Union-CAM keeps L_reg for image 0 and L_dr for image 1
-    explanation = fusioncam.Explainer(tmp_path / "r.fcam", device="cpu", batch_size=100).explain(images, targets, METHODS)
+    explanation = fusioncam.Explainer(sharp_resnet18_bundle(), device="cpu", batch_size=100).explain(images, targets,
+                                                                                                   METHODS)
     assert tuple(explanation.maps) == METHODS
     for i, target in enumerate(targets):
         reference = reference_methods(model, model.layer4, torch.from_numpy(images[i]), target)
