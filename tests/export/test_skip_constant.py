@@ -10,18 +10,22 @@ import torch
 
 import fusioncam
 from tests.support.parity import model_named
+from tests.support.sharp_resnet18 import SIZE as SHARP_SIZE, sharp_resnet18_bundle
+from tests.support.small_cnn import SmallNet
 
 KEYS = ("fusion", "gradcam", "denoised", "scorecam", "combined")
 
 
-def assert_skip_is_exact(bundle, images: np.ndarray, batch_size: int = 64, on=None):
-    """Explain with and without the skip; everything must agree and the counters must add up."""
+def assert_skip_is_exact(bundle, images: np.ndarray, batch_size: int = 64, on=None, rows=None):
+    """Explain with and without the skip; everything must agree and the counters must add up. `on` (optional) is
+    an explanation with the skip already made of a batch whose images `rows` are `images` (default: all of them)."""
     on = on if on is not None else fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size).explain(images)
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     off = fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size, skip_constant_channels=False).explain(images)
     for key in KEYS:
-        np.testing.assert_allclose(getattr(on, key), getattr(off, key), atol=1e-6, rtol=0, err_msg=key)
+        np.testing.assert_allclose(getattr(on, key)[rows], getattr(off, key), atol=1e-6, rtol=0, err_msg=key)
     for key in on.betas:
-        np.testing.assert_allclose(on.betas[key], off.betas[key], atol=1e-6, rtol=0, err_msg=key)
+        np.testing.assert_allclose(on.betas[key][rows], off.betas[key], atol=1e-6, rtol=0, err_msg=key)
     channels = fusioncam.Explainer(bundle, device="cpu").bundle.manifest.channels
     assert (off.forwards_skipped == 0).all() and (off.forwards_run == channels).all()
     assert (on.forwards_run + on.forwards_skipped == channels).all()
@@ -44,9 +48,12 @@ def conv_head_bundle(tmp_path_factory):
 
 @pytest.mark.slow
 def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
+    """chelsea alone (1,280 forwards without the skip): exactness with and without skipping is checked per image; a
+    batch whose images skip different channels (17 and 20 of 512) is checked on ResNet-18 by
+    test_random_resnet18_layer4."""
     names, images = sample_batch
-    two = [names.index("chelsea"), names.index("coffee")]  # two of the five: each is 1,280 forwards with and without
-    on = assert_skip_is_exact(conv_head_bundle, images[two])
+    one = [names.index("chelsea")]
+    on = assert_skip_is_exact(conv_head_bundle, images[one])
     # anchors.md: 19-59% of this layer's channels are constant (all zero) on these images.
     fractions = on.forwards_skipped / 1280
     assert (fractions > 0.1).all() and (fractions < 0.7).all()
@@ -54,21 +61,30 @@ def test_conv_head_relu6_sample_images(conv_head_bundle, sample_batch):
 
 @pytest.mark.slow
 def test_blocks_15_sample_images(efficientnet_bundle, sample_batch, efficientnet_explanation):
-    assert_skip_is_exact(efficientnet_bundle, sample_batch[1], on=efficientnet_explanation)
+    """The session's five-image explanation with the skip against chelsea and coffee explained without it (320
+    forwards each; the other three images would repeat the same per-image comparison)."""
+    names, images = sample_batch
+    rows = [names.index("chelsea"), names.index("coffee")]
+    assert_skip_is_exact(efficientnet_bundle, images[rows], on=efficientnet_explanation, rows=rows)
 
 
 @pytest.mark.slow
-def test_random_resnet18_layer4(tmp_path):
-    fusioncam.export_torch(model_named("resnet18"), "layer4", tmp_path / "r.fcam", input_size=(64, 64))
-    images = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    on = assert_skip_is_exact(tmp_path / "r.fcam", images, batch_size=50)
+def test_random_resnet18_layer4():
+    """The seeded ResNet-18's `layer4` bundle shared with the runtime and methods parity tests (its head sharpened,
+    which changes nothing at layer4: tests/support/sharp_resnet18.py)."""
+    images = np.random.default_rng(2).standard_normal((2, 3, *SHARP_SIZE)).astype(np.float32)
+    on = assert_skip_is_exact(sharp_resnet18_bundle(), images, batch_size=50)
     assert on.forwards_skipped.sum() > 0  # a ReLU-ended layer at 2x2 has dead channels even with random weights
+    assert on.forwards_skipped[0] != on.forwards_skipped[1]  # one batch, different channels skipped per image
 
 
 @pytest.mark.slow
 def test_no_constant_channel_runs_every_forward(tmp_path):
-    """A layer before any ReLU (a conv output) has no constant channel: nothing may be skipped."""
-    fusioncam.export_torch(model_named("resnet18"), "layer4.1.conv2", tmp_path / "c.fcam", input_size=(64, 64))
-    images = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    """A layer before any ReLU (a conv output) has no constant channel: nothing may be skipped. The small CNN's
+    second convolution (16 signed channels, 8x8) is such a layer, as ResNet-18's layer4.1.conv2 is, at a fraction of
+    its export and 512 forwards."""
+    torch.manual_seed(0)
+    fusioncam.export_torch(SmallNet().eval(), "features.2", tmp_path / "c.fcam", input_size=(32, 32))
+    images = np.random.default_rng(4).standard_normal((1, 3, 32, 32)).astype(np.float32)
     on = assert_skip_is_exact(tmp_path / "c.fcam", images, batch_size=50)
     assert on.forwards_skipped.sum() == 0
