@@ -50,3 +50,19 @@ def efficientnet_bundle(efficientnet_model, tmp_path_factory):
 def efficientnet_explanation(efficientnet_bundle, sample_batch):
     """Fusion-CAM of the five sample images on the CPU (constant channels skipped, the default)."""
     return fusioncam.Explainer(efficientnet_bundle, device="cpu", batch_size=64).explain(sample_batch[1])
+
+
+@pytest.fixture(scope="session")
+def efficientnet_chelsea_reference(efficientnet_model, sample_batch):
+    """The eager reference of chelsea at `_blocks.15` (tests/support/torch_reference_methods.py): Group-CAM, Union-CAM
+    and, under "fusion_reference", the whole Fusion-CAM (320 + 32 PyTorch forwards), computed once for the runtime
+    and methods parity tests."""
+    import torch
+
+    from tests.support.torch_reference import module_by_path
+    from tests.support.torch_reference_methods import reference_methods
+
+    names, images = sample_batch
+    image = torch.from_numpy(images[names.index("chelsea")])
+    layer = module_by_path(efficientnet_model, "_blocks.15")
+    return reference_methods(efficientnet_model, layer, image, methods=("groupcam", "unioncam"))

@@ -16,18 +16,17 @@ from tests.support.torch_reference import module_by_path, reference_fusion_cam
 
 
 @pytest.mark.slow
-def test_efficientnet_lite0_sample_images_match_reference(efficientnet_model, sample_batch, efficientnet_explanation):
-    """coffee's Fusion-CAM (maps, betas, class, probability) in the five-image default explanation against the eager
-    reference (320 PyTorch forwards). chelsea's whole Fusion-CAM reference is compared, with the same assertions, by
-    tests/runtime/test_methods_parity.py::test_sweep_methods_on_efficientnet_lite0_chelsea (its Union-CAM
-    reference computes it), so it is not computed a second time here."""
-    names, images = sample_batch
-    layer = module_by_path(efficientnet_model, "_blocks.15")
-    i = names.index("coffee")
-    reference = reference_fusion_cam(efficientnet_model, layer, torch.from_numpy(images[i]))
-    assert_matches_reference(efficientnet_explanation, i, reference)
+def test_efficientnet_lite0_sample_images_match_reference(sample_batch, efficientnet_explanation,
+                                                         efficientnet_chelsea_reference):
+    """chelsea's Fusion-CAM (maps, betas, class, probability) in the five-image default explanation against the eager
+    reference (320 PyTorch forwards, shared with test_methods_parity's sweep test through the session fixture).
+    A second photo's reference (coffee: another 320 forwards) would repeat the same comparison on the same model,
+    layer and code path."""
+    names, _ = sample_batch
+    i = names.index("chelsea")
+    assert_matches_reference(efficientnet_explanation, i, efficientnet_chelsea_reference["fusion_reference"])
     # The anchors' top-1 predictions of this model (shared/reference/anchors.md): chelsea is an Egyptian cat (285).
-    assert int(efficientnet_explanation.classes[names.index("chelsea")]) == 285
+    assert int(efficientnet_explanation.classes[i]) == 285
 
 
 @pytest.mark.slow
