@@ -13,21 +13,13 @@ import fusioncam.pytorch_grad_cam as ours
 from fusioncam.errors import InputError
 from fusioncam.pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget
 from tests.support.faster_rcnn_models import SIZE, faster_rcnn
+from tests.support.module_cache import cache  # noqa: F401 (autouse: the graphs are exported once per layer and size)
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget as Theirs  # noqa: E402
 
 LAYER = "backbone.fpn.layer_blocks.0"
 SECOND_LAYER = "backbone.body.16"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    """FUSIONCAM_CACHE pointed at a fresh folder for the module (the graphs are exported once per layer and size)."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,15 @@ torch = pytest.importorskip("torch")
 
 import fusioncam  # noqa: E402
 from benchmarks.int8_masked_calibration import sweep_masked_images  # noqa: E402
-from tests.support.small_cnn import SmallNet, images  # noqa: E402
+from tests.support.small_cnn import SMALL_CHANNELS, SMALL_SIZE, images, small_bundle  # noqa: E402
 
-SIZE = (32, 32)
-CHANNELS = 16  # SmallNet's features.2
+SIZE = SMALL_SIZE
+CHANNELS = SMALL_CHANNELS
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("int8-masked") / "small.fcam"
-    return fusioncam.export_torch(SmallNet().eval(), "features.2", out, input_size=SIZE).bundle
+    return small_bundle(tmp_path_factory.mktemp("int8-masked"))
 
 
 def _sweep_rows(bundle, x) -> np.ndarray:

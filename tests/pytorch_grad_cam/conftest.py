@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-
-@pytest.fixture(autouse=True, scope="module")
-def cache(tmp_path_factory):
-    """FUSIONCAM_CACHE pointed at a fresh folder for the module."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("FUSIONCAM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    patch.undo()
+from tests.support.module_cache import cache  # noqa: F401 (autouse: each module's own bundle cache)
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,15 @@ from fusioncam.errors import InputError  # noqa: E402
 from fusioncam.runtime.methods import engine as engine_module  # noqa: E402
 from fusioncam.runtime.score_sweep import score_cam_sweep  # noqa: E402
 from fusioncam.runtime.stage_clock import NullClock  # noqa: E402
-from tests.support.small_cnn import SmallNet, images  # noqa: E402
+from tests.support.small_cnn import SMALL_CHANNELS, SMALL_SIZE, images, small_bundle  # noqa: E402
 
-SIZE = (32, 32)
-CHANNELS = 16  # SmallNet's features.2
+SIZE = SMALL_SIZE
+CHANNELS = SMALL_CHANNELS
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("int8-rescore") / "small.fcam"
-    return fusioncam.export_torch(SmallNet().eval(), "features.2", out, input_size=SIZE, int8_scorer=True).bundle
+    return small_bundle(tmp_path_factory.mktemp("int8-rescore"), int8_scorer=True)
 
 
 def _recorded_sweep(explainer, x, monkeypatch):

@@ -31,3 +31,17 @@ def images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def max_diff(a, b) -> float:
     """max |a - b| in float64."""
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+SMALL_SIZE = (32, 32)
+SMALL_CHANNELS = 16  # SmallNet's features.2
+
+
+def small_bundle(folder, **export_options):
+    """SmallNet (torch seed 0) exported at its signed conv output `features.2`, 32x32, into `folder`/small.fcam
+    (export_torch's options passed on, e.g. int8_scorer=True); the Bundle."""
+    import fusioncam
+
+    torch.manual_seed(0)
+    return fusioncam.export_torch(SmallNet().eval(), "features.2", folder / "small.fcam", input_size=SMALL_SIZE,
+                                  **export_options).bundle
