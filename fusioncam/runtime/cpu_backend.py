@@ -135,9 +135,14 @@ class CpuBackend:
 
     def warm_up(self) -> None:
         """One full scorer batch of zeros, zero row inputs too (ONNX Runtime sizes its CPU buffers on the first run;
-        no per-shape search here)."""
+        no per-shape search here). With an INT8 scorer the float32 one it keeps beside it (z0, the probes, the
+        rescored channels) runs that batch too."""
         self._buffer[:] = 0
-        self.score_rows(self.batch_size, zero_row_inputs(np, self._row_specs, self.batch_size, self._input_dtype))
+        rows = zero_row_inputs(np, self._row_specs, self.batch_size, self._input_dtype)
+        self.score_rows(self.batch_size, rows)
+        if self._float32_scorer is not None:
+            with self.float32_scoring():
+                self.score_rows(self.batch_size, rows)
 
     def asarray(self, array) -> np.ndarray:
         """Already on the host: the array itself (no copy when it is one)."""

@@ -121,3 +121,23 @@ def test_the_cli_passes_int8_rescore(bundle, tmp_path, capsys):
     assert main(["explain", str(tmp_path / "photo.png"), "--model", str(bundle.path), "--out", str(tmp_path / "x"),
                  "--device", "cpu", "--int8-rescore", "4"]) != 0
     assert "int8_rescore applies to precision='int8'" in capsys.readouterr().err
+
+
+def test_warm_up_runs_both_scorers_at_the_full_batch(bundle):
+    """warm_up() runs the INT8 scorer and the float32 scorer kept beside it (z0, the probes and the rescored channels
+    run there) at the explainer's batch size, so neither pays ONNX Runtime's first-run set-up in an explanation."""
+
+    class Counting:
+        def __init__(self, session):
+            self.session, self.batches = session, []
+
+        def run(self, outputs, feed):
+            self.batches.append(len(next(iter(feed.values()))))
+            return self.session.run(outputs, feed)
+
+    with fusioncam.Explainer(bundle, device="cpu", precision="int8", batch_size=8) as explainer:
+        backend = explainer.backend
+        int8, float32 = Counting(backend._scorer), Counting(backend._float32_scorer)
+        backend._scorer, backend._float32_scorer = int8, float32
+        explainer.warm_up()
+    assert int8.batches == [8] and float32.batches == [8]
