@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import LayerError
 from ..graph_names import ACTIVATIONS, GRADIENTS, INPUT, LOGITS, TARGET, TARGET_USED
 
 from .classifier_graph import BATCH_DIM, Classifier
@@ -91,35 +90,8 @@ def target_maps(model: onnx.ModelProto, target: str, layer: Layer, gradient: str
 
 def build_explain(classifier: Classifier, layer: Layer | Sequence[Layer]) -> onnx.ModelProto:
     """The explain graph: inputs `input`, `target`; outputs logits, activations, gradients, target_used; for several
-    layers (a sequence) also activations/1, gradients/1, ... of the further layers, from the same backward pass."""
-    if not isinstance(layer, Layer):
-        layers = list(layer)
-        if len(layers) > 1:
-            from .several_layers_graph import build_several_layers_explain
+    layers (a sequence) also activations/1, gradients/1, ... of the further layers, from the same backward pass
+    (several_layers_graph.py builds both: one layer is its one-element case)."""
+    from .several_layers_graph import build_several_layers_explain
 
-            return build_several_layers_explain(classifier, layers)
-        layer = layers[0]
-    model, logits, target = _standard_names(classifier, layer.name)
-    graph = model.graph
-    graph.input.append(helper.make_tensor_value_info(TARGET, TensorProto.INT64, [BATCH_DIM]))
-    nodes, constants = _target_seed_nodes(logits, classifier.num_classes)
-    graph.node.extend(nodes)
-    graph.initializer.extend(constants)
-    if target == INPUT:
-        raise LayerError("the target layer cannot be the image input itself; pick a feature map")
-    from .autodiff import differentiate
-
-    model = differentiate(model, wrt=target, of=logits, seed="explain/seed", grad_name=TARGET_GRADIENT)
-    activations, gradients = target_maps(model, target, layer)
-    k, h, w = layer.shape[1:]
-    _set_outputs(
-        model,
-        [
-            (logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes]),
-            (activations, ACTIVATIONS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
-            (gradients, GRADIENTS, TensorProto.FLOAT, [BATCH_DIM, k, h, w]),
-            (TARGET_USED, TARGET_USED, TensorProto.INT64, [BATCH_DIM]),
-        ],
-    )
-    prune_to_outputs(model, [LOGITS, ACTIVATIONS, GRADIENTS, TARGET_USED])
-    return model
+    return build_several_layers_explain(classifier, [layer] if isinstance(layer, Layer) else list(layer))

@@ -146,18 +146,18 @@ def box_score_graphs(model, target_layer: str, input_size: tuple[int, int]) -> t
         return nodes.add("Mul", [nodes.add(sign, [nodes.add("Add", [a, b], f"{name}_sum"), spread], f"{name}_twice"),
                                  half], name)
 
-    low = extreme(nodes.slice(picked_box, 0, 2, 2, "box_low"), nodes.slice(MATCH_BOXES, 0, 2, 2, "ref_low"), "Add",
-                  "inter_low")
-    high = extreme(nodes.slice(picked_box, 2, 4, 2, "box_high"), nodes.slice(MATCH_BOXES, 2, 4, 2, "ref_high"),
-                   "Sub", "inter_high")
+    box_low, ref_low = nodes.slice(picked_box, 0, 2, 2, "box_low"), nodes.slice(MATCH_BOXES, 0, 2, 2, "ref_low")
+    box_high, ref_high = nodes.slice(picked_box, 2, 4, 2, "box_high"), nodes.slice(MATCH_BOXES, 2, 4, 2, "ref_high")
+    low = extreme(box_low, ref_low, "Add", "inter_low")
+    high = extreme(box_high, ref_high, "Sub", "inter_high")
 
     def product(pair: str, name: str) -> str:
         return nodes.add("Mul", [nodes.slice(pair, 0, 1, 2, f"{name}_x"), nodes.slice(pair, 1, 2, 2, f"{name}_y")],
                          name)  # [N, M, 1]
 
     inter = product(nodes.add("Relu", [nodes.add("Sub", [high, low], "inter_sides_raw")], "inter_sides"), "inter")
-    box_area = product(nodes.add("Sub", ["detect/box_high", "detect/box_low"], "box_sides"), "box_area")
-    ref_area = product(nodes.add("Sub", ["detect/ref_high", "detect/ref_low"], "ref_sides"), "ref_area")
+    box_area = product(nodes.add("Sub", [box_high, box_low], "box_sides"), "box_area")
+    ref_area = product(nodes.add("Sub", [ref_high, ref_low], "ref_sides"), "ref_area")
     weights = nodes.add("Unsqueeze", [MATCH_WEIGHTS, const("axis2", np.array([2], np.int64))], "weights_3d")
     padding = nodes.add("Sub", [const("one", np.array(1.0, np.float32)), weights], "padding")  # union 1 there, not 0
     union = nodes.add("Add", [nodes.add("Sub", [nodes.add("Add", [box_area, ref_area], "area_sum"), inter],

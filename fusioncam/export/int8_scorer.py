@@ -36,8 +36,9 @@ class Int8Settings:
     per-tensor weights, uint8 or int8 (symmetric) activations, reduce_range (7-bit weights), and which node groups
     stay float32 (`float_nodes`, from NODE_GROUPS: the first convolution, the depthwise convolutions, the last
     Gemm/MatMul; `float_node_prefixes`: every node whose name in the pre-processed scorer starts with one of them,
-    e.g. "/model/_conv_stem/" for a block, as benchmarks/int8_sensitivity.py ranks them). The default is the fastest on this project's CPU; benchmarks/int8_settings.py measures the others
-    (map correlation with exact float32 and speed)."""
+    e.g. "/model/_conv_stem/" for a block, as benchmarks/int8_sensitivity.py ranks them). The default is the fastest
+    on this project's CPU; benchmarks/int8_settings.py measures the others (map correlation with exact float32 and
+    speed)."""
 
     method: str = "MinMax"
     percentile: float = 99.999  # with method Percentile: the share of |values| each range keeps

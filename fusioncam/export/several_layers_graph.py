@@ -42,7 +42,7 @@ def upstream_layer(graph: onnx.GraphProto, tensors: list[str], labels: list[str]
 
 
 def build_several_layers_explain(classifier: Classifier, layers: list[Layer]) -> onnx.ModelProto:
-    """The explain graph of `layers` (two or more, in the user's order): inputs `input`, `target`; outputs logits,
+    """The explain graph of `layers` (one or more, in the user's order): inputs `input`, `target`; outputs logits,
     activations, gradients, target_used, then activations/i, gradients/i for each further layer i."""
     names = [layer.name for layer in layers]
     if len(set(names)) != len(names):

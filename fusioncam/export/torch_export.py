@@ -89,8 +89,7 @@ class _WithFeatures:
 
     @staticmethod
     def wrap(model, layer_path: str | list[str], target_output=None, output=None):
-        def features(captured, logits, path=layer_path):
-            layer_path = path
+        def features(captured, logits, layer_path=layer_path):
             feats = pick_tensor(captured, target_output, f"target layer '{layer_path}'")
             if feats.dim() not in (3, 4):
                 raise LayerError(f"target layer '{layer_path}' outputs {tuple(feats.shape)}; a CAM target must "
@@ -213,8 +212,8 @@ def export_torch(
 
     Several target layers (a list of module paths, e.g. ["layer3", "layer4"]) give one bundle whose explain graph
     returns every layer's activations and gradients from one forward and backward pass (export/several_layers_graph.py;
-    the layout options and `reshape` apply to each layer, as pytorch-grad-cam's reshape_transform does); such a bundle
-    has no head graph (AblationCAM, ReciproCAM), and the layers must lie along one path."""
+    the layout options and `reshape` apply to each layer, as pytorch-grad-cam's reshape_transform does) and a head
+    graph per layer (head.onnx, head_1.onnx, ...) where the layer has one; the layers must lie along one path."""
     import torch
 
     if not isinstance(model, torch.nn.Module):

@@ -61,12 +61,13 @@ class BoxScoreGraphs:
     the detections graph (class scores and boxes of every proposal slot) and the explain graph (the target and its
     gradient for given matches)."""
 
-    def __init__(self, model, layer: str, size: tuple[int, int], providers: list[str] | None = None) -> None:
+    def __init__(self, model, layer: str, size: tuple[int, int], fingerprint: str,
+                 providers: list[str] | None = None) -> None:
         import onnxruntime as ort
 
         from ..cpu_quota import cpu_budget
 
-        folder = _cached_graphs(model, layer, size)
+        folder = _cached_graphs(model, layer, size, fingerprint)
         options = ort.SessionOptions()
         options.intra_op_num_threads = cpu_budget().cpus
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -103,15 +104,22 @@ def _settings(model) -> dict:
             "class": type(model).__qualname__}
 
 
-def _cached_graphs(model, layer: str, size: tuple[int, int]) -> Path:
-    """The cache folder holding explain.onnx and detections.onnx, exported (atomically) if missing."""
-    from ..atomic import atomic_directory
-    from ..bundle_cache import _check_cache_writable, cache_entry
-    from ..export.faster_rcnn_box_score import box_score_graphs
+def model_fingerprint(model) -> str:
+    """What the exported graphs depend on: the weights' hash and the hash of the RPN's settings (_settings)."""
     from ..export.torch_export import state_sha256
 
     settings = hashlib.sha256(json.dumps(_settings(model), sort_keys=True).encode()).hexdigest()
-    entry = cache_entry("FasterRCNN-box-score", f"{state_sha256(model)}|{settings}", layer, size)
+    return f"{state_sha256(model)}|{settings}"
+
+
+def _cached_graphs(model, layer: str, size: tuple[int, int], fingerprint: str) -> Path:
+    """The cache folder holding explain.onnx and detections.onnx, exported (atomically) if missing; `fingerprint`
+    is model_fingerprint(model)."""
+    from ..atomic import atomic_directory
+    from ..bundle_cache import _check_cache_writable, cache_entry
+    from ..export.faster_rcnn_box_score import box_score_graphs
+
+    entry = cache_entry("FasterRCNN-box-score", fingerprint, layer, size)
     if (entry / "explain.onnx").is_file() and (entry / "detections.onnx").is_file():
         return entry
     _check_cache_writable(entry.parent)
@@ -214,12 +222,11 @@ class BoxScoreCAM:
     def __init__(self) -> None:
         self._graphs: dict[tuple, BoxScoreGraphs] = {}
 
-    def graphs(self, cam, layer: str, size: tuple[int, int]) -> BoxScoreGraphs:
-        from ..export.torch_export import state_sha256
-
-        key = (layer, size, state_sha256(cam.model), json.dumps(_settings(cam.model), sort_keys=True))
+    def graphs(self, cam, layer: str, size: tuple[int, int], fingerprint: str) -> BoxScoreGraphs:
+        """The graphs of `layer` at `size` for the model whose model_fingerprint is `fingerprint` (opened once)."""
+        key = (layer, size, fingerprint)
         if key not in self._graphs:
-            self._graphs[key] = BoxScoreGraphs(cam.model, layer, size, _providers(cam.device))
+            self._graphs[key] = BoxScoreGraphs(cam.model, layer, size, fingerprint, _providers(cam.device))
         return self._graphs[key]
 
     def maps(self, cam, images: np.ndarray, targets: list, eigen_smooth: bool) -> np.ndarray:
@@ -230,8 +237,9 @@ class BoxScoreCAM:
         height, width = images.shape[2:]
         layers = []
         found = None
+        fingerprint = model_fingerprint(cam.model)  # the weights hashed once per call, not once per layer
         for path in cam.layer_paths:
-            graphs = self.graphs(cam, path, size)
+            graphs = self.graphs(cam, path, size, fingerprint)
             if found is None:
                 scores, boxes = graphs.detect(inputs)
                 found = [postprocessed(cam.model.roi_heads, scores[i], boxes[i], scale[i])
@@ -245,7 +253,7 @@ class BoxScoreCAM:
             else:
                 low = layer_map(cam.method, outputs, eigen_smooth)
             layers.append(scale_cam_image(np.maximum(low, 0), (int(width), int(height))))
-        cam.outputs = [{key: value for key, value in image.items()} for image in found]
+        cam.outputs = found
         cam.box_scores = outputs[BOX_SCORE]
         return scale_cam_image(np.mean(np.maximum(np.stack(layers, axis=1), 0), axis=1))
 

@@ -30,6 +30,7 @@ from .. import arguments
 from ..adapters.pytorch_grad_cam import _as_numpy, _is_module, _module_path
 from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer, Explanation
+from ..runtime.layer_aggregation import aggregate_layers
 from ..runtime.methods.compat import PYTORCH_GRAD_CAM
 from ..runtime.methods.registry import REGISTRY
 from ..runtime.several_layers import layer_view, one_layer_methods
@@ -38,7 +39,6 @@ from .explain_pass_maps import (GRADIENT_PROJECTIONS, PROJECTIONS_ALREADY, WEIGH
                                 explain_pass, layer_map)
 from .box_score_target import BoxScoreCAM, checked_targets, uses_box_score
 from .graph_targets import GraphTargets, graph_targets
-from .layer_scaling import LOW_RESOLUTION_FORM, scaled_before_upsampling
 from .target_seed_graph import SeededExplain
 from .utils.image import scale_cam_image
 
@@ -130,7 +130,7 @@ class BaseCAM:
             return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
         if eigen_smooth or (len(self.layer_paths) > 1 and self.method in WEIGHTED_ACTIVATIONS):
             return self._from_explain_pass(images, plan, keep, size, eigen_smooth)
-        per_layer = []
+        per_layer, feature_sizes = [], []
         self.last_explanations = []
         groups = self._layer_groups(plan.segmentation)
         for layers, count in groups:
@@ -140,10 +140,8 @@ class BaseCAM:
             self.last_explanations.append(explanation)
             if count > 1:  # one bundle for every layer: the Explainer aggregated them as pytorch-grad-cam does
                 continue
-            layer = np.maximum(explanation.maps[self.method], 0)
-            if len(self.layer_paths) > 1 and self.method in LOW_RESOLUTION_FORM:  # as pytorch-grad-cam weighs layers
-                layer = scaled_before_upsampling(layer, explainer.bundle.manifest.feature_size)
-            per_layer.append(layer)
+            per_layer.append(explanation.maps[self.method])
+            feature_sizes.append(explainer.bundle.manifest.feature_size)
         logits = self.last_explanations[-1].logits
         if logits is not None:
             import torch
@@ -151,7 +149,10 @@ class BaseCAM:
             self.outputs = torch.from_numpy(np.ascontiguousarray(logits[keep]))
         if not per_layer:
             return self.last_explanations[0].maps[self.method]
-        return scale_cam_image(np.mean(np.stack(per_layer, axis=1), axis=1))
+        if len(per_layer) == 1:
+            return scale_cam_image(np.maximum(per_layer[0], 0))
+        # one bundle per layer (segmentation, ShapleyCAM): the layers' maps aggregated as pytorch-grad-cam does
+        return aggregate_layers(self.method, per_layer, feature_sizes, PYTORCH_GRAD_CAM)
 
     def _from_explain_pass(self, images: np.ndarray, plan: GraphTargets, keep: slice, size: tuple[int, int],
                            eigen_smooth: bool) -> np.ndarray:

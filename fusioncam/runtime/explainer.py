@@ -317,7 +317,6 @@ class Explainer:
         timings["scorer_forwards_run"] = int(forwards_run.sum()) if forwards_run is not None else 0
         timings["scorer_forwards_skipped"] = int(forwards_skipped.sum()) if forwards_skipped is not None else 0
         timings["method_forwards_run"] = int(sum(one.probe_rows for one in engines))
-        maps = {name: host(out.map) for name, out in outputs.items()}
         layer_maps = {}
         if len(engines) > 1:
             labels = self.bundle.layer_names
@@ -327,6 +326,8 @@ class Explainer:
             sizes = self.bundle.layer_feature_sizes
             maps = {name: aggregate_layers(name, [layer_maps[label][name] for label in labels], sizes, self.compat)
                     for name in outputs}
+        else:
+            maps = {name: host(out.map) for name, out in outputs.items()}
         fields = dict(
             maps=maps, layer_maps=layer_maps,
             timings=timings,

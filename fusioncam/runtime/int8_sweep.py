@@ -47,8 +47,11 @@ def int8_score_sweep(scorer: Scorer, images, acts, mins, maxs, targets, float_ba
     With rescore 0 every score is INT8's, constant channels the INT8 scorer's z0 (one INT8 forward per call).
     forwards_run counts the float32 rescoring forwards too."""
     xp, task = scorer.xp, scorer.task
-    int8_baseline = task.baseline(scorer, targets, task.constant_baseline(scorer), clock).scores
-    sweep = score_cam_sweep(scorer, images, acts, mins, maxs, targets, int8_baseline, clock,
+    if rescore > 0:  # constant channels end with the float32 z0 score below; no INT8 z0 forward is needed
+        baseline = float_baseline_scores
+    else:
+        baseline = task.baseline(scorer, targets, task.constant_baseline(scorer), clock).scores
+    sweep = score_cam_sweep(scorer, images, acts, mins, maxs, targets, baseline, clock,
                             skip_constant=skip_constant, on_batch=on_batch, selected=selected,
                             masked_inputs=masked_inputs)
     if rescore <= 0:

@@ -65,7 +65,7 @@ DEFAULT_IOU_THRESHOLD = 0.7  # Ultralytics' NMS default, for bundles that record
 
 def model_iou_threshold(manifest) -> float:
     """The NMS IoU threshold the bundle's model uses (recorded at export), else DEFAULT_IOU_THRESHOLD."""
-    recorded = getattr(manifest, "nms_iou_threshold", None)
+    recorded = manifest.nms_iou_threshold
     return DEFAULT_IOU_THRESHOLD if recorded is None else float(recorded)
 
 

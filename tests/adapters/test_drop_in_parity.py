@@ -81,7 +81,7 @@ def test_several_target_layers_match_the_library(name, model):
 @pytest.mark.parametrize("name", ["EigenCAM", "ScoreCAM"])
 def test_several_target_layers_of_engine_methods_match_the_library(name, model):
     """Methods whose maps come from the engine: each layer's map equals the library's single-layer map, and the
-    layers are weighed as the library weighs them (scaled before upsampling: pytorch_grad_cam/layer_scaling.py), not
+    layers are weighed as the library weighs them (scaled before upsampling: runtime/layer_aggregation.py), not
     as a plain mean of the final maps."""
     x = images(2, 32, seed=4)
     layers = [model.features[0], model.features[2]]

@@ -1,6 +1,6 @@
 """Several target layers on fusioncam.pytorch_grad_cam weighed as pytorch-grad-cam weighs them: each layer's map
 scaled at its own resolution, then upsampled, then averaged. The rescaling of the engine's maps
-(pytorch_grad_cam/layer_scaling.py) against the direct computation from low-resolution maps, and every class both
+(runtime/layer_aggregation.py) against the direct computation from low-resolution maps, and every class both
 libraries have against pytorch-grad-cam 1.5.7 on ResNet-18 layer3 + layer4 (<= 1e-4)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fusioncam.kernels import numpy_kernels
-from fusioncam.pytorch_grad_cam.layer_scaling import scaled_before_upsampling
+from fusioncam.runtime.layer_aggregation import scaled_before_upsampling
 from fusioncam.pytorch_grad_cam.utils.image import scale_cam_image
 from tests.support.small_cnn import max_diff
 
@@ -67,8 +67,8 @@ def test_resnet18_layer3_and_layer4_match_the_library(resnet18, name):
         ours = cam(input_tensor=torch.from_numpy(x), targets=targets)
         per_layer = [np.maximum(maps[cam.method], 0) for e in cam.last_explanations
                      for maps in (e.layer_maps.values() if e.layer_maps else [e.maps])]
-        # one bundle (one Explainer, one explain pass per call) for both layers, but where a graph is built from one
-        # layer (the head graph of AblationCAM and ReciproCAM, ShapleyCAM's): one per layer
+        # one bundle (one Explainer, one explain pass per call) for both layers, but where a graph is derived from one
+        # layer's (FullGrad's, ShapleyCAM's: one_layer_methods): one per layer
         assert len(cam._explainers) == (2 if cam.method in one_layer_methods() else 1), name
     assert theirs.max() > 0.99 and ours.dtype == np.float32 and ours.shape == theirs.shape
     # ShapleyCAM (Grad-CAM's map here: H A is 0 on ResNet-18): on this image the plain mean of its final maps already

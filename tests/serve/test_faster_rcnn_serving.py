@@ -57,8 +57,11 @@ def server(bundle, tmp_path_factory):
 
 
 def test_v1_predict_and_explain_equal_the_explainer(server, bundle, images, want) -> None:
-    """v1 :predict gives each image's default detections (slot, class, score, box) as the host NMS over the bundle's
-    slots picks them at the model's own IoU threshold (roi_heads.nms_thresh, 0.5); v1 :explain gives the same instances with each method's map equal to the Explainer's."""
+    """v1 :predict gives each image's default detection (slot, class, score, box) as the Explainer's host selection
+    over the bundle's slots picks it (one instance per image, so the NMS threshold plays no part here: the default
+    selection at the model's own threshold is checked against torchvision's detections in
+    tests/export/test_faster_rcnn.py); v1 :explain gives the same instances with each method's map equal to the
+    Explainer's."""
     body = {"instances": [{"data": image.tolist()} for image in images],
             "parameters": {"min_score": SELECTION.min_score, "max_instances": SELECTION.max_instances}}
     predicted = httpx.post(f"{server.base}/v1/models/frcnn:predict", json=body, timeout=120)
