@@ -9,12 +9,16 @@ explainer per `--rescore M` (`Explainer(precision="int8", int8_rescore=M)`: the 
 rescored in float32): seconds per image (each image explained by every explainer in turn, after a warm-up of each),
 the Pearson correlation of each INT8 map with the exact float32 map, and the faithfulness metrics of
 `fusioncam evaluate` (deletion/insertion AUC, average drop, increase in confidence) of every set of maps, all scored
-by the float32 scorer, with their differences. JSON and markdown land in benchmarks/results/int8-scorer-<cpu>.*.
+by the float32 scorer, with their differences. `--layer MODEL=LAYER` explains MODEL at another module path (e.g.
+efficientnet_lite0=_conv_head), or at EfficientNet-Lite0's conv-head ReLU6 output (`efficientnet_lite0=head-relu6`:
+the last feature map before the pooling, bundled from the model's plain ONNX export, where no module path names it).
+JSON and markdown land in benchmarks/results/int8-scorer-<cpu>.*.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -26,11 +30,12 @@ from fusioncam.export.int8_scorer import CALIBRATION_METADATA, int8_agreement
 from fusioncam.images import IMAGENET_MEAN, IMAGENET_STD, preprocess, sample_images
 from fusioncam.metrics.evaluation import evaluate_maps
 
-from .models import build_model
+from .models import build_model, efficientnet_conv_head_bundle
 from .report import RESULTS, cpu_label, save_report
 from .run import map_agreement
 
 MODELS = ("efficientnet_lite0", "resnet50")
+HEAD_RELU6 = "head-relu6"  # --layer efficientnet_lite0=head-relu6: Lite0's conv-head ReLU6 output (ONNX tensor)
 
 
 def int8_settings_of(bundle) -> str:
@@ -48,17 +53,23 @@ def variant_label(rescore: int) -> str:
 
 def study(model_name: str, work: Path, images: np.ndarray, names: list[str], faithfulness: bool,
           explain: bool = True, count: int | None = None, rescores: tuple[int, ...] = (0,),
-          calibrate=None, settings=None) -> dict:
+          calibrate=None, settings=None, layer: str | None = None) -> dict:
     """One model: export with the INT8 scorer, then the float32 explainer and one INT8 explainer per `rescores`
     entry (Explainer(precision="int8", int8_rescore=m): the sweep's m top channels per image rescored in float32)
     side by side (with `explain` False only the scorers: throughput and logits on the photos; `count` explains only
     the first `count` photos). `calibrate(bundle) -> (images, described)`, if given, calibrates the INT8 scorer on
     those images instead of the export's default, quantized with `settings` (an Int8Settings; None: the default)
-    (benchmarks/int8_masked_calibration.py)."""
-    model, layer, class_names = build_model(model_name)
+    (benchmarks/int8_masked_calibration.py). `layer` replaces the model's default target: a module path, or
+    HEAD_RELU6 (EfficientNet-Lite0's conv-head ReLU6 output)."""
+    model, default_layer, class_names = build_model(model_name)
+    layer = layer or default_layer
     started = time.perf_counter()
-    bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
-                                    int8_scorer=calibrate is None).bundle
+    if layer == HEAD_RELU6:
+        bundle = efficientnet_conv_head_bundle(work, int8_scorer=calibrate is None).bundle
+        layer = f"{HEAD_RELU6} ({bundle.manifest.target_tensor})"
+    else:
+        bundle = fusioncam.export_torch(model, layer, work / f"{model_name}-int8.fcam", class_names=class_names,
+                                        int8_scorer=calibrate is None).bundle
     if calibrate is not None:
         from .int8_settings import _WithCandidate
         import onnx
@@ -94,7 +105,7 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
     seconds: dict[str, list[float]] = {label: [] for label in explainers}
     maps: dict[str, list[np.ndarray]] = {label: [] for label in explainers}
     forwards: dict[str, list[int]] = {label: [] for label in explainers}
-    classes = []
+    classes, loads = [], [os.getloadavg()[0]]  # the machine is shared: how busy it was before and after each image
     for i in range(len(images)):
         for label, explainer in explainers.items():  # each image by every explainer in turn
             start = time.perf_counter()
@@ -104,9 +115,11 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
             forwards[label].append(int(explanation.forwards_run[0]) + int(explanation.timings["method_forwards_run"]))
             if label == "fp32":
                 classes.append(int(explanation.classes[0]))
+        loads.append(os.getloadavg()[0])
         print(f"{model_name} {names[i]}: " + ", ".join(f"{label} {values[-1]:.2f} s" for label, values in seconds.items()),
               flush=True)
     row["classes"] = classes
+    row["load_average_1min"] = loads
     row["fusion_seconds"] = seconds
     row["forwards_per_image"] = {label: float(np.mean(values)) for label, values in forwards.items()}
     row["fusion_seconds_per_image"] = {label: float(np.mean(values)) for label, values in seconds.items()}
@@ -160,6 +173,10 @@ def markdown(report: dict) -> str:
                          f"{row['fusion_speedup'][label]:.2f}x | {row['pearson_mean'][label]:.4f} / "
                          f"{row['pearson_min'][label]:.4f} | {per_photo} | {fmt('deletion_auc')} | "
                          f"{fmt('insertion_auc')} | {fmt('average_drop')} | {fmt('increase_in_confidence')} |")
+    loads = [value for row in report["models"] for value in row.get("load_average_1min", [])]
+    if loads:
+        lines += ["", f"1-minute load average before and after each image: {min(loads):.1f} to {max(loads):.1f} "
+                      f"(the machine is shared; each image is explained by every variant in turn)."]
     lines += ["", "INT8 logits against float32 on the photos (largest difference relative to the largest float logit; "
               "images with the same top class):"]
     lines += [f"- {row['model']}: {row['logits_on_photos']['max_relative_difference']:.3f}, top-1 agreement "
@@ -174,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
     parser.add_argument("--model-images", nargs="*", default=[], metavar="MODEL=N",
                         help="explain only the first N photos with MODEL (e.g. resnet50=2)")
+    parser.add_argument("--layer", nargs="*", default=[], metavar="MODEL=LAYER",
+                        help=f"explain MODEL at LAYER, a module path (e.g. efficientnet_lite0=_conv_head), or "
+                             f"efficientnet_lite0={HEAD_RELU6}: its conv-head ReLU6 output")
     parser.add_argument("--skip-faithfulness", action="store_true")
     parser.add_argument("--scorer-only", nargs="*", choices=MODELS, default=[],
                         help="models measured by their scorers only (throughput, logits on the photos), no Fusion-CAM")
@@ -194,6 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         if model_name not in MODELS or not count.isdigit() or int(count) < 1:
             parser.error(f"--model-images takes MODEL=N with MODEL one of {', '.join(MODELS)}; got {item!r}")
         counts[model_name] = int(count)
+    layers = {}
+    for item in args.layer:
+        model_name, _, layer = item.partition("=")
+        if model_name not in MODELS or not layer:
+            parser.error(f"--layer takes MODEL=LAYER with MODEL one of {', '.join(MODELS)}; got {item!r}")
+        if layer == HEAD_RELU6 and model_name != "efficientnet_lite0":
+            parser.error(f"--layer {item!r}: {HEAD_RELU6} is EfficientNet-Lite0's conv-head ReLU6 output; "
+                         f"give {model_name} a module path")
+        layers[model_name] = layer
     from .report import machine_record
 
     stem = "int8-scorer-" + cpu_label() + (f"-{args.label}" if args.label else "")
@@ -201,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:  # saved after each model: a long run that is stopped keeps what it measured
         report["models"].append(study(name, args.work, images, names, not args.skip_faithfulness,
                                       explain=name not in args.scorer_only, count=counts.get(name),
-                                      rescores=args.rescore))
+                                      rescores=args.rescore, layer=layers.get(name)))
         report["machine_record"] = machine_record()
         save_report(args.out, stem, report, markdown(report))
     return 0

@@ -34,9 +34,10 @@ def export_bundle(model, layer: str, out: Path, class_names):
         return fusioncam.export_torch(model, layer, out, class_names=class_names).bundle
 
 
-def efficientnet_conv_head_bundle(folder: Path, fp16_scorer: bool = False):
+def efficientnet_conv_head_bundle(folder: Path, fp16_scorer: bool = False, int8_scorer: bool = False):
     """EfficientNet-Lite0 exported to plain ONNX, then bundled at its conv-head ReLU6 output (K=1280, the
-    automatic target): the layer whose many all-zero channels the constant-channel skip exploits."""
+    automatic target): the layer whose many all-zero channels the constant-channel skip exploits. `int8_scorer`
+    adds the INT8 scorer (calibrated on the sample photos)."""
     import torch
 
     from fusioncam.export.model_zoo import efficientnet_lite0
@@ -46,5 +47,5 @@ def efficientnet_conv_head_bundle(folder: Path, fp16_scorer: bool = False):
         warnings.simplefilter("ignore")
         torch.onnx.export(efficientnet_lite0().module, (torch.zeros(1, 3, 224, 224),), str(onnx_path), dynamo=False,
                           opset_version=17, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
-    name = "head_fp16.fcam" if fp16_scorer else "head.fcam"
-    return fusioncam.export_onnx(onnx_path, folder / name, fp16_scorer=fp16_scorer)
+    name = "head_fp16.fcam" if fp16_scorer else "head_int8.fcam" if int8_scorer else "head.fcam"
+    return fusioncam.export_onnx(onnx_path, folder / name, fp16_scorer=fp16_scorer, int8_scorer=int8_scorer)
