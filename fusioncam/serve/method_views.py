@@ -1,7 +1,7 @@
 """Per-output views of a served model, for Triton tools that want one image input and one output.
 
-`NAME.probabilities` and `NAME.<method>` (gradcam, gradcam++, xgradcam, scorecam, groupcam, unioncam, fusion)
-are models of their own over v2 (REST and gRPC): one input `image`, UINT8 RGB pixels [N, H, W, 3] (FORMAT_NHWC at
+`NAME.probabilities` and `NAME.<method>` (each method the bundle answers: served_layers.py; a several-layer
+bundle's maps are aggregated over its layers) are models of their own over v2 (REST and gRPC): one input `image`, UINT8 RGB pixels [N, H, W, 3] (FORMAT_NHWC at
 the model's input size; another size is resized like a file), and one output: `probabilities` FP32 [N, classes]
 (every class, in class order: Triton's classification extension, `class_count`, picks the top ones) or the
 method's map FP32 [N, H, W]. Parameters (target, top_k) are the model's. Triton's unmodified image_client.py
@@ -19,16 +19,20 @@ import kserve
 from kserve.model_repository import ModelRepository
 from kserve.protocol.infer_type import InferRequest, InferResponse, RequestedOutput
 
-from ..runtime.methods import METHODS
 from .model import FusionCamModel
 from .model_statistics import recorded
 from .request_errors import BadRequest
+from .served_layers import served_methods
 from .v1 import ParsedRequest
 from .v2_tensors import INPUT_NAMES, parse_v2, v2_response
 
 SEPARATOR = "."
-VIEW_OUTPUTS = ("probabilities", *METHODS)
 VIEW_INPUT = "image"
+
+
+def view_outputs(model: FusionCamModel) -> tuple[str, ...]:
+    """The views a served model has: probabilities and each method its bundle answers (served_layers.py)."""
+    return ("probabilities", *served_methods(model.bundle.manifest))
 
 
 class MethodView(kserve.Model):
@@ -111,7 +115,7 @@ class MethodViewRepository(ModelRepository):
             return model
         base_name, _, output = name.rpartition(SEPARATOR)
         base = super().get_model(base_name)
-        if not isinstance(base, FusionCamModel) or output not in VIEW_OUTPUTS \
+        if not isinstance(base, FusionCamModel) or output not in view_outputs(base) \
                 or base.bundle.manifest.task != "classification":
             return None
         view = self._views.get(name)
@@ -123,4 +127,4 @@ class MethodViewRepository(ModelRepository):
         """Every view of the served classification models, for the repository index."""
         return [f"{name}{SEPARATOR}{output}" for name, model in self.get_models().items()
                 if isinstance(model, FusionCamModel) and model.bundle.manifest.task == "classification"
-                for output in VIEW_OUTPUTS]
+                for output in view_outputs(model)]

@@ -28,7 +28,6 @@ from ..bundle_cache import bundle_for
 from ..errors import InputError, ModelLoadError
 from ..runtime import Explainer
 from ..runtime.cpu_backend import CPU_SPINNING_ENV
-from ..runtime.several_layers import refuse_several_layers
 from ..tasks.payloads import payloads_for
 from . import metrics
 from .batching import DynamicBatcher, Job, JobResult
@@ -38,6 +37,7 @@ from .pixel_budget import MemoryExhausted, admission_deadline, shared_budget
 from .model_statistics import recorded
 from .options import ServeOptions
 from .request_errors import BadRequest, ServerBusy
+from .served_layers import TARGET_LAYERS, check_served_methods
 from .v1 import ParsedRequest, parse_v1, v1_response
 from .v2_tensors import input_types, output_types, parse_v2, v2_response
 
@@ -56,7 +56,6 @@ class FusionCamModel(kserve.Model):
         self.bundle = bundle if isinstance(bundle, Bundle) else bundle_for(bundle)
         manifest = self.bundle.manifest
         try:
-            refuse_several_layers(self.bundle, "fusioncam serve")
             payloads_for(manifest)  # the task's request and answer encodings (fusioncam/tasks/*_payloads.py)
         except InputError as exc:
             raise ModelLoadError(f"bundle {self.bundle.path}: {exc}") from None
@@ -114,7 +113,10 @@ class FusionCamModel(kserve.Model):
         manifest = self.bundle.manifest
         parsed, result = await recorded(self.name, self._run(lambda: parse_v1(payload, verb, self.decoder, manifest,
                                                                               self.options)))
-        return await asyncio.to_thread(v1_response, parsed, result, manifest, verb)
+        answer = await asyncio.to_thread(v1_response, parsed, result, manifest, verb)
+        if verb == "explain":  # the maps are each method's over every target layer (aggregated when several)
+            answer[TARGET_LAYERS] = list(self.bundle.layer_names)
+        return answer
 
     async def _answer_v2(self, request: InferRequest) -> InferResponse:
         manifest = self.bundle.manifest
@@ -189,6 +191,7 @@ class FusionCamModel(kserve.Model):
         submitted to the batcher with its deadline: all of it in the calling (pool) thread."""
         with admission_deadline(deadline_of(started, self.options.timeout_s, None, grpc_deadline)[0]):
             parsed = parse()
+        check_served_methods(self.bundle, self.name, parsed.settings.methods)  # a several-layer bundle's refusals
         deadline, why = deadline_of(started, self.options.timeout_s, parsed.settings.timeout_s, grpc_deadline)
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"model {self.name}: {why} passed while the request was decoded; it was dropped")

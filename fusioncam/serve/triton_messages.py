@@ -33,7 +33,10 @@ _MESSAGES: dict[str, list[tuple[str, int, str, bool]]] = {
                     ("version_policy", 3, "ModelVersionPolicy", False), ("max_batch_size", 4, "int32", False),
                     ("input", 5, "ModelInput", True), ("output", 6, "ModelOutput", True),
                     ("instance_group", 7, "ModelInstanceGroup", True),
-                    ("dynamic_batching", 11, "ModelDynamicBatching", False), ("backend", 17, "string", False)],
+                    ("dynamic_batching", 11, "ModelDynamicBatching", False),
+                    ("parameters", 14, "ModelConfig.ParametersEntry", True), ("backend", 17, "string", False)],
+    "ModelConfig.ParametersEntry": [("key", 1, "string", False), ("value", 2, "ModelParameter", False)],
+    "ModelParameter": [("string_value", 1, "string", False)],
     "ModelConfigRequest": [("name", 1, "string", False), ("version", 2, "string", False)],
     "ModelConfigResponse": [("config", 1, "ModelConfig", False)],
     "StatisticDuration": [("count", 1, "uint64", False), ("ns", 2, "uint64", False)],
@@ -61,6 +64,7 @@ _ENUMS = {
     "ModelInput.Format": ["FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW"],
     "ModelInstanceGroup.Kind": ["KIND_AUTO", "KIND_GPU", "KIND_CPU", "KIND_MODEL"],
 }
+MAP_ENTRIES = {"ModelConfig.ParametersEntry"}  # map<string, ModelParameter> parameters: protobuf's map entry type
 PACKAGE = "inference"
 
 
@@ -86,6 +90,8 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
                 entry.type, entry.type_name = _F.TYPE_ENUM, f".{PACKAGE}.{kind[5:]}"
             else:
                 entry.type, entry.type_name = _F.TYPE_MESSAGE, f".{PACKAGE}.{kind}"
+    for name in MAP_ENTRIES:
+        containers[name].options.map_entry = True
     return proto
 
 

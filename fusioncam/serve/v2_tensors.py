@@ -41,6 +41,7 @@ from ..tasks.payloads import payloads_for
 from .regions import REGION_INPUT
 from .request_errors import BadRequest
 from .request_settings import methods_of, settings_of, target_of
+from .served_layers import served_methods
 from .v1 import ParsedRequest
 
 INPUT_NAMES = {"BYTES": "image_bytes", "FP32": "image_tensor", "UINT8": "image_rgb"}
@@ -58,13 +59,15 @@ def input_types(manifest: Manifest) -> list[dict]:
 
 
 def output_types(manifest: Manifest) -> list[dict]:
-    """Predictions, the explained target (the task's: tasks/*_payloads.py), and one map per method."""
+    """Predictions, the explained target (the task's: tasks/*_payloads.py), and one map per method the bundle
+    answers (served_layers.py: a several-layer bundle's are its layers' aggregated maps, FullGrad's and ShapleyCAM's
+    left out)."""
     height, width = manifest.input_size
     payloads = payloads_for(manifest)
     shape = payloads.v2_map_shape(manifest) if hasattr(payloads, "v2_map_shape") else [-1, height, width]
     return [
         *payloads.v2_output_types(manifest),
-        *({"name": method, "datatype": "FP32", "shape": shape} for method in METHODS),
+        *({"name": method, "datatype": "FP32", "shape": shape} for method in served_methods(manifest)),
     ]
 
 

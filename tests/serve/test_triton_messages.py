@@ -28,6 +28,7 @@ MESSAGES = {
     "ModelConfig": model_config_pb2, "ModelInput": model_config_pb2, "ModelOutput": model_config_pb2,
     "ModelDynamicBatching": model_config_pb2, "ModelVersionPolicy": model_config_pb2,
     "ModelVersionPolicy.Latest": model_config_pb2, "ModelInstanceGroup": model_config_pb2,
+    "ModelConfig.ParametersEntry": model_config_pb2, "ModelParameter": model_config_pb2,
 }
 
 
