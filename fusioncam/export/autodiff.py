@@ -25,11 +25,15 @@ FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto
 
 
 def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_name: str,
-                  also: dict[str, str] | None = None) -> onnx.ModelProto:
+                  also: dict[str, str] | None = None, branches: bool = True) -> onnx.ModelProto:
     """Return a copy of `model` with nodes appended that compute d(sum(of * seed)) / d(wrt) into tensor `grad_name`.
 
-    `also` maps tensors between `wrt` and `of` to names that receive their gradients from the same backward pass
-    (FullGrad's per-layer gradients); one that gets no gradient is a LayerError."""
+    `also` maps further tensors to names that receive their gradients from the same backward pass: tensors between
+    `wrt` and `of` (FullGrad's per-layer gradients, a deeper target layer), or tensors on other branches (a feature
+    pyramid's levels, each feeding the head on its own). The walk stops at every tensor no other one of them is
+    computed from, and passes through the others, so each gets its total gradient; one that gets no gradient is a
+    LayerError. branches=False keeps `also` to tensors between `wrt` and `of` (FullGrad: every bias layer must be
+    computed from the image); the others then get no gradient."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     inferred = _inferred(model)
@@ -37,31 +41,36 @@ def differentiate(model: onnx.ModelProto, wrt: str, of: str, seed: str, grad_nam
     graph = out.graph
     _check_names(graph, wrt, of, seed, grad_name)
 
-    reach = _forward_reach(graph, wrt, ctx)
-    if of not in reach:
+    stops = {**(also or {}), wrt: grad_name}
+    reach_of = {stop: _forward_reach(graph, stop, ctx) for stop in (stops if branches else [wrt])}
+    if of not in reach_of[wrt]:
         raise LayerError(f"tensor {of!r} does not depend on {wrt!r} through float tensors; "
                          "pick a layer that lies between the input and the logits")
+    reach = set().union(*reach_of.values())
+    terminal = {stop for stop in reach_of if not any(stop in reach_of[other] for other in reach_of if other != stop)}
     needed = _ancestors(graph, of)
 
     grads: dict[str, list[str]] = defaultdict(list)
     grads[of].append(seed)
-    on_path = [n for n in graph.node if any(o != wrt and o in reach and o in needed for o in n.output)]
+    on_path = [n for n in graph.node if any(o not in terminal and o in reach and o in needed for o in n.output)]
     for node in reversed(on_path):
         dys = [_total(ctx, grads.pop(name, [])) if name else None for name in node.output]
         for name, dy in zip(node.output, dys):
-            if also and name in also and dy is not None:
-                ctx.nodes.append(onnx.helper.make_node("Identity", [dy], [also[name]], name=ctx.fresh("node_output")))
+            if name in stops and dy is not None:  # a stop the walk passes through: its total gradient is complete
+                ctx.nodes.append(onnx.helper.make_node("Identity", [dy], [stops[name]], name=ctx.fresh("node_output")))
         if any(dy is not None for dy in dys):
             _backward(ctx, node, dys, reach, grads)
 
-    total = _total(ctx, grads.pop(wrt, []))
-    if total is None:
-        raise LayerError(f"tensor {of!r} depends on {wrt!r} only through non-differentiable values "
-                         "(shapes, indices, comparisons); its gradient would be zero")
-    ctx.nodes.append(onnx.helper.make_node("Identity", [total], [grad_name], name=ctx.fresh("node_output")))
-    missing = sorted(set((also or {}).values()) - {o for n in ctx.nodes for o in n.output})
+    for stop in sorted(terminal, key=list(stops).index):
+        total = _total(ctx, grads.pop(stop, []))
+        if total is None and stop == wrt:
+            raise LayerError(f"tensor {of!r} depends on {wrt!r} only through non-differentiable values "
+                             "(shapes, indices, comparisons); its gradient would be zero")
+        if total is not None:
+            ctx.nodes.append(onnx.helper.make_node("Identity", [total], [stops[stop]], name=ctx.fresh("node_output")))
+    missing = sorted(set(stops.values()) - {o for n in ctx.nodes for o in n.output})
     if missing:
-        raise LayerError(f"no gradient reaches {', '.join(missing)}: those tensors do not lie between {wrt!r} and "
+        raise LayerError(f"no gradient reaches {', '.join(missing)}: those tensors do not lie between the input and "
                          f"{of!r} through float tensors")
     graph.node.extend(ctx.nodes)
     return out

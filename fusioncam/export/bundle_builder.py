@@ -144,10 +144,6 @@ def write_classifier_bundle(
     labels = [target_label] if isinstance(target_label, str) else list(target_label)
     if len(labels) != len(layers):
         raise ModelLoadError(f"{source}: {len(labels)} target labels for {len(layers)} target layers")
-    if len(layers) > 1:  # before any work: layers the one backward cannot reach, named as the user named them
-        from .several_layers_graph import upstream_layer
-
-        upstream_layer(classifier.model.graph, [one.name for one in layers], labels)
     layer = layers[0]
     extra = [{"target_layer": label, "target_tensor": more.name, "channels": int(more.shape[1]),
               "feature_size": tuple(int(v) for v in more.shape[2:])} for label, more in zip(labels[1:], layers[1:])]

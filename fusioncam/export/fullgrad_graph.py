@@ -150,7 +150,7 @@ def build_fullgrad(forward: onnx.ModelProto, num_classes: int, input_size: tuple
     wanted = {output: f"{PREFIX}layer_gradient_{i}" for i, (output, _, _) in enumerate(layers)}
     try:
         model = differentiate(model, wrt=INPUT, of=LOGITS, seed="explain/seed", grad_name=f"{PREFIX}input_gradient",
-                              also=wanted)
+                              also=wanted, branches=False)
     except LayerError as exc:
         unreached = [node for output, _, node in layers  # the message lists the names, each followed by , or :
                      if f"{wanted[output]}," in str(exc) or f"{wanted[output]}:" in str(exc)]

@@ -1,11 +1,12 @@
 """One explain graph for several target layers: every layer's activations and gradients of the same target score from
 one forward and one backward pass (pytorch-grad-cam's `target_layers=[model.layer3, model.layer4]`).
 
-The reverse walk (autodiff.differentiate) starts at the logits and stops at the most upstream layer; the gradient of
-every further layer is the total gradient reaching that tensor during the same walk (differentiate's `also`), so the
-backward runs once however many layers are asked for. The first layer keeps the one-layer names (activations,
-gradients); the further ones are activations/1, gradients/1, ... (graph_names.layer_activations). Layers on parallel
-branches (neither feeding the other) would need the walk to reach a common ancestor and are refused.
+The reverse walk (autodiff.differentiate) starts at the logits and stops at every layer no other layer is computed
+from; a layer the walk passes through (layer4 on the way to layer3) gets the total gradient reaching it (differentiate's
+`also`), so the backward runs once however many layers are asked for. Layers on parallel branches (a feature
+pyramid's levels, each read by the head) are each a stopping point of the same walk. The first layer keeps the
+one-layer names (activations, gradients); the further ones are activations/1, gradients/1, ...
+(graph_names.layer_activations).
 """
 
 from __future__ import annotations
@@ -21,34 +22,24 @@ from .graph_surgery import prune_to_outputs
 from .layers import Layer
 
 
-def downstream_tensors(graph: onnx.GraphProto, tensor: str) -> set[str]:
-    """Every tensor computed from `tensor` (itself included), in the graph's topological node order."""
-    reached = {tensor}
-    for node in graph.node:
-        if any(name in reached for name in node.input):
-            reached.update(name for name in node.output if name)
-    return reached
+def distinct_layers(names: list[str]) -> None:
+    """A LayerError when the same target tensor is asked for twice."""
+    if len(set(names)) != len(names):
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        raise LayerError(f"target layers name the same tensor more than once ({', '.join(repeated)}); give each "
+                         f"layer once")
 
 
-def upstream_layer(graph: onnx.GraphProto, tensors: list[str], labels: list[str]) -> int:
-    """The index of the layer every other layer is computed from (the backward's stopping point); a LayerError when
-    the layers lie on separate branches."""
-    for index, tensor in enumerate(tensors):
-        if set(tensors) <= downstream_tensors(graph, tensor):
-            return index
-    raise LayerError(f"target layers {', '.join(repr(label) for label in labels)} lie on separate branches (no one "
-                     f"of them feeds all the others), which one explain pass cannot reach; pick layers along one path "
-                     f"(e.g. layer3 and layer4), or export each layer as its own bundle")
+def several_layer_gradients(count: int) -> dict[int, str]:
+    """The gradient tensor of each of `count` layers in the differentiated graph (the first's is TARGET_GRADIENT)."""
+    return {index: TARGET_GRADIENT if index == 0 else f"{TARGET_GRADIENT}/{index}" for index in range(count)}
 
 
 def build_several_layers_explain(classifier: Classifier, layers: list[Layer]) -> onnx.ModelProto:
     """The explain graph of `layers` (one or more, in the user's order): inputs `input`, `target`; outputs logits,
     activations, gradients, target_used, then activations/i, gradients/i for each further layer i."""
     names = [layer.name for layer in layers]
-    if len(set(names)) != len(names):
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        raise LayerError(f"target layers name the same tensor more than once ({', '.join(repeated)}); give each "
-                         f"layer once")
+    distinct_layers(names)
     model, logits, tensors = standard_names_of(classifier, names)
     if INPUT in tensors:
         raise LayerError("a target layer cannot be the image input itself; pick feature maps")
@@ -57,13 +48,11 @@ def build_several_layers_explain(classifier: Classifier, layers: list[Layer]) ->
     nodes, constants = _target_seed_nodes(logits, classifier.num_classes)
     graph.node.extend(nodes)
     graph.initializer.extend(constants)
-    first = upstream_layer(graph, tensors, names)
-    gradient_of = {index: TARGET_GRADIENT if index == first else f"{TARGET_GRADIENT}/{index}"
-                   for index in range(len(layers))}
+    gradient_of = several_layer_gradients(len(layers))
     from .autodiff import differentiate
 
-    model = differentiate(model, wrt=tensors[first], of=logits, seed="explain/seed", grad_name=TARGET_GRADIENT,
-                          also={tensors[i]: gradient_of[i] for i in range(len(layers)) if i != first})
+    model = differentiate(model, wrt=tensors[0], of=logits, seed="explain/seed", grad_name=TARGET_GRADIENT,
+                          also={tensors[i]: gradient_of[i] for i in range(1, len(layers))})
     outputs = [(logits, LOGITS, TensorProto.FLOAT, [BATCH_DIM, classifier.num_classes])]
     for index, layer in enumerate(layers):
         activations, gradients = target_maps(model, tensors[index], layer, gradient_of[index],

@@ -138,11 +138,25 @@ class _Branches(torch.nn.Module):
         return self.head((self.left(x) + self.right(x)).mean(dim=(2, 3)))
 
 
-def test_layers_on_separate_branches_are_refused(tmp_path):
+def test_layers_on_separate_branches_get_their_gradients_from_one_walk(tmp_path):
+    """Neither layer feeds the other: the walk stops at both (a feature pyramid's levels are such layers)."""
     torch.manual_seed(0)
-    with pytest.raises(LayerError, match="'left', 'right' lie on separate branches"):
-        fusioncam.export_torch(_Branches().eval(), ["left", "right"], tmp_path / "b", input_size=(8, 8))
-    assert not (tmp_path / "b").exists()
+    model = _Branches().eval()
+    both = fusioncam.export_torch(model, ["left", "right"], tmp_path / "b", input_size=(8, 8))
+    assert both.bundle.layer_names == ["left", "right"]
+    x = images(2, 8, seed=3)
+    captured = {}
+    for name in ("left", "right"):
+        getattr(model, name).register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+    logits = model(torch.from_numpy(x))
+    expected = torch.autograd.grad(logits[[0, 1], [2, 0]].sum(), [captured["left"], captured["right"]])
+    session = ort.InferenceSession(str(both.bundle.explain_path), providers=["CPUExecutionProvider"])
+    names = [layer_gradients(0), layer_gradients(1)]
+    got = session.run(names, {INPUT: x, TARGET: np.array([2, 0], np.int64)})
+    for mine, theirs in zip(got, expected):
+        assert float(np.abs(theirs.numpy()).max()) > 1e-3
+        assert max_diff(mine, theirs.numpy()) <= 1e-4
+    assert both.bundle.head_path_of(0) is None and both.bundle.head_path_of(1) is None  # each tail reads the image
     with pytest.raises(LayerError, match="a segmentation bundle explains one layer"):
         fusioncam.export_torch(_Branches().eval(), ["left", "right"], tmp_path / "s", input_size=(8, 8),
                                task="segmentation")
