@@ -59,7 +59,9 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     source: a folder (searched recursively), a glob, a .txt/.csv list of paths, a Parquet table with an image column
     (bytes or paths; for a segmentation bundle, an optional `region` column: dataset/regions.py), one image, or a
     list of these; local paths or URIs pyarrow can open. model: a bundle
-    directory, an .onnx file or 'efficientnet_lite0' (exported once, here, into the cache). workers: Ray actors, each
+    directory, an .onnx file or 'efficientnet_lite0' (exported once, here, into the cache); a bundle with several
+    target layers gives each row the maps Explainer.explain aggregates over them (summary.json's run names every
+    layer in target_layers), and refuses FullGrad and ShapleyCAM before Ray starts. workers: Ray actors, each
     with one Explainer (on `gpus_per_worker` GPUs, or on cores / workers CPU threads); batch_images: images per
     block (explained together, one part file each). address: a Ray cluster ('auto', 'ray://head:10001'); default:
     the running Ray, else a local one. evaluate: also each method's faithfulness metrics, as `fusioncam evaluate`.
@@ -80,10 +82,10 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
     sources = [os.fspath(s) for s in ([source] if isinstance(source, (str, os.PathLike)) else source)]
     plan = plan_inputs(sources, output=out)
     from ..bundle_cache import bundle_for
-    from ..runtime.several_layers import refuse_several_layers
+    from ..runtime.several_layers import check_several_layer_methods
 
     bundle = bundle_for(model, layer, notify=notify)
-    refuse_several_layers(bundle, "explain-dataset")
+    check_several_layer_methods(bundle, methods)  # before Ray starts: what a several-layer bundle cannot run
     manifest = bundle.manifest
     if evaluate:
         checked_step(step, manifest.input_size[0] * manifest.input_size[1])
@@ -160,7 +162,9 @@ def explain_dataset(source: str | os.PathLike | Sequence[str | os.PathLike], mod
                          f"(duplicates), and rows whose worker process died on every attempt are left out; run the "
                          f"same command again to retry those")
         seconds = time.perf_counter() - start
+        # target_layer: the first (as before); target_layers: every one, whose maps the rows' maps aggregate
         run = {"model": manifest.source, "bundle": str(bundle.path), "target_layer": manifest.target_layer,
+               "target_layers": list(bundle.layer_names),
                "device": device, "workers": workers, "gpus_per_worker": gpus_per_worker,
                "threads_per_worker": threads, "batch_images": batch_images, "images_this_run": count,
                "skipped_as_done": len(done), "crashed_workers": unreached,
