@@ -19,6 +19,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..report.explain_folder import check_output_dir, explain_into_folder, file_sources
     from ..run_lock import run_lock
     from ..runtime import Explainer
+    from ..runtime.several_layers import check_several_layer_methods
 
     sources = file_sources(expand_inputs(args.inputs))
     with run_lock(args.out):  # one run at a time into the folder: a second one is refused, naming this one's pid
@@ -27,6 +28,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explainer = Explainer(bundle_for(args.model, args.layer, size, notify=say), device=args.device,
                               batch_size=args.batch, precision=args.precision, max_channels=args.fast,
                               compat=args.compat, int8_rescore=args.int8_rescore)
+        check_several_layer_methods(explainer.bundle, args.methods)  # before any image: FullGrad, ShapleyCAM
         if args.region is not None and not explainer.segmentation:
             raise InputError("--region applies to segmentation bundles only; this model explains image classes")
         from ..report.segmentation import parse_region

@@ -336,14 +336,17 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def write_results_json(summary: RunSummary, explainer, methods: Sequence[str]) -> Path:
-    """results.json: the model, the device, one entry per explained image and the skipped inputs."""
+    """results.json: the model, the device, one entry per explained image and the skipped inputs. The model names
+    its first target layer (target_layer, as ever) and every one (target_layers: a several-layer bundle's maps are
+    aggregated over them, runtime/layer_aggregation.py)."""
     from .. import __version__
 
     manifest = explainer.bundle.manifest
     document = {
         "fusioncam_version": __version__,
         "model": {"source": manifest.source, "target_layer": manifest.target_layer,
-                  "input_size": list(manifest.input_size), "bundle": str(explainer.bundle.path)},
+                  "target_layers": list(explainer.bundle.layer_names), "input_size": list(manifest.input_size),
+                  "bundle": str(explainer.bundle.path)},
         "device": str(explainer.device),
         "precision": explainer.precision,
         "max_channels": explainer.max_channels,  # fast mode's k; null: exact
@@ -412,6 +415,13 @@ def _card(record: ImageRecord, chosen: Sequence[str], shown: str) -> str:
     )
 
 
+def _layers_words(layers: Sequence[str]) -> str:
+    """index.html's words for the target layers: 'layer a', or 'layers a, b (maps aggregated over them)'."""
+    if len(layers) == 1:
+        return f"layer {html.escape(layers[0])}"
+    return f"layers {html.escape(', '.join(layers))} (maps aggregated over them)"
+
+
 def write_index_html(summary: RunSummary, explainer, methods: Sequence[str]) -> Path:
     """index.html: a static gallery of the panels, which show every computed method (inline CSS, relative links)."""
     esc = html.escape
@@ -423,7 +433,7 @@ def write_index_html(summary: RunSummary, explainer, methods: Sequence[str]) -> 
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>fusioncam results</title>'
         f"<style>{_PAGE_CSS}</style></head><body>"
         f"<h1>Fusion-CAM explanations</h1>"
-        f'<p class="meta">model {esc(manifest.source)}, layer {esc(manifest.target_layer)}, '
+        f'<p class="meta">model {esc(manifest.source)}, {_layers_words(explainer.bundle.layer_names)}, '
         f"{manifest.input_size[0]}x{manifest.input_size[1]}, device {esc(str(explainer.device))}; "
         f"{len(summary.records)} explained, {len(summary.failures)} skipped</p>"
         + (f'<p class="bad">Incomplete: the run was interrupted ({esc(summary.interrupted)}); '
