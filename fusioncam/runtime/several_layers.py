@@ -79,12 +79,3 @@ def layer_comparisons(explain_classes: Callable | None, index: int) -> Callable 
     if explain_classes is None or index == 0:
         return explain_classes
     return lambda images, classes: layer_view(explain_classes(images, classes), index)
-
-
-def refuse_several_layers(bundle: Bundle, surface: str) -> None:
-    """An InputError when a surface that explains one target layer per bundle (`surface`, e.g. "fusioncam serve") is
-    given a several-layer bundle: its answers and files describe one layer, and none of it is tested with more."""
-    if layer_count(bundle) > 1:
-        raise InputError(f"{surface} takes bundles with one target layer; {bundle.path} has "
-                         f"{layer_count(bundle)} ({', '.join(bundle.layer_names)}): export one layer for it, or use "
-                         f"fusioncam.Explainer or fusioncam.pytorch_grad_cam for several layers")

@@ -119,10 +119,6 @@ def test_what_takes_one_layer_refuses_several(bundles, tmp_path):
     with Explainer(both, device="cpu") as explainer:
         with pytest.raises(InputError, match="shapleycam cannot run.*several target layers.*features.2, features.1"):
             explainer.explain(images(1, 32), methods=("gradcam", "shapleycam"))
-    from fusioncam.runtime.several_layers import refuse_several_layers
-
-    with pytest.raises(InputError, match="fusioncam serve takes bundles with one target layer"):
-        refuse_several_layers(both.bundle, "fusioncam serve")
 
 
 class _Branches(torch.nn.Module):
