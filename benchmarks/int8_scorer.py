@@ -6,7 +6,8 @@ weights at `layer4`, no ImageNet weights being installed), on the sample photos 
 only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image): the scorer's
 throughput in float32 and INT8 at the explainer's batch, then Fusion-CAM with the float32 explainer and one INT8
 explainer per `--rescore M` (`Explainer(precision="int8", int8_rescore=M)`: the sweep's M top channels per image
-rescored in float32): seconds per image (each image explained by every explainer in turn, after a warm-up of each),
+rescored in float32): seconds per image (each image explained by every explainer in turn, the first rotating from
+image to image, after a warm-up of each),
 the Pearson correlation of each INT8 map with the exact float32 map, and the faithfulness metrics of
 `fusioncam evaluate` (deletion/insertion AUC, average drop, increase in confidence) of every set of maps, all scored
 by the float32 scorer, with their differences. `--layer MODEL=LAYER` explains MODEL at another module path (e.g.
@@ -107,7 +108,10 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
     forwards: dict[str, list[int]] = {label: [] for label in explainers}
     classes, loads = [], [os.getloadavg()[0]]  # the machine is shared: how busy it was before and after each image
     for i in range(len(images)):
-        for label, explainer in explainers.items():  # each image by every explainer in turn
+        labels = list(explainers)
+        order = labels[i % len(labels):] + labels[: i % len(labels)]  # who goes first rotates: no variant always
+        for label in order:                                              # runs right after another (the load drifts)
+            explainer = explainers[label]
             start = time.perf_counter()
             explanation = explainer.explain(images[i : i + 1])
             seconds[label].append(time.perf_counter() - start)
