@@ -99,9 +99,9 @@ def check_manifest_facts(path: Path, manifest: Manifest) -> None:
     segmentation = interface is not None  # a task whose scorer returns one score per row
     explain_names = interface[EXPLAIN_GRAPH] if segmentation else (EXPLAIN_INPUTS, EXPLAIN_OUTPUTS)
     extra_layers = getattr(manifest, "extra_layers", None) or []
-    if extra_layers and segmentation:
+    if extra_layers and getattr(manifest, "task", None) == "segmentation":
         raise BundleError(f"bundle {path}: manifest field 'extra_layers' lists several target layers, which only "
-                          f"classifier bundles carry; re-export the bundle")
+                          f"classifier and detection bundles carry; re-export the bundle")
     extra_names = tuple(name(i) for i in range(1, 1 + len(extra_layers)) for name in (layer_activations, layer_gradients))
     _check_names(path, explain, EXPLAIN_GRAPH, explain_names[0], explain_names[1] + extra_names)
     _check_image_input(path, explain, EXPLAIN_GRAPH, manifest)

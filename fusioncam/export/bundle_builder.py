@@ -140,13 +140,8 @@ def write_classifier_bundle(
     Several layers (a list of Layers, and a list of labels): one explain graph with every layer's activations and
     gradients from one backward pass (several_layers_graph.py), the manifest's extra_layers, and a head graph per
     layer (head.onnx, head_1.onnx, ...: each layer's activations -> logits) where the layer has one."""
-    layers = [layer] if isinstance(layer, Layer) else list(layer)
-    labels = [target_label] if isinstance(target_label, str) else list(target_label)
-    if len(labels) != len(layers):
-        raise ModelLoadError(f"{source}: {len(labels)} target labels for {len(layers)} target layers")
+    layers, labels, extra = layer_entries(layer, target_label, source)
     layer = layers[0]
-    extra = [{"target_layer": label, "target_tensor": more.name, "channels": int(more.shape[1]),
-              "feature_size": tuple(int(v) for v in more.shape[2:])} for label, more in zip(labels[1:], layers[1:])]
     manifest = bundle_manifest(classifier, layer, target_label=labels[0], source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
                                **({"extra_layers": extra} if extra else {}))
@@ -168,6 +163,19 @@ def write_classifier_bundle(
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
                         layers=tuple(layers) if extra else ())
+
+
+def layer_entries(layer: Layer | list[Layer], target_label: str | list[str],
+                  source: str) -> tuple[list[Layer], list[str], list[dict]]:
+    """(layers, labels, the manifest's extra_layers entries of the layers after the first) from one layer and its
+    label or lists of both."""
+    layers = [layer] if isinstance(layer, Layer) else list(layer)
+    labels = [target_label] if isinstance(target_label, str) else list(target_label)
+    if len(labels) != len(layers):
+        raise ModelLoadError(f"{source}: {len(labels)} target labels for {len(layers)} target layers")
+    extra = [{"target_layer": label, "target_tensor": more.name, "channels": int(more.shape[1]),
+              "feature_size": tuple(int(v) for v in more.shape[2:])} for label, more in zip(labels[1:], layers[1:])]
+    return layers, labels, extra
 
 
 def precision_note(source_precision: dict | None) -> str:

@@ -19,11 +19,12 @@ from .. import arguments
 from ..bundle import Bundle, check_bundle_destination
 from ..errors import ModelLoadError
 from ..graph_names import ANCHOR, DETECTION_SCORES, INPUT, INSTANCE_IMAGE, REFERENCE_BOX, SCORE, TARGET
-from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, run_explain_once,
-                             write_checked_graphs)
+from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, bundle_manifest, layer_entries,
+                             run_explain_once, write_checked_graphs)
 from .detection_graph import (LAYOUTS, Detector, auto_detection_target, build_detection_explain, build_detection_scorer,
                               checked_layout, metadata_note, prepare_detector)
-from .layers import resolve_target
+from .feature_levels import target_list
+from .layers import Layer, resolve_target
 from .onnx_loading import load_onnx
 
 DETECTION = "detection"
@@ -91,33 +92,38 @@ ONNX_PICKING_RULE = ("the last 4-D feature map with spatial size > 1 whose chann
                      "prediction's or its parts' (1, 2, 4, C, C + 1, C + 4, C + 5)")
 
 
-def write_detection_bundle(detector: Detector, layer, out, *, target_label: str, source: str, source_sha256: str,
-                           mean, std, class_names, picked_automatically: bool, fp16_scorer: bool,
-                           picking_rule: str = ONNX_PICKING_RULE,
+def write_detection_bundle(detector: Detector, layer: Layer | list[Layer], out, *, target_label: str | list[str],
+                           source: str, source_sha256: str, mean, std, class_names, picked_automatically: bool,
+                           fp16_scorer: bool, picking_rule: str = ONNX_PICKING_RULE,
                            nms_iou_threshold: float | None = None) -> ExportResult:
     """Build, check and write the detection bundle atomically. The manifest's output_size is (A, C): the anchors
     and classes of the per-anchor class scores; nms_iou_threshold is the model's own NMS IoU threshold (None: the
-    model does not say), which the default instance selection uses."""
-    manifest = bundle_manifest(detector, layer, target_label=target_label, source=source,
+    model does not say), which the default instance selection uses. Several layers (lists of layers and labels, e.g.
+    a feature pyramid's levels): one explain graph for all, the further ones in the manifest's extra_layers."""
+    layers, labels, extra = layer_entries(layer, target_label, source)
+    manifest = bundle_manifest(detector, layers[0], target_label=labels[0], source=source,
                                source_sha256=source_sha256, mean=mean, std=std, class_names=class_names,
-                               task=DETECTION, output_size=(detector.num_anchors, detector.num_classes))
+                               task=DETECTION, output_size=(detector.num_anchors, detector.num_classes),
+                               **({"extra_layers": extra} if extra else {}))
     manifest.nms_iou_threshold = None if nms_iou_threshold is None else float(nms_iou_threshold)
-    write_checked_graphs(out, manifest, detector, layer, fp16_scorer, source, detector,
+    write_checked_graphs(out, manifest, detector, layers if extra else layers[0], fp16_scorer, source, detector,
                          builders=(build_detection_scorer, build_detection_explain),
                          checks=(_check_scorer, _check_fp16_scorer, _check_explain))
     notes = (f"detection layout {detector.layout}: {detector.num_anchors} anchors, {detector.num_classes} classes, "
              f"cut before NMS", metadata_note(detector), detector.output_note,
              "" if nms_iou_threshold is None else f"default instances: NMS at the model's own IoU threshold "
-                                                  f"{float(nms_iou_threshold):g}")
-    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layer,
+                                                  f"{float(nms_iou_threshold):g}",
+             f"{len(layers)} target layers, one map per method from their maps (the mean of each layer's map "
+             f"scaled to [0, 1], scaled to [0, 1])" if extra else "")
+    return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layers[0],
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
-                        picking_rule=picking_rule)
+                        picking_rule=picking_rule, layers=tuple(layers) if extra else ())
 
 
 def export_onnx_detection(
     model_path: str | os.PathLike,
     out: str | os.PathLike,
-    target_layer: str | None = None,
+    target_layer: str | list[str] | None = None,
     *,
     layout: str = "yolov8",
     input_size: tuple[int, int] | None = None,
@@ -131,19 +137,22 @@ def export_onnx_detection(
     output in `layout` ("yolov8" [N, 4+C, A] or "yolov5" [N, A, 5+C], boxes cx, cy, w, h in input pixels).
 
     mean/std default to 0 and 1 (RGB / 255, as YOLO models take it); class names and input size default to the
-    file's Ultralytics metadata where it has them. `target_layer` is a tensor name; None picks the last feature map
-    that is not a per-level prediction (see describe())."""
+    file's Ultralytics metadata where it has them. `target_layer` is a tensor name, or several (a list: e.g. the
+    neck's output levels, one bundle whose maps are combined); None picks the last feature map that is not a
+    per-level prediction (see describe())."""
     arguments.path("model_path", model_path)
-    arguments.text("target_layer", target_layer, allow_none=True)
+    targets = target_list(target_layer)
     layout = checked_layout(layout)
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     source = load_onnx(model_path)
     detector = prepare_detector(source.model, source.origin, layout, input_size, output)
     if class_names is None and detector.metadata and isinstance(detector.metadata.get("names"), list):
         class_names = list(detector.metadata["names"])
-    layer = resolve_target(detector, target_layer) if target_layer is not None else auto_detection_target(detector)
+    layers = ([resolve_target(detector, name) for name in targets] if targets is not None
+              else [auto_detection_target(detector)])
     return write_detection_bundle(
-        detector, layer, out, target_label=layer.name, source=str(model_path), source_sha256=source.sha256,
+        detector, layers, out, target_label=[layer.name for layer in layers], source=str(model_path),
+        source_sha256=source.sha256,
         mean=YOLO_MEAN if mean is None else mean, std=YOLO_STD if std is None else std, class_names=class_names,
         picked_automatically=target_layer is None, fp16_scorer=fp16_scorer)
 

@@ -21,6 +21,7 @@ graph. Then:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,12 +31,13 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import InputError, LayerError, ModelLoadError
 from ..graph_names import (ACTIVATIONS, ANCHOR, ANCHOR_USED, DETECTION_BOXES, DETECTION_SCORES, GRADIENTS, INPUT,
                            INSTANCE_BOX, INSTANCE_IMAGE, INSTANCE_IMAGE_USED, LOGITS, REFERENCE_BOX,
-                           REFERENCE_BOX_USED, SCORE, TARGET, TARGET_USED)
+                           REFERENCE_BOX_USED, SCORE, TARGET, TARGET_USED, layer_activations, layer_gradients)
 from .classifier_graph import BATCH_DIM, Classifier, prepare_scores_graph, tensor_shapes
-from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, target_maps
+from .explain_graph import TARGET_GRADIENT, _set_outputs, _standard_names, standard_names_of, target_maps
 from .graph_surgery import prune_to_outputs
 from .layers import Layer, candidate_layers
 from .onnx_loading import model_opset
+from .several_layers_graph import distinct_layers, several_layer_gradients
 from .target_layout import NCHW
 
 LAYOUTS = ("yolov8", "yolov5")
@@ -192,12 +194,15 @@ def _at_anchor(nodes: _Nodes, values: str, anchor_onehot: str, name: str) -> str
     return nodes.reduce("ReduceSum", nodes.add("Mul", [values, anchor_onehot], f"{name}_only"), [1], name)
 
 
-def build_detection_explain(detector: Detector, layer: Layer) -> onnx.ModelProto:
+def build_detection_explain(detector: Detector, layer: Layer | Sequence[Layer]) -> onnx.ModelProto:
     """Inputs input, anchor [N], target [N] (class), reference_box [N, 4], instance_image [N]; outputs the
     instance's class scores (logits [N, C]), activations, gradients of s[anchor, class], the instance's facts and
-    every anchor's boxes and scores."""
-    model, raw, target = _standard_names(detector, layer.name, DETECTION_RESERVED)
-    if target == INPUT:
+    every anchor's boxes and scores. Several layers (a feature pyramid's levels): each further layer's activations/i,
+    gradients/i from the same backward pass (several_layers_graph.py)."""
+    layers = [layer] if isinstance(layer, Layer) else list(layer)
+    distinct_layers([one.name for one in layers])
+    model, raw, targets = standard_names_of(detector, [one.name for one in layers], DETECTION_RESERVED)
+    if INPUT in targets:
         raise LayerError("the target layer cannot be the image input itself; pick a feature map")
     graph = model.graph
     graph.input.extend([helper.make_tensor_value_info(ANCHOR, TensorProto.INT64, [BATCH_DIM]),
@@ -214,14 +219,20 @@ def build_detection_explain(detector: Detector, layer: Layer) -> onnx.ModelProto
     instance_box = _at_anchor(nodes, boxes, anchor_onehot, "instance_box")
     from .autodiff import differentiate
 
-    model = differentiate(model, wrt=target, of=scores, seed=seed, grad_name=TARGET_GRADIENT)
-    activations, gradients = target_maps(model, target, layer)
-    k, h, w = layer.shape[1:]
+    gradient_of = several_layer_gradients(len(layers))
+    model = differentiate(model, wrt=targets[0], of=scores, seed=seed, grad_name=TARGET_GRADIENT,
+                          also={targets[i]: gradient_of[i] for i in range(1, len(layers))})
     float_, int64 = TensorProto.FLOAT, TensorProto.INT64
+    maps = []
+    for index, one in enumerate(layers):
+        activations, gradients = target_maps(model, targets[index], one, gradient_of[index],
+                                             suffix="" if index == 0 else f"/{index}")
+        k, h, w = one.shape[1:]
+        maps.append([(activations, layer_activations(index), float_, [BATCH_DIM, k, h, w]),
+                     (gradients, layer_gradients(index), float_, [BATCH_DIM, k, h, w])])
     outputs = [
         (instance_scores, LOGITS, float_, [BATCH_DIM, classes]),
-        (activations, ACTIVATIONS, float_, [BATCH_DIM, k, h, w]),
-        (gradients, GRADIENTS, float_, [BATCH_DIM, k, h, w]),
+        *maps[0],
         (TARGET, TARGET_USED, int64, [BATCH_DIM]),
         (ANCHOR, ANCHOR_USED, int64, [BATCH_DIM]),
         (instance_box, INSTANCE_BOX, float_, [BATCH_DIM, 4]),
@@ -229,6 +240,7 @@ def build_detection_explain(detector: Detector, layer: Layer) -> onnx.ModelProto
         (INSTANCE_IMAGE, INSTANCE_IMAGE_USED, int64, [BATCH_DIM]),
         (boxes, DETECTION_BOXES, float_, [BATCH_DIM, anchors, 4]),
         (scores, DETECTION_SCORES, float_, [BATCH_DIM, anchors, classes]),
+        *(output for more in maps[1:] for output in more),
     ]
     _set_outputs(model, outputs)
     prune_to_outputs(model, [name for _, name, _, _ in outputs])

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import os
 
-from .. import arguments
 from ..bundle import check_bundle_destination
 from ..errors import LayerError, ModelLoadError
 from .detection_export import write_detection_bundle
 from .detection_graph import checked_layout, prepare_detector
+from .feature_levels import LevelsWrapper, level_selectors, target_list, with_skipped_levels
 from .layers import resolve_target
 
 TORCHVISION_DENSE = ("RetinaNet", "FCOS", "SSD")
@@ -84,16 +84,17 @@ def TorchvisionDenseOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (
     return Outputs()
 
 
-def export_torch_detection(model, target_layer: str | None, out: str | os.PathLike,
+def export_torch_detection(model, target_layer: str | list[str] | None, out: str | os.PathLike,
                            input_size: tuple[int, int] = (320, 320), *, layout: str | None = None, mean=None, std=None,
                            class_names: list[str] | None = None, fp16_scorer: bool = False):
     """A detection bundle from a torch.nn.Module: a torchvision RetinaNet/FCOS/SSD (layout None), or a module whose
-    output is the raw head output in `layout`. `target_layer` is a module path of `model` (torchvision default:
-    the backbone's last body stage, `backbone.body.layer4` or the last `backbone.features` block); mean/std
-    default to the torchvision model's own, else 0 and 1."""
+    output is the raw head output in `layout`. `target_layer` is a module path of `model`, a feature pyramid
+    whose every level is a target (e.g. "backbone.fpn"), one level ("backbone.fpn['p6']"), or a list of them
+    (feature_levels.py); torchvision default: the FPN's levels (RetinaNet, FCOS), SSD's last `backbone.features`
+    block. mean/std default to the torchvision model's own, else 0 and 1."""
     import torch
 
-    from .torch_export import FEATURES_OUTPUT, _inference_copy, export_features_wrapper, features_wrapper, state_sha256
+    from .torch_export import _inference_copy, export_features_wrapper, features_output, state_sha256
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch_detection needs a torch.nn.Module, got {type(model).__name__}")
@@ -107,7 +108,7 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
     if is_faster_rcnn(model) and layout is None:  # torchvision Faster R-CNN (two-stage: proposals held fixed)
         return export_torch_faster_rcnn(model, target_layer, out, input_size, mean=mean, std=std,
                                         class_names=class_names, fp16_scorer=fp16_scorer)
-    arguments.text("target_layer", target_layer, allow_none=True)
+    targets = target_list(target_layer)
     check_bundle_destination(out)
     kind = torchvision_kind(model)
     if kind is None and layout is None:
@@ -122,14 +123,15 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
         transform = copy.transform
         mean = tuple(transform.image_mean) if mean is None else mean
         std = tuple(transform.image_std) if std is None else std
-    picked = target_layer is None
+    picked = targets is None
     if picked:
-        target_layer = _default_torchvision_target(copy) if kind is not None else None
-        if target_layer is None:
+        default = _default_torchvision_target(copy) if kind is not None else None
+        if default is None:
             raise LayerError("give target_layer (a module path; see fusioncam.list_layers(model))")
+        targets = [default]
     source = f"{type(model).__name__} (PyTorch)"
     net = TorchvisionDenseOutputs(copy, tuple(input_size)) if kind is not None else copy
-    path = f"model.{target_layer}" if kind is not None else target_layer
+    prefix = "model." if kind is not None else ""
 
     def raw_output(output):
         if not isinstance(output, torch.Tensor) or output.dim() != 3:
@@ -137,29 +139,33 @@ def export_torch_detection(model, target_layer: str | None, out: str | os.PathLi
                                  f"{layout!r} must return its raw head output as one tensor [N, ., .]")
         return output
 
-    def features(feats, _scores):
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
-            raise LayerError(f"target layer '{target_layer}' does not output a 4-D feature map [N, K, h, w]")
-        return feats
-
-    wrapper = features_wrapper(net, path, raw_output, features)
     example = torch.zeros(2, 3, *input_size)
+    selectors, skipped = level_selectors(net, prefix, targets, example)
+    wrapper = LevelsWrapper(net, prefix, selectors, raw_output)
     with torch.no_grad():
         wrapper(example)
-    exported = export_features_wrapper(wrapper, example, "detector")
+    exported = export_features_wrapper(wrapper, example, "detector", features=len(selectors))
     detector = prepare_detector(exported, source, layout, tuple(input_size))
-    layer = resolve_target(detector, FEATURES_OUTPUT)
-    return write_detection_bundle(
-        detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
-        mean=(0.0, 0.0, 0.0) if mean is None else mean, std=(1.0, 1.0, 1.0) if std is None else std,
-        class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
-        picking_rule="the backbone's last body stage (backbone.body.layer4), or its last backbone.features block",
+    layers = [resolve_target(detector, features_output(index)) for index in range(len(selectors))]
+    result = write_detection_bundle(
+        detector, layers, out, target_label=[selector.label for selector in selectors], source=source,
+        source_sha256=state_sha256(model), mean=(0.0, 0.0, 0.0) if mean is None else mean,
+        std=(1.0, 1.0, 1.0) if std is None else std, class_names=class_names, picked_automatically=picked,
+        fp16_scorer=fp16_scorer, picking_rule=TORCHVISION_PICKING_RULE,
         nms_iou_threshold=float(copy.nms_thresh) if kind is not None else None)  # RetinaNet/FCOS/SSD's own
+    return with_skipped_levels(result, skipped)
+
+
+TORCHVISION_PICKING_RULE = ("the feature pyramid's levels (backbone.fpn: every level the head reads, each level's "
+                            "map made and the maps combined), or, without one, the last backbone.features block")
 
 
 def _default_torchvision_target(model) -> str | None:
-    """The backbone's last body stage (ResNet FPN backbones: backbone.body.layer4), or its last features block."""
+    """The feature pyramid (RetinaNet, FCOS: backbone.fpn, every level), else the last backbone.features block
+    (SSD)."""
     modules = dict(model.named_modules())
+    if "backbone.fpn" in modules:
+        return "backbone.fpn"
     for path in ("backbone.body.layer4", "backbone.body.layer3"):
         if path in modules:
             return path

@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import os
 
-from .. import arguments
 from ..bundle import check_bundle_destination
 from ..errors import LayerError, ModelLoadError
 
 HELD_FIXED_SCOPE = "held_fixed"
 GROUP_COLUMNS = 64  # NMS groups (image, level) laid out 64 to a row of the offset grid
-PICKING_RULE = "the backbone's last body stage (backbone.body.layer4, or the last block of backbone.body)"
+PICKING_RULE = ("the feature pyramid's levels the RoI head pools (backbone.fpn; each level's map made and the maps "
+                "combined), or without one the backbone's last body stage")
 
 
 def is_faster_rcnn(model) -> bool:
@@ -202,8 +202,10 @@ def mark_held_fixed(model) -> int:
 
 
 def default_target(model) -> str:
-    """The backbone's last body stage: backbone.body.layer4 (ResNet), else the last child of backbone.body."""
+    """The feature pyramid (backbone.fpn: the levels the RoI head pools), else the backbone's last body stage."""
     modules = dict(model.named_modules())
+    if "backbone.fpn" in modules:
+        return "backbone.fpn"
     if "backbone.body.layer4" in modules:
         return "backbone.body.layer4"
     children = [name for name, _ in model.backbone.body.named_children()]
@@ -212,59 +214,67 @@ def default_target(model) -> str:
     return f"backbone.body.{children[-1]}"
 
 
-def export_torch_faster_rcnn(model, target_layer: str | None, out: str | os.PathLike,
+def export_torch_faster_rcnn(model, target_layer: str | list[str] | None, out: str | os.PathLike,
                              input_size: tuple[int, int] = (320, 320), *, mean=None, std=None,
                              class_names: list[str] | None = None, fp16_scorer: bool = False):
     """A detection bundle from a torchvision FasterRCNN (see the module docstring): one instance per proposal slot,
     scored by the RoI head's softmax for its proposal box. `target_layer` is a module path of `model` before the RoI
-    head (default: the backbone's last body stage); mean/std default to the model's own image_mean/image_std."""
+    head, the feature pyramid (its levels the RoI head pools: "backbone.fpn", the default), one level
+    ("backbone.fpn['0']") or a list of them; mean/std default to the model's own image_mean/image_std."""
     import torch
 
     from .detection_export import write_detection_bundle
     from .detection_graph import prepare_detector
+    from .feature_levels import LevelsWrapper, level_selectors, target_list, with_skipped_levels
     from .layers import resolve_target
-    from .torch_export import FEATURES_OUTPUT, _export_torchscript, _inference_copy, features_wrapper, state_sha256
+    from .torch_export import _export_torchscript, _inference_copy, features_output, state_sha256
 
     if not is_faster_rcnn(model):
         raise ModelLoadError(f"{type(model).__name__} is not a torchvision FasterRCNN")
-    arguments.text("target_layer", target_layer, allow_none=True)
+    targets = target_list(target_layer)
     check_bundle_destination(out)
     copy = _inference_copy(model)
     mean = tuple(copy.transform.image_mean) if mean is None else mean
     std = tuple(copy.transform.image_std) if std is None else std
-    picked = target_layer is None
-    target_layer = default_target(copy) if picked else target_layer
-    if target_layer.startswith(("rpn", "roi_heads", "transform")):
-        raise LayerError(f"target layer '{target_layer}' is not a feature map of the backbone: the RoI head's inputs "
-                         f"are pooled per box; give a module under 'backbone'")
+    picked = targets is None
+    targets = [default_target(copy)] if picked else targets
+    for target in targets:
+        if target.startswith(("rpn", "roi_heads", "transform")):
+            raise LayerError(f"target layer '{target}' is not a feature map of the backbone: the RoI head's inputs "
+                             f"are pooled per box; give a module under 'backbone'")
     source = f"{type(model).__name__} (PyTorch)"
     net = FasterRCNNOutputs(copy, tuple(input_size))
-
-    def features(feats, _scores):
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 4:
-            raise LayerError(f"target layer '{target_layer}' does not output a 4-D feature map [N, K, h, w]")
-        return feats
-
-    wrapper = features_wrapper(net, f"model.{target_layer}", lambda output: output, features)
+    pooled = [str(name) for name in getattr(copy.roi_heads.box_roi_pool, "featmap_names", ())]
     example = torch.zeros(2, 3, *input_size)
+    selectors, skipped = level_selectors(net, "model.", targets, example,
+                                         keep=lambda _path, key: not pooled or str(key) in pooled)
+    unpooled = [selector.label for selector in selectors
+                if isinstance(selector.key, str) and pooled and selector.key not in pooled]
+    if unpooled:
+        raise LayerError(f"target layer {', '.join(unpooled)}: the RoI head pools only the levels its "
+                         f"roi_heads.box_roi_pool.featmap_names names ({', '.join(repr(name) for name in pooled)}); "
+                         f"the others feed the RPN, whose proposals are held fixed, so no gradient reaches them")
+    wrapper = LevelsWrapper(net, "model.", selectors, lambda output: output)
     with torch.no_grad():
         wrapper(example)
     try:
-        exported = _export_torchscript(wrapper, example)
+        exported = _export_torchscript(wrapper, example, features=len(selectors))
     except Exception as error:  # noqa: BLE001 - the exporter's own message, on one line
         raise ModelLoadError(f"PyTorch could not export {source} to ONNX: {str(error).splitlines()[0]}") from None
-    kept = [output for output in exported.graph.output if output.name != FEATURES_OUTPUT]
+    inner = {features_output(index) for index in range(len(selectors))}
+    kept = [output for output in exported.graph.output if output.name not in inner]
     del exported.graph.output[:]
     exported.graph.output.extend(kept)
     if mark_held_fixed(exported) != 2:
         raise ModelLoadError(f"{source}: the exported graph does not hold the proposal and output boxes fixed "
                              f"(expected 2 {HELD_FIXED_SCOPE} nodes); this torch version's exporter is not supported")
     detector = prepare_detector(exported, source, "yolov8", tuple(input_size))
-    layer = resolve_target(detector, FEATURES_OUTPUT)
-    return write_detection_bundle(
-        detector, layer, out, target_label=target_layer, source=source, source_sha256=state_sha256(model),
-        mean=mean, std=std, class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer,
-        picking_rule=PICKING_RULE, nms_iou_threshold=float(copy.roi_heads.nms_thresh))
+    layers = [resolve_target(detector, features_output(index)) for index in range(len(selectors))]
+    result = write_detection_bundle(
+        detector, layers, out, target_label=[selector.label for selector in selectors], source=source,
+        source_sha256=state_sha256(model), mean=mean, std=std, class_names=class_names, picked_automatically=picked,
+        fp16_scorer=fp16_scorer, picking_rule=PICKING_RULE, nms_iou_threshold=float(copy.roi_heads.nms_thresh))
+    return with_skipped_levels(result, skipped)
 
 
 __all__ = ["FasterRCNNOutputs", "export_torch_faster_rcnn", "is_faster_rcnn", "mark_held_fixed"]

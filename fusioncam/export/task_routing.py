@@ -74,7 +74,7 @@ def export_torch(model, target_layer: str | list[str] | None, out: str | os.Path
 
     task = checked_task(task)
     layout = _detection_layout(task, options)
-    if task in ("detection", "segmentation"):
+    if task == "segmentation":
         target_layer = one_target_layer(target_layer, task)
     if task == "detection":
         from .detection_torch import export_torch_detection
@@ -102,7 +102,8 @@ def one_target_layer(target_layer, task: str):
     if isinstance(target_layer, (list, tuple)):
         if len(target_layer) != 1:
             raise LayerError(f"several target layers ({', '.join(map(str, target_layer))}) in one bundle are for "
-                             f"classifiers; a {task} bundle explains one layer: export one bundle per layer")
+                             f"classifiers and detectors; a {task} bundle explains one layer: export one bundle per "
+                             f"layer")
         return target_layer[0]
     return target_layer
 
@@ -118,7 +119,6 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, target_la
     arguments.path("model_path", model_path)
     layout = _detection_layout(task, options)
     if task == "detection":
-        target_layer = one_target_layer(target_layer, task)
         from .detection_export import export_onnx_detection
 
         _refuse_classifier_options({name: value for name, value in options.items() if name != "output"})

@@ -14,6 +14,7 @@ import fusioncam
 from fusioncam.errors import InputError
 from fusioncam.export.detection_torch import export_torch_detection
 from tests.support.detection_models import CLASSES, TARGET_TENSOR, TinyYolo, export_tiny_yolo
+from tests.support.detection_models import SIZE as YOLO_SIZE
 
 SIZE = (128, 128)
 
@@ -150,3 +151,39 @@ def test_automatic_target_is_the_last_map_that_is_not_a_prediction(tmp_path) -> 
     result = fusioncam.export_onnx(tmp_path / "yolo.onnx", tmp_path / "b", task="detection", layout="yolov8")
     assert result.layer.name == "/p4/p4.1/Relu_output_0" and result.layer.shape[1] == 24
     assert "picked automatically: the last 4-D feature map with spatial size > 1 whose channel" in result.describe()
+
+
+def test_cli_export_takes_a_necks_levels_as_several_layers(tmp_path) -> None:
+    """`--layer` twice on an ONNX detector: the two levels the heads read (stride 8 and 16) in one bundle, each
+    level's gradient of an instance's score equal to torch autograd's (an anchor of the stride-8 level reads p3
+    directly and p4 not at all; one of the stride-16 level reads p4 and, through it, p3)."""
+    from fusioncam.cli.main import main
+    from fusioncam.bundle import load_bundle
+    from fusioncam.graph_names import layer_gradients
+
+    model = TinyYolo().eval()
+    export_tiny_yolo(model, tmp_path / "yolo.onnx")
+    levels = ["/p3/p3.1/Relu_output_0", "/p4/p4.1/Relu_output_0"]
+    assert main(["export", str(tmp_path / "yolo.onnx"), "--task", "detection", "--layout", "yolov8", "--layer",
+                 levels[0], "--layer", levels[1], "--out", str(tmp_path / "levels")]) == 0
+    bundle = load_bundle(tmp_path / "levels")
+    assert bundle.layer_names == levels and bundle.layer_feature_sizes == [(8, 8), (4, 4)]
+    images = np.random.default_rng(1).random((2, 3, *YOLO_SIZE)).astype(np.float32)
+    rows = [(0, 10, 1), (1, 70, 2)]  # (image, anchor, class): anchors 0-63 on the stride-8 level, 64-79 stride 16
+    session = ort.InferenceSession(str(bundle.explain_path), providers=["CPUExecutionProvider"])
+    got = session.run([layer_gradients(0), layer_gradients(1)], {
+        "input": images[[r[0] for r in rows]], "anchor": np.array([r[1] for r in rows], np.int64),
+        "target": np.array([r[2] for r in rows], np.int64),
+        "reference_box": np.array([[0, 0, *YOLO_SIZE]] * 2, np.float32), "instance_image": np.arange(2)})
+    for row, (image, anchor, cls) in enumerate(rows):
+        p3 = model.p3(model.trunk(torch.from_numpy(images[image : image + 1])))
+        p4 = model.p4(p3)
+        raw = torch.cat([model._level(model.head3(p3), 8), model._level(model.head4(p4), 16)], 2)
+        wanted = torch.autograd.grad(raw[0, 4 + cls, anchor], [p3, p4])
+        for level, want in enumerate(wanted):
+            want = want[0].numpy()
+            if row == 0 and level == 1:
+                assert float(np.abs(got[level][row]).max()) == 0.0 and float(np.abs(want).max()) == 0.0
+                continue
+            scale = float(np.abs(want).max())
+            assert scale > 0 and float(np.abs(got[level][row] - want).max()) <= 1e-4 * scale, (row, level)
