@@ -13,8 +13,8 @@ Two kinds of module:
 - any other module must return the raw output itself in `layout` ("yolov8" or "yolov5", detection_graph.py).
 
 The module goes through the legacy TorchScript exporter (dynamo=False: the dynamo exporter fails on these models'
-NMS; here NMS is not even traced), with the target module's output kept as a tensor, then the ONNX rule
-(detection_export.py) builds the graphs.
+NMS; here NMS is not even traced), with each target map kept as a tensor (a feature pyramid named as the target is
+one map per level, feature_levels.py), then the ONNX rule (detection_export.py) builds the graphs.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from fusioncam.tasks.detection import InstanceSelection, model_iou_threshold, nm
 from tests.serve.server_process import running_server  # noqa: E402
 from tests.support.faster_rcnn_models import SIZE, exported_bundle, faster_rcnn, normalised  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a two-stage export (shared with tests/export/test_faster_rcnn.py) and a server
+pytestmark = pytest.mark.slow  # a two-stage export (shared with tests/dataset/test_faster_rcnn_dataset.py) and a server
 METHODS = ("gradcam", "fusion")
 TOLERANCE = 1e-5
 SELECTION = InstanceSelection(min_score=0.0, max_instances=1)
@@ -33,7 +33,9 @@ SELECTION = InstanceSelection(min_score=0.0, max_instances=1)
 
 @pytest.fixture(scope="module")
 def bundle():
-    return exported_bundle()
+    """The default target: the two FPN levels the RoI head pools (a several-layer bundle; answers hold the maps
+    combined over the levels, as Explainer.explain's)."""
+    return exported_bundle(None)
 
 
 @pytest.fixture(scope="module")

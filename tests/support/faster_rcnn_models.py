@@ -74,8 +74,9 @@ def box_head_scores(model, image: torch.Tensor, boxes: torch.Tensor) -> tuple[to
 
 
 @functools.lru_cache(maxsize=None)
-def exported_bundle(target: str = FPN_TARGET) -> Path:
-    """The detection bundle of faster_rcnn() at `target`, exported once per test process (the export takes about
+def exported_bundle(target: str | None = FPN_TARGET) -> Path:
+    """The detection bundle of faster_rcnn() at `target` (None: the default, the FPN levels the RoI head pools),
+    exported once per test process (the export takes about
     half a minute) into a temporary folder removed at exit; tests read it and never change it."""
     import fusioncam
 
