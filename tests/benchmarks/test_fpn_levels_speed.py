@@ -46,7 +46,8 @@ def test_markdown_gives_ratios_of_the_runs_numbers_and_each_levels_maximum() -> 
                                                                        row("fusion (fast 2)", 1, 9.0, 4)]),
                           "layer4": bundle(["backbone.body.layer4"], [16], 20.0, [row("gradcam", 1, 2.0, 0),
                                                                                    row("fusion (fast 2)", 1, 3.0, 2)])},
-              "level_contributions": [{"anchor": a, "level": labels[r], "gradcam_level_max": level_maxima(maps, "gradcam", r)}
+              "level_contributions": [{"anchor": a, "level": labels[r],
+                                       "gradcam_level_max": level_maxima(maps, "gradcam", r)}
                                       for r, a in enumerate((3, 9))]}
     text = markdown(report)
     assert "| export (s) | 30.0 | 20.0 | 1.50x |" in text
