@@ -10,8 +10,8 @@ as each model's own post-processing in transformers does:
 - Conditional DETR: sigmoid of each of the C logits;
 - RT-DETR: sigmoid (its config's `use_focal_loss`, the default), else softmax with the last column dropped.
 
-Target layers are module paths of the transformers model (default: the backbone's last stage). A 4-D module output
-is used as it is (a backbone stage, RT-DETR's hybrid-encoder levels `model.encoder.fpn_blocks.<last>` and
+Target layers are module paths of the transformers model (default: RT-DETR's hybrid-encoder levels, one bundle with
+three target layers, encoder_levels; the others' backbone's last stage). A 4-D module output is used as it is (a backbone stage, RT-DETR's hybrid-encoder levels `model.encoder.fpn_blocks.<last>` and
 `model.encoder.pan_blocks.<i>`, its decoder's input projections); a token sequence [N, h*w, d] from a
 DETR/Conditional DETR encoder is reshaped to the [N, d, h, w] grid of the map that feeds it
 (`model.input_projection`), in the explain graph, by the token layout ViTs use (target_layout.py). YOLOS' tokens
@@ -33,18 +33,20 @@ from __future__ import annotations
 
 import os
 
-from .. import arguments
 from ..bundle import check_bundle_destination
 from ..errors import LayerError, ModelLoadError
+from .feature_levels import target_list
 
 QUERY_DETECTORS = {"DetrForObjectDetection": "DETR", "ConditionalDetrForObjectDetection": "Conditional DETR",
                    "YolosForObjectDetection": "YOLOS", "RTDetrForObjectDetection": "RT-DETR",
                    "RTDetrV2ForObjectDetection": "RT-DETR"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PICKING_RULE = "the backbone's last stage (a module path ending in 'stages.<last>' under the model's backbone)"
-RT_DETR_LEVELS = {"RT-DETR": "; RT-DETR's hybrid encoder returns one map per level: give one level's module, "
-                             "model.encoder.fpn_blocks.<last> (finest), model.encoder.pan_blocks.<i>"}
+PICKING_RULE = ("RT-DETR: its hybrid encoder's levels (model.encoder: each level's map made and the maps combined); "
+                "the others: the backbone's last stage (a module path ending in 'stages.<last>' under its backbone)")
+RT_DETR_LEVELS = {"RT-DETR": "; RT-DETR's hybrid encoder returns one map per level: give model.encoder for all of "
+                             "them, or one level's module, model.encoder.fpn_blocks.<last> (finest), "
+                             "model.encoder.pan_blocks.<i>"}
 
 
 def query_kind(model) -> str | None:
@@ -87,8 +89,24 @@ def QueryDetectorOutputs(model, input_size: tuple[int, int]):  # noqa: N802 (a m
     return Outputs()
 
 
+def encoder_levels(model) -> list[str]:
+    """The modules whose outputs are RT-DETR's hybrid-encoder levels, finest first: the last top-down block
+    (`model.encoder.fpn_blocks.<last>`), then each bottom-up block (`model.encoder.pan_blocks.<i>`); [] for a model
+    without them."""
+    modules = dict(model.named_modules())
+
+    def blocks(name: str) -> list[str]:
+        return [path for path in modules if path.startswith(f"model.encoder.{name}.") and path.count(".") == 3]
+
+    top_down, bottom_up = blocks("fpn_blocks"), blocks("pan_blocks")
+    return [top_down[-1], *bottom_up] if top_down and bottom_up else []
+
+
 def _default_target(model) -> str | None:
-    """The last `...stages.<i>` module under the backbone (ResNet-style backbones of DETR, Conditional DETR, RT-DETR)."""
+    """RT-DETR: its hybrid encoder (`model.encoder`, standing for its levels, encoder_levels); the others: the last
+    `...stages.<i>` module under the backbone (ResNet-style backbones of DETR and Conditional DETR)."""
+    if encoder_levels(model):
+        return "model.encoder"
     stages = [name for name, _ in model.named_modules()
               if "backbone" in name and name.rsplit(".", 2)[-2:-1] == ["stages"] and name.rsplit(".", 1)[-1].isdigit()]
     return stages[-1] if stages else None
@@ -111,12 +129,13 @@ def _token_grid(model, input_size: tuple[int, int]) -> tuple[int, int] | None:
     return shapes[0][2:] if shapes and len(shapes[0]) == 4 else None
 
 
-def export_torch_query_detection(model, target_layer: str | None, out: str | os.PathLike,
+def export_torch_query_detection(model, target_layer: str | list[str] | None, out: str | os.PathLike,
                                  input_size: tuple[int, int] = (128, 128), *, mean=None, std=None,
                                  class_names: list[str] | None = None, fp16_scorer: bool = False):
     """A detection bundle from a transformers DETR, Conditional DETR, YOLOS or RT-DETR (see the module docstring).
-    `target_layer` is a module path of `model` (default: the backbone's last stage); class names default to the
-    config's id2label."""
+    `target_layer` is a module path of `model`, or several (a list of modules with 4-D maps; RT-DETR's
+    `model.encoder` stands for its levels, encoder_levels; its default); the others' default: the backbone's last
+    stage. Class names default to the config's id2label."""
     import torch
 
     from .detection_export import write_detection_bundle
@@ -130,27 +149,27 @@ def export_torch_query_detection(model, target_layer: str | None, out: str | os.
     if kind is None:
         raise ModelLoadError(f"{type(model).__name__} is not a transformers query detector "
                              f"({', '.join(sorted(QUERY_DETECTORS))})")
-    arguments.text("target_layer", target_layer, allow_none=True)
+    targets = target_list(target_layer)
     check_bundle_destination(out)
     copy = _inference_copy(model)
     input_size = tuple(int(v) for v in input_size)
-    picked = target_layer is None
-    if target_layer is None:
-        target_layer = _default_target(copy)
-        if target_layer is None:
+    picked = targets is None
+    if targets is None:
+        default = _default_target(copy)
+        if default is None:
             raise LayerError(f"{kind}: no backbone stage found; give target_layer (a module path of the model)")
+        targets = [default]
+    if targets == ["model.encoder"] and encoder_levels(copy):
+        targets = encoder_levels(copy)
+    if len(targets) > 1:
+        return _export_levels(copy, model, targets, out, input_size, kind=kind, picked=picked, mean=mean, std=std,
+                              class_names=class_names, fp16_scorer=fp16_scorer)
+    target_layer = targets[0]
     if target_layer not in dict(copy.named_modules()):
         raise LayerError(f"{kind}: target layer '{target_layer}' is not a module of the model; give a module path "
                          f"(see fusioncam.list_layers(model))")
     grid = _token_grid(copy, input_size)
-    if mean is None:
-        mean = (0.0, 0.0, 0.0) if kind == "RT-DETR" else IMAGENET_MEAN
-    if std is None:
-        std = (1.0, 1.0, 1.0) if kind == "RT-DETR" else IMAGENET_STD
-    if class_names is None:
-        labels = getattr(copy.config, "id2label", None) or {}
-        count = int(copy.config.num_labels)
-        class_names = [str(labels.get(i, i)) for i in range(count)] if len(labels) == count else None
+    mean, std, class_names = _preprocessing(copy, kind, mean, std, class_names)
     source = f"{type(model).__name__} (PyTorch)"
 
     def raw_output(output):
@@ -184,4 +203,43 @@ def export_torch_query_detection(model, target_layer: str | None, out: str | os.
     return result
 
 
-__all__ = ["QueryDetectorOutputs", "export_torch_query_detection", "query_kind"]
+def _preprocessing(copy, kind: str, mean, std, class_names):
+    """(mean, std, class names) with the model's defaults: RT-DETR's processor takes RGB / 255, the others
+    ImageNet's normalisation; class names from the config's id2label."""
+    if mean is None:
+        mean = (0.0, 0.0, 0.0) if kind == "RT-DETR" else IMAGENET_MEAN
+    if std is None:
+        std = (1.0, 1.0, 1.0) if kind == "RT-DETR" else IMAGENET_STD
+    if class_names is None:
+        labels = getattr(copy.config, "id2label", None) or {}
+        count = int(copy.config.num_labels)
+        class_names = [str(labels.get(i, i)) for i in range(count)] if len(labels) == count else None
+    return mean, std, class_names
+
+
+def _export_levels(copy, model, targets: list[str], out, input_size: tuple[int, int], *, kind: str, picked: bool,
+                   mean, std, class_names, fp16_scorer: bool):
+    """Several target modules with 4-D maps (RT-DETR's encoder levels) in one bundle (feature_levels.py)."""
+    import torch
+
+    from .detection_export import write_detection_bundle
+    from .detection_graph import prepare_detector
+    from .feature_levels import LevelsWrapper, level_selectors, resolve_levels, with_skipped_levels
+    from .torch_export import export_features_wrapper, state_sha256
+
+    mean, std, class_names = _preprocessing(copy, kind, mean, std, class_names)
+    net = QueryDetectorOutputs(copy, input_size)
+    example = torch.zeros(2, 3, *input_size)
+    selectors, skipped = level_selectors(net, "model.", targets, example)
+    wrapper = LevelsWrapper(net, "model.", selectors, lambda output: output)
+    exported = export_features_wrapper(wrapper, example, "detector", features=len(selectors))
+    detector = prepare_detector(exported, f"{type(model).__name__} (PyTorch)", "yolov8", input_size)
+    layers = resolve_levels(detector, selectors)
+    result = write_detection_bundle(
+        detector, layers, out, target_label=[selector.label for selector in selectors],
+        source=f"{type(model).__name__} (PyTorch)", source_sha256=state_sha256(model), mean=mean, std=std,
+        class_names=class_names, picked_automatically=picked, fp16_scorer=fp16_scorer, picking_rule=PICKING_RULE)
+    return with_skipped_levels(result, skipped)
+
+
+__all__ = ["QueryDetectorOutputs", "encoder_levels", "export_torch_query_detection", "query_kind"]

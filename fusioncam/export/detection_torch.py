@@ -25,8 +25,7 @@ from ..bundle import check_bundle_destination
 from ..errors import LayerError, ModelLoadError
 from .detection_export import write_detection_bundle
 from .detection_graph import checked_layout, prepare_detector
-from .feature_levels import LevelsWrapper, level_selectors, target_list, with_skipped_levels
-from .layers import resolve_target
+from .feature_levels import LevelsWrapper, level_selectors, resolve_levels, target_list, with_skipped_levels
 
 TORCHVISION_DENSE = ("RetinaNet", "FCOS", "SSD")
 
@@ -94,7 +93,7 @@ def export_torch_detection(model, target_layer: str | list[str] | None, out: str
     block. mean/std default to the torchvision model's own, else 0 and 1."""
     import torch
 
-    from .torch_export import _inference_copy, export_features_wrapper, features_output, state_sha256
+    from .torch_export import _inference_copy, export_features_wrapper, state_sha256
 
     if not isinstance(model, torch.nn.Module):
         raise ModelLoadError(f"export_torch_detection needs a torch.nn.Module, got {type(model).__name__}")
@@ -146,7 +145,7 @@ def export_torch_detection(model, target_layer: str | list[str] | None, out: str
         wrapper(example)
     exported = export_features_wrapper(wrapper, example, "detector", features=len(selectors))
     detector = prepare_detector(exported, source, layout, tuple(input_size))
-    layers = [resolve_target(detector, features_output(index)) for index in range(len(selectors))]
+    layers = resolve_levels(detector, selectors)
     result = write_detection_bundle(
         detector, layers, out, target_label=[selector.label for selector in selectors], source=source,
         source_sha256=state_sha256(model), mean=(0.0, 0.0, 0.0) if mean is None else mean,

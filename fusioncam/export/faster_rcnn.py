@@ -225,8 +225,7 @@ def export_torch_faster_rcnn(model, target_layer: str | list[str] | None, out: s
 
     from .detection_export import write_detection_bundle
     from .detection_graph import prepare_detector
-    from .feature_levels import LevelsWrapper, level_selectors, target_list, with_skipped_levels
-    from .layers import resolve_target
+    from .feature_levels import LevelsWrapper, level_selectors, resolve_levels, target_list, with_skipped_levels
     from .torch_export import _export_torchscript, _inference_copy, features_output, state_sha256
 
     if not is_faster_rcnn(model):
@@ -269,7 +268,7 @@ def export_torch_faster_rcnn(model, target_layer: str | list[str] | None, out: s
         raise ModelLoadError(f"{source}: the exported graph does not hold the proposal and output boxes fixed "
                              f"(expected 2 {HELD_FIXED_SCOPE} nodes); this torch version's exporter is not supported")
     detector = prepare_detector(exported, source, "yolov8", tuple(input_size))
-    layers = [resolve_target(detector, features_output(index)) for index in range(len(selectors))]
+    layers = resolve_levels(detector, selectors)
     result = write_detection_bundle(
         detector, layers, out, target_label=[selector.label for selector in selectors], source=source,
         source_sha256=state_sha256(model), mean=mean, std=std, class_names=class_names, picked_automatically=picked,

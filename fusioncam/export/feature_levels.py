@@ -145,6 +145,21 @@ def with_skipped_levels(result, skipped: list[str]):
     return replace(result, notes=(*result.notes, note))
 
 
+def resolve_levels(detector, selectors: list[LevelSelector]) -> list:
+    """Each selector's Layer in the exported graph (features_output(i)); a LayerError about one names the user's
+    label, not the exporter's tensor name."""
+    from .layers import resolve_target
+    from .torch_export import features_output
+
+    layers = []
+    for index, selector in enumerate(selectors):
+        try:
+            layers.append(resolve_target(detector, features_output(index)))
+        except LayerError as error:
+            raise LayerError(str(error).replace(f"'{features_output(index)}'", f"'{selector.label}'")) from None
+    return layers
+
+
 def LevelsWrapper(net, prefix: str, selectors: list[LevelSelector], scores: Callable):  # noqa: N802 (a factory)
     """A torch module: x -> (scores(net(x)), each selected map), the maps captured by forward hooks."""
     import torch
@@ -171,4 +186,5 @@ def LevelsWrapper(net, prefix: str, selectors: list[LevelSelector], scores: Call
     return Wrapper().eval()
 
 
-__all__ = ["LevelSelector", "LevelsWrapper", "level_selectors", "parse_target", "target_list", "with_skipped_levels"]
+__all__ = ["LevelSelector", "LevelsWrapper", "level_selectors", "parse_target", "resolve_levels", "target_list",
+           "with_skipped_levels"]

@@ -19,6 +19,7 @@ import torch
 
 import fusioncam
 from fusioncam.errors import LayerError
+from fusioncam.graph_names import layer_gradients
 
 SIZE = (64, 64)
 CLASSES = 3
@@ -120,12 +121,10 @@ def _contiguous_batch_norm_gradients(model: torch.nn.Module):
 TARGETS = {"detr": ["model.backbone.model.encoder.stages.3", "model.encoder"],
            "conditional_detr": [None, "model.encoder"],
            "yolos": ["vit.embeddings.patch_embeddings.projection"],
-           # RT-DETR: the backbone's last stage (default; its gradient comes back through all three encoder levels)
-           # and the hybrid encoder's outputs at levels 0 and 2, each reaching the decoder through its
-           # decoder_input_proj (conv + BatchNorm2d). Level 1 (model.encoder.pan_blocks.0) takes that same path
-           # between the two: its export is not repeated here, and its reference is checked against the model's
-           # finite differences in test_rt_detr_reference_is_the_models_derivative.
-           "rt_detr": [None, "model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.1"],
+           # RT-DETR: the hybrid encoder's three output levels in one bundle (the default; each reaching the decoder
+           # through its decoder_input_proj, conv + BatchNorm2d, and the coarser ones computed from the finer), and the
+           # backbone's last stage (its gradient comes back through all three levels)
+           "rt_detr": [None, "model.backbone.model.encoder.stages.3"],
            "rt_detr_v2": [None]}
 
 
@@ -142,32 +141,41 @@ def _check(kind: str, layer: str | None, tmp_path) -> None:
     feed = {"input": normalised[[r[0] for r in rows]], "anchor": np.array([r[1] for r in rows], np.int64),
             "target": np.array([r[2] for r in rows], np.int64),
             "reference_box": np.array([[0, 0, *SIZE]] * 3, np.float32), "instance_image": np.arange(3)}
-    got_scores, got, boxes, scores = session.run(["logits", "gradients", "detection_boxes", "detection_scores"], feed)
-    module = model.get_submodule(manifest.target_layer)
+    layers = result.bundle.layer_names  # several for RT-DETR's default: its encoder's levels, finest first
+    if kind.startswith("rt_detr") and layer is None:
+        assert layers == ["model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0", "model.encoder.pan_blocks.1"]
+    gradient_names = [layer_gradients(index) for index in range(len(layers))]
+    got_scores, boxes, scores, *got = session.run(["logits", "detection_boxes", "detection_scores", *gradient_names],
+                                                  feed)
+    modules = [model.get_submodule(name) for name in layers]
     for row, (image, query, cls) in enumerate(rows):
-        captured = []
-        handle = module.register_forward_hook(lambda m, i, o: captured.append(o if torch.is_tensor(o) else o[0]))
+        captured = {}
+        handles = [module.register_forward_hook(
+            lambda m, i, o, index=index: captured.__setitem__(index, o if torch.is_tensor(o) else o[0]))
+            for index, module in enumerate(modules)]
         try:
             pixels = torch.from_numpy(normalised[image : image + 1]).requires_grad_(True)  # frozen backbones
             with _full_derivative(kind), _contiguous_batch_norm_gradients(model):
                 out = model(pixel_values=pixels)
             activated = _activated(kind, out.logits)
             score = activated[0, query, cls]
-            (want,) = torch.autograd.grad(score, captured[0])
+            wanted = torch.autograd.grad(score, [captured[index] for index in range(len(modules))])
         finally:
-            handle.remove()
-        want = want[0].numpy()
-        if want.ndim == 2:  # encoder tokens [h*w, d] -> [d, h, w], as the bundle's map
-            want = want.T.reshape(got.shape[1:])
+            for handle in handles:
+                handle.remove()
         # the bundle's scores and boxes are the model's own
         assert np.abs(scores[row] - activated[0].detach().numpy()).max() <= 1e-5
         cx, cy, w, h = (out.pred_boxes[0, query].detach().numpy() * np.array([SIZE[1], SIZE[0]] * 2))
         assert np.abs(boxes[row, query] - [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]).max() <= 1e-3
         assert abs(float(got_scores[row, cls]) - float(score)) <= 1e-5
-        scale = float(np.abs(want).max())
-        assert scale > 0
-        error = float(np.abs(got[row] - want).max()) / scale
-        assert error <= 1e-4, f"{kind} {layer} row {row}: relative gradient error {error:.2e}"
+        for index, want in enumerate(wanted):
+            want = want[0].numpy()
+            if want.ndim == 2:  # encoder tokens [h*w, d] -> [d, h, w], as the bundle's map
+                want = want.T.reshape(got[index].shape[1:])
+            scale = float(np.abs(want).max())
+            assert scale > 0
+            error = float(np.abs(got[index][row] - want).max()) / scale
+            assert error <= 1e-4, f"{kind} {layers[index]} row {row}: relative gradient error {error:.2e}"
 
 
 @pytest.mark.slow
@@ -224,16 +232,16 @@ def test_query_detector_refuses_a_token_target_it_cannot_reshape(tmp_path) -> No
                                task="detection")
 
 
-def test_rt_detr_refuses_its_whole_encoder_and_names_its_levels(tmp_path) -> None:
-    with pytest.raises(LayerError, match=r"one map per level.*model\.encoder\.pan_blocks"):
-        fusioncam.export_torch(_small("rt_detr"), "model.encoder", tmp_path / "bundle", input_size=SIZE,
-                               task="detection")
+def test_rt_detr_default_target_is_its_encoders_levels(tmp_path) -> None:
+    from fusioncam.export.detection_queries import _default_target, encoder_levels
 
-
-def test_rt_detr_default_target_is_the_backbones_last_stage(tmp_path) -> None:
-    from fusioncam.export.detection_queries import _default_target
-
-    assert _default_target(_small("rt_detr")) == "model.backbone.model.encoder.stages.3"
+    model = _small("rt_detr")
+    assert _default_target(model) == "model.encoder"
+    assert encoder_levels(model) == ["model.encoder.fpn_blocks.1", "model.encoder.pan_blocks.0",
+                                     "model.encoder.pan_blocks.1"]
+    with pytest.raises(LayerError, match=r"target layer 'model.decoder\['"):
+        fusioncam.export_torch(model, ["model.encoder.pan_blocks.0", "model.decoder"], tmp_path / "bundle",
+                               input_size=SIZE, task="detection")
 
 
 @pytest.mark.parametrize("layout,batch", [("tokens", 1), ("tokens", 2), ("channels_last", 1), ("contiguous", 1)])
