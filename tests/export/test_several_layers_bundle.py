@@ -1,14 +1,11 @@
 """Several target layers in one bundle: one explain graph whose outputs are each layer's activations and gradients of
 the same target score, checked against torch autograd; one explain pass per Explainer call (counted), each layer's
-maps equal to a one-layer bundle's; one-layer manifests unchanged; the surfaces that take one layer refuse more."""
+maps equal to a one-layer bundle's; one-layer manifests unchanged; layers on parallel branches; the methods that take
+one layer refuse more."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -196,27 +193,6 @@ def test_the_cuda_backends_logic_reads_every_layer(bundles, host_cuda):
     for layer in LAYERS:
         for method in ("gradcam", "scorecam"):
             assert max_diff(got.layer_maps[layer][method], want.layer_maps[layer][method]) <= 1e-5, (layer, method)
-
-
-def test_serve_and_explain_dataset_refuse_a_several_layer_bundle(bundles, tmp_path):
-    if importlib.util.find_spec("kserve") is None:
-        pytest.skip("kserve is not installed (the serve extra)")
-    from fusioncam.dataset.pipeline import explain_dataset
-
-    both, _ = bundles
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "a.png").write_bytes(b"")  # an image name to find; never read (the bundle is refused first)
-    # KServe is loaded in a child process: its protobuf symbols clash with tritonclient.grpc's, which other test
-    # modules import into this process
-    probe = ("import sys\nfrom fusioncam.errors import ModelLoadError\nfrom fusioncam.serve.model import FusionCamModel\n"
-             "try:\n    FusionCamModel('model', sys.argv[1])\nexcept ModelLoadError as error:\n    print(error)\n")
-    refused = subprocess.run([sys.executable, "-c", probe, str(both.bundle.path)], capture_output=True, text=True,
-                             timeout=120, cwd=Path(__file__).resolve().parents[2])
-    assert refused.returncode == 0, refused.stderr[-2000:]
-    assert "fusioncam serve takes bundles with one target layer" in refused.stdout
-    with pytest.raises(InputError, match="explain-dataset takes bundles with one target layer"):
-        explain_dataset(tmp_path / "photos", both.bundle.path, tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_a_manifest_whose_extra_layers_disagree_with_the_graph_is_refused(bundles, tmp_path):
