@@ -3,7 +3,8 @@ against exact float32 on the CPU, side by side in one run.
 
 Per model (EfficientNet-Lite0 with its ImageNet weights at `_blocks.15`; torchvision ResNet-50 with seeded random
 weights at `layer4`, no ImageNet weights being installed), on the sample photos (`--model-images resnet50=2` explains
-only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image): the scorer's
+only the first two with that model: exact Fusion-CAM at K = 2048 is 2051 scorer forwards per image; `--photos
+coffee,rocket,motorcycle` or `--photos 2,3,4` takes those photos only, to measure the rest in another run): the scorer's
 throughput in float32 and INT8 at the explainer's batch, then Fusion-CAM with the float32 explainer and one INT8
 explainer per `--rescore M` (`Explainer(precision="int8", int8_rescore=M)`: the sweep's M top channels per image
 rescored in float32): seconds per image (each image explained by every explainer in turn, the first rotating from
@@ -45,6 +46,22 @@ def int8_settings_of(bundle) -> str:
 
     model = onnx.load(str(bundle.scorer_int8_path), load_external_data=False)
     return next((entry.value for entry in model.metadata_props if entry.key == CALIBRATION_METADATA), "not recorded")
+
+
+def chosen_photos(text: str, available: list[str]) -> list[str]:
+    """The sample photos `--photos` names (comma-separated names or 0-based indices into `available`), in the order
+    given; ValueError, naming the item and the choices, for an unknown or repeated photo."""
+    chosen = []
+    for item in (part.strip() for part in text.split(",")):
+        if item.isdigit() and int(item) < len(available):
+            item = available[int(item)]
+        if item not in available:
+            raise ValueError(f"--photos: {item!r} is not a sample photo; give names or indices 0-{len(available) - 1} "
+                             f"of {', '.join(available)}")
+        if item in chosen:
+            raise ValueError(f"--photos: {item!r} is given twice")
+        chosen.append(item)
+    return chosen
 
 
 def variant_label(rescore: int) -> str:
@@ -120,8 +137,10 @@ def study(model_name: str, work: Path, images: np.ndarray, names: list[str], fai
             if label == "fp32":
                 classes.append(int(explanation.classes[0]))
         loads.append(os.getloadavg()[0])
-        print(f"{model_name} {names[i]}: " + ", ".join(f"{label} {values[-1]:.2f} s" for label, values in seconds.items()),
-              flush=True)
+        agreement = {label: map_agreement(maps[label][-1], maps["fp32"][-1])["pearson"] for label in variants}
+        print(f"{model_name} {names[i]}: " + ", ".join(f"{label} {values[-1]:.2f} s" for label, values in seconds.items())
+              + "; r vs fp32: " + ", ".join(f"{label} {value:.4f}" for label, value in agreement.items())
+              + f"; load {loads[-1]:.1f}", flush=True)
     row["classes"] = classes
     row["load_average_1min"] = loads
     row["fusion_seconds"] = seconds
@@ -192,7 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     """Measure each model and write JSON + markdown."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.int8_scorer", description=__doc__)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--images", type=int, default=5, help="how many of the five sample photos (default all)")
+    chosen.add_argument("--photos", metavar="PHOTO,PHOTO,...",
+                        help="these sample photos, by name or 0-based index (e.g. coffee,rocket,motorcycle or 2,3,4)")
     parser.add_argument("--model-images", nargs="*", default=[], metavar="MODEL=N",
                         help="explain only the first N photos with MODEL (e.g. resnet50=2)")
     parser.add_argument("--layer", nargs="*", default=[], metavar="MODEL=LAYER",
@@ -208,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/fusioncam-int8"))
     args = parser.parse_args(argv)
 
-    args.work.mkdir(parents=True, exist_ok=True)
-    samples = dict(list(sample_images().items())[: args.images])
+    samples = sample_images()
+    if args.photos is not None:
+        try:
+            samples = {name: samples[name] for name in chosen_photos(args.photos, list(samples))}
+        except ValueError as error:
+            parser.error(str(error))
+    else:
+        samples = dict(list(samples.items())[: args.images])
     names = list(samples)
     images = np.stack([preprocess(rgb, (224, 224), IMAGENET_MEAN, IMAGENET_STD) for rgb in samples.values()])
     counts = {}
@@ -229,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         layers[model_name] = layer
     from .report import machine_record
 
+    args.work.mkdir(parents=True, exist_ok=True)
     stem = "int8-scorer-" + cpu_label() + (f"-{args.label}" if args.label else "")
     report: dict = {"images": names, "models": []}
     for name in args.models:  # saved after each model: a long run that is stopped keeps what it measured

@@ -27,3 +27,34 @@ def test_markdown_states_the_load_range_it_was_measured_under():
     report = {"machine_record": {"cpu_model": "c", "cpu_cores": 2, "recorded_at": "t"}, "images": ["a"],
               "models": [row]}
     assert "1-minute load average before and after each image: 1.5 to 7.0" in markdown(report)
+
+
+PHOTOS = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle"]
+
+
+def test_photos_are_chosen_by_name_or_index_in_the_order_given():
+    from benchmarks.int8_scorer import chosen_photos
+
+    assert chosen_photos("coffee,3, 4", PHOTOS) == ["coffee", "rocket", "motorcycle"]
+    assert chosen_photos("motorcycle,0", PHOTOS) == ["motorcycle", "astronaut"]
+
+
+@pytest.mark.parametrize("photos, words", [
+    ("coffee,bike", "'bike' is not a sample photo; give names or indices 0-4 of astronaut, chelsea"),
+    ("5", "'5' is not a sample photo"),
+    ("coffee,2", "'coffee' is given twice"),
+])
+def test_bad_photo_requests_are_refused_with_the_reason(photos, words, capsys, tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as stopped:
+        main(["--photos", photos, "--out", str(tmp_path), "--work", str(work)])
+    assert stopped.value.code == 2
+    assert words in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no work folder made, nothing written
+
+
+def test_photos_and_images_are_not_taken_together(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--photos", "coffee", "--images", "2", "--out", str(tmp_path), "--work", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
