@@ -63,7 +63,8 @@ def target_layers(given: list[str] | str | None) -> str | list[str] | None:
 
 
 def _preprocessing_options(args: argparse.Namespace) -> dict:
-    """--mean/--std (three numbers each, the model's normalisation of RGB/255) and --class-names FILE (one name per
+    """--mean/--std (three numbers each, the model's normalisation of RGB/255; with --bgr of BGR/255, in that order),
+    --bgr, and --class-names FILE (one name per
     line, UTF-8, as YOLO's coco.names or ImageNet label lists are written): only the ones given, so each exporter
     keeps its own defaults for the rest (ImageNet statistics for classifiers, 0 and 1 for YOLO detectors)."""
     options: dict = {}
@@ -73,6 +74,13 @@ def _preprocessing_options(args: argparse.Namespace) -> dict:
         options["std"] = tuple(args.std)
     if args.class_names is not None:
         options["class_names"] = read_class_names(args.class_names)
+    if args.bgr:
+        from ..errors import InputError
+
+        if _model_source(args.model) != "onnx":
+            raise InputError("--bgr applies to .onnx models (their graph gets the channel flip); a PyTorch model's "
+                             "preprocessing is its own")
+        options["bgr"] = True
     return options
 
 
@@ -145,6 +153,9 @@ def add_subcommands(sub) -> None:
                         help="the model's per-channel mean of RGB/255 (default: ImageNet's; YOLO detectors 0 0 0)")
     export.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"),
                         help="the model's per-channel standard deviation of RGB/255 (default: ImageNet's; YOLO 1 1 1)")
+    export.add_argument("--bgr", action="store_true",
+                        help="the model takes B, G, R channels (--mean/--std then in that order); the bundle takes "
+                             "RGB images and reverses the channels in its graphs")
     export.add_argument("--class-names", metavar="FILE",
                         help="a text file with one class name per line, in class-index order (default: the model's "
                              "own where it carries them: Ultralytics metadata, torchvision weights)")

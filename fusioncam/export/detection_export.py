@@ -23,6 +23,7 @@ from .bundle_builder import (FP16_SCORER_TOLERANCE, ExportResult, _cpu_session, 
                              run_explain_once, write_checked_graphs)
 from .detection_graph import (LAYOUTS, Detector, auto_detection_target, build_detection_explain, build_detection_scorer,
                               checked_layout, metadata_note, prepare_detector)
+from .channel_order import bundle_statistics, reverse_input_channels, with_bgr_note
 from .feature_levels import target_list
 from .layers import Layer, resolve_target
 from .onnx_loading import load_onnx
@@ -132,6 +133,7 @@ def export_onnx_detection(
     class_names: list[str] | None = None,
     fp16_scorer: bool = False,
     output: str | None = None,
+    bgr: bool = False,
 ) -> ExportResult:
     """Make a detection bundle from an `.onnx` detector whose output `output` (default: the first) is the raw head
     output in `layout` ("yolov8" [N, 4+C, A] or "yolov5" [N, A, 5+C], boxes cx, cy, w, h in input pixels).
@@ -139,22 +141,27 @@ def export_onnx_detection(
     mean/std default to 0 and 1 (RGB / 255, as YOLO models take it); class names and input size default to the
     file's Ultralytics metadata where it has them. `target_layer` is a tensor name, or several (a list: e.g. the
     neck's output levels, one bundle whose maps are combined); None picks the last feature map that is not a
-    per-level prediction (see describe())."""
+    per-level prediction (see describe()). `bgr`: the model takes its channels in B, G, R order (mean/std then in
+    that order too); the bundle takes RGB, its graphs reverse the channels (channel_order.py)."""
     arguments.path("model_path", model_path)
     targets = target_list(target_layer)
     layout = checked_layout(layout)
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     source = load_onnx(model_path)
-    detector = prepare_detector(source.model, source.origin, layout, input_size, output)
+    model = reverse_input_channels(source.model, source.origin) if bgr else source.model
+    detector = prepare_detector(model, source.origin, layout, input_size, output)
     if class_names is None and detector.metadata and isinstance(detector.metadata.get("names"), list):
         class_names = list(detector.metadata["names"])
     layers = ([resolve_target(detector, name) for name in targets] if targets is not None
               else [auto_detection_target(detector)])
-    return write_detection_bundle(
+    mean, std = YOLO_MEAN if mean is None else mean, YOLO_STD if std is None else std
+    if bgr:
+        mean, std = bundle_statistics(mean, std, given_mean=mean is not YOLO_MEAN, given_std=std is not YOLO_STD)
+    result = write_detection_bundle(
         detector, layers, out, target_label=[layer.name for layer in layers], source=str(model_path),
-        source_sha256=source.sha256,
-        mean=YOLO_MEAN if mean is None else mean, std=YOLO_STD if std is None else std, class_names=class_names,
+        source_sha256=source.sha256, mean=mean, std=std, class_names=class_names,
         picked_automatically=target_layer is None, fp16_scorer=fp16_scorer)
+    return with_bgr_note(result) if bgr else result
 
 
 __all__ = ["DETECTION", "export_onnx_detection", "write_detection_bundle"]

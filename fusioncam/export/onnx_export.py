@@ -13,14 +13,16 @@ from .layers import Layer, auto_target, candidate_layers, resolve_target
 from .map_reach import MapReach
 from .target_layout import LayoutRequest
 from .onnx_loading import load_onnx
+from .channel_order import bundle_statistics, reverse_input_channels, with_bgr_note
 
 
 def load_classifier(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None,
-                    output: str | None = None) -> tuple[Classifier, str]:
-    """Load and prepare an ONNX classifier (class scores from graph output `output`, default the first); return it
-    with its source hash."""
+                    output: str | None = None, bgr: bool = False) -> tuple[Classifier, str]:
+    """Load and prepare an ONNX classifier (class scores from graph output `output`, default the first; `bgr`: its
+    input channels reversed in the graph, channel_order.py); return it with its source hash."""
     source = load_onnx(model_path)
-    return prepare_classifier(source.model, source.origin, input_size, output), source.sha256
+    model = reverse_input_channels(source.model, source.origin) if bgr else source.model
+    return prepare_classifier(model, source.origin, input_size, output), source.sha256
 
 
 def export_onnx(
@@ -39,6 +41,7 @@ def export_onnx(
     channels_last: bool | None = None,
     int8_scorer: bool = False,
     calibration=None,
+    bgr: bool = False,
 ) -> ExportResult:
     """Make a bundle from an `.onnx` classifier; `target_layer` is a tensor name, None picks one (see describe()).
 
@@ -49,7 +52,8 @@ def export_onnx(
     so). A target that is not [N,K,h,w] is rearranged into a map: tokens [N,T,C] (k prefix tokens dropped, an h x w
     grid) and channels-last [N,h,w,C] are detected; `token_grid=(h, w)`, `prefix_tokens=k` or `channels_last=True`
     decide for an explicit `target_layer` when detection cannot. Several tensor names (a list) give one bundle with
-    every layer's activations and gradients from one explain pass (see export_torch)."""
+    every layer's activations and gradients from one explain pass (see export_torch). `bgr`: the model takes its
+    channels in B, G, R order, mean/std given in that order; the bundle takes RGB (channel_order.py)."""
     arguments.path("model_path", model_path)
     names = None
     if isinstance(target_layer, (list, tuple)):
@@ -66,20 +70,23 @@ def export_onnx(
     if target_layer is None and request.given():
         raise LayerError("token_grid, prefix_tokens and channels_last describe an explicit target_layer; "
                          "pass target_layer too (see `fusioncam layers MODEL`)")
-    classifier, digest = load_classifier(model_path, input_size, output)
+    classifier, digest = load_classifier(model_path, input_size, output, bgr)
+    if bgr:
+        mean, std = bundle_statistics(mean, std, given_mean=mean is not IMAGENET_MEAN, given_std=std is not IMAGENET_STD)
     if names is not None and len(names) > 1:
         layer = [resolve_target(classifier, name, request) for name in names]
     elif target_layer is not None:
         layer = resolve_target(classifier, target_layer, request)
     else:
         layer = auto_target(classifier, MapReach(classifier))
-    return write_classifier_bundle(
+    result = write_classifier_bundle(
         classifier, layer, out,
         target_label=[one.name for one in layer] if isinstance(layer, list) else layer.name,
         source=str(model_path), source_sha256=digest,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
         fp16_scorer=fp16_scorer, notes=(classifier.output_note,), int8_scorer=int8_scorer, calibration=calibration,
     )
+    return with_bgr_note(result) if bgr else result
 
 
 def list_onnx_layers(model_path: str | os.PathLike, input_size: tuple[int, int] | None = None) -> list[Layer]:

@@ -14,6 +14,7 @@ from ..errors import LayerError, ModelLoadError
 from ..images import IMAGENET_MEAN, IMAGENET_STD
 from .bundle_builder import ExportResult
 from .layers import resolve_target
+from .channel_order import bundle_statistics, reverse_input_channels, with_bgr_note
 from .onnx_loading import load_onnx
 from .segmentation_bundle import write_segmentation_bundle
 from .segmentation_graph import auto_segmentation_target, prepare_segmenter
@@ -117,15 +118,22 @@ def export_onnx_segmentation(
     std=IMAGENET_STD,
     class_names: list[str] | None = None,
     fp16_scorer: bool = False,
+    bgr: bool = False,
 ) -> ExportResult:
     """Make a segmentation bundle from an `.onnx` model whose first output is class scores [N, C, H', W'];
-    `target_layer` is a tensor name, None picks the last feature map before the per-pixel classifier."""
+    `target_layer` is a tensor name, None picks the last feature map before the per-pixel classifier. `bgr`: the
+    model takes its channels in B, G, R order, mean/std given in that order; the bundle takes RGB
+    (channel_order.py)."""
     check_bundle_destination(out, [model_path])  # before any work: never replace what fusioncam did not write
     source = load_onnx(model_path)
-    segmenter = prepare_segmenter(source.model, source.origin, input_size)
+    model = reverse_input_channels(source.model, source.origin) if bgr else source.model
+    if bgr:
+        mean, std = bundle_statistics(mean, std, given_mean=mean is not IMAGENET_MEAN, given_std=std is not IMAGENET_STD)
+    segmenter = prepare_segmenter(model, source.origin, input_size)
     layer = resolve_target(segmenter, target_layer) if target_layer is not None else auto_segmentation_target(segmenter)
-    return write_segmentation_bundle(
+    result = write_segmentation_bundle(
         segmenter, layer, out, target_label=layer.name, source=str(model_path), source_sha256=source.sha256,
         mean=mean, std=std, class_names=class_names, picked_automatically=target_layer is None,
         fp16_scorer=fp16_scorer,
     )
+    return with_bgr_note(result) if bgr else result

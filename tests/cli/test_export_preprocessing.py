@@ -69,3 +69,39 @@ def test_wrong_number_of_names_and_bad_std_are_refused(tmp_path, capsys):
     assert "std" in capsys.readouterr().err
     assert main(["export", path, "--out", str(tmp_path / "m.fcam"), "--class-names", str(tmp_path / "no.txt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_bgr_classifier_gives_its_rgb_twins_logits_and_maps(tmp_path, capsys):
+    """`--bgr` on a classifier: a SmallNet whose first convolution reads B, G, R (the RGB net's weights with their
+    input channels reversed) explains an RGB photo file as the RGB net does (same class, logits, Grad-CAM map)."""
+    import cv2
+    import torch
+
+    from tests.support.small_cnn import SmallNet
+
+    torch.manual_seed(0)
+    rgb = SmallNet().eval()
+    bgr = SmallNet().eval()
+    bgr.load_state_dict(rgb.state_dict())
+    with torch.no_grad():
+        bgr.features[0].weight.copy_(rgb.features[0].weight.flip(1))
+    paths = []
+    for name, net in (("rgb", rgb), ("bgr", bgr)):
+        paths.append(str(tmp_path / f"{name}.onnx"))
+        torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), paths[-1], dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    assert main(["export", paths[0], "--mean", "0.4", "0.5", "0.6", "--std", "0.2", "0.3", "0.4", "--out",
+                 str(tmp_path / "rgb.fcam")]) == 0
+    assert main(["export", paths[1], "--bgr", "--mean", "0.6", "0.5", "0.4", "--std", "0.4", "0.3", "0.2", "--out",
+                 str(tmp_path / "bgr.fcam")]) == 0
+    assert "the model takes BGR" in capsys.readouterr().out
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    results = []
+    for bundle in ("rgb.fcam", "bgr.fcam"):
+        with Explainer(tmp_path / bundle, device="cpu") as explainer:
+            results.append(explainer.explain_files([str(photo)], methods=("gradcam",)))
+    assert int(results[0].classes[0]) == int(results[1].classes[0])
+    assert np.abs(results[0].logits - results[1].logits).max() <= 1e-5
+    assert float(results[0].maps["gradcam"].max()) > 0
+    assert np.abs(results[0].maps["gradcam"] - results[1].maps["gradcam"]).max() <= 1e-5

@@ -187,3 +187,42 @@ def test_cli_export_takes_a_necks_levels_as_several_layers(tmp_path) -> None:
                 continue
             scale = float(np.abs(want).max())
             assert scale > 0 and float(np.abs(got[level][row] - want).max()) <= 1e-4 * scale, (row, level)
+
+
+def test_cli_export_bgr_model_explains_as_its_rgb_twin(tmp_path, capsys) -> None:
+    """`--bgr`: a TinyYolo whose first convolution reads B, G, R (the RGB model's weights with their input channels
+    reversed), exported with --bgr and its mean/std in B, G, R order, gives the RGB model's scores, boxes and
+    Grad-CAM/Fusion-CAM maps on the same RGB images; the bundle's statistics are stored R, G, B."""
+    from fusioncam.cli.main import main
+
+    rgb = TinyYolo().eval()
+    bgr = TinyYolo().eval()
+    with torch.no_grad():
+        bgr.trunk[0].weight.copy_(rgb.trunk[0].weight.flip(1))
+    export_tiny_yolo(rgb, tmp_path / "rgb.onnx")
+    export_tiny_yolo(bgr, tmp_path / "bgr.onnx")
+    mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)  # R, G, B
+    assert main(["export", str(tmp_path / "rgb.onnx"), "--task", "detection", "--mean", *map(str, mean), "--std",
+                 *map(str, std), "--out", str(tmp_path / "rgb")]) == 0
+    assert main(["export", str(tmp_path / "bgr.onnx"), "--task", "detection", "--bgr", "--mean",
+                 *map(str, mean[::-1]), "--std", *map(str, std[::-1]), "--out", str(tmp_path / "bgr")]) == 0
+    assert "the model takes BGR" in capsys.readouterr().out
+    bundles = [fusioncam.bundle.load_bundle(tmp_path / name) for name in ("rgb", "bgr")]
+    assert bundles[1].manifest.mean == pytest.approx(mean) and bundles[1].manifest.std == pytest.approx(std)
+    images = np.random.default_rng(5).random((2, 3, *YOLO_SIZE)).astype(np.float32)
+    normalised = (images - np.array(mean, np.float32)[:, None, None]) / np.array(std, np.float32)[:, None, None]
+    results = []
+    for bundle in bundles:
+        with fusioncam.Explainer(bundle, device="cpu") as explainer:
+            results.append(explainer.explain(normalised, methods=("gradcam", "fusion"),
+                                             instances=[[3, 70], [(1, (8, 8, 40, 40))]]))
+    assert np.abs(results[0].scores - results[1].scores).max() <= 1e-5
+    assert np.abs(results[0].boxes - results[1].boxes).max() <= 1e-3
+    assert list(results[0].anchors) == list(results[1].anchors)
+    for method in ("gradcam", "fusion"):
+        assert float(results[0].maps[method].max()) > 0
+        assert np.abs(results[0].maps[method] - results[1].maps[method]).max() <= 1e-4, method
+    with pytest.raises(SystemExit):  # argparse: --bgr is a flag, and torchvision names take no --bgr
+        main(["export", "resnet18", "--bgr", "yes", "--out", str(tmp_path / "x")])
+    assert main(["export", "resnet18", "--bgr", "--out", str(tmp_path / "torch")]) == 2
+    assert "--bgr applies to .onnx models" in capsys.readouterr().err
