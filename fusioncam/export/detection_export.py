@@ -114,8 +114,9 @@ def write_detection_bundle(detector: Detector, layer: Layer | list[Layer], out, 
              f"cut before NMS", metadata_note(detector), detector.output_note,
              "" if nms_iou_threshold is None else f"default instances: NMS at the model's own IoU threshold "
                                                   f"{float(nms_iou_threshold):g}",
-             f"{len(layers)} target layers, one map per method from their maps (the mean of each layer's map "
-             f"scaled to [0, 1], scaled to [0, 1])" if extra else "")
+             f"{len(layers)} target layers, one map per method and instance from theirs, each layer weighted by its "
+             f"attribution sum |A x dS/dA| to the instance's score (a level the instance does not read weighs 0)"
+             if extra else "")
     return ExportResult(bundle=Bundle(path=Path(out), manifest=manifest), layer=layers[0],
                         picked_automatically=picked_automatically, notes=tuple(note for note in notes if note),
                         picking_rule=picking_rule, layers=tuple(layers) if extra else ())

@@ -25,7 +25,7 @@ from .methods.compat import check_compat
 from .methods.comparison_passes import comparison_explainer
 from .int8_sweep import float32_scoring, int8_rescore_of
 from .scorer import Scorer
-from .layer_aggregation import aggregate_layers
+from .layer_aggregation import aggregate_layers, attribution_weights
 from .several_layers import (check_several_layer_methods, layer_comparisons, layer_count, layer_view,
                              shared_comparisons)
 
@@ -324,7 +324,12 @@ class Explainer:
                                   for name, out in per_layer.items()}
                           for label, per_layer in zip(labels, layer_outputs)}
             sizes = self.bundle.layer_feature_sizes
-            maps = {name: aggregate_layers(name, [layer_maps[label][name] for label in labels], sizes, self.compat)
+            weights = None
+            if getattr(self.task, "layers_weighted_by_attribution", False):  # Task protocol, optional member
+                passes = [(graph[layer_activations(i)], graph[layer_gradients(i)]) for i in range(len(engines))]
+                weights = attribution_weights(engine.xp, passes, backend.to_host)
+            maps = {name: aggregate_layers(name, [layer_maps[label][name] for label in labels], sizes, self.compat,
+                                           weights)
                     for name in outputs}
         else:
             maps = {name: host(out.map) for name, out in outputs.items()}

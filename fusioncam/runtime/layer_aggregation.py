@@ -19,6 +19,13 @@ maps are averaged as they are).
 
 Without compat the layers' maps (each already in [0, 1]) are averaged and the mean scaled to [0, 1] per image.
 Both run on the host, in NumPy, once per call: [N, H, W] per layer and method.
+
+Tasks whose rows read some layers and not others (a detector's instance and its feature pyramid: a dense head
+reads each level on its own, a two-stage head pools each box on one level) weigh the layers instead of averaging
+them (Task.layers_weighted_by_attribution): each row's layer l gets the weight w_l = sum |A_l * dS/dA_l|, its share
+of the row's first-order attribution, and the combined map is sum_l w_l M_l / sum_l w_l, scaled to [0, 1]. A level
+the score does not read has gradient 0 and weight 0, so its maps (a Score-CAM map there is still a full [0, 1] map of
+its masks) do not enter; a row whose weights are all 0 falls back to the mean.
 """
 
 from __future__ import annotations
@@ -65,12 +72,24 @@ def scaled_before_upsampling(maps: np.ndarray, low_hw: tuple[int, int]) -> np.nd
     return numpy_kernels.upsample(min_max_scaled(np.float32(low)), (height, width)).astype(np.float32)
 
 
+def attribution_weights(xp, layer_passes: Sequence[tuple], to_host) -> np.ndarray:
+    """float64 [L, N]: sum |A * dS/dA| of each layer's (activations, gradients) [N, K, h, w], per row."""
+    return np.stack([to_host(xp.abs(activations * gradients).sum(axis=(1, 2, 3))).astype(np.float64)
+                     for activations, gradients in layer_passes])
+
+
 def aggregate_layers(method: str, layer_maps: Sequence[np.ndarray], feature_sizes: Sequence[tuple[int, int]],
-                     compat: str | None) -> np.ndarray:
+                     compat: str | None, weights: np.ndarray | None = None) -> np.ndarray:
     """One float32 map [N, H, W] from each layer's map of `method` (host arrays, in the bundle's layer order):
-    pytorch-grad-cam's aggregation with compat="pytorch-grad-cam", else the mean scaled to [0, 1]."""
+    pytorch-grad-cam's aggregation with compat="pytorch-grad-cam"; else, with `weights` [L, N]
+    (attribution_weights), each row's weighted mean, without them the mean; scaled to [0, 1]."""
     if compat != PYTORCH_GRAD_CAM:
-        return min_max_scaled(np.mean(np.stack(layer_maps), axis=0))
+        stacked = np.stack(layer_maps).astype(np.float64)  # [L, N, H, W]
+        if weights is None:
+            return min_max_scaled(np.float32(stacked.mean(axis=0)))
+        totals = weights.sum(axis=0)  # [N]
+        share = np.where(totals > 0, weights / np.where(totals > 0, totals, 1.0), 1.0 / len(layer_maps))
+        return min_max_scaled(np.float32(np.einsum("ln,lnhw->nhw", share, stacked)))
     per_layer = []
     for maps, low_hw in zip(layer_maps, feature_sizes):
         maps = np.maximum(maps, 0)

@@ -143,6 +143,9 @@ class Task(Protocol):
     # N images and explain_feed's placeholder feed into rows: `index` int64 [R] the image of each row, the rows'
     # explain feed and names. The Explainer explains images[index]; R == 0 gives an empty result. Tasks without it
     # explain one row per image and refuse `instances=`.
+    # Optional member layers_weighted_by_attribution (bool, default False): a several-layer bundle's maps are combined
+    # per row weighted by each layer's attribution sum |A * dS/dA| (runtime/layer_aggregation.py) instead of averaged:
+    # for tasks whose rows read some layers only (detection: an instance and its feature pyramid's levels).
 
 
 # manifest task -> "module:attribute" of its Task instance (imported on first use)

@@ -174,6 +174,9 @@ class DetectionTask:
     explain_outputs = DETECTION_EXPLAIN_OUTPUTS
     row_inputs = (TARGET, REFERENCE_BOX)
     scorer_output = SCORE
+    # an instance reads its own feature-pyramid level (and those it is computed from), not the others: a
+    # several-layer bundle's maps are combined by each level's attribution (runtime/layer_aggregation.py)
+    layers_weighted_by_attribution = True
     compat_note = ("whose Score-CAM scores D-RISE's IoU x class score of the best-matching prediction; "
                    "pytorch-grad-cam's FasterRCNNBoxScoreTarget is reproduced on a torchvision Faster R-CNN module by "
                    "fusioncam.pytorch_grad_cam's classes (e.g. GradCAM(model=..., target_layers=[...]) called with "

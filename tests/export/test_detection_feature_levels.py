@@ -2,7 +2,8 @@
 bundle whose explain graph gives every level's activations and gradients of the instance's score from one backward
 pass, checked against torch autograd of the model's own modules; each level's Grad-CAM, Score-CAM and Fusion-CAM
 maps against the eager reference written from the algorithm page (tests/support/torch_reference_detection.py), and
-the combined map as the documented rule (the mean of the levels' maps, scaled to [0, 1]); levels named one by one;
+the combined map as the documented rule (the levels' maps weighted by each level's attribution sum |A dS/dA| to
+the instance's score, scaled to [0, 1]); levels named one by one;
 the errors for a level that does not exist or that the RoI head does not pool."""
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def test_each_levels_gradient_equals_torch_autograd(retinanet) -> None:
             assert error <= 1e-4, f"row {row}, level {RETINANET_LEVELS[index]}: relative error {error:.2e}"
 
 
-def test_each_levels_maps_equal_the_eager_reference_and_combine_by_their_mean(retinanet) -> None:
+def test_each_levels_maps_equal_the_eager_reference_and_combine_by_their_attribution(retinanet) -> None:
     """Two instances of one image, of level '0' and of p6: each level's Grad-CAM (zero where the instance's score
     does not read the level), Score-CAM (every level's channels mask the image) and Fusion-CAM."""
     model, result, inputs = retinanet
@@ -115,9 +116,23 @@ def test_each_levels_maps_equal_the_eager_reference_and_combine_by_their_mean(re
                 error = float(np.abs(found.layer_maps[label][method][row] - want[method]).max())
                 assert error <= 1e-4, f"{anchor} {label} {method}: max abs difference {error:.2e} from the reference"
         assert float(found.layer_maps[RETINANET_LEVELS[0 if row == 0 else 3]]["gradcam"][row].max()) > 0.99
+    # the combined map: each level weighted by its attribution sum |A * dS/dA| to the instance's score (from the
+    # explain graph's activations and gradients, checked against autograd above); levels it does not read weigh 0
+    session = ort.InferenceSession(str(result.bundle.explain_path), providers=["CPUExecutionProvider"])
+    names = [name(i) for i in range(4) for name in (layer_activations, layer_gradients)]
+    outputs = dict(zip(names, session.run(names, {
+        "input": np.repeat(inputs[:1], 2, axis=0), "anchor": found.anchors, "target": found.classes,
+        "reference_box": found.reference_boxes, "instance_image": np.arange(2)})))
+    weights = np.stack([np.abs(outputs[layer_activations(i)] * outputs[layer_gradients(i)]).sum(axis=(1, 2, 3))
+                        for i in range(4)]).astype(np.float64)  # [level, instance]
+    assert weights[1:, 0].max() == 0 and weights[0, 0] > 0  # level '0''s anchor reads level '0' only
+    assert weights[0, 1] == 0 and weights[1, 1] == 0 and weights[3, 1] > 0  # p6's reads p6 (and '2' under it)
     for method in ("gradcam", "scorecam", "fusion"):
-        mean = np.mean([found.layer_maps[label][method] for label in RETINANET_LEVELS], axis=0)
-        np.testing.assert_allclose(found.maps[method], min_max_scaled(mean), atol=1e-6)
+        stacked = np.stack([found.layer_maps[label][method] for label in RETINANET_LEVELS]).astype(np.float64)
+        weighted = np.einsum("ln,lnhw->nhw", weights / weights.sum(axis=0), stacked)
+        np.testing.assert_allclose(found.maps[method], min_max_scaled(np.float32(weighted)), atol=1e-5)
+    np.testing.assert_allclose(found.maps["scorecam"][0], found.layer_maps[RETINANET_LEVELS[0]]["scorecam"][0],
+                               atol=1e-5)  # the other levels' Score-CAM maps do not enter
     # the sweep ran every level's channels once per instance (4 x 32, constant channels skipped)
     assert int(found.forwards_run.sum() + found.forwards_skipped.sum()) == 2 * 4 * 32
 

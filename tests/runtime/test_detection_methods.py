@@ -180,3 +180,33 @@ def test_bad_instances_and_layouts_are_refused_and_no_detection_is_empty(yolo, t
     export_tiny_yolo(model, tmp_path / "m.onnx")
     with pytest.raises(ModelLoadError, match=f"read in layout '{other}', the class scores .* not in that layout"):
         export_onnx_detection(tmp_path / "m.onnx", tmp_path / "b", TARGET_TENSOR, layout=other)
+
+
+def test_known_answer_on_two_levels_each_instance_peaks_in_its_own_region(tmp_path) -> None:
+    """Two levels side by side (a feature pyramid's shape: neither computed from the other), anchor 0 reading level
+    A (top-left quadrant), anchor 1 level B (bottom-right, half resolution), one bundle with both levels: every
+    method's combined map of each instance peaks in its own quadrant. Each level's weight is its attribution to the
+    instance's score, so the level an instance does not read weighs 0; its Score-CAM map there, a full [0, 1] map of
+    that level's masks, peaks in the other quadrant and would otherwise count as much as the instance's own."""
+    from tests.support.detection_models import TwoLevelRegionDetector
+
+    size = 32
+    torch.onnx.export(TwoLevelRegionDetector(size).eval(), torch.zeros(1, 3, size, size), str(tmp_path / "two.onnx"),
+                      input_names=["images"], dynamic_axes={"images": {0: "batch"}}, dynamo=False)
+    levels = ["/relu_a/Relu_output_0", "/relu_b/Relu_output_0"]
+    export_onnx_detection(tmp_path / "two.onnx", tmp_path / "bundle", levels, layout="yolov8")
+    images = random_images(1, seed=3, size=(size, size)) + 0.1
+    with Explainer(tmp_path / "bundle", device="cpu") as explainer:
+        result = explainer.explain(images, methods=METHODS, instances=[[0, 1]])
+    half = size // 2
+    quadrants = [(slice(0, half),) * 2, (slice(half, size),) * 2]
+    for method in METHODS:
+        for row in range(2):
+            own, other = quadrants[row], quadrants[1 - row]
+            heat = result.maps[method][row]
+            if method == "groupcam" and heat.max() == 0:  # as in the one-level known answer above
+                continue
+            assert heat[own].max() == heat.max() > heat[other].max(), (method, row)
+            assert heat[own].mean() > heat[other].mean(), (method, row)
+    unread = result.layer_maps[levels[1]]["scorecam"][0]  # instance 0's Score-CAM map at level B
+    assert unread[quadrants[1]].max() == unread.max() > unread[quadrants[0]].max()

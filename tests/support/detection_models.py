@@ -106,5 +106,38 @@ class TwoRegionDetector(torch.nn.Module):
         return torch.cat([self.boxes.expand(x.shape[0], -1, -1), scores[:, None, :]], 1)
 
 
+class TwoLevelRegionDetector(torch.nn.Module):
+    """Known answer on two levels: level A (full resolution, `relu_a`) lives in the top-left quadrant only, level B
+    (stride 2, `relu_b`) in the bottom-right only, side by side on the image (neither computed from the other);
+    anchor 0's score is a sigmoid of level A's mean, anchor 1's of level B's. Output [N, 4 + 1, 2] (Ultralytics)."""
+
+    def __init__(self, size: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv_a = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        with torch.no_grad():
+            for conv in (self.conv_a, self.conv_b):
+                conv.weight.abs_()
+                conv.bias.zero_()
+        half = size // 2
+        gate_a = torch.zeros(1, 4, size, size)
+        gate_a[:, :, :half, :half] = 1
+        gate_b = torch.zeros(1, 4, half, half)
+        gate_b[:, :, half // 2:, half // 2:] = 1
+        self.register_buffer("gate_a", gate_a)
+        self.register_buffer("gate_b", gate_b)
+        q = float(half)
+        self.register_buffer("boxes", torch.tensor([[q / 2, q / 2, q, q], [q + q / 2, q + q / 2, q, q]]).T[None])
+        self.relu_a = torch.nn.ReLU()
+        self.relu_b = torch.nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu_a(self.conv_a(x) * self.gate_a)
+        b = self.relu_b(self.conv_b(x) * self.gate_b)
+        scores = torch.sigmoid(torch.stack([a.mean(dim=(1, 2, 3)), b.mean(dim=(1, 2, 3))], 1) * 8 - 2)
+        return torch.cat([self.boxes.expand(x.shape[0], -1, -1), scores[:, None, :]], 1)
+
+
 def random_images(n: int, seed: int = 0, size=SIZE) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 3, *size)).astype(np.float32)
