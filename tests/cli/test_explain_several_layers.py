@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ pytest.importorskip("torchvision")
 
 import fusioncam  # noqa: E402
 from fusioncam.cli.main import main  # noqa: E402
-from tests.support.several_layer_resnet18 import LAYERS, several_layer_resnet18_bundle  # noqa: E402
+from tests.support.several_layer_resnet18 import LAYERS, noise_photos, several_layer_resnet18_bundle  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the two-layer ResNet-18 export alone takes several seconds on 2 cores
 
@@ -30,14 +29,7 @@ def bundle() -> Path:
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(5)
-    paths = []
-    for name, (height, width) in (("a", (64, 64)), ("b", (50, 90))):
-        path = folder / f"{name}.png"
-        cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-        paths.append(path)
-    return paths
+    return noise_photos(tmp_path_factory.mktemp("photos"), [(64, 64), (50, 90)], seed=5)
 
 
 def test_results_name_every_layer_and_the_maps_are_the_aggregate(bundle, photos, tmp_path, capsys):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -22,7 +21,7 @@ from fusioncam.dataset import explain_dataset  # noqa: E402
 from fusioncam.errors import InputError  # noqa: E402
 from fusioncam.metrics.evaluation import METRICS, explain_and_evaluate  # noqa: E402
 from fusioncam.dataset.rows import map_column, metric_column, tensor_maps  # noqa: E402
-from tests.support.several_layer_resnet18 import LAYERS, several_layer_resnet18_bundle  # noqa: E402
+from tests.support.several_layer_resnet18 import LAYERS, noise_photos, several_layer_resnet18_bundle  # noqa: E402
 from tests.support.sharp_resnet18 import SIZE  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # an export and Ray actors: about 40 s on 2 cores
@@ -39,14 +38,7 @@ def bundle() -> Path:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> list[Path]:
     """Four images of other sizes than the model's (each is resized on reading, as `fusioncam explain` reads files)."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(11)
-    paths = []
-    for i, (height, width) in enumerate([(70, 90), (64, 64), (48, 80), (100, 60)]):
-        path = folder / f"image{i}.png"
-        cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
-        paths.append(path)
-    return paths
+    return noise_photos(tmp_path_factory.mktemp("photos"), [(70, 90), (64, 64), (48, 80), (100, 60)], seed=11)
 
 
 def test_rows_hold_the_aggregated_maps_and_the_summary_names_both_layers(bundle, photos, tmp_path):

@@ -26,3 +26,18 @@ def several_layer_resnet18_bundle() -> Path:
     bundle = folder / "resnet18-layer3-layer4.fcam"
     fusioncam.export_torch(sharp_resnet18(), LAYERS, bundle, input_size=SIZE)
     return bundle
+
+
+def noise_photos(folder: Path, sizes: list[tuple[int, int]], seed: int) -> list[Path]:
+    """PNG files of seeded uniform noise, one per (height, width) in `sizes` (image0.png, ...), in `folder`: images
+    of other sizes than the bundle's, resized on reading as `fusioncam explain` and explain-dataset read files."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (height, width) in enumerate(sizes):
+        path = folder / f"image{index}.png"
+        cv2.imwrite(str(path), rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+        paths.append(path)
+    return paths
