@@ -15,6 +15,7 @@ from tests.support.torch_reference import module_by_path, reference_fusion_cam, 
 
 SIZE = (64, 64)
 KEYS = ("fusion", "gradcam", "denoised", "scorecam", "combined")
+SCORER_BATCH = 64
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def reference_selection(acts: np.ndarray, grads: np.ndarray, k: int) -> np.ndarr
 
 
 def reference_scorecam(bundle, images, acts, classes, selected) -> np.ndarray:
-    """Score-CAM with the softmax over the selected channels only, from scores of the bundle's scorer run here."""
+    """Score-CAM with the softmax over the selected channels only, from scores of the bundle's scorer run here (the
+    masked images in batches of SCORER_BATCH, a batching of its own, not the Explainer's)."""
     scorer = session(bundle.scorer_path)
     z0 = scorer.run(None, {"input": np.zeros((1, 3, *SIZE), dtype=np.float32)})[0][0]
     up = torch.nn.functional.interpolate(torch.from_numpy(acts), size=SIZE, mode="bilinear", align_corners=False).numpy()
@@ -49,11 +51,15 @@ def reference_scorecam(bundle, images, acts, classes, selected) -> np.ndarray:
     for n in range(images.shape[0]):
         channels = np.flatnonzero(selected[n])
         scores = np.full(channels.size, z0[classes[n]], dtype=np.float64)
+        rows, masked = [], []
         for j, k in enumerate(channels):
             low, high = up[n, k].min(), up[n, k].max()
             if high > low:  # a constant channel's mask is all zeros: its score is the all-zeros logit
-                mask = (up[n, k] - low) / (high - low)
-                scores[j] = scorer.run(None, {"input": (images[n] * mask)[None].astype(np.float32)})[0][0, classes[n]]
+                rows.append(j)
+                masked.append((images[n] * ((up[n, k] - low) / (high - low))).astype(np.float32))
+        for start in range(0, len(rows), SCORER_BATCH):
+            batch = np.stack(masked[start:start + SCORER_BATCH])
+            scores[rows[start:start + SCORER_BATCH]] = scorer.run(None, {"input": batch})[0][:, classes[n]]
         weights = np.exp(scores - scores.max())
         weights /= weights.sum()
         summed = np.maximum(np.tensordot(weights, up[n, channels].astype(np.float64), axes=1), 0)
