@@ -31,16 +31,26 @@ def random_images(n: int, seed: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, 3, *SIZE)).astype(np.float32)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("batch_size", [1, 7, 100])
-def test_batch_invariance(resnet_bundle, batch_size):
+BATCH_INVARIANCE_TARGETS = [2, -1, 9]
+
+
+@pytest.fixture(scope="module")
+def explained_alone(resnet_bundle) -> list:
+    """Each of the three images explained on its own (batch_size 64): the same for every batch size compared."""
     _, bundle = resnet_bundle
     images = random_images(3)
-    targets = [2, -1, 9]
-    together = fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size).explain(images, targets)
     alone = fusioncam.Explainer(bundle, device="cpu", batch_size=64)
-    for i in range(3):
-        single = alone.explain(images[i : i + 1], targets[i])
+    return [alone.explain(images[i : i + 1], BATCH_INVARIANCE_TARGETS[i]) for i in range(3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch_size", [1, 7, 100])
+def test_batch_invariance(resnet_bundle, explained_alone, batch_size):
+    _, bundle = resnet_bundle
+    images = random_images(3)
+    together = fusioncam.Explainer(bundle, device="cpu", batch_size=batch_size).explain(images,
+                                                                                        BATCH_INVARIANCE_TARGETS)
+    for i, single in enumerate(explained_alone):
         for key in ("fusion", "gradcam", "denoised", "scorecam", "combined"):
             np.testing.assert_allclose(getattr(together, key)[i], getattr(single, key)[0], atol=1e-5, err_msg=key)
         for key in together.betas:
