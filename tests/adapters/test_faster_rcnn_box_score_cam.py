@@ -40,21 +40,46 @@ def case():
     return model, images, [first, second], found
 
 
-def _both(name: str, model, images, references, layers=(LAYER,), **options):
-    """(pytorch-grad-cam's maps and target values, fusioncam's maps and CAM object) for class `name`."""
+@pytest.fixture(scope="module")
+def cams():
+    """fusioncam's CAM objects on the module's detector by (class, target layers), closed at the end: each opens its
+    two ONNX Runtime sessions once and is called by every test of that class, as a user calls one object again."""
+    opened: dict[tuple, object] = {}
+    yield opened
+    for cam in opened.values():
+        cam.__exit__(None, None, None)
+
+
+def _ours(cams: dict | None, name: str, model, layers: tuple[str, ...]):
+    """fusioncam's CAM object of class `name`: the module's shared one where `cams` is given, else a new one."""
+    modules = [model.get_submodule(layer) for layer in layers]
+    if cams is None:
+        return getattr(ours, name)(model, target_layers=modules)
+    if (name, layers) not in cams:
+        cams[(name, layers)] = getattr(ours, name)(model, target_layers=modules).__enter__()
+    return cams[(name, layers)]
+
+
+def _both(name: str, model, images, references, layers=(LAYER,), cams: dict | None = None, **options):
+    """(pytorch-grad-cam's maps and target values, fusioncam's maps and CAM object) for class `name`; fusioncam's
+    object is the module's shared one (`cams`, on the module's detector) or a new one, closed after the call."""
     modules = [model.get_submodule(layer) for layer in layers]
     with getattr(pgc, name)(model, target_layers=modules) as cam:
         theirs = cam(images, targets=[Theirs(*r) for r in references], **options)
         values = [float(Theirs(*r)(output).detach()) for r, output in zip(references, cam.outputs)]
-    with getattr(ours, name)(model, target_layers=modules) as cam:
-        mine = cam(images, targets=[FasterRCNNBoxScoreTarget(*r) for r in references], **options)
+    targets = [FasterRCNNBoxScoreTarget(*r) for r in references]
+    if cams is not None:
+        cam = _ours(cams, name, model, tuple(layers))
+        return theirs, values, cam(images, targets=targets, **options), cam
+    with _ours(None, name, model, tuple(layers)) as cam:
+        mine = cam(images, targets=targets, **options)
     return theirs, values, mine, cam
 
 
 @pytest.mark.slow  # exports the detector's graph (about 20 s on 2 cores)
-def test_gradcam_map_value_and_detections_equal_pytorch_grad_cams(case) -> None:
+def test_gradcam_map_value_and_detections_equal_pytorch_grad_cams(case, cams) -> None:
     model, images, references, found = case
-    theirs, values, mine, cam = _both("GradCAM", model, images, references)
+    theirs, values, mine, cam = _both("GradCAM", model, images, references, cams=cams)
     assert mine.dtype == np.float32 and mine.shape == (2, *SIZE)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
     assert values[0] > 3.0 and values[1] > 2.0  # three and two matches (IoU > 0.5 plus a score each)
@@ -68,22 +93,22 @@ def test_gradcam_map_value_and_detections_equal_pytorch_grad_cams(case) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name, options", [("GradCAM", {"eigen_smooth": True}), ("HiResCAM", {}),
                                            ("GradCAMPlusPlus", {}), ("EigenCAM", {})])
-def test_other_gradient_methods_equal_pytorch_grad_cams(case, name, options) -> None:
+def test_other_gradient_methods_equal_pytorch_grad_cams(case, cams, name, options) -> None:
     """Maps formed from the activations and the one gradient (LayerCAM, GradCAMElementWise and EigenGradCAM take the
     same path, explain_pass_maps.layer_map, and matched within 1.1e-5 when measured; not run here for time)."""
     model, images, references, _ = case
-    theirs, _, mine, _ = _both(name, model, images, references, **options)
+    theirs, _, mine, _ = _both(name, model, images, references, cams=cams, **options)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
     assert mine.max() > 0.99
 
 
 @pytest.mark.slow
-def test_xgradcam_within_its_division_by_channel_sums(case) -> None:
+def test_xgradcam_within_its_division_by_channel_sums(case, cams) -> None:
     """XGrad-CAM's weights divide by each channel's activation sum; FPN channels whose signed activations nearly
     cancel magnify the graph's 1e-5 (relative) differences from torch in activations and gradients, to up to about
     5e-4 in the map (pytorch-grad-cam's own arithmetic on fusioncam's activations and gradients differs as much)."""
     model, images, references, _ = case
-    theirs, _, mine, _ = _both("XGradCAM", model, images, references)
+    theirs, _, mine, _ = _both("XGradCAM", model, images, references, cams=cams)
     np.testing.assert_allclose(mine, theirs, atol=1e-3)
 
 
@@ -128,7 +153,7 @@ def test_refusals_name_what_to_do() -> None:
 
 
 @pytest.mark.slow
-def test_aug_smooth_equals_pytorch_grad_cams(case) -> None:
+def test_aug_smooth_equals_pytorch_grad_cams(case, cams) -> None:
     """aug_smooth: the six augmentations (flip x 0.9, 1, 1.1) each with the same references, as pytorch-grad-cam
     gives them. The references are the two best detections of each augmented image (rounded), so every augmented
     image matches some (pytorch-grad-cam fails where no image of an augmented batch matches)."""
@@ -138,21 +163,20 @@ def test_aug_smooth_equals_pytorch_grad_cams(case) -> None:
         found = [model(list(image * factor))[0] for image in augmented for factor in (0.9, 1.0, 1.1)]
     labels = sum((f["labels"][:2].tolist() for f in found), [])
     boxes = np.round(np.concatenate([f["boxes"][:2].numpy() for f in found]))
-    theirs, _, mine, _ = _both("GradCAM", model, images[:1], [(labels, boxes)], aug_smooth=True)
+    theirs, _, mine, _ = _both("GradCAM", model, images[:1], [(labels, boxes)], cams=cams, aug_smooth=True)
     np.testing.assert_allclose(mine, theirs, atol=1e-4)
     assert mine.max() > 0.5
 
 
 @pytest.mark.slow
-def test_an_image_without_a_match_gets_a_zero_map(case) -> None:
+def test_an_image_without_a_match_gets_a_zero_map(case, cams) -> None:
     """No reference matches (pytorch-grad-cam's loss would have no gradient): the map is 0 and the target 0, and the
     other image's map is what it is alone."""
     model, images, references, _ = case
-    layer = [model.get_submodule(LAYER)]
     nothing = FasterRCNNBoxScoreTarget([1], np.float32([[0, 0, 3, 3]]))
-    with ours.GradCAM(model, target_layers=layer) as cam:
-        both = cam(images, targets=[nothing, FasterRCNNBoxScoreTarget(*references[1])])
-        assert cam.box_scores[0] == 0 and cam.box_scores[1] > 2.0
-        alone = cam(images[1:], targets=[FasterRCNNBoxScoreTarget(*references[1])])
+    cam = _ours(cams, "GradCAM", model, (LAYER,))
+    both = cam(images, targets=[nothing, FasterRCNNBoxScoreTarget(*references[1])])
+    assert cam.box_scores[0] == 0 and cam.box_scores[1] > 2.0
+    alone = cam(images[1:], targets=[FasterRCNNBoxScoreTarget(*references[1])])
     assert not both[0].any()
     np.testing.assert_allclose(both[1], alone[0], atol=1e-5)
