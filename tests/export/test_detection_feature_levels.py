@@ -154,13 +154,14 @@ def test_faster_rcnn_default_is_the_pooled_levels(tmp_path) -> None:
     """Faster R-CNN's RoI head pools levels '0' and '1' (MobileNetV3 FPN); 'pool' feeds only the RPN, whose
     proposals are held fixed: the default takes the pooled levels, each level's gradient and Grad-CAM map equal
     torch autograd's through torchvision's MultiScaleRoIAlign, and naming 'pool' is an error that says why."""
-    from tests.support.faster_rcnn_models import box_head_scores, faster_rcnn, normalised, proposals
+    from fusioncam.bundle import load_bundle
+    from tests.support.faster_rcnn_models import box_head_scores, exported_bundle, faster_rcnn, normalised, proposals
 
     model = faster_rcnn()
-    result = export_torch_detection(model, None, tmp_path / "frcnn", input_size=SIZE)
-    assert result.bundle.layer_names == ["backbone.fpn['0']", "backbone.fpn['1']"]
+    bundle = load_bundle(exported_bundle(None))  # the default target; shared with the serve and dataset tests
+    assert bundle.layer_names == ["backbone.fpn['0']", "backbone.fpn['1']"]
     inputs = normalised(model, np.random.default_rng(0).random((1, 3, *SIZE)).astype(np.float32)).numpy()
-    with Explainer(result.bundle, device="cpu") as explainer:
+    with Explainer(bundle, device="cpu") as explainer:
         found = explainer.explain(inputs, methods="gradcam", instances=InstanceSelection(min_score=0.0,
                                                                                        max_instances=2))
     assert len(found.anchors) == 2
@@ -179,7 +180,7 @@ def test_faster_rcnn_default_is_the_pooled_levels(tmp_path) -> None:
             for handle in handles:
                 handle.remove()
         pooled_on = 0  # MultiScaleRoIAlign pools each box on one level: the other level's map is zero
-        for label, acts, grad in zip(result.bundle.layer_names, captured, grads):
+        for label, acts, grad in zip(bundle.layer_names, captured, grads):
             weights = grad.mean(dim=(2, 3), keepdim=True)
             want = norm(up(torch.relu((weights * acts).sum(dim=1)), SIZE))[0].detach().numpy()
             pooled_on += float(want.max()) > 0
