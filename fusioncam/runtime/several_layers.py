@@ -42,10 +42,15 @@ def one_layer_methods() -> tuple[str, ...]:
     return tuple(name for name, method in REGISTRY.items() if method.derived_passes)
 
 
+def refused_methods(bundle: Bundle, methods: tuple[str, ...]) -> list[str]:
+    """The asked methods the bundle cannot run because it has several target layers ([] on a one-layer bundle)."""
+    return [name for name in methods if name in one_layer_methods()] if layer_count(bundle) > 1 else []
+
+
 def check_several_layer_methods(bundle: Bundle, methods: tuple[str, ...]) -> None:
     """An InputError naming the methods a several-layer bundle cannot run, and what to do instead."""
-    refused = [name for name in methods if name in one_layer_methods()]
-    if refused and layer_count(bundle) > 1:
+    refused = refused_methods(bundle, methods)
+    if refused:
         raise InputError(f"{', '.join(refused)} cannot run on bundle {bundle.path}, which has several target layers "
                          f"({', '.join(bundle.layer_names)}): they run a graph derived from one target layer's; "
                          f"export one bundle per layer for them")

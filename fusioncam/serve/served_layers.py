@@ -13,7 +13,7 @@ import json
 
 from ..bundle import Bundle, Manifest
 from ..runtime.methods import METHODS
-from ..runtime.several_layers import layer_count, one_layer_methods
+from ..runtime.several_layers import layer_count, one_layer_methods, refused_methods
 from .request_errors import BadRequest
 
 TARGET_LAYERS = "target_layers"  # the key under which answers and the model configuration name the layers
@@ -41,8 +41,8 @@ def config_parameters(bundle: Bundle) -> dict[str, str]:
 
 def check_served_methods(bundle: Bundle, model_name: str, methods: tuple[str, ...]) -> None:
     """BadRequest naming the asked methods a several-layer bundle cannot run, the layers, and what to ask instead."""
-    refused = [method for method in methods if method in one_layer_methods()]
-    if refused and layer_count(bundle) > 1:
+    refused = refused_methods(bundle, methods)
+    if refused:
         raise BadRequest(f"{', '.join(refused)} cannot run on model {model_name}: its bundle has "
                          f"{layer_count(bundle)} target layers ({', '.join(bundle.layer_names)}) and "
                          f"{'this method runs' if len(refused) == 1 else 'these methods run'} a graph derived from one "
